@@ -1,0 +1,36 @@
+# iast-ssh: `make run` starts the CA on the embedded defaults, `make test` runs every test.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN     = $(VENV)/bin
+STAMP   = $(VENV)/.installed
+
+.PHONY: run test venv sshd bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+# The sshd tests need OpenSSH's server. As root on Debian we install it;
+# otherwise the tests skip loudly (and fail under CI=true).
+sshd:
+	@if ! command -v sshd >/dev/null 2>&1 && [ ! -x /usr/sbin/sshd ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing openssh-server"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssh-server >/dev/null; \
+	  else \
+	    echo "sshd not found and cannot install it (not root or no apt): sshd tests will be skipped"; \
+	  fi; \
+	fi
+
+run: $(STAMP)
+	$(BIN)/iast-ca run
+
+test: $(STAMP) sshd
+	$(BIN)/python -m pytest -q
+
+clean:
+	rm -rf $(VENV) var .pytest_cache .hypothesis

@@ -1,0 +1,337 @@
+"""The audit database: one append-only, hash-chained event log in SQLite.
+
+Every issuance, denial and failure is an event, committed before the answer
+leaves the CA (security.md rule 10). Each event row carries the hash of the
+row before it, so that changing, removing or inserting a row breaks the
+chain at that row; a signed checkpoint (:mod:`ca.checkpoint`) pins the
+head of the chain outside the database, which also catches truncation and a
+rewrite of the whole tail.
+
+Durability: WAL mode, ``synchronous=FULL`` on every connection, and
+``BEGIN IMMEDIATE`` for every write, so concurrent writers (several workers)
+serialise on the database lock instead of failing half-way.
+
+The hash of event *n* is::
+
+    sha256("iast-audit-v1" 0x00 prev_hash 0x00 canonical(event n))
+
+where ``canonical`` is the compact JSON array of the stored columns
+``[id, ts, kind, user, role, serial, key_id, source, data]`` and ``data`` is
+the stored JSON text, byte for byte. The first event's ``prev_hash`` is 64
+zeros.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import sqlite3
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import sqlite_utils
+
+from .errors import AuditError, ChainBroken
+from .models import Event
+
+GENESIS = "0" * 64
+SCHEMA_VERSION = 1
+_COLUMNS = ("id", "ts", "kind", "user", "role", "serial", "key_id", "source", "data", "prev_hash", "hash")
+
+
+def canonical(row: tuple) -> bytes:
+    """The bytes an event's hash covers: its stored columns, ``id`` to ``data``."""
+    return json.dumps(list(row[:9]), ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
+def chain_hash(prev_hash: str, row: tuple) -> str:
+    """The hash of an event row, given the hash of the row before it."""
+    return hashlib.sha256(b"iast-audit-v1\x00" + prev_hash.encode("ascii") + b"\x00" + canonical(row)).hexdigest()
+
+
+def encode_data(data: dict[str, Any]) -> str:
+    """Event details as canonical JSON text (sorted keys, compact)."""
+    return json.dumps(data, ensure_ascii=False, sort_keys=True, separators=(",", ":"))
+
+
+def iso(ts: float) -> str:
+    """Unix time -> the fixed-width UTC form stored in ``ts`` (sorts as text)."""
+    return dt.datetime.fromtimestamp(ts, dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _event(row: tuple) -> Event:
+    return Event(
+        id=row[0], ts=row[1], kind=row[2], user=row[3], role=row[4], serial=row[5],
+        key_id=row[6], source=row[7], data=json.loads(row[8]), prev_hash=row[9], hash=row[10],
+    )
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS events (
+    id INTEGER PRIMARY KEY,
+    ts TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    user TEXT,
+    role TEXT,
+    serial INTEGER,
+    key_id TEXT,
+    source TEXT,
+    data TEXT NOT NULL,
+    prev_hash TEXT NOT NULL,
+    hash TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS events_user ON events(user, id);
+CREATE INDEX IF NOT EXISTS events_kind ON events(kind, id);
+CREATE INDEX IF NOT EXISTS events_role ON events(role, id);
+CREATE INDEX IF NOT EXISTS events_serial ON events(serial) WHERE serial IS NOT NULL;
+CREATE INDEX IF NOT EXISTS events_ts ON events(ts);
+-- Append-only: the database itself refuses edits. This stops accidents, not
+-- an attacker with the file (who can drop the triggers): the hash chain and
+-- signed checkpoints are what catch that.
+CREATE TRIGGER IF NOT EXISTS events_no_update BEFORE UPDATE ON events
+BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
+CREATE TRIGGER IF NOT EXISTS events_no_delete BEFORE DELETE ON events
+BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
+
+-- One row per issued certificate, written in the same transaction as its
+-- 'issued' event. Derived data (it can be rebuilt from the log); it makes
+-- serial allocation, revocation and lookups cheap.
+CREATE TABLE IF NOT EXISTS certificates (
+    serial INTEGER PRIMARY KEY,
+    key_id TEXT NOT NULL UNIQUE,
+    user TEXT NOT NULL,
+    role TEXT NOT NULL,
+    key_fingerprint TEXT NOT NULL,
+    ca_fingerprint TEXT NOT NULL,
+    valid_after INTEGER NOT NULL,
+    valid_before INTEGER NOT NULL,
+    event_id INTEGER NOT NULL REFERENCES events(id)
+);
+CREATE INDEX IF NOT EXISTS certificates_user ON certificates(user, valid_before);
+CREATE INDEX IF NOT EXISTS certificates_key ON certificates(key_fingerprint);
+"""
+
+
+@dataclass(frozen=True)
+class VerifyReport:
+    """What ``verify`` checked: the number of events and the head of the chain."""
+
+    count: int
+    head: str
+    checkpoint_count: int | None = None
+
+
+class Transaction:
+    """Writes inside one ``BEGIN IMMEDIATE`` transaction (see :meth:`AuditLog.transaction`)."""
+
+    def __init__(self, log: AuditLog):
+        self._log = log
+        self._conn = log.conn
+        row = self._conn.execute("SELECT id, hash FROM events ORDER BY id DESC LIMIT 1").fetchone()
+        self._last_id, self._last_hash = row if row else (0, GENESIS)
+
+    def next_serial(self) -> int:
+        """The next certificate serial: unique, never 0 (KRLs ignore serial 0)."""
+        (top,) = self._conn.execute("SELECT max(serial) FROM certificates").fetchone()
+        return (top or 0) + 1
+
+    def append(
+        self,
+        kind: str,
+        data: dict[str, Any],
+        *,
+        user: str | None = None,
+        role: str | None = None,
+        serial: int | None = None,
+        key_id: str | None = None,
+        source: str | None = None,
+    ) -> int:
+        """Append one event to the chain and return its id."""
+        event_id = self._last_id + 1
+        row = (event_id, iso(self._log.clock()), kind, user, role, serial, key_id, source, encode_data(data))
+        digest = chain_hash(self._last_hash, row)
+        self._conn.execute(
+            f"INSERT INTO events ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(_COLUMNS))})",
+            row + (self._last_hash, digest),
+        )
+        self._last_id, self._last_hash = event_id, digest
+        return event_id
+
+    def add_certificate(self, *, serial: int, key_id: str, user: str, role: str, key_fingerprint: str,
+                        ca_fingerprint: str, valid_after: int, valid_before: int, event_id: int) -> None:
+        """Record an issued certificate (same transaction as its event)."""
+        self._conn.execute(
+            "INSERT INTO certificates VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (serial, key_id, user, role, key_fingerprint, ca_fingerprint, valid_after, valid_before, event_id),
+        )
+
+
+class AuditLog:
+    """The audit database of one state directory."""
+
+    def __init__(self, path: str | Path, *, busy_timeout: float = 10.0, clock: Callable[[], float] = time.time):
+        self.path = Path(path)
+        self.clock = clock
+        try:
+            # isolation_level=None: we issue BEGIN IMMEDIATE / COMMIT ourselves.
+            self.conn = sqlite3.connect(self.path, isolation_level=None, timeout=busy_timeout,
+                                        check_same_thread=False)
+            self.conn.execute("PRAGMA journal_mode=WAL")
+            self.conn.execute("PRAGMA synchronous=FULL")
+            self.conn.execute("PRAGMA foreign_keys=ON")
+            self.db = sqlite_utils.Database(self.conn)
+            (version,) = self.conn.execute("PRAGMA user_version").fetchone()
+            if version < SCHEMA_VERSION:
+                with self._begin():
+                    self.conn.executescript("BEGIN IMMEDIATE;" + _SCHEMA + f"PRAGMA user_version={SCHEMA_VERSION};COMMIT;")
+            elif version > SCHEMA_VERSION:
+                raise AuditError(f"{self.path} has schema version {version}; this iast-ca knows {SCHEMA_VERSION}")
+        except sqlite3.Error as e:
+            raise AuditError(f"cannot open audit database {self.path}: {e}") from None
+
+    @contextmanager
+    def _begin(self) -> Iterator[None]:
+        try:
+            yield
+        except sqlite3.Error as e:
+            if self.conn.in_transaction:
+                self.conn.rollback()
+            raise AuditError(f"audit database {self.path}: {e}") from None
+
+    def close(self) -> None:
+        self.conn.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[Transaction]:
+        """One durable write: ``BEGIN IMMEDIATE`` ... ``COMMIT``.
+
+        If anything inside raises, or the commit itself fails, the
+        transaction is rolled back and the error propagates (as
+        :class:`AuditError` for database errors): the caller must not hand
+        out anything the transaction was meant to record.
+        """
+        try:
+            self.conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as e:
+            raise AuditError(f"cannot write the audit log {self.path}: {e}") from None
+        try:
+            yield Transaction(self)
+            self.conn.execute("COMMIT")
+        except BaseException as e:
+            if self.conn.in_transaction:
+                self.conn.execute("ROLLBACK")
+            if isinstance(e, sqlite3.Error):
+                raise AuditError(f"cannot commit to the audit log {self.path}: {e}") from None
+            raise
+
+    def record(self, kind: str, data: dict[str, Any], **columns: Any) -> int:
+        """Append one event in its own transaction; return its id once committed."""
+        with self.transaction() as tx:
+            return tx.append(kind, data, **columns)
+
+    # -- reading -----------------------------------------------------------
+
+    def get(self, event_id: int) -> Event | None:
+        row = self.conn.execute(f"SELECT {', '.join(_COLUMNS)} FROM events WHERE id = ?", (event_id,)).fetchone()
+        return _event(row) if row else None
+
+    def issued_by_serial(self, serial: int) -> Event | None:
+        """The ``issued`` event of a certificate serial."""
+        row = self.conn.execute(
+            f"SELECT {', '.join(_COLUMNS)} FROM events WHERE serial = ? AND kind = 'issued' ORDER BY id LIMIT 1",
+            (serial,),
+        ).fetchone()
+        return _event(row) if row else None
+
+    def events(
+        self,
+        *,
+        user: str | None = None,
+        role: str | None = None,
+        kind: str | None = None,
+        serial: int | None = None,
+        since: str | None = None,
+        until: str | None = None,
+        limit: int | None = 100,
+    ) -> list[Event]:
+        """Events matching every filter given, newest first. ``since``/``until`` are ``ts`` strings."""
+        where, args = [], []
+        for col, val in (("user", user), ("role", role), ("kind", kind), ("serial", serial)):
+            if val is not None:
+                where.append(f"{col} = ?")
+                args.append(val)
+        if since is not None:
+            where.append("ts >= ?")
+            args.append(since)
+        if until is not None:
+            where.append("ts < ?")
+            args.append(until)
+        sql = f"SELECT {', '.join(_COLUMNS)} FROM events"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY id DESC"
+        if limit is not None:
+            sql += f" LIMIT {int(limit)}"
+        return [_event(r) for r in self.conn.execute(sql, args)]
+
+    def head(self) -> tuple[int, str]:
+        """(number of events, hash of the last one) as stored, without verifying."""
+        row = self.conn.execute("SELECT id, hash FROM events ORDER BY id DESC LIMIT 1").fetchone()
+        return row if row else (0, GENESIS)
+
+    def verify(
+        self,
+        *,
+        checkpoint_count: int | None = None,
+        checkpoint_head: str | None = None,
+        progress: Callable[[int], None] | None = None,
+    ) -> VerifyReport:
+        """Walk the whole chain; raise :class:`ChainBroken` naming the first bad event.
+
+        With a checkpoint (``checkpoint_count`` events ending in
+        ``checkpoint_head``), also catch a log cut short before that point,
+        and a rewrite of everything up to it.
+        """
+        prev, expect, head_at_checkpoint = GENESIS, 1, None
+        cur = self.conn.execute(f"SELECT {', '.join(_COLUMNS)} FROM events ORDER BY id")
+        while rows := cur.fetchmany(10_000):
+            for row in rows:
+                event_id = row[0]
+                if event_id != expect:
+                    raise ChainBroken(
+                        f"event {expect} is missing: the log jumps from event {expect - 1} to {event_id}", expect
+                    )
+                if row[9] != prev:
+                    raise ChainBroken(
+                        f"event {event_id}: its prev_hash does not match event {event_id - 1}"
+                        f" (event {event_id - 1} was changed, or rows were removed or inserted)",
+                        event_id,
+                    )
+                if chain_hash(prev, row) != row[10]:
+                    raise ChainBroken(f"event {event_id}: its contents do not match its hash (the row was changed)",
+                                      event_id)
+                prev = row[10]
+                if event_id == checkpoint_count:
+                    head_at_checkpoint = prev
+                expect += 1
+            if progress:
+                progress(len(rows))
+        count = expect - 1
+        if checkpoint_count is not None:
+            if count < checkpoint_count:
+                raise ChainBroken(
+                    f"the log was truncated: the checkpoint covers {checkpoint_count} events, the log has {count}",
+                    count + 1,
+                )
+            if checkpoint_count > 0 and head_at_checkpoint != checkpoint_head:
+                raise ChainBroken(
+                    f"event {checkpoint_count}: the chain does not match the checkpoint"
+                    f" (events up to {checkpoint_count} were rewritten)",
+                    checkpoint_count,
+                )
+        return VerifyReport(count, prev, checkpoint_count)

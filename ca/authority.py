@@ -1,0 +1,159 @@
+"""The issuance path: authenticate -> decide -> sign -> audit -> reply.
+
+:meth:`Authority.issue` is the one choke point every certificate request
+goes through, from the offline ``iast-ca sign`` and from the SSH service
+alike. Every outcome is audited: an issued certificate is returned only
+after the transaction holding its ``issued`` event has committed (security.md
+rule 10); a denial or a failure is committed as a ``denied`` or ``failed``
+event before the error is raised to the caller.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable
+from typing import Any
+
+from .audit import AuditLog
+from .config import Config
+from .errors import AuditError, CAError, PolicyDenied, SigningError
+from .keys import Keyring, UserKey, parse_user_key, read_passphrase
+from .models import Identity, Issued, SignRequest
+from .policy import Policy, load_policy
+from .signer import Signer, make_key_id
+from .state import StatePaths
+
+MAX_REASON_IN_AUDIT = 500
+# The names a user may have: they end up in key IDs and (through {user}) in principals.
+USER_NAME = re.compile(r"[a-z_][a-z0-9_.-]{0,31}")
+
+
+class Authority:
+    """Decides, signs and audits certificate requests for one CA."""
+
+    def __init__(
+        self,
+        *,
+        policy: Policy,
+        signer: Signer,
+        ca_fingerprint: str,
+        audit: AuditLog,
+        clock_skew: int = 60,
+        min_rsa_bits: int = 3072,
+        clock: Callable[[], float] = time.time,
+    ):
+        self.policy = policy
+        self.signer = signer
+        self.ca_fingerprint = ca_fingerprint
+        self.audit = audit
+        self.clock_skew = clock_skew
+        self.min_rsa_bits = min_rsa_bits
+        self.clock = clock
+
+    @classmethod
+    def open(cls, cfg: Config, *, passphrase: bytes | None = None, clock: Callable[[], float] = time.time) -> Authority:
+        """Load the keyring, unlock the active CA key, read the policy and open the audit log."""
+        keyring = Keyring.load(cfg.state_dir)
+        if passphrase is None:
+            passphrase = read_passphrase(cfg.passphrase_file)
+        ca_key = keyring.load_active_key(passphrase)
+        policy = load_policy(cfg.policy_path, principal_pattern=cfg.principal_pattern)
+        audit = AuditLog(StatePaths(cfg.state_dir).db, clock=clock)
+        return cls(
+            policy=policy,
+            signer=Signer(ca_key),
+            ca_fingerprint=keyring.active.fingerprint,
+            audit=audit,
+            clock_skew=cfg.clock_skew,
+            min_rsa_bits=cfg.min_rsa_bits,
+            clock=clock,
+        )
+
+    def close(self) -> None:
+        self.audit.close()
+
+    def issue(self, identity: Identity, request: SignRequest) -> Issued:
+        """Decide, sign and audit one request; return the certificate or raise.
+
+        Raises :class:`~ca.errors.PolicyDenied`, :class:`~ca.errors.BadKey`,
+        :class:`~ca.errors.AuthenticationFailed` (after recording a
+        ``denied`` event), :class:`~ca.errors.SigningError` (after recording
+        a ``failed`` event) or :class:`~ca.errors.AuditError` (nothing
+        could be recorded, and no certificate is returned).
+        """
+        now = int(self.clock())
+        policy = self.policy  # one policy for the whole request, even if a reload swaps it
+        user_key: UserKey | None = None
+        try:
+            if not USER_NAME.fullmatch(identity.user):
+                raise PolicyDenied(f"{identity.user[:64]!r} is not a valid user name")
+            user_key = parse_user_key(request.public_key, self.min_rsa_bits)
+            decision = policy.decide(identity, request, now, self.clock_skew)
+        except CAError as e:
+            if isinstance(e, AuditError):
+                raise
+            self._record_refusal("denied", e, identity, request, user_key, policy)
+            raise
+
+        try:
+            with self.audit.transaction() as tx:
+                serial = tx.next_serial()
+                key_id = make_key_id(decision.user, decision.role, serial)
+                line, cert = self.signer.sign(decision, user_key, serial, key_id)
+                data = {
+                    "principals": list(decision.principals),
+                    "valid_after": decision.valid_after,
+                    "valid_before": decision.valid_before,
+                    "ttl": decision.ttl,
+                    "force_command": decision.force_command,
+                    "source_address": list(decision.source_address),
+                    "extensions": sorted(cert.extensions),
+                    "reason": decision.reason,
+                    "key_type": user_key.algorithm,
+                    "key_fingerprint": user_key.fingerprint,
+                    "cert_type": cert.cert_type_name,
+                    "auth_methods": list(identity.auth_methods),
+                    "mfa": identity.mfa,
+                    "operator": identity.operator,
+                    "policy_sha256": decision.policy_sha256,
+                    "ca_fingerprint": self.ca_fingerprint,
+                    "request_id": request.request_id,
+                }
+                event_id = tx.append(
+                    "issued", data, user=decision.user, role=decision.role, serial=serial,
+                    key_id=key_id, source=identity.source_address,
+                )
+                tx.add_certificate(
+                    serial=serial, key_id=key_id, user=decision.user, role=decision.role,
+                    key_fingerprint=user_key.fingerprint, ca_fingerprint=self.ca_fingerprint,
+                    valid_after=decision.valid_after, valid_before=decision.valid_before, event_id=event_id,
+                )
+        except SigningError as e:
+            self._record_refusal("failed", e, identity, request, user_key, policy)
+            raise
+        # Only here, after COMMIT, does the certificate exist for anyone else.
+        return Issued(
+            certificate=line, serial=serial, key_id=key_id, decision=decision,
+            ca_fingerprint=self.ca_fingerprint, key_type=user_key.algorithm,
+            key_fingerprint=user_key.fingerprint, event_id=event_id,
+        )
+
+    def _record_refusal(self, kind: str, error: CAError, identity: Identity, request: SignRequest,
+                        user_key: UserKey | None, policy: Policy) -> int:
+        data: dict[str, Any] = {
+            "code": error.code,
+            "message": error.message,
+            "requested_role": request.role,
+            "requested_ttl": request.ttl,
+            "reason": (request.reason or "")[:MAX_REASON_IN_AUDIT] or None,
+            "key_fingerprint": user_key.fingerprint if user_key else None,
+            "key_type": user_key.algorithm if user_key else None,
+            "auth_methods": list(identity.auth_methods),
+            "mfa": identity.mfa,
+            "operator": identity.operator,
+            "policy_sha256": policy.sha256,
+            "request_id": request.request_id,
+        }
+        return self.audit.record(kind, data, user=identity.user, role=request.role, source=identity.source_address)
+

@@ -1,0 +1,152 @@
+"""``iast-ca``: create and run the CA, check policy, sign offline, read the audit log.
+
+A thin shell: every command parses its options, calls the library, and
+prints. Library errors become one line on stderr and the error's exit
+status (0 ok, 1 error, 2 usage, 3 denied by policy, 4 authentication).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import click
+
+from .. import __version__
+from ..durations import format_duration
+from ..files import write_atomic
+from ..keys import CA_KEY_TYPES, Keyring
+from ..models import Identity, SignRequest
+from ..state import init_state, os_user
+from .audit_cmds import audit
+from .common import Group, echo_json, output_options
+from .context import DURATION, Env, pass_env
+from .policy_cmds import policy
+from .run_cmd import run
+
+
+@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--config", envvar="IAST_CA_CONFIG", metavar="FILE",
+              help="Config file (TOML). Default: built-in defaults (state in ./var). Env: IAST_CA_CONFIG.")
+@click.option("--state-dir", envvar="IAST_CA_STATE_DIR", metavar="DIR",
+              help="State directory (keys, audit database). Env: IAST_CA_STATE_DIR.")
+@click.option("--policy", envvar="IAST_CA_POLICY", metavar="FILE",
+              help="Policy file. Default: STATE/policy.toml. Env: IAST_CA_POLICY.")
+@click.option("--passphrase-file", envvar="IAST_CA_PASSPHRASE_FILE", metavar="FILE",
+              help="File holding the CA key passphrase. Under systemd the credential "
+                   "'ca-passphrase' is used instead. Env: IAST_CA_PASSPHRASE_FILE.")
+@click.version_option(__version__, prog_name="iast-ca")
+@click.pass_context
+def cli(ctx: click.Context, config, state_dir, policy, passphrase_file) -> None:
+    """The iast-ssh certificate authority: administration and the service.
+
+    \b
+    Example:
+      iast-ca init && iast-ca trust > /etc/ssh/iast-user-ca.pub
+    """
+    ctx.obj = Env(config, state_dir, policy, passphrase_file)
+
+
+@cli.command()
+@click.option("--key-type", type=click.Choice(list(CA_KEY_TYPES)), default="ed25519", show_default=True,
+              help="Algorithm of the CA key.")
+@output_options(csv_ok=False)
+@pass_env
+def init(env: Env, key_type: str, fmt: str) -> None:
+    """Create a new CA: state directory, CA key, audit key, host key, audit database.
+
+    The CA key is encrypted when --passphrase-file is given. Refuses to
+    overwrite an existing CA.
+
+    \b
+    Example:
+      iast-ca --state-dir /var/lib/iast-ca --passphrase-file /root/ca.pass init --key-type ed25519
+    """
+    summary = init_state(env.config, key_type, env.passphrase())
+    if fmt == "json":
+        echo_json(summary)
+        return
+    enc = "encrypted" if summary["ca_encrypted"] else "NOT encrypted (use --passphrase-file to encrypt it)"
+    click.echo(f"Created a CA in {summary['state_dir']}")
+    click.echo(f"  CA key      {summary['ca_algorithm']} {summary['ca_fingerprint']}  {enc}")
+    click.echo(f"  audit key   {summary['audit_key_fingerprint']}  (signs audit checkpoints)")
+    click.echo(f"  host key    {summary['host_key_fingerprint']}  (the CA service's SSH host key)")
+    click.echo(f"  policy      {summary['policy']}" + ("  (starter policy installed)" if summary["policy_installed"] else ""))
+    click.echo("Next: 'iast-ca trust' prints the line hosts put in TrustedUserCAKeys.")
+
+
+@cli.command()
+@click.option("--format", "fmt", type=click.Choice(["trusted-user-ca-keys", "known-hosts"]),
+              default="trusted-user-ca-keys", show_default=True, help="Output format.")
+@click.option("--host-pattern", default="*", show_default=True, help="Host pattern for --format known-hosts.")
+@pass_env
+def trust(env: Env, fmt: str, host_pattern: str) -> None:
+    """Print the trusted CA public keys.
+
+    The default output is a TrustedUserCAKeys file for sshd; known-hosts
+    prints '@cert-authority PATTERN KEY' lines for clients.
+
+    \b
+    Example:
+      iast-ca trust > /etc/ssh/iast-user-ca.pub
+      # and in /etc/ssh/sshd_config:  TrustedUserCAKeys /etc/ssh/iast-user-ca.pub
+    """
+    keyring = Keyring.load(env.config.state_dir)
+    lines = keyring.trust_lines() if fmt == "trusted-user-ca-keys" else keyring.known_hosts_lines(host_pattern)
+    click.echo("\n".join(lines))
+
+
+@cli.command()
+@click.option("--user", "-u", required=True, help="The user the certificate is for.")
+@click.option("--role", "-r", help="Role to request (default: the policy's default role).")
+@click.option("--ttl", type=DURATION, help="Lifetime, e.g. 30m (default: the role's default).")
+@click.option("--reason", help="Why access is needed (recorded in the audit log).")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, allow_dash=True), default="-",
+              help="Write the certificate here (default: stdout).")
+@output_options(csv_ok=False)
+@click.argument("pubkey_file", type=click.File("r"), metavar="PUBKEY_FILE")
+@pass_env
+def sign(env: Env, user: str, role: str | None, ttl: int | None, reason: str | None, output: str, fmt: str,
+         pubkey_file) -> None:
+    """Sign a user's public key offline, through the same decide -> sign -> audit path as the service.
+
+    The issuance is recorded as made by the administrator running this
+    command. A request policy refuses exits 3, with the reason on stderr,
+    writes no certificate, and is recorded as a 'denied' event. Use '-' to
+    read the key from stdin.
+
+    \b
+    Example:
+      iast-ca sign --user alice --role dev --ttl 2h -o alice-cert.pub alice.pub
+    """
+    key_line = pubkey_file.read(64 * 1024)
+    authority = env.authority()
+    try:
+        identity = Identity(user=user, auth_methods=("admin-offline",), mfa=True, operator=os_user())
+        issued = authority.issue(identity, SignRequest(public_key=key_line, role=role, ttl=ttl, reason=reason))
+    finally:
+        authority.close()
+    if output == "-":
+        click.echo(issued.certificate)
+    else:
+        write_atomic(output, issued.certificate + "\n", 0o644)
+    d = issued.decision
+    if fmt == "json":
+        echo_json(issued.as_json())
+    else:
+        until = dt.datetime.fromtimestamp(d.valid_before, dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ")
+        click.echo(
+            f"signed serial {issued.serial} ({issued.key_id}) for {', '.join(d.principals)}, "
+            f"role {d.role}, valid until {until} ({format_duration(d.ttl)})"
+            + (f", written to {output}" if output != "-" else ""),
+            err=True,
+        )
+
+
+cli.add_command(policy)
+cli.add_command(audit)
+cli.add_command(run)
+
+
+def main() -> None:
+    """Console-script entry point: the only place (with click) that exits."""
+    cli(prog_name="iast-ca")

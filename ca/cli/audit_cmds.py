@@ -1,0 +1,206 @@
+"""``iast-ca audit``: read, verify and checkpoint the audit log."""
+
+from __future__ import annotations
+
+import base64
+import time
+
+import click
+
+from ..audit import AuditLog, iso
+from ..checkpoint import make_checkpoint, read_checkpoint
+from ..durations import format_duration, parse_time
+from ..errors import AuditError, StateError, UsageError
+from ..files import write_atomic
+from ..models import Event
+from ..state import StatePaths, load_audit_key, os_user
+from .common import echo_csv, echo_json, echo_table, output_options, stderr_is_tty
+from .context import Env, pass_env
+
+_CSV_FIELDS = ["id", "ts", "kind", "user", "role", "serial", "key_id", "source", "data", "prev_hash", "hash"]
+
+
+def _open(env: Env) -> AuditLog:
+    paths = StatePaths(env.config.state_dir)
+    if not paths.db.exists():
+        raise StateError(f"no audit database at {paths.db}: run 'iast-ca init' first")
+    return AuditLog(paths.db)
+
+
+def _as_dict(e: Event) -> dict:
+    return dict(e.__dict__)
+
+
+def _summary(e: Event) -> str:
+    d = e.data
+    if e.kind == "issued":
+        return f"{','.join(d.get('principals', []))} for {format_duration(d.get('ttl', 0))}" + (
+            f" - {d['reason']}" if d.get("reason") else ""
+        )
+    if e.kind in ("denied", "failed"):
+        return d.get("message", "")
+    return ", ".join(f"{k}={v}" for k, v in sorted(d.items()) if v not in (None, "", []))[:120]
+
+
+def _when(text: str | None) -> str | None:
+    if text is None:
+        return None
+    try:
+        return iso(parse_time(text, time.time()))
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+
+
+@click.group()
+def audit() -> None:
+    """Read, verify and checkpoint the audit log.
+
+    \b
+    Example:
+      iast-ca audit list --user alice --since 7d && iast-ca audit verify
+    """
+
+
+@audit.command("list")
+@click.option("--user", help="Only events about this user.")
+@click.option("--role", help="Only events for this role.")
+@click.option("--kind", help="Only this kind of event (issued, denied, failed, ca_init, checkpoint, ...).")
+@click.option("--serial", type=int, help="Only events about this certificate serial.")
+@click.option("--since", metavar="TIME", help="From this time: 2026-11-01, 2026-11-01T12:00Z, or 24h (ago).")
+@click.option("--until", metavar="TIME", help="Before this time (same forms as --since).")
+@click.option("--limit", type=click.IntRange(min=1), default=50, show_default=True, help="At most this many events.")
+@output_options()
+@pass_env
+def list_(env: Env, user, role, kind, serial, since, until, limit, fmt) -> None:
+    """List events, newest first.
+
+    \b
+    Example:
+      iast-ca audit list --kind denied --since 24h --csv > denials.csv
+    """
+    log = _open(env)
+    try:
+        events = log.events(user=user, role=role, kind=kind, serial=serial, since=_when(since),
+                            until=_when(until), limit=limit)
+    finally:
+        log.close()
+    if fmt == "json":
+        echo_json([_as_dict(e) for e in events])
+    elif fmt == "csv":
+        echo_csv((_as_dict(e) for e in events), _CSV_FIELDS)
+    else:
+        echo_table([[e.id, e.ts[:19] + "Z", e.kind, e.user, e.role, e.serial, _summary(e)] for e in events],
+                   ["ID", "TIME", "KIND", "USER", "ROLE", "SERIAL", "DETAIL"])
+
+
+@audit.command()
+@click.argument("event_id", type=int, required=False)
+@click.option("--serial", type=int, help="Show the issuance of this certificate serial.")
+@output_options(csv_ok=False)
+@pass_env
+def show(env: Env, event_id: int | None, serial: int | None, fmt: str) -> None:
+    """Show one event in full, by id or by certificate serial.
+
+    \b
+    Example:
+      iast-ca audit show --serial 42
+    """
+    if (event_id is None) == (serial is None):
+        raise UsageError("give an event ID or --serial N (one of them)")
+    log = _open(env)
+    try:
+        event = log.get(event_id) if event_id is not None else log.issued_by_serial(serial)
+    finally:
+        log.close()
+    if event is None:
+        raise AuditError(f"no event {event_id}" if event_id is not None else f"no certificate with serial {serial}")
+    if fmt == "json":
+        echo_json(_as_dict(event))
+        return
+    for k in ("id", "ts", "kind", "user", "role", "serial", "key_id", "source"):
+        click.echo(f"{k:16} {getattr(event, k) if getattr(event, k) is not None else '-'}")
+    for k, v in sorted(event.data.items()):
+        click.echo(f"{k:16} {', '.join(map(str, v)) if isinstance(v, list) else ('-' if v is None else v)}")
+    click.echo(f"{'prev_hash':16} {event.prev_hash}")
+    click.echo(f"{'hash':16} {event.hash}")
+
+
+def _audit_pub_blob(env: Env, audit_key: str | None) -> bytes:
+    path = audit_key or StatePaths(env.config.state_dir).audit_pub
+    try:
+        return base64.b64decode(open(path).read().split()[1])
+    except (OSError, IndexError, ValueError):
+        raise StateError(f"cannot read the audit public key {path}") from None
+
+
+@audit.command()
+@click.option("--checkpoint", "checkpoint_file", type=click.Path(dir_okay=False, exists=True),
+              help="Also check the log against this signed checkpoint (catches truncation and rewrites).")
+@click.option("--audit-key", type=click.Path(dir_okay=False, exists=True),
+              help="The audit public key to check the checkpoint with (default: STATE/audit-key.pub). "
+                   "Use a copy kept off the CA host.")
+@output_options(csv_ok=False)
+@pass_env
+def verify(env: Env, checkpoint_file: str | None, audit_key: str | None, fmt: str) -> None:
+    """Check the hash chain of the whole log; name the first bad event.
+
+    Exits 0 when every event is intact (and matches the checkpoint, if
+    given), 1 otherwise.
+
+    \b
+    Example:
+      iast-ca audit verify --checkpoint /mnt/offsite/checkpoint-2026-11-29.txt
+    """
+    cp = None
+    if checkpoint_file:
+        with open(checkpoint_file) as f:
+            cp = read_checkpoint(f.read(), _audit_pub_blob(env, audit_key))
+    log = _open(env)
+    try:
+        total, _ = log.head()
+        kwargs = {"checkpoint_count": cp.count, "checkpoint_head": cp.head} if cp else {}
+        if stderr_is_tty() and total > 50_000 and fmt == "text":
+            with click.progressbar(length=total, label="verifying", file=click.get_text_stream("stderr")) as bar:
+                report = log.verify(progress=bar.update, **kwargs)
+        else:
+            report = log.verify(**kwargs)
+    finally:
+        log.close()
+    if fmt == "json":
+        echo_json({"ok": True, "events": report.count, "head": report.head,
+                   "checkpoint_events": report.checkpoint_count})
+    else:
+        msg = f"OK: {report.count} events, chain intact, head {report.head}"
+        if cp:
+            msg += f"; matches the checkpoint of {cp.count} events from {cp.time}"
+        click.echo(msg)
+
+
+@audit.command()
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False),
+              help="Where to write the signed checkpoint (keep a copy off the CA host).")
+@output_options(csv_ok=False)
+@pass_env
+def checkpoint(env: Env, output: str, fmt: str) -> None:
+    """Verify the log, then write a checkpoint (event count, head hash, time) signed with the audit key.
+
+    The checkpoint is in OpenSSH's SSHSIG format, so 'ssh-keygen -Y verify'
+    can check it too (see the README).
+
+    \b
+    Example:
+      iast-ca audit checkpoint -o /mnt/offsite/checkpoint-$(date +%F).txt
+    """
+    key = load_audit_key(StatePaths(env.config.state_dir), env.passphrase())
+    log = _open(env)
+    try:
+        report = log.verify()
+        text = make_checkpoint(key, report.count, report.head, iso(time.time()))
+        write_atomic(output, text, 0o644)
+        log.record("checkpoint", {"events": report.count, "head": report.head, "file": output}, user=os_user())
+    finally:
+        log.close()
+    if fmt == "json":
+        echo_json({"events": report.count, "head": report.head, "file": output})
+    else:
+        click.echo(f"checkpoint of {report.count} events (head {report.head}) written to {output}")

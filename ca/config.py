@@ -1,0 +1,152 @@
+"""The service config (TOML), read and validated once into one typed object.
+
+Precedence, highest first: command-line options, environment variables
+(``IAST_CA_STATE_DIR``, ``IAST_CA_POLICY``), the config file (``--config``
+or ``IAST_CA_CONFIG``), then the embedded defaults (state in ``./var``, the
+policy at ``STATE/policy.toml``). Relative paths in a config file are
+relative to that file's directory.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from .durations import parse_duration
+from .errors import ConfigError
+from .keys import DEFAULT_MIN_RSA_BITS
+from .policy import DEFAULT_PRINCIPAL_PATTERN
+
+MAX_CLOCK_SKEW = 300
+
+
+@dataclass(frozen=True)
+class Config:
+    """Everything the CA reads from its config, validated."""
+
+    source: str  # the file it came from, or "<defaults>"
+    state_dir: Path
+    policy_path: Path
+    clock_skew: int = 60
+    min_rsa_bits: int = DEFAULT_MIN_RSA_BITS
+    principal_pattern: str = DEFAULT_PRINCIPAL_PATTERN
+    passphrase_file: Path | None = None
+    listen_host: str = "127.0.0.1"
+    listen_port: int = 2222
+
+    def with_overrides(self, state_dir: str | None = None, policy: str | None = None) -> Config:
+        """Apply ``--state-dir``/``--policy`` (or their env vars). A new state dir
+        moves the default policy with it unless a policy path was set."""
+        cfg = self
+        if state_dir:
+            moved = {"policy_path": Path(state_dir) / "policy.toml"} if self._default_policy else {}
+            cfg = replace(cfg, state_dir=Path(state_dir), **moved)
+        if policy:
+            cfg = replace(cfg, policy_path=Path(policy))
+        return cfg
+
+    @property
+    def _default_policy(self) -> bool:
+        return self.policy_path == self.state_dir / "policy.toml"
+
+
+def default_config() -> Config:
+    """The embedded defaults: state in ``./var``, policy in the state dir."""
+    return Config(source="<defaults>", state_dir=Path("var"), policy_path=Path("var") / "policy.toml")
+
+
+_KEYS = {
+    "": {"state_dir", "policy", "signing", "server"},
+    "signing": {"clock_skew", "min_rsa_bits", "principal_pattern", "passphrase_file"},
+    "server": {"listen"},
+}
+
+
+def _expect(cond: bool, where: str, field: str, what: str) -> None:
+    if not cond:
+        raise ConfigError(f"{where}: {field}: expected {what}")
+
+
+def parse_config(data: bytes, path: str | Path) -> Config:
+    """Parse and validate a config file's bytes; errors name the file and the field."""
+    path = Path(path)
+    where = str(path)
+    try:
+        doc = tomllib.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
+        raise ConfigError(f"{where}: not valid TOML: {e}") from None
+    base = path.parent
+
+    def section(name: str) -> dict[str, Any]:
+        sec = doc.get(name, {}) if name else doc
+        _expect(isinstance(sec, dict), where, f"[{name}]", "a table")
+        extra = set(sec) - _KEYS[name]
+        if extra:
+            raise ConfigError(f"{where}: {name + '.' if name else ''}{sorted(extra)[0]}: unknown field")
+        return sec
+
+    top, signing, server = section(""), section("signing"), section("server")
+    cfg = default_config()
+    values: dict[str, Any] = {"source": where}
+    if "state_dir" in top:
+        _expect(isinstance(top["state_dir"], str) and top["state_dir"], where, "state_dir", "a path")
+        values["state_dir"] = base / top["state_dir"]
+    state_dir = values.get("state_dir", cfg.state_dir)
+    values["policy_path"] = state_dir / "policy.toml"
+    if "policy" in top:
+        _expect(isinstance(top["policy"], str) and top["policy"], where, "policy", "a path")
+        values["policy_path"] = base / top["policy"]
+    if "clock_skew" in signing:
+        try:
+            skew = parse_duration(signing["clock_skew"])
+        except ValueError as e:
+            raise ConfigError(f"{where}: signing.clock_skew: {e}") from None
+        _expect(skew <= MAX_CLOCK_SKEW, where, "signing.clock_skew", f"at most {MAX_CLOCK_SKEW}s")
+        values["clock_skew"] = skew
+    if "min_rsa_bits" in signing:
+        bits = signing["min_rsa_bits"]
+        _expect(isinstance(bits, int) and not isinstance(bits, bool) and 2048 <= bits <= 16384, where,
+                "signing.min_rsa_bits", "an integer from 2048 to 16384")
+        values["min_rsa_bits"] = bits
+    if "principal_pattern" in signing:
+        pat = signing["principal_pattern"]
+        _expect(isinstance(pat, str), where, "signing.principal_pattern", "a regular expression")
+        try:
+            re.compile(pat)
+        except re.error as e:
+            raise ConfigError(f"{where}: signing.principal_pattern: not a regular expression: {e}") from None
+        for bad in (",", " ", "*", ""):
+            if re.fullmatch(pat, bad) or re.fullmatch(pat, f"a{bad}b"):
+                raise ConfigError(f"{where}: signing.principal_pattern: must not match {bad!r}")
+        values["principal_pattern"] = pat
+    if "passphrase_file" in signing:
+        _expect(isinstance(signing["passphrase_file"], str), where, "signing.passphrase_file", "a path")
+        values["passphrase_file"] = base / signing["passphrase_file"]
+    if "listen" in server:
+        values["listen_host"], values["listen_port"] = parse_listen(server["listen"], f"{where}: server.listen")
+    return replace(cfg, **values)
+
+
+def parse_listen(text: Any, where: str = "--listen") -> tuple[str, int]:
+    """``HOST:PORT`` (``[::1]:2222`` for IPv6) -> (host, port)."""
+    m = re.fullmatch(r"\[([0-9a-fA-F:.]+)\]:(\d{1,5})|([^:\s\[\]]+):(\d{1,5})", text) if isinstance(text, str) else None
+    if not m:
+        raise ConfigError(f"{where}: expected HOST:PORT, got {text!r}")
+    host, port = (m.group(1), m.group(2)) if m.group(1) else (m.group(3), m.group(4))
+    if not 0 <= int(port) <= 65535:
+        raise ConfigError(f"{where}: port {port} out of range")
+    return host, int(port)
+
+
+def load_config(path: str | Path | None) -> Config:
+    """Read the config file at ``path``, or the embedded defaults when None."""
+    if path is None:
+        return default_config()
+    try:
+        data = Path(path).read_bytes()
+    except OSError as e:
+        raise ConfigError(f"cannot read config {path}: {e.strerror}") from None
+    return parse_config(data, path)

@@ -1,0 +1,98 @@
+"""The one error tree of the CA.
+
+Every error the library raises is a :class:`CAError`. Each kind carries a
+stable ``code`` (used in audit rows, JSON output and wire errors) and an
+``exit_status``. Only entry points turn them into process exit codes, and the
+numbers are named here and nowhere else:
+
+    0 ok, 1 error, 2 usage, 3 denied by policy, 4 authentication failed.
+"""
+
+from __future__ import annotations
+
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+EXIT_DENIED = 3
+EXIT_AUTH = 4
+
+
+class CAError(Exception):
+    """Base of every error the CA raises on purpose."""
+
+    code = "error"
+    exit_status = EXIT_ERROR
+
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class ConfigError(CAError):
+    """The service config is missing, unreadable or invalid."""
+
+    code = "config"
+
+
+class PolicyError(CAError):
+    """The policy file is invalid; the message names file, role and field."""
+
+    code = "policy"
+
+
+class UsageError(CAError):
+    """A request or command line that cannot be understood."""
+
+    code = "usage"
+    exit_status = EXIT_USAGE
+
+
+class BadKey(CAError):
+    """A key is unreadable, of a refused type, or too weak."""
+
+    code = "key"
+
+
+class StateError(CAError):
+    """The state directory is missing, incomplete, or already initialised."""
+
+    code = "state"
+
+
+class PolicyDenied(CAError):
+    """Policy refused the request. The message is safe to show the requester."""
+
+    code = "denied"
+    exit_status = EXIT_DENIED
+
+
+class AuthenticationFailed(CAError):
+    """The requester could not be authenticated (or not strongly enough)."""
+
+    code = "auth"
+    exit_status = EXIT_AUTH
+
+
+class SigningError(CAError):
+    """The signer failed, or its output did not verify."""
+
+    code = "signing"
+
+
+class AuditError(CAError):
+    """The audit log could not be written or read."""
+
+    code = "audit"
+
+
+class ChainBroken(AuditError):
+    """The audit log's hash chain or a checkpoint does not verify."""
+
+    code = "chain"
+
+    def __init__(self, message: str, event_id: int | None = None):
+        super().__init__(message)
+        self.event_id = event_id

@@ -1,0 +1,111 @@
+"""Frozen values passed between the stages of the issuance path.
+
+authenticate -> :class:`Identity`; parse request -> :class:`SignRequest`;
+decide -> :class:`Decision`; sign -> :class:`Issued`. None of them can change
+once made, so a later stage cannot quietly alter what an earlier one decided.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Identity:
+    """Who is asking, and how we know.
+
+    ``auth_methods`` lists what was proved, e.g. ``("publickey",)``,
+    ``("password", "totp")`` or ``("admin-offline",)``. ``mfa`` is true when
+    the identity satisfied a second factor for this request (or an
+    administrator issued offline, which is recorded as such).
+    """
+
+    user: str
+    auth_methods: tuple[str, ...]
+    mfa: bool = False
+    source_address: str | None = None
+    groups: tuple[str, ...] = ()
+    operator: str | None = None  # the administrator who issued on the user's behalf (offline)
+
+
+@dataclass(frozen=True)
+class SignRequest:
+    """What the requester asked for. Nothing here is trusted: policy decides."""
+
+    public_key: str  # the OpenSSH public key line as received
+    role: str | None = None
+    ttl: int | None = None  # seconds; None means the policy's default
+    reason: str | None = None
+    request_id: str | None = None
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The final certificate parameters that policy approved.
+
+    Everything the signer puts in a certificate is here, set on purpose;
+    the signer adds only the serial, the key ID and the signature.
+    """
+
+    user: str
+    role: str
+    principals: tuple[str, ...]
+    valid_after: int  # unix seconds, already includes the clock skew
+    valid_before: int  # unix seconds
+    ttl: int
+    force_command: str | None
+    source_address: tuple[str, ...]
+    verify_required: bool
+    extensions: tuple[str, ...]
+    reason: str | None
+    policy_sha256: str
+
+
+@dataclass(frozen=True)
+class Issued:
+    """A signed, verified and audited certificate."""
+
+    certificate: str  # OpenSSH certificate line
+    serial: int
+    key_id: str
+    decision: Decision
+    ca_fingerprint: str
+    key_type: str
+    key_fingerprint: str
+    event_id: int
+
+    def as_json(self) -> dict[str, Any]:
+        """The reply object clients and scripts read."""
+        d = self.decision
+        return {
+            "certificate": self.certificate,
+            "serial": self.serial,
+            "key_id": self.key_id,
+            "role": d.role,
+            "principals": list(d.principals),
+            "valid_after": d.valid_after,
+            "valid_before": d.valid_before,
+            "force_command": d.force_command,
+            "source_address": list(d.source_address),
+            "extensions": list(d.extensions),
+            "ca_fingerprint": self.ca_fingerprint,
+            "event_id": self.event_id,
+        }
+
+
+@dataclass(frozen=True)
+class Event:
+    """One row of the audit log, as stored (see :mod:`ca.audit`)."""
+
+    id: int
+    ts: str
+    kind: str
+    user: str | None
+    role: str | None
+    serial: int | None
+    key_id: str | None
+    source: str | None
+    data: dict[str, Any] = field(default_factory=dict)
+    prev_hash: str = ""
+    hash: str = ""
