@@ -274,7 +274,8 @@ class AuditLog:
         sql = f"SELECT {', '.join(_COLUMNS)} FROM events"
         if where:
             sql += " WHERE " + " AND ".join(where)
-        sql += " ORDER BY id DESC"
+        # With a time window, walk the ts index backwards instead of sorting the window.
+        sql += " ORDER BY ts DESC, id DESC" if since is not None or until is not None else " ORDER BY id DESC"
         if limit is not None:
             sql += f" LIMIT {int(limit)}"
         return [_event(r) for r in self.conn.execute(sql, args)]

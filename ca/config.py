@@ -118,8 +118,9 @@ def parse_config(data: bytes, path: str | Path) -> Config:
             re.compile(pat)
         except re.error as e:
             raise ConfigError(f"{where}: signing.principal_pattern: not a regular expression: {e}") from None
-        for bad in (",", " ", "*", ""):
-            if re.fullmatch(pat, bad) or re.fullmatch(pat, f"a{bad}b"):
+        # Security.md rule 2: whatever the pattern, no empty, comma, space or wildcard principal.
+        for bad in ("", ",", " ", "*", "a,b", "a b", "a*"):
+            if re.fullmatch(pat, bad):
                 raise ConfigError(f"{where}: signing.principal_pattern: must not match {bad!r}")
         values["principal_pattern"] = pat
     if "passphrase_file" in signing:

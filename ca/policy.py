@@ -1,0 +1,725 @@
+"""The access policy: who may ask for which certificate, and what it contains.
+
+Policy is a TOML file kept in version control like code. It is read and
+validated once (:func:`load_policy` / :func:`parse_policy`) into a frozen
+:class:`Policy`; every mistake is a :class:`~ca.errors.PolicyError` whose
+one-line message names the file, the section or role, and the field::
+
+    policy.toml: roles.prod-readonly.max_ttl: 12h exceeds [defaults].max_ttl 8h
+
+:meth:`Policy.decide` is the pure heart of the CA: identity + request + the
+time it is given -> a :class:`~ca.models.Decision` holding the *final*
+certificate parameters (architecture rule 5), or :class:`~ca.errors.PolicyDenied`.
+It does no I/O and reads no clock, so it is easy to test and to reason about.
+
+The file looks like this (``config/policy.toml`` is a documented example)::
+
+    [defaults]
+    ttl = "1h"                  # used when a request names none
+    max_ttl = "8h"              # no role may allow more
+    extensions = ["permit-pty"] # for roles that list none
+    role = "dev"                # optional: role used when a request names none
+
+    [groups]
+    sre = ["alice", "bob"]
+
+    [roles.prod-readonly]
+    description = "Read-only production debugging"
+    members = ["group:sre"]     # user names, "group:NAME", or "*"
+    principals = ["prod-ro"]    # literal names, or templates with "{user}"
+    force_command = "/usr/local/bin/prod-readonly-shell"
+    source_address = ["10.20.0.0/16"]
+    max_ttl = "30m"
+    require_reason = true
+    require_mfa = true
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import os
+import re
+import tomllib
+import unicodedata
+from collections.abc import Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any
+
+from ca.durations import format_duration, parse_duration
+from ca.errors import AuthenticationFailed, ConfigError, PolicyDenied, PolicyError
+from ca.models import Decision, Identity, SignRequest
+
+__all__ = [
+    "DEFAULT_PRINCIPAL_PATTERN",
+    "EXTENSIONS",
+    "Policy",
+    "Role",
+    "RoleVerdict",
+    "load_policy",
+    "parse_policy",
+]
+
+DEFAULT_PRINCIPAL_PATTERN = r"^[a-z_][a-z0-9_.-]{0,31}$"
+
+# The user extensions OpenSSH defines (PROTOCOL.certkeys, "Extensions").
+# A role grants exactly those it lists (security.md rule 5).
+EXTENSIONS = frozenset(
+    {
+        "permit-X11-forwarding",
+        "permit-agent-forwarding",
+        "permit-port-forwarding",
+        "permit-pty",
+        "permit-user-rc",
+        "no-touch-required",
+    }
+)
+_FALLBACK_EXTENSIONS = ("permit-pty",)  # security.md rule 5: the default is permit-pty only
+
+_DEFAULT_TTL = "1h"
+_DEFAULT_MAX_TTL = "8h"
+# A hard ceiling on every duration in the file. Certificates are meant to be
+# short-lived (security.md rule 3); a year is already far beyond any sane role,
+# and the bound keeps now + ttl comfortably inside the uint64 fields of a cert.
+_CEILING = 366 * 86400
+
+# Clock skew the caller may pass to decide() (security.md rule 3: max 300 s).
+_MAX_SKEW = 300
+_MAX_REASON = 500
+
+_NAME_RE = re.compile(r"[a-z0-9][a-z0-9_.-]{0,63}")  # role and group names
+_USER_RE = re.compile(r"[a-z_][a-z0-9_.-]{0,31}")  # user names in [groups] and members
+_NAME_TEXT = "^[a-z0-9][a-z0-9_.-]{0,63}$"
+_USER_TEXT = "^[a-z_][a-z0-9_.-]{0,31}$"
+
+_USER_TEMPLATE = "{user}"
+# Never allowed in a principal, whatever the configured pattern says
+# (security.md rule 2): a comma splits principal lists in asyncssh and in
+# sshd's matching (CVE-2026-35414), "*" is a wildcard, whitespace separates
+# fields in authorized_principals files.
+_PRINCIPAL_FORBIDDEN = re.compile(r"[,*\s\x00-\x1f\x7f]")
+
+_TOP_KEYS = ("defaults", "groups", "roles")
+_DEFAULTS_KEYS = ("ttl", "max_ttl", "extensions", "role")
+# "approval" is reserved for a future approval workflow. Until it exists it is
+# an unknown key like any other: a policy must never appear to demand
+# something the CA does not enforce.
+_ROLE_KEYS = (
+    "description",
+    "members",
+    "principals",
+    "ttl",
+    "max_ttl",
+    "extensions",
+    "force_command",
+    "source_address",
+    "verify_required",
+    "require_reason",
+    "require_mfa",
+)
+_RESERVED_KEYS = {"approval": "'approval' is reserved for a future version and not supported yet"}
+
+
+# --------------------------------------------------------------------------
+# Values
+
+
+@dataclass(frozen=True)
+class Role:
+    """One validated role. Durations are seconds; ``ttl`` is the effective
+    default (already capped at ``max_ttl``); ``extensions`` are sorted."""
+
+    name: str
+    description: str
+    members: tuple[str, ...]
+    principals: tuple[str, ...]  # literal names and "{user}" templates
+    ttl: int
+    max_ttl: int
+    extensions: tuple[str, ...]
+    force_command: str | None
+    source_address: tuple[str, ...]
+    verify_required: bool
+    require_reason: bool
+    require_mfa: bool
+
+
+@dataclass(frozen=True)
+class RoleVerdict:
+    """What ``iast-ca policy explain USER [--role R]`` shows for one role.
+
+    When ``allowed`` is false, ``reasons`` says why and the certificate
+    fields are None; when true, they hold what a request with no ttl of its
+    own would get (``principals`` already expanded for the user).
+    """
+
+    role: str
+    allowed: bool
+    reasons: tuple[str, ...] = ()
+    description: str = ""
+    is_default: bool = False
+    principals: tuple[str, ...] | None = None
+    ttl: int | None = None
+    max_ttl: int | None = None
+    extensions: tuple[str, ...] | None = None
+    force_command: str | None = None
+    source_address: tuple[str, ...] | None = None
+    verify_required: bool | None = None
+    require_reason: bool | None = None
+    require_mfa: bool | None = None
+
+    def as_json(self) -> dict[str, Any]:
+        """A JSON-ready dict (tuples become lists) for ``--json`` output."""
+
+        def lst(v: tuple[str, ...] | None) -> list[str] | None:
+            return None if v is None else list(v)
+
+        return {
+            "role": self.role,
+            "allowed": self.allowed,
+            "reasons": list(self.reasons),
+            "description": self.description,
+            "is_default": self.is_default,
+            "principals": lst(self.principals),
+            "ttl": self.ttl,
+            "max_ttl": self.max_ttl,
+            "extensions": lst(self.extensions),
+            "force_command": self.force_command,
+            "source_address": lst(self.source_address),
+            "verify_required": self.verify_required,
+            "require_reason": self.require_reason,
+            "require_mfa": self.require_mfa,
+        }
+
+
+@dataclass(frozen=True)
+class Policy:
+    """A validated policy. Build it with :func:`load_policy` or :func:`parse_policy`."""
+
+    path: str  # for messages
+    sha256: str  # hex SHA-256 of the exact file bytes; recorded in every Decision
+    default_ttl: int
+    max_ttl: int
+    default_extensions: tuple[str, ...]
+    default_role: str | None
+    groups: Mapping[str, tuple[str, ...]]  # read-only (MappingProxyType)
+    roles: Mapping[str, Role]  # read-only, in file order
+    principal_pattern: str
+
+    def groups_of(self, user: str) -> tuple[str, ...]:
+        """The ``[groups]`` that list ``user``, sorted by name."""
+        return tuple(sorted(name for name, users in self.groups.items() if user in users))
+
+    def is_member(self, role: Role, identity: Identity) -> bool:
+        """Whether ``identity`` may use ``role``.
+
+        ``"*"`` admits any authenticated user; ``group:NAME`` admits members
+        of the ``[groups]`` entry NAME and identities whose ``groups`` (e.g.
+        from an identity provider) contain NAME; anything else is a user name.
+        """
+        groups = set(self.groups_of(identity.user)) | set(identity.groups)
+        for member in role.members:
+            if member == "*":
+                return True
+            if member.startswith("group:"):
+                if member[len("group:") :] in groups:
+                    return True
+            elif member == identity.user:
+                return True
+        return False
+
+    def decide(self, identity: Identity, request: SignRequest, now: int, skew: int) -> Decision:
+        """Judge ``request`` from ``identity`` at time ``now`` (unix seconds).
+
+        Pure: no I/O, no clock. Returns the final certificate parameters, or
+        raises :class:`~ca.errors.PolicyDenied` (a message safe to show the
+        requester), or :class:`~ca.errors.AuthenticationFailed` when the role
+        needs a second factor the identity has not shown. ``skew`` (0..300 s)
+        back-dates ``valid_after`` to tolerate clocks that run behind.
+        """
+        # The caller's configuration, not the requester, supplies these; a bad
+        # value is a configuration bug, never something to sign around.
+        if type(skew) is not int or not 0 <= skew <= _MAX_SKEW:
+            raise ConfigError(f"clock skew must be 0..{_MAX_SKEW} seconds, got {skew!r}")
+        if type(now) is not int or now < skew:
+            raise ConfigError(f"now must be unix seconds, got {now!r}")
+
+        role = self._choose_role(identity, request)
+        if not self.is_member(role, identity):
+            raise PolicyDenied(
+                f"{_show(identity.user)} may not use role {role.name} "
+                f"(members: {', '.join(role.members)})"
+            )
+
+        reason = _check_reason(request.reason)
+        if role.require_reason and reason is None:
+            raise PolicyDenied(f"role {role.name} requires a reason")
+        if role.require_mfa and not identity.mfa:
+            # Exit 4, "authentication insufficient": the requester can fix it
+            # by authenticating again with a one-time code.
+            raise AuthenticationFailed(
+                f"role {role.name} requires a second factor (one-time code)"
+            )
+
+        ttl = role.ttl if request.ttl is None else request.ttl
+        if type(ttl) is not int or ttl <= 0:
+            raise PolicyDenied(f"requested ttl must be a positive number of seconds, got {_quote(ttl)}")
+        if ttl > role.max_ttl:
+            raise PolicyDenied(
+                f"requested ttl {format_duration(ttl)} exceeds role {role.name} "
+                f"max_ttl {format_duration(role.max_ttl)}"
+            )
+
+        principals = self._expand(role, identity.user)
+
+        # Options and extensions come from the role only (security.md rules 4
+        # and 5); SignRequest has no field through which to change them.
+        return Decision(
+            user=identity.user,
+            role=role.name,
+            principals=principals,
+            valid_after=now - skew,
+            valid_before=now + ttl,
+            ttl=ttl,
+            force_command=role.force_command,
+            source_address=role.source_address,
+            verify_required=role.verify_required,
+            extensions=role.extensions,
+            reason=reason,
+            policy_sha256=self.sha256,
+        )
+
+    def explain(self, user: str, role: str | None = None) -> list[RoleVerdict]:
+        """For each role (or only ``role``), may ``user`` use it, and with what.
+
+        Only ``[groups]`` count here (there is no identity provider offline).
+        An unknown ``role`` gives one verdict that is not allowed, saying so.
+        """
+        if role is not None and role not in self.roles:
+            return [RoleVerdict(role=role, allowed=False, reasons=(f"no such role {_quote(role)}",))]
+        names = [role] if role is not None else list(self.roles)
+        identity = Identity(user=user, auth_methods=())
+        return [self._verdict(self.roles[name], identity) for name in names]
+
+    # -- helpers -----------------------------------------------------------
+
+    def _choose_role(self, identity: Identity, request: SignRequest) -> Role:
+        name = request.role
+        if name is None:
+            name = self.default_role
+        if name is None:
+            usable = [r.name for r in self.roles.values() if self.is_member(r, identity)]
+            if len(usable) == 1:
+                name = usable[0]
+            else:
+                raise PolicyDenied(
+                    "no role requested; roles you may request: " + (", ".join(usable) or "none")
+                )
+        role = self.roles.get(name) if isinstance(name, str) else None
+        if role is None:
+            raise PolicyDenied(f"no such role {_quote(name)}")
+        return role
+
+    def _expand(self, role: Role, user: str) -> tuple[str, ...]:
+        """Expand ``{user}`` and check every result (security.md rules 1 and 2)."""
+        out: list[str] = []
+        for template in role.principals:
+            principal = template.replace(_USER_TEMPLATE, user)
+            if not _principal_ok(principal, self.principal_pattern):
+                raise PolicyDenied(
+                    f"role {role.name}: principal {_show(principal)} (from {_show(template)}) "
+                    f"does not match {self.principal_pattern}"
+                )
+            if principal not in out:
+                out.append(principal)
+        if not out:  # unreachable for a parsed policy; rule 1 is worth the line
+            raise PolicyDenied(f"role {role.name} grants no principals")
+        return tuple(out)
+
+    def _verdict(self, role: Role, identity: Identity) -> RoleVerdict:
+        base = dict(role=role.name, description=role.description, is_default=role.name == self.default_role)
+        if not self.is_member(role, identity):
+            reason = f"{_show(identity.user)} is not a member (members: {', '.join(role.members)})"
+            return RoleVerdict(allowed=False, reasons=(reason,), **base)
+        try:
+            principals = self._expand(role, identity.user)
+        except PolicyDenied as e:
+            return RoleVerdict(allowed=False, reasons=(e.message,), **base)
+        return RoleVerdict(
+            allowed=True,
+            principals=principals,
+            ttl=role.ttl,
+            max_ttl=role.max_ttl,
+            extensions=role.extensions,
+            force_command=role.force_command,
+            source_address=role.source_address,
+            verify_required=role.verify_required,
+            require_reason=role.require_reason,
+            require_mfa=role.require_mfa,
+            **base,
+        )
+
+
+# --------------------------------------------------------------------------
+# Loading
+
+
+def load_policy(path: str | os.PathLike[str], principal_pattern: str = DEFAULT_PRINCIPAL_PATTERN) -> Policy:
+    """Read and validate the policy file at ``path``; raise PolicyError if it is unusable."""
+    shown = os.fspath(path)
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        raise PolicyError(f"{shown}: cannot read policy: {e.strerror or e}") from None
+    return parse_policy(data, path=shown, principal_pattern=principal_pattern)
+
+
+def parse_policy(
+    data: bytes, path: str = "policy.toml", principal_pattern: str = DEFAULT_PRINCIPAL_PATTERN
+) -> Policy:
+    """Parse and validate policy ``data`` (the file's bytes); ``path`` is used in messages.
+
+    Raises :class:`~ca.errors.PolicyError` and nothing else, whatever the
+    input (security.md rule 21: every parser is fuzzed).
+    """
+    return _Parser(str(path), principal_pattern).parse(data)
+
+
+class _Parser:
+    """One parse of one file; holds the path and pattern for error messages."""
+
+    def __init__(self, path: str, principal_pattern: Any):
+        self.path = path
+        if not isinstance(principal_pattern, str):
+            raise PolicyError(f"{path}: principal pattern must be a string, got {principal_pattern!r}")
+        try:
+            re.compile(principal_pattern)
+        except (re.error, RecursionError, OverflowError) as e:
+            raise PolicyError(f"{path}: invalid principal pattern {principal_pattern!r}: {e}") from None
+        self.pattern = principal_pattern
+
+    def fail(self, where: str, message: str) -> PolicyError:
+        return PolicyError(f"{self.path}: {where}: {message}")
+
+    # -- the document ----------------------------------------------------------
+
+    def parse(self, data: bytes) -> Policy:
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise PolicyError(f"{self.path}: expected the file's bytes, got {type(data).__name__}")
+        data = bytes(data)
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as e:
+            line = data.count(b"\n", 0, e.start) + 1
+            raise PolicyError(f"{self.path}: not UTF-8 (line {line}, byte {e.start}): {e.reason}") from None
+        try:
+            doc = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as e:
+            raise PolicyError(f"{self.path}: invalid TOML: {_one_line(str(e))}") from None
+        except RecursionError:  # tomllib recurses on deeply nested arrays/tables
+            raise PolicyError(f"{self.path}: invalid TOML: nested too deeply") from None
+
+        self.check_keys(doc, _TOP_KEYS, "top level", "")
+        defaults = self.table(doc.get("defaults", {}), "defaults")
+        self.check_keys(defaults, _DEFAULTS_KEYS, "defaults", "defaults.")
+
+        max_ttl = self.duration(defaults.get("max_ttl", _DEFAULT_MAX_TTL), "defaults.max_ttl")
+        default_ttl = self.duration(defaults.get("ttl", _DEFAULT_TTL), "defaults.ttl")
+        if "ttl" in defaults and default_ttl > max_ttl:
+            raise self.fail(
+                "defaults.ttl",
+                f"{format_duration(default_ttl)} exceeds [defaults].max_ttl {format_duration(max_ttl)}",
+            )
+        # With no explicit ttl, the built-in 1h default still must not exceed a smaller max_ttl.
+        default_ttl = min(default_ttl, max_ttl)
+        if "extensions" in defaults:
+            default_ext = self.extensions(defaults["extensions"], "defaults.extensions")
+        else:
+            default_ext = _FALLBACK_EXTENSIONS
+
+        groups = self.groups(self.table(doc.get("groups", {}), "groups"))
+
+        roles_doc = self.table(doc.get("roles", {}), "roles")
+        if not roles_doc:
+            raise self.fail("roles", "no roles defined (add at least one [roles.NAME] table)")
+        roles: dict[str, Role] = {}
+        for name, body in roles_doc.items():
+            where = f"roles.{_show(name)}"
+            if not _NAME_RE.fullmatch(name):
+                raise self.fail(where, f"invalid role name (expected {_NAME_TEXT})")
+            roles[name] = self.role(name, self.table(body, where), groups, default_ttl, max_ttl, default_ext)
+
+        default_role = None
+        if "role" in defaults:
+            default_role = self.string(defaults["role"], "defaults.role")
+            if default_role not in roles:
+                raise self.fail("defaults.role", f"no such role {_show(default_role)}")
+
+        return Policy(
+            path=self.path,
+            sha256=hashlib.sha256(data).hexdigest(),
+            default_ttl=default_ttl,
+            max_ttl=max_ttl,
+            default_extensions=default_ext,
+            default_role=default_role,
+            groups=MappingProxyType(groups),
+            roles=MappingProxyType(roles),
+            principal_pattern=self.pattern,
+        )
+
+    def groups(self, doc: dict[str, Any]) -> dict[str, tuple[str, ...]]:
+        out: dict[str, tuple[str, ...]] = {}
+        for name, users in doc.items():
+            where = f"groups.{_show(name)}"
+            if not _NAME_RE.fullmatch(name):
+                raise self.fail(where, f"invalid group name (expected {_NAME_TEXT})")
+            users = self.string_list(users, where)
+            for user in users:
+                if not _USER_RE.fullmatch(user):
+                    raise self.fail(where, f"invalid user name {_show(user)} (expected {_USER_TEXT})")
+            out[name] = users
+        return out
+
+    def role(
+        self,
+        name: str,
+        doc: dict[str, Any],
+        groups: Mapping[str, tuple[str, ...]],
+        default_ttl: int,
+        default_max_ttl: int,
+        default_ext: tuple[str, ...],
+    ) -> Role:
+        at = f"roles.{name}."
+        self.check_keys(doc, _ROLE_KEYS, f"role {name}", at)
+
+        description = self.string(doc.get("description", ""), at + "description")
+
+        if "members" not in doc:
+            raise self.fail(at + "members", "required (user names, \"group:NAME\" or \"*\")")
+        members = self.string_list(doc["members"], at + "members", non_empty=True)
+        for m in members:
+            if m == "*":
+                continue
+            if m.startswith("group:"):
+                if m[len("group:") :] not in groups:
+                    raise self.fail(at + "members", f"{_show(m)}: no such group in [groups]")
+            elif not _USER_RE.fullmatch(m):
+                raise self.fail(
+                    at + "members",
+                    f"{_show(m)} is not a user name ({_USER_TEXT}), \"group:NAME\" or \"*\"",
+                )
+
+        # Rule 1: "any principal" must not be expressible, so the list is
+        # required and non-empty, and every entry is checked.
+        if "principals" not in doc:
+            raise self.fail(at + "principals", "required (at least one name, or \"{user}\")")
+        principals = self.string_list(doc["principals"], at + "principals", non_empty=True)
+        for p in principals:
+            self.principal(p, at + "principals")
+
+        max_ttl = default_max_ttl
+        if "max_ttl" in doc:
+            max_ttl = self.duration(doc["max_ttl"], at + "max_ttl")
+            if max_ttl > default_max_ttl:
+                raise self.fail(
+                    at + "max_ttl",
+                    f"{format_duration(max_ttl)} exceeds [defaults].max_ttl {format_duration(default_max_ttl)}",
+                )
+        if "ttl" in doc:
+            ttl = self.duration(doc["ttl"], at + "ttl")
+            if ttl > max_ttl:
+                raise self.fail(
+                    at + "ttl", f"{format_duration(ttl)} exceeds {at}max_ttl {format_duration(max_ttl)}"
+                )
+        else:
+            # The file-wide default is capped by this role's own limit.
+            ttl = min(default_ttl, max_ttl)
+
+        if "extensions" in doc:
+            extensions = self.extensions(doc["extensions"], at + "extensions")
+        else:
+            extensions = default_ext
+
+        force_command = None
+        if "force_command" in doc:
+            force_command = self.string(doc["force_command"], at + "force_command")
+            if not force_command.strip():
+                raise self.fail(at + "force_command", "must not be empty")
+            if any(c in force_command for c in "\x00\r\n"):
+                raise self.fail(at + "force_command", "must not contain NUL or line breaks")
+
+        source_address: tuple[str, ...] = ()
+        if "source_address" in doc:
+            source_address = self.networks(doc["source_address"], at + "source_address")
+
+        return Role(
+            name=name,
+            description=description,
+            members=members,
+            principals=principals,
+            ttl=ttl,
+            max_ttl=max_ttl,
+            extensions=extensions,
+            force_command=force_command,
+            source_address=source_address,
+            verify_required=self.boolean(doc.get("verify_required", False), at + "verify_required"),
+            require_reason=self.boolean(doc.get("require_reason", False), at + "require_reason"),
+            require_mfa=self.boolean(doc.get("require_mfa", False), at + "require_mfa"),
+        )
+
+    # -- fields --------------------------------------------------------------
+
+    def check_keys(self, doc: dict[str, Any], allowed: tuple[str, ...], section: str, prefix: str) -> None:
+        # Unknown keys are errors, not ignored: a misspelt "require_mfa" or an
+        # invented critical option ("permit_open") must not silently grant
+        # more than the author meant (security.md rule 4).
+        for key in doc:
+            if key in allowed:
+                continue
+            if key in _RESERVED_KEYS:
+                raise self.fail(prefix + key, _RESERVED_KEYS[key])
+            raise self.fail(
+                prefix + _show(key), f"unknown key in {section} (allowed: {', '.join(allowed)})"
+            )
+
+    def table(self, value: Any, where: str) -> dict[str, Any]:
+        if not isinstance(value, dict):
+            raise self.fail(where, f"expected a table, got {_type(value)}")
+        return value
+
+    def string(self, value: Any, where: str) -> str:
+        if not isinstance(value, str):
+            raise self.fail(where, f"expected a string, got {_type(value)}")
+        return value
+
+    def boolean(self, value: Any, where: str) -> bool:
+        if not isinstance(value, bool):
+            raise self.fail(where, f"expected true or false, got {_type(value)}")
+        return value
+
+    def string_list(self, value: Any, where: str, non_empty: bool = False) -> tuple[str, ...]:
+        if not isinstance(value, list):
+            raise self.fail(where, f"expected a list of strings, got {_type(value)}")
+        if non_empty and not value:
+            raise self.fail(where, "must not be empty")
+        seen: set[str] = set()
+        for item in value:
+            if not isinstance(item, str):
+                raise self.fail(where, f"expected a list of strings, found {_type(item)}")
+            if item in seen:
+                raise self.fail(where, f"{_show(item)} is listed twice")
+            seen.add(item)
+        return tuple(value)  # file order
+
+    def duration(self, value: Any, where: str) -> int:
+        try:
+            seconds = parse_duration(value)
+        except ValueError as e:
+            raise self.fail(where, _one_line(str(e))) from None
+        if seconds > _CEILING:
+            raise self.fail(where, f"{_show(value)} is longer than the ceiling {format_duration(_CEILING)}")
+        return seconds
+
+    def extensions(self, value: Any, where: str) -> tuple[str, ...]:
+        names = self.string_list(value, where)  # rejects duplicates
+        for name in names:
+            if name not in EXTENSIONS:
+                raise self.fail(
+                    where, f"unknown extension {_show(name)} (known: {', '.join(sorted(EXTENSIONS))})"
+                )
+        # OpenSSH expects extensions sorted by name (PROTOCOL.certkeys).
+        return tuple(sorted(names))
+
+    def principal(self, p: str, where: str) -> None:
+        """Check a literal principal, or the fixed parts of a ``{user}`` template.
+
+        A template's expansion depends on the user, so :meth:`Policy.decide`
+        checks it against the pattern again on every request.
+        """
+        literal = p.replace(_USER_TEMPLATE, "")
+        if _PRINCIPAL_FORBIDDEN.search(literal):
+            raise self.fail(where, f"{_show(p)} contains a comma, '*', whitespace or a control character")
+        if "{" in literal or "}" in literal:
+            raise self.fail(where, f"{_show(p)}: the only template is {_USER_TEMPLATE}")
+        if _USER_TEMPLATE not in p and not re.fullmatch(self.pattern, p):
+            raise self.fail(where, f"{_show(p)} does not match {self.pattern}")
+
+    def networks(self, value: Any, where: str) -> tuple[str, ...]:
+        items = self.string_list(value, where, non_empty=True)
+        out: list[str] = []
+        for item in items:
+            try:
+                net = ipaddress.ip_network(item, strict=True)
+            except ValueError:
+                # Say which mistake it is: a typo, or host bits set (which
+                # strict parsing refuses so that "10.20.0.1/16" is not
+                # silently widened or misread).
+                try:
+                    loose = ipaddress.ip_network(item, strict=False)
+                except ValueError:
+                    raise self.fail(where, f"{_show(item)} is not an address or CIDR") from None
+                raise self.fail(where, f"{_show(item)} has host bits set (did you mean {loose}?)") from None
+            text = str(net)
+            if text in out:
+                raise self.fail(where, f"{_show(item)} is listed twice")
+            out.append(text)
+        return tuple(out)
+
+
+# --------------------------------------------------------------------------
+# Small helpers
+
+
+def _principal_ok(principal: str, pattern: str) -> bool:
+    return (
+        bool(principal)
+        and not _PRINCIPAL_FORBIDDEN.search(principal)
+        and re.fullmatch(pattern, principal) is not None
+    )
+
+
+def _check_reason(reason: Any) -> str | None:
+    """The stripped reason, or None if there is none; deny unprintable or long ones.
+
+    The reason lands in the audit log that reviewers read, so control and
+    formatting characters (line breaks, bidi overrides) are refused rather than
+    stored. It never goes into a key ID (security.md rule 9).
+    """
+    if reason is None:
+        return None
+    if not isinstance(reason, str):
+        raise PolicyDenied("the reason must be text")
+    text = reason.strip()
+    if len(text) > _MAX_REASON:
+        raise PolicyDenied(f"the reason is too long ({len(text)} characters; at most {_MAX_REASON})")
+    for c in text:
+        if unicodedata.category(c) in ("Cc", "Cf", "Cs", "Zl", "Zp"):
+            raise PolicyDenied(f"the reason contains a control character (U+{ord(c):04X})")
+    return text or None
+
+
+def _show(value: Any) -> str:
+    """A value as it may appear in a one-line message: plain if tame, repr otherwise."""
+    if isinstance(value, str) and re.fullmatch(r"[\x21-\x7e]{1,80}", value):
+        return value
+    return _quote(value)
+
+
+def _quote(value: Any) -> str:
+    """Requester-supplied text, quoted and cut short for a one-line message."""
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _type(value: Any) -> str:
+    """Describe a TOML value for an error: its type, and its text when short."""
+    kind = {dict: "a table", list: "a list", str: "a string", bool: "a boolean", int: "an integer", float: "a float"}
+    name = kind.get(type(value), type(value).__name__)
+    if isinstance(value, (dict, list)):
+        return name
+    return f"{name} ({_show(value)})"
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
