@@ -110,9 +110,10 @@ def sign(env: Env, user: str, role: str | None, ttl: int | None, reason: str | N
     """Sign a user's public key offline, through the same decide -> sign -> audit path as the service.
 
     The issuance is recorded as made by the administrator running this
-    command. A request policy refuses exits 3, with the reason on stderr,
+    command. A request that policy refuses exits 3, with the reason on stderr,
     writes no certificate, and is recorded as a 'denied' event. Use '-' to
-    read the key from stdin.
+    read the key from stdin. With --json and no -o, stdout is one JSON
+    object whose 'certificate' field holds the certificate line.
 
     \b
     Example:
@@ -125,10 +126,10 @@ def sign(env: Env, user: str, role: str | None, ttl: int | None, reason: str | N
         issued = authority.issue(identity, SignRequest(public_key=key_line, role=role, ttl=ttl, reason=reason))
     finally:
         authority.close()
-    if output == "-":
-        click.echo(issued.certificate)
-    else:
+    if output != "-":
         write_atomic(output, issued.certificate + "\n", 0o644)
+    elif fmt != "json":  # with --json the certificate is a field of the object
+        click.echo(issued.certificate)
     d = issued.decision
     if fmt == "json":
         echo_json(issued.as_json())
