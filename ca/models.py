@@ -56,7 +56,6 @@ class Decision:
     ttl: int
     force_command: str | None
     source_address: tuple[str, ...]
-    verify_required: bool
     extensions: tuple[str, ...]
     reason: str | None
     policy_sha256: str

@@ -114,7 +114,6 @@ _ROLE_KEYS = (
     "extensions",
     "force_command",
     "source_address",
-    "verify_required",
     "require_reason",
     "require_mfa",
 )
@@ -139,7 +138,6 @@ class Role:
     extensions: tuple[str, ...]
     force_command: str | None
     source_address: tuple[str, ...]
-    verify_required: bool
     require_reason: bool
     require_mfa: bool
 
@@ -164,7 +162,6 @@ class RoleVerdict:
     extensions: tuple[str, ...] | None = None
     force_command: str | None = None
     source_address: tuple[str, ...] | None = None
-    verify_required: bool | None = None
     require_reason: bool | None = None
     require_mfa: bool | None = None
 
@@ -186,7 +183,6 @@ class RoleVerdict:
             "extensions": lst(self.extensions),
             "force_command": self.force_command,
             "source_address": lst(self.source_address),
-            "verify_required": self.verify_required,
             "require_reason": self.require_reason,
             "require_mfa": self.require_mfa,
         }
@@ -283,7 +279,6 @@ class Policy:
             ttl=ttl,
             force_command=role.force_command,
             source_address=role.source_address,
-            verify_required=role.verify_required,
             extensions=role.extensions,
             reason=reason,
             policy_sha256=self.sha256,
@@ -353,7 +348,6 @@ class Policy:
             extensions=role.extensions,
             force_command=role.force_command,
             source_address=role.source_address,
-            verify_required=role.verify_required,
             require_reason=role.require_reason,
             require_mfa=role.require_mfa,
             **base,
@@ -563,7 +557,6 @@ class _Parser:
             extensions=extensions,
             force_command=force_command,
             source_address=source_address,
-            verify_required=self.boolean(doc.get("verify_required", False), at + "verify_required"),
             require_reason=self.boolean(doc.get("require_reason", False), at + "require_reason"),
             require_mfa=self.boolean(doc.get("require_mfa", False), at + "require_mfa"),
         )

@@ -87,9 +87,6 @@ class Signer:
         unknown = set(decision.extensions) - set(_EXTENSION_FLAGS) - {"no-touch-required"}
         if unknown:
             raise SigningError(f"unknown extensions {sorted(unknown)}")
-        if decision.verify_required:
-            # asyncssh cannot encode verify-required; refuse rather than drop it.
-            raise SigningError("verify-required is not supported by this signer")
         flags = {flag: name in decision.extensions for name, flag in _EXTENSION_FLAGS.items()}
         is_sk = user_key.algorithm in SK_KEY_TYPES
         try:

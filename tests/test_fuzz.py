@@ -29,7 +29,7 @@ USER = asyncssh.generate_private_key("ecdsa-sha2-nistp256")
 USER_LINE = USER.export_public_key("openssh").decode().strip()
 DECISION = Decision(
     user="alice", role="prod", principals=("prod-ro", "alice"), valid_after=1_000_000, valid_before=1_003_600,
-    ttl=3600, force_command="/bin/echo hi", source_address=("10.0.0.0/8",), verify_required=False,
+    ttl=3600, force_command="/bin/echo hi", source_address=("10.0.0.0/8",),
     extensions=("permit-pty",), reason=None, policy_sha256="0" * 64,
 )
 CERT_LINE, CERT = Signer(CA).sign(DECISION, parse_user_key(USER_LINE), 42, "iast:alice:prod:42")

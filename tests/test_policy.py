@@ -60,7 +60,6 @@ source_address = ["10.20.0.0/16", "2001:db8::/32"]
 max_ttl = "30m"
 require_reason = true
 require_mfa = true
-verify_required = true
 
 [roles.deploy]
 members = ["carol", "group:security"]
@@ -108,7 +107,7 @@ def test_example_policy_loads_with_the_documented_roles():
     assert (dev.ttl, dev.max_ttl) == (3600, 8 * 3600)
     assert dev.extensions == ("permit-agent-forwarding", "permit-port-forwarding", "permit-pty")
     assert (dev.force_command, dev.source_address) == (None, ())
-    assert not (dev.require_reason or dev.require_mfa or dev.verify_required)
+    assert not (dev.require_reason or dev.require_mfa)
 
     prod = p.roles["prod-readonly"]
     assert prod.members == ("group:sre",)
@@ -117,7 +116,7 @@ def test_example_policy_loads_with_the_documented_roles():
     assert prod.source_address == ("10.20.0.0/16",)
     assert (prod.ttl, prod.max_ttl) == (1800, 1800)  # the 1h default is capped by the role's 30m
     assert prod.extensions == ("permit-pty",)  # inherited from [defaults]
-    assert prod.require_reason and prod.require_mfa and not prod.verify_required
+    assert prod.require_reason and prod.require_mfa
 
 
 def test_starter_policy_loads_and_gives_everyone_their_own_name():
@@ -219,7 +218,7 @@ ERRORS = [
     ("members an int", doc('members = 5\nprincipals = ["{user}"]'), "roles.dev.members", "got an integer (5)"),
     ("principal an int", doc('members = ["*"]\nprincipals = [1]'), "roles.dev.principals", "found an integer"),
     ("bool as a string", doc(GOOD_ROLE + 'require_mfa = "yes"'), "roles.dev.require_mfa", "expected true or false"),
-    ("bool as an int", doc(GOOD_ROLE + "verify_required = 1"), "roles.dev.verify_required", "expected true or false"),
+    ("bool as an int", doc(GOOD_ROLE + "require_reason = 1"), "roles.dev.require_reason", "expected true or false"),
     ("description a table", doc(GOOD_ROLE + "description = { a = 1 }"), "roles.dev.description", "expected a string, got a table"),
     ("force_command a list", doc(GOOD_ROLE + 'force_command = ["/bin/true"]'), "roles.dev.force_command", "expected a string"),
     ("force_command empty", doc(GOOD_ROLE + 'force_command = "  "'), "roles.dev.force_command", "must not be empty"),
@@ -250,6 +249,19 @@ def test_each_mistake_is_a_policy_error_naming_file_and_field(text, where, reaso
     assert message.startswith(f"{PATH}: {where}: "), message
     assert reason in message, message
     assert "\n" not in message
+
+
+def test_verify_required_is_an_unknown_key():
+    # The OpenSSH verify-required critical option was removed: the signer
+    # cannot encode it, so a role asking for it must not load (security.md:
+    # unknown critical options are a load error), not load and then fail
+    # every request.
+    with pytest.raises(PolicyError) as e:
+        policy(doc(GOOD_ROLE + "verify_required = true"))
+    assert str(e.value) == (
+        f"{PATH}: roles.dev.verify_required: unknown key in role dev (allowed: description, members, "
+        "principals, ttl, max_ttl, extensions, force_command, source_address, require_reason, require_mfa)"
+    )
 
 
 def test_the_good_document_used_above_is_itself_valid():
@@ -347,7 +359,6 @@ def test_dev_certificate_is_for_the_user_only():
         ttl=3600,
         force_command=None,
         source_address=(),
-        verify_required=False,
         extensions=("permit-agent-forwarding", "permit-port-forwarding", "permit-pty"),
         reason=None,
         policy_sha256=hashlib.sha256(POLICY.encode()).hexdigest(),
@@ -475,7 +486,7 @@ def test_missing_mfa_is_an_authentication_failure():
 def test_options_and_extensions_come_from_the_role_only():
     # SignRequest has no way to carry options or extensions at all...
     names = {f.name for f in dataclasses.fields(SignRequest)}
-    assert not names & {"force_command", "source_address", "extensions", "critical_options", "principals", "verify_required"}
+    assert not names & {"force_command", "source_address", "extensions", "critical_options", "principals"}
     # ...and the decision carries exactly the role's.
     p = policy()
     role = p.roles["prod-readonly"]
@@ -483,7 +494,6 @@ def test_options_and_extensions_come_from_the_role_only():
     assert d.force_command == role.force_command == "/usr/local/bin/prod-readonly-shell"
     assert d.source_address == role.source_address == ("10.20.0.0/16", "2001:db8::/32")
     assert d.extensions == role.extensions == ("permit-pty",)
-    assert d.verify_required is True
     assert d.principals == ("prod-ro",)
 
 
@@ -548,7 +558,6 @@ def test_explain_one_role_as_json():
         "extensions": ["permit-pty"],
         "force_command": "/usr/local/bin/prod-readonly-shell",
         "source_address": ["10.20.0.0/16", "2001:db8::/32"],
-        "verify_required": True,
         "require_reason": True,
         "require_mfa": True,
     }
@@ -600,7 +609,7 @@ def valid_policy_docs(draw):
             role["force_command"] = draw(st.sampled_from(["/bin/true", "/usr/bin/sudo -l", "echo 'hi, there'"]))
         if draw(st.booleans()):
             role["source_address"] = draw(st.lists(st.sampled_from(CIDRS), unique=True, min_size=1))
-        for flag in ("verify_required", "require_reason", "require_mfa"):
+        for flag in ("require_reason", "require_mfa"):
             if draw(st.booleans()):
                 role[flag] = draw(st.booleans())
         roles[name] = role
@@ -663,11 +672,10 @@ def test_property_decisions_stay_within_the_role(document, identity, data, now, 
     assert d.ttl == (role.ttl if request.ttl is None else request.ttl)
     assert d.valid_before - d.valid_after == d.ttl + skew
     assert (d.valid_after, d.valid_before) == (now - skew, now + d.ttl)
-    assert (d.extensions, d.force_command, d.source_address, d.verify_required) == (
+    assert (d.extensions, d.force_command, d.source_address) == (
         role.extensions,
         role.force_command,
         role.source_address,
-        role.verify_required,
     )
     assert list(d.extensions) == sorted(d.extensions)
     if role.require_mfa:
@@ -718,7 +726,7 @@ def toml_document(d: dict) -> str:
 
 ALL_KEYS = [
     "defaults", "groups", "roles", "ttl", "max_ttl", "extensions", "role", "description", "members",
-    "principals", "force_command", "source_address", "verify_required", "require_reason", "require_mfa",
+    "principals", "force_command", "source_address", "require_reason", "require_mfa",
     "approval", "permit_open", "critical_options",
 ]
 PLAUSIBLE = [

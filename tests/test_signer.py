@@ -188,7 +188,7 @@ def test_requester_text_never_reaches_the_key_id(tmp_path, authority):
 
 def _decision(**kw) -> Decision:
     base = dict(user="alice", role="dev", principals=("alice",), valid_after=1000, valid_before=5000, ttl=4000,
-                force_command=None, source_address=(), verify_required=False, extensions=("permit-pty",),
+                force_command=None, source_address=(), extensions=("permit-pty",),
                 reason=None, policy_sha256="0" * 64)
     base.update(kw)
     return Decision(**base)
@@ -201,7 +201,6 @@ def _decision(**kw) -> Decision:
     (dict(principals=("*",)), "unsafe principal"),
     (dict(valid_after=5000), "empty validity window"),
     (dict(extensions=("permit-everything",)), "unknown extensions"),
-    (dict(verify_required=True), "verify-required is not supported"),
 ])
 def test_signer_refuses_unsafe_decisions(tmp_path, change, message):
     signer = Signer(asyncssh.generate_private_key("ssh-ed25519"))
