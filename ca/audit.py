@@ -280,6 +280,18 @@ class AuditLog:
             sql += f" LIMIT {int(limit)}"
         return [_event(r) for r in self.conn.execute(sql, args)]
 
+    def stream(self, after: int = 0, batch: int = 10_000) -> Iterator[Event]:
+        """Every event with an id above ``after``, oldest first, read in batches (for exports)."""
+        while True:
+            rows = self.conn.execute(
+                f"SELECT {', '.join(_COLUMNS)} FROM events WHERE id > ? ORDER BY id LIMIT ?", (after, batch)
+            ).fetchall()
+            if not rows:
+                return
+            for row in rows:
+                yield _event(row)
+            after = rows[-1][0]
+
     def head(self) -> tuple[int, str]:
         """(number of events, hash of the last one) as stored, without verifying."""
         row = self.conn.execute("SELECT id, hash FROM events ORDER BY id DESC LIMIT 1").fetchone()

@@ -93,7 +93,7 @@ class Authority:
         except CAError as e:
             if isinstance(e, AuditError):
                 raise
-            self._record_refusal("denied", e, identity, request, user_key, policy)
+            self.refuse(identity, request, e, user_key=user_key, policy=policy)
             raise
 
         try:
@@ -130,7 +130,7 @@ class Authority:
                     valid_after=decision.valid_after, valid_before=decision.valid_before, event_id=event_id,
                 )
         except SigningError as e:
-            self._record_refusal("failed", e, identity, request, user_key, policy)
+            self.refuse(identity, request, e, user_key=user_key, policy=policy, kind="failed")
             raise
         # Only here, after COMMIT, does the certificate exist for anyone else.
         return Issued(
@@ -139,8 +139,15 @@ class Authority:
             key_fingerprint=user_key.fingerprint, event_id=event_id,
         )
 
-    def _record_refusal(self, kind: str, error: CAError, identity: Identity, request: SignRequest,
-                        user_key: UserKey | None, policy: Policy) -> int:
+    def refuse(self, identity: Identity, request: SignRequest, error: CAError, *, user_key: UserKey | None = None,
+               policy: Policy | None = None, kind: str = "denied") -> int:
+        """Record a refused request (``denied``) or a failed one (``failed``); return the event id.
+
+        :meth:`issue` calls this for its own refusals; the service calls it
+        for refusals decided before the policy is reached (a disabled user,
+        a one-time code that did not verify).
+        """
+        policy = policy or self.policy
         data: dict[str, Any] = {
             "code": error.code,
             "message": error.message,

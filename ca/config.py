@@ -19,6 +19,7 @@ from .durations import parse_duration
 from .errors import ConfigError
 from .keys import DEFAULT_MIN_RSA_BITS
 from .policy import DEFAULT_PRINCIPAL_PATTERN
+from .throttle import ThrottleSettings
 
 MAX_CLOCK_SKEW = 300
 
@@ -36,6 +37,11 @@ class Config:
     passphrase_file: Path | None = None
     listen_host: str = "127.0.0.1"
     listen_port: int = 2222
+    login_timeout: int = 30
+    max_unauthenticated: int = 32
+    max_request_bytes: int = 16384
+    drain_timeout: int = 30
+    throttle: ThrottleSettings = ThrottleSettings()
 
     def with_overrides(self, state_dir: str | None = None, policy: str | None = None) -> Config:
         """Apply ``--state-dir``/``--policy`` (or their env vars). A new state dir
@@ -59,10 +65,31 @@ def default_config() -> Config:
 
 
 _KEYS = {
-    "": {"state_dir", "policy", "signing", "server"},
+    "": {"state_dir", "policy", "signing", "server", "throttle"},
     "signing": {"clock_skew", "min_rsa_bits", "principal_pattern", "passphrase_file"},
-    "server": {"listen"},
+    "server": {"listen", "login_timeout", "max_unauthenticated", "max_request_bytes", "drain_timeout"},
+    "throttle": {"user_failures", "address_failures", "window", "lockout", "max_backoff"},
 }
+
+
+def _int(sec: dict, key: str, where: str, field: str, lo: int, hi: int) -> int | None:
+    if key not in sec:
+        return None
+    v = sec[key]
+    _expect(isinstance(v, int) and not isinstance(v, bool) and lo <= v <= hi, where, field,
+            f"an integer from {lo} to {hi}")
+    return v
+
+
+def _dur(sec: dict, key: str, where: str, field: str, hi: int) -> int | None:
+    if key not in sec:
+        return None
+    try:
+        v = parse_duration(sec[key])
+    except ValueError as e:
+        raise ConfigError(f"{where}: {field}: {e}") from None
+    _expect(v <= hi, where, field, f"at most {hi}s")
+    return v
 
 
 def _expect(cond: bool, where: str, field: str, what: str) -> None:
@@ -88,7 +115,7 @@ def parse_config(data: bytes, path: str | Path) -> Config:
             raise ConfigError(f"{where}: {name + '.' if name else ''}{sorted(extra)[0]}: unknown field")
         return sec
 
-    top, signing, server = section(""), section("signing"), section("server")
+    top, signing, server, throttle = section(""), section("signing"), section("server"), section("throttle")
     cfg = default_config()
     values: dict[str, Any] = {"source": where}
     if "state_dir" in top:
@@ -99,18 +126,23 @@ def parse_config(data: bytes, path: str | Path) -> Config:
     if "policy" in top:
         _expect(isinstance(top["policy"], str) and top["policy"], where, "policy", "a path")
         values["policy_path"] = base / top["policy"]
-    if "clock_skew" in signing:
-        try:
-            skew = parse_duration(signing["clock_skew"])
-        except ValueError as e:
-            raise ConfigError(f"{where}: signing.clock_skew: {e}") from None
-        _expect(skew <= MAX_CLOCK_SKEW, where, "signing.clock_skew", f"at most {MAX_CLOCK_SKEW}s")
-        values["clock_skew"] = skew
-    if "min_rsa_bits" in signing:
-        bits = signing["min_rsa_bits"]
-        _expect(isinstance(bits, int) and not isinstance(bits, bool) and 2048 <= bits <= 16384, where,
-                "signing.min_rsa_bits", "an integer from 2048 to 16384")
-        values["min_rsa_bits"] = bits
+    found = {
+        "clock_skew": _dur(signing, "clock_skew", where, "signing.clock_skew", MAX_CLOCK_SKEW),
+        "min_rsa_bits": _int(signing, "min_rsa_bits", where, "signing.min_rsa_bits", 2048, 16384),
+        "login_timeout": _dur(server, "login_timeout", where, "server.login_timeout", 600),
+        "max_unauthenticated": _int(server, "max_unauthenticated", where, "server.max_unauthenticated", 1, 10000),
+        "max_request_bytes": _int(server, "max_request_bytes", where, "server.max_request_bytes", 1024, 1 << 20),
+        "drain_timeout": _dur(server, "drain_timeout", where, "server.drain_timeout", 3600),
+    }
+    values.update({k: v for k, v in found.items() if v is not None})
+    limits = {
+        "user_limit": _int(throttle, "user_failures", where, "throttle.user_failures", 1, 1000),
+        "address_limit": _int(throttle, "address_failures", where, "throttle.address_failures", 1, 100000),
+        "window": _dur(throttle, "window", where, "throttle.window", 7 * 86400),
+        "lockout": _dur(throttle, "lockout", where, "throttle.lockout", 7 * 86400),
+        "max_backoff": _dur(throttle, "max_backoff", where, "throttle.max_backoff", 3600),
+    }
+    values["throttle"] = replace(cfg.throttle, **{k: v for k, v in limits.items() if v is not None})
     if "principal_pattern" in signing:
         pat = signing["principal_pattern"]
         _expect(isinstance(pat, str), where, "signing.principal_pattern", "a regular expression")

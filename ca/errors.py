@@ -76,6 +76,23 @@ class AuthenticationFailed(CAError):
     exit_status = EXIT_AUTH
 
 
+class MFARequired(AuthenticationFailed):
+    """The role needs a second factor this request has not shown (exit 4, code ``mfa_required``),
+    so a client knows to ask for a one-time code and retry."""
+
+    code = "mfa_required"
+
+
+class HostKeyChanged(CAError):
+    """The CA presented a host key other than the pinned one; nothing was sent to it.
+
+    A plain error (exit 1): neither a usage mistake nor a refusal by the
+    CA. It may be an attack, or a re-installed CA.
+    """
+
+    code = "host_key_changed"
+
+
 class SigningError(CAError):
     """The signer failed, or its output did not verify."""
 

@@ -48,7 +48,7 @@ from types import MappingProxyType
 from typing import Any
 
 from ca.durations import format_duration, parse_duration
-from ca.errors import AuthenticationFailed, ConfigError, PolicyDenied, PolicyError
+from ca.errors import ConfigError, MFARequired, PolicyDenied, PolicyError
 from ca.models import Decision, Identity, SignRequest
 
 __all__ = [
@@ -229,7 +229,7 @@ class Policy:
 
         Pure: no I/O, no clock. Returns the final certificate parameters, or
         raises :class:`~ca.errors.PolicyDenied` (a message safe to show the
-        requester), or :class:`~ca.errors.AuthenticationFailed` when the role
+        requester), or :class:`~ca.errors.MFARequired` (an AuthenticationFailed) when the role
         needs a second factor the identity has not shown. ``skew`` (0..300 s)
         back-dates ``valid_after`` to tolerate clocks that run behind.
         """
@@ -253,7 +253,7 @@ class Policy:
         if role.require_mfa and not identity.mfa:
             # Exit 4, "authentication insufficient": the requester can fix it
             # by authenticating again with a one-time code.
-            raise AuthenticationFailed(
+            raise MFARequired(
                 f"role {role.name} requires a second factor (one-time code)"
             )
 

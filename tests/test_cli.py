@@ -259,13 +259,39 @@ def test_shipped_config_examples_work():
 
 
 def test_make_run_main_job(tmp_path):
-    """What `make run` runs: a fresh CA and a first certificate, all through the real path."""
+    """What `make run` runs: a fresh CA on first run, then the service, with the next steps printed."""
+    import signal
+    import time
+
     exe = Path(os.sys.executable).parent / "iast-ca"
-    r = subprocess.run([str(exe), "--state-dir", str(tmp_path / "var"), "run"], capture_output=True, text=True,
-                       cwd=tmp_path, env={**os.environ, "SUDO_USER": "", "USER": "root"})
-    assert r.returncode == 0, r.stderr
-    cert = tmp_path / "var" / "demo" / "id_ed25519-cert.pub"
-    assert "Created a new CA" in r.stdout and str(cert) in r.stdout
-    assert keygen_L(cert)["Key ID"].startswith('"iast:')
-    again = subprocess.run([str(exe), "--state-dir", str(tmp_path / "var"), "run"], capture_output=True, text=True)
-    assert again.returncode == 0 and "Created a new CA" not in again.stdout  # second run reuses the CA
+    proc = subprocess.Popen([str(exe), "--state-dir", str(tmp_path / "var"), "run", "--listen", "127.0.0.1:0"],
+                            stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+    seen, deadline = [], time.monotonic() + 30
+    while time.monotonic() < deadline:
+        line = proc.stderr.readline()
+        seen.append(line)
+        if "Ctrl-C stops the CA" in line:
+            break
+    text = "".join(seen)
+    assert "Created a new CA" in text and '"msg": "listening"' in text
+    fp = json.loads(CliRunner().invoke(cli, ["--state-dir", str(tmp_path / "var"), "info", "--json"]).stdout)
+    assert f"--ca-fingerprint {fp['host_key_fingerprint']}" in text
+    assert "user add" in text and "iast-ssh login" in text
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(30) == 0
+
+
+def test_audit_export_with_cursor(ca, tmp_path):
+    key = make_key(tmp_path)
+    for _ in range(2):
+        ca("sign", "--user", "alice", "-o", str(tmp_path / "c.pub"), str(key) + ".pub")
+    cursor = tmp_path / "siem.cursor"
+    first = [json.loads(line) for line in ca("audit", "export", "--cursor-file", str(cursor)).stdout.splitlines()]
+    assert [e["id"] for e in first] == [1, 2, 3] and first[1]["kind"] == "issued"
+    assert first[2]["prev_hash"] == first[1]["hash"]
+    assert cursor.read_text() == "3\n"
+    assert ca("audit", "export", "--cursor-file", str(cursor)).stdout == ""  # nothing new, nothing twice
+    ca("sign", "--user", "bob", "-o", str(tmp_path / "c.pub"), str(key) + ".pub")
+    again = ca("audit", "export", "--cursor-file", str(cursor)).stdout.splitlines()
+    assert [json.loads(line)["user"] for line in again] == ["bob"] and cursor.read_text() == "4\n"
+    assert [json.loads(x)["id"] for x in ca("audit", "export", "--after", "2").stdout.splitlines()] == [3, 4]

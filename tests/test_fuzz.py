@@ -164,3 +164,35 @@ def test_config_parser_on_arbitrary_toml(doc):
         parse_config(("".join(lines) + "".join(tables)).encode(), "ca.toml")
     except ConfigError:
         pass
+
+
+@FUZZ
+@given(st.text(max_size=200))
+def test_request_protocol_on_arbitrary_command_lines(line):
+    from ca.errors import UsageError
+    from ca.protocol import COMMANDS, parse_command
+
+    try:
+        cmd = parse_command(line)
+    except UsageError:
+        return
+    assert cmd.name in COMMANDS
+    assert cmd.ttl is None or cmd.ttl > 0
+
+
+@FUZZ
+@given(st.lists(st.sampled_from(["sign", "roles", "--role", "dev", "--ttl", "30m", "--reason", "x y", "--otp",
+                                 "123456", "--json", "--json=1", "--role=", "'", '"', "--", "-r"]), max_size=8))
+def test_request_protocol_on_plausible_words(words):
+    import shlex
+
+    from ca.errors import UsageError
+    from ca.protocol import parse_command
+
+    line = " ".join(shlex.quote(w) if w not in ("'", '"') else w for w in words)
+    try:
+        cmd = parse_command(line)
+    except UsageError:
+        return
+    if cmd.role is not None:
+        assert "--role" in line

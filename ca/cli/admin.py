@@ -21,7 +21,8 @@ from .audit_cmds import audit
 from .common import Group, echo_json, output_options
 from .context import DURATION, Env, pass_env
 from .policy_cmds import policy
-from .run_cmd import run
+from .serve_cmd import info, run, serve
+from .user_cmds import user
 
 
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -145,7 +146,10 @@ def sign(env: Env, user: str, role: str | None, ttl: int | None, reason: str | N
 
 cli.add_command(policy)
 cli.add_command(audit)
+cli.add_command(user)
 cli.add_command(run)
+cli.add_command(serve)
+cli.add_command(info)
 
 
 def main() -> None:

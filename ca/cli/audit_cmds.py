@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import base64
+import json
+import sys
 import time
 
 import click
@@ -160,7 +162,7 @@ def verify(env: Env, checkpoint_file: str | None, audit_key: str | None, fmt: st
         total, _ = log.head()
         kwargs = {"checkpoint_count": cp.count, "checkpoint_head": cp.head} if cp else {}
         if stderr_is_tty() and total > 50_000 and fmt == "text":
-            with click.progressbar(length=total, label="verifying", file=click.get_text_stream("stderr")) as bar:
+            with click.progressbar(length=total, label="verifying", file=sys.stderr) as bar:
                 report = log.verify(progress=bar.update, **kwargs)
         else:
             report = log.verify(**kwargs)
@@ -204,3 +206,42 @@ def checkpoint(env: Env, output: str, fmt: str) -> None:
         echo_json({"events": report.count, "head": report.head, "file": output})
     else:
         click.echo(f"checkpoint of {report.count} events (head {report.head}) written to {output}")
+
+
+@audit.command()
+@click.option("--format", "fmt", type=click.Choice(["jsonl"]), default="jsonl", show_default=True,
+              help="One JSON object per event per line.")
+@click.option("--after", type=click.IntRange(min=0), default=None, help="Only events with an id above this.")
+@click.option("--cursor-file", type=click.Path(dir_okay=False),
+              help="Read --after from this file, and write the last exported id back to it (atomically) "
+                   "once everything is out: a cron job or timer then forwards each event once.")
+@pass_env
+def export(env: Env, fmt: str, after: int | None, cursor_file: str | None) -> None:
+    """Stream events, oldest first, for a SIEM.
+
+    Each line is one event with its hashes, so the receiver can check the
+    chain too. To send events to journald/syslog instead of a file, pipe
+    the output into 'systemd-cat -t iast-audit' or 'logger -t iast-audit'.
+
+    \b
+    Example:
+      iast-ca audit export --cursor-file /var/lib/iast-ca/siem.cursor >> /var/log/iast-audit.jsonl
+    """
+    if after is None and cursor_file:
+        try:
+            after = int(open(cursor_file).read().strip() or 0)
+        except FileNotFoundError:
+            after = 0
+        except (OSError, ValueError):
+            raise UsageError(f"cursor file {cursor_file} does not hold an event id") from None
+    log = _open(env)
+    last = after or 0
+    try:
+        for e in log.stream(after or 0):
+            click.echo(json.dumps(_as_dict(e), ensure_ascii=False, separators=(",", ":")))
+            last = e.id
+        sys.stdout.flush()
+    finally:
+        log.close()
+    if cursor_file:
+        write_atomic(cursor_file, f"{last}\n", 0o600)

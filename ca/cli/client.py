@@ -1,15 +1,91 @@
 """``iast-ssh``: the client people run before ``ssh``.
 
-The login flow (authenticate to the CA service, get a short-lived
-certificate, put it in ssh-agent) arrives with the CA service.
+A thin shell over :mod:`ca.client`: each command parses its options, builds
+the prompt callbacks (only when stdin is a terminal: a script is never
+asked anything), calls the library and prints. Library errors become one
+line on stderr and the error's exit status (1 error, 2 usage, 3 denied by
+policy, 4 authentication).
+
+The library (and asyncssh with it) is imported inside the commands, so that
+``iast-ssh --help`` starts fast.
 """
 
 from __future__ import annotations
 
+import datetime as dt
+import functools
+import sys
+from collections.abc import Callable
+from typing import Any
+
 import click
 
 from .. import __version__
-from .common import Group
+from ..durations import format_duration
+from .common import Group, echo_json, echo_table, output_options
+
+_OUT_HELP = "Directory for the key and certificate files (default: ~/.ssh/iast-ssh)."
+
+
+def _interactive() -> bool:
+    """Prompts only on a terminal: with stdin redirected, nobody can answer them."""
+    return sys.stdin.isatty()
+
+
+def _prompter(interactive: bool):
+    from ..client import Prompter
+
+    if not interactive:
+        return Prompter()
+
+    def secret(prompt: str) -> str:
+        return click.prompt(prompt.rstrip().rstrip(":"), hide_input=True, err=True, prompt_suffix=": ")
+
+    def code(prompt: str) -> str:
+        return click.prompt(prompt.rstrip().rstrip(":"), err=True, prompt_suffix=": ").strip()
+
+    def confirm(address: str, fingerprint: str) -> bool:
+        click.echo(f"The CA at {address} presents the host key {fingerprint}.\n"
+                   "Compare it with what 'iast-ca info' prints on the CA (or ask its administrator).", err=True)
+        return click.confirm("Trust this CA and remember its key?", default=False, err=True)
+
+    return Prompter(secret=secret, code=code, confirm_host_key=confirm)
+
+
+def ca_options(f: Callable) -> Callable:
+    """Where the CA is, which host key it must present, who we are and which key proves it."""
+
+    @click.option("--ca", "ca", metavar="HOST[:PORT]",
+                  help="The CA service (default: 'ca' in the config file, else 127.0.0.1:2222).")
+    @click.option("--ca-fingerprint", metavar="SHA256:...",
+                  help="The CA's SSH host key fingerprint ('iast-ca info' prints it). Default: the config "
+                       "file's; on a terminal you may confirm an unknown key instead.")
+    @click.option("-l", "--user", metavar="USER", help="Your user name at the CA (default: config, else your "
+                                                       "local user name).")
+    @click.option("-i", "--identity", type=click.Path(dir_okay=False), metavar="KEY",
+                  help="Authenticate with this enrolled private key (default: ssh-agent's keys, then "
+                       "password + one-time code on a terminal).")
+    @functools.wraps(f)
+    def wrapper(*args: Any, ca: str | None, ca_fingerprint: str | None, user: str | None,
+                identity: str | None, **kw: Any) -> Any:
+        from ..client import Client
+
+        def make_client() -> Client:
+            return Client(ca, ca_fingerprint=ca_fingerprint, user=user, identity=identity,
+                          prompter=_prompter(_interactive()))
+
+        return f(*args, make_client=make_client, **kw)
+
+    return wrapper
+
+
+def _until(ts: int) -> str:
+    return dt.datetime.fromtimestamp(ts, dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ")
+
+
+def _notes(notes) -> None:
+    for note in notes:
+        click.echo(f"note: {note}", err=True)
 
 
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -17,13 +93,208 @@ from .common import Group
 def cli() -> None:
     """Get short-lived SSH certificates from an iast-ssh CA.
 
-    Not yet available: 'iast-ssh login' comes with the CA service. Until
-    then an administrator signs keys offline with 'iast-ca sign'.
+    'login' authenticates to the CA (an enrolled key, or a password and a
+    one-time code), gets a certificate for a fresh key and puts it into
+    ssh-agent (or into files); then ssh works as usual until it expires.
+    Settings live in ~/.config/iast-ssh/config.toml (ca, ca_fingerprint,
+    user, role).
 
     \b
     Example:
-      iast-ssh --version
+      iast-ssh login --ca ca.example.com:2222 --ca-fingerprint SHA256:... --role dev
+      ssh alice@dev-host
     """
+
+
+@cli.command()
+@ca_options
+@click.option("--role", "-r", help="Role to request (default: config, else the CA policy's default).")
+@click.option("--ttl", metavar="DURATION", help="Lifetime, e.g. 30m or 2h (default: the role's).")
+@click.option("--reason", help="Why you need access (recorded in the CA's audit log; some roles require it).")
+@click.option("--otp", metavar="CODE", help="One-time code for roles that require a second factor "
+                                            "(on a terminal you are asked when needed).")
+@click.option("--no-agent", is_flag=True, help="Write key and certificate files instead of using ssh-agent.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), metavar="DIR", help=_OUT_HELP)
+@output_options(csv_ok=False)
+def login(make_client, role, ttl, reason, otp, no_agent, out_dir, fmt) -> None:
+    """Get a certificate from the CA and hand it to ssh.
+
+    The CA's host key is checked against the pinned fingerprint before
+    anything is sent. The certificate goes into ssh-agent (SSH_AUTH_SOCK)
+    for exactly its lifetime; with --no-agent, or without an agent, the
+    key and certificate are written (mode 0600) to ~/.ssh/iast-ssh/.
+    Prompts (password, one-time code) appear only on a terminal.
+
+    \b
+    Example:
+      iast-ssh login --role prod-readonly --reason "INC-1234" --ttl 30m
+      iast-ssh login --no-agent -i ~/.ssh/id_ed25519 && ssh -i ~/.ssh/iast-ssh/id_ed25519 alice@host
+    """
+    client = make_client()
+    result = client.login(role=role, ttl=ttl, reason=reason, otp=otp, no_agent=no_agent, out_dir=out_dir)
+    if fmt == "json":
+        echo_json(result.as_json())
+        _notes(result.notes)
+        return
+    click.echo(f"Certificate {result.key_id} (serial {result.serial}): principals {', '.join(result.principals)}, "
+               f"role {result.role}, valid for {format_duration(result.seconds_left())} "
+               f"(until {_until(result.valid_before)}).")
+    if result.force_command:
+        click.echo(f"  force-command: {result.force_command}")
+    if result.source_address:
+        click.echo(f"  usable only from: {', '.join(result.source_address)}")
+    login_name = result.principals[0] if result.principals else "USER"
+    if result.where == "agent":
+        click.echo(f"Added to ssh-agent ({result.agent_socket}); the agent drops it when it expires.")
+        click.echo(f"Use ssh as usual:  ssh {login_name}@HOST")
+    else:
+        click.echo(f"Wrote {result.key_path} and {result.cert_path} (mode 0600).")
+        click.echo(f"Use them with:  ssh -i {result.key_path} {login_name}@HOST")
+        click.echo("(ssh reads the certificate from the -cert.pub file beside the key.)")
+    _notes(result.notes)
+
+
+@cli.command()
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), metavar="DIR", help=_OUT_HELP)
+@output_options(csv_ok=False)
+def status(out_dir, fmt) -> None:
+    """Show the iast certificates you hold (in ssh-agent and in files) and the time they have left.
+
+    \b
+    Example:
+      iast-ssh status --json | jq '.certificates[] | {key_id, seconds_left}'
+    """
+    from ..client import status as get_status
+
+    st = get_status(out_dir=out_dir)
+    if fmt == "json":
+        echo_json(st.as_json())
+    elif not st.held:
+        click.echo("No iast certificates held. Get one with 'iast-ssh login'.")
+    else:
+        rows = []
+        for h in st.held:
+            left = h.seconds_left()
+            rows.append([h.key_id, h.where if not h.path else str(h.path), h.role or "", ", ".join(h.principals),
+                         format_duration(left) if left else "expired"])
+        echo_table(rows, ["KEY ID", "WHERE", "ROLE", "PRINCIPALS", "LEFT"])
+    _notes(st.notes)
+
+
+@cli.command()
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), metavar="DIR", help=_OUT_HELP)
+@output_options(csv_ok=False)
+def logout(out_dir, fmt) -> None:
+    """Remove your iast certificates from ssh-agent and delete the key and certificate files.
+
+    \b
+    Example:
+      iast-ssh logout
+    """
+    from ..client import logout as do_logout
+
+    result = do_logout(out_dir=out_dir)
+    if fmt == "json":
+        echo_json(result.as_json())
+    else:
+        for key_id in result.removed_from_agent:
+            click.echo(f"Removed {key_id} from ssh-agent.")
+        for path in result.deleted_files:
+            click.echo(f"Deleted {path}.")
+        if not result.removed_from_agent and not result.deleted_files:
+            click.echo("Nothing to remove.")
+    _notes(result.notes)
+
+
+@cli.command()
+@ca_options
+@output_options(csv_ok=False)
+def roles(make_client, fmt) -> None:
+    """List the roles you may request, with their principals and limits.
+
+    \b
+    Example:
+      iast-ssh roles --json | jq -r '.[].role'
+    """
+    client = make_client()
+    verdicts = client.roles()
+    _notes(client.notes)
+    if fmt == "json":
+        echo_json(verdicts)
+        return
+    if not verdicts:
+        click.echo("No roles.")
+        return
+    rows = []
+    for v in verdicts:
+        needs = [w for w, flag in (("reason", v.get("require_reason")), ("one-time code", v.get("require_mfa")))
+                 if flag]
+        rows.append([v.get("role"), ", ".join(v.get("principals") or ()),
+                     format_duration(v.get("ttl") or 0), format_duration(v.get("max_ttl") or 0),
+                     ", ".join(needs), v.get("description") or ""])
+    echo_table(rows, ["ROLE", "PRINCIPALS", "TTL", "MAX", "NEEDS", "DESCRIPTION"])
+
+
+@cli.command()
+@ca_options
+@output_options(csv_ok=False)
+def whoami(make_client, fmt) -> None:
+    """Show who the CA thinks you are and how you authenticated.
+
+    \b
+    Example:
+      iast-ssh whoami -i ~/.ssh/id_ed25519
+    """
+    client = make_client()
+    who = client.whoami()
+    _notes(client.notes)
+    if fmt == "json":
+        echo_json(who)
+        return
+    click.echo(f"{who.get('user')} from {who.get('source_address')}, authenticated by "
+               f"{'+'.join(who.get('auth_methods') or ())}; groups: {', '.join(who.get('groups') or ()) or '-'}")
+
+
+@cli.command()
+@ca_options
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), metavar="DIR", help=_OUT_HELP)
+@click.option("--host", "host_pattern", default="*", show_default=True, metavar="PATTERN",
+              help="The ssh_config Host pattern the block applies to.")
+@click.option("--offline", is_flag=True, help="Do not ask the CA for its keys (no @cert-authority lines).")
+def config(make_client, out_dir, host_pattern, offline) -> None:
+    """Print an ssh_config block for the certificate files, and known_hosts lines for the CA.
+
+    With ssh-agent (what 'login' uses by default) ssh needs no settings:
+    it offers the agent's certificate by itself. The block is for
+    'login --no-agent'. The @cert-authority lines (commented out) are for
+    when the CA also signs host keys.
+
+    \b
+    Example:
+      iast-ssh config --host '*.example.com' >> ~/.ssh/config
+    """
+    from pathlib import Path
+
+    from ..client import CERT_FILE, KEY_FILE, default_out_dir
+
+    out = Path(out_dir).expanduser().absolute() if out_dir else default_out_dir()
+    keys: list[str] = []
+    if not offline:
+        client = make_client()
+        keys = client.ca_keys()
+        _notes(client.notes)
+    lines = [
+        "# iast-ssh: short-lived certificates ('iast-ssh login').",
+        "# With ssh-agent nothing is needed: ssh offers the agent's certificate by itself.",
+        "# For 'iast-ssh login --no-agent', point ssh at the files:",
+        f"Host {host_pattern}",
+        f"    IdentityFile {out / KEY_FILE}",
+        f"    CertificateFile {out / CERT_FILE}",
+    ]
+    if keys:
+        lines += ["", "# known_hosts, once the CA also signs host keys (not yet: keep these commented out):"]
+        lines += [f"# @cert-authority {host_pattern} {' '.join(k.split()[:2])}" for k in keys]
+    click.echo("\n".join(lines))
 
 
 def main() -> None:

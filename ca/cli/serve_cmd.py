@@ -1,0 +1,120 @@
+"""``iast-ca serve``, ``iast-ca run`` (what ``make run`` starts) and ``iast-ca info``."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+
+import click
+
+from ..authority import Authority
+from ..certificates import fingerprint
+from ..config import parse_listen
+from ..errors import StateError
+from ..keys import Keyring
+from ..server import serve as serve_forever
+from ..server import setup_logging
+from ..state import StatePaths, init_state
+from .common import echo_json, output_options
+from .context import Env, pass_env
+
+
+def _host_key_fingerprint(paths: StatePaths) -> str:
+    line = paths.host_key.with_suffix(".pub").read_text().split()
+    return fingerprint(base64.b64decode(line[1]))
+
+
+def _serve(env: Env, listen: str | None, on_ready=None) -> None:
+    cfg = env.config
+    if not StatePaths(cfg.state_dir).keyring.exists():
+        raise StateError(f"no CA in {cfg.state_dir}: run 'iast-ca init' first")
+    host, port = parse_listen(listen) if listen else (cfg.listen_host, cfg.listen_port)
+    setup_logging()
+    authority = Authority.open(cfg, passphrase=env.passphrase())
+    asyncio.run(serve_forever(cfg, authority, host=host, port=port, ready=on_ready))
+
+
+@click.command()
+@click.option("--listen", metavar="HOST:PORT", help="Listen here instead of the config's server.listen.")
+@pass_env
+def serve(env: Env, listen: str | None) -> None:
+    """Run the CA service (SSH) until SIGTERM; SIGHUP reloads the policy.
+
+    Logs are one JSON object per line on stderr. Under systemd
+    (Type=notify) it reports READY=1 once listening.
+
+    \b
+    Example:
+      iast-ca --config /etc/iast-ca/ca.toml serve --listen 0.0.0.0:2222
+    """
+    _serve(env, listen)
+
+
+@click.command()
+@click.option("--listen", metavar="HOST:PORT", help="Listen here instead of 127.0.0.1:2222.")
+@pass_env
+def run(env: Env, listen: str | None) -> None:
+    """Create the CA on first run, then serve, printing how to enrol a user and log in.
+
+    \b
+    Example:
+      iast-ca --state-dir ./var run
+    """
+    cfg = env.config
+    paths = StatePaths(cfg.state_dir)
+    if not paths.keyring.exists():
+        s = init_state(cfg, "ed25519", env.passphrase())
+        click.echo(f"Created a new CA in {s['state_dir']}: {s['ca_algorithm']} {s['ca_fingerprint']}", err=True)
+
+    def ready(service) -> None:
+        fp = _host_key_fingerprint(paths)
+        sd = f"--state-dir {cfg.state_dir} " if str(cfg.state_dir) != "var" else ""
+        click.echo(f"""
+The CA is listening on {service.cfg.listen_host if not listen else listen.rsplit(':', 1)[0]}:{service.port}
+(host key {fp}). In another terminal, from this directory:
+
+  # 1. enrol yourself with your SSH public key
+  .venv/bin/iast-ca {sd}user add "$USER" --key ~/.ssh/id_ed25519.pub
+  # 2. log in: a fresh key and a short-lived certificate, straight into ssh-agent
+  .venv/bin/iast-ssh login --ca 127.0.0.1:{service.port} --ca-fingerprint {fp} -i ~/.ssh/id_ed25519
+  # 3. make a host trust the CA, then plain ssh works
+  .venv/bin/iast-ca {sd}trust | sudo tee /etc/ssh/iast-user-ca.pub   # + TrustedUserCAKeys in sshd_config
+
+Ctrl-C stops the CA.
+""", err=True)
+
+    _serve(env, listen, ready)
+
+
+@click.command()
+@output_options(csv_ok=False)
+@pass_env
+def info(env: Env, fmt: str) -> None:
+    """Show the CA keys, the service's host key fingerprint (for clients to pin), and where it listens.
+
+    \b
+    Example:
+      iast-ca info --json | jq -r .host_key_fingerprint
+    """
+    cfg = env.config
+    paths = StatePaths(cfg.state_dir)
+    keyring = Keyring.load(cfg.state_dir)
+    data = {
+        "state_dir": str(cfg.state_dir),
+        "policy": str(cfg.policy_path),
+        "listen": f"{cfg.listen_host}:{cfg.listen_port}",
+        "ca_keys": [{"name": k.name, "algorithm": k.algorithm, "fingerprint": k.fingerprint, "state": k.state}
+                    for k in keyring.keys],
+        "active_ca_fingerprint": keyring.active.fingerprint,
+        "host_key": paths.host_key.with_suffix(".pub").read_text().strip(),
+        "host_key_fingerprint": _host_key_fingerprint(paths),
+    }
+    if fmt == "json":
+        echo_json(data)
+        return
+    click.echo(f"state dir        {data['state_dir']}")
+    click.echo(f"policy           {data['policy']}")
+    click.echo(f"listen           {data['listen']}")
+    for k in data["ca_keys"]:
+        click.echo(f"CA key           {k['algorithm']} {k['fingerprint']} ({k['state']})")
+    click.echo(f"host key         {data['host_key_fingerprint']}  (clients pin this: --ca-fingerprint)")

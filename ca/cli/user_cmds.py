@@ -1,0 +1,314 @@
+"""``iast-ca user``: enrol the people who may log in to the CA service.
+
+A thin shell over :class:`ca.users.UserStore`. Passwords are read from
+standard input only (never from the command line, where ``ps`` and shell
+history would see them); a TOTP secret is printed once, when it is made.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import click
+
+from ..audit import AuditLog
+from ..errors import StateError, UsageError
+from ..state import StatePaths, os_user
+from ..users import MIN_PASSWORD_LENGTH, Enrolment, User, UserStore
+from .common import echo_csv, echo_json, echo_table, output_options
+from .context import Env, pass_env
+
+MAX_KEY_FILE = 64 * 1024
+
+
+@contextmanager
+def _store(env: Env) -> Iterator[UserStore]:
+    paths = StatePaths(env.config.state_dir)
+    if not paths.db.exists():
+        raise StateError(f"no audit database at {paths.db}: run 'iast-ca init' first")
+    log = AuditLog(paths.db)
+    try:
+        yield UserStore(log, min_rsa_bits=env.config.min_rsa_bits)
+    finally:
+        log.close()
+
+
+def _read_password() -> str:
+    """One password from standard input: typed twice, hidden, on a terminal; else its first line."""
+    if sys.stdin.isatty():
+        return click.prompt("Password", hide_input=True, confirmation_prompt=True, err=True)
+    line = sys.stdin.readline()
+    password = line.removesuffix("\n").removesuffix("\r")
+    if not password:
+        raise UsageError("no password on standard input")
+    return password
+
+
+def _read_key(file) -> str:  # noqa: ANN001 - a click.File
+    text = file.read(MAX_KEY_FILE + 1)
+    if len(text) > MAX_KEY_FILE:
+        raise UsageError(f"{file.name}: longer than {MAX_KEY_FILE} bytes; expected one public key line")
+    return text
+
+
+def _yes_no(flag: bool) -> str:
+    return "yes" if flag else "no"
+
+
+def _state(u: User) -> str:
+    return "disabled" if u.disabled else "enabled"
+
+
+def _show_secret(enrolment: Enrolment, fmt: str) -> None:
+    u = enrolment.user
+    if fmt == "json":
+        echo_json({"user": u.name, "totp_uri": enrolment.totp_uri, "totp_secret": enrolment.totp_secret,
+                   "keys": [k.fingerprint for k in u.keys], "has_password": u.has_password, "has_totp": u.has_totp})
+        return
+    if enrolment.totp_secret:
+        click.echo(f"TOTP secret: {enrolment.totp_secret}")
+        click.echo(f"TOTP URI:    {enrolment.totp_uri}")
+        click.echo("Give these to the user now, over a safe channel: they will not be shown again. "
+                   "Add the secret to an authenticator app, or show the URI as a QR code "
+                   "(e.g. qrencode -t ANSIUTF8 'URI').")
+
+
+def _get(store: UserStore, name: str) -> User:
+    user = store.get(name)
+    if user is None:
+        raise UsageError(f"no such user {name!r}")
+    return user
+
+
+@click.group()
+def user() -> None:
+    """Enrol, list, disable and re-key the users of the CA service.
+
+    A user logs in with an enrolled public key, or with a password followed
+    by a TOTP code. Every change is recorded in the audit log.
+
+    \b
+    Example:
+      iast-ca user add alice --key alice.pub && iast-ca user list
+    """
+
+
+@user.command()
+@click.argument("name")
+@click.option("--key", "key_files", multiple=True, type=click.File("r"), metavar="FILE",
+              help="A public key file to enrol (repeatable).")
+@click.option("--password-stdin", is_flag=True,
+              help=f"Read a password (at least {MIN_PASSWORD_LENGTH} characters) from standard input; "
+                   "needs --totp.")
+@click.option("--totp", is_flag=True, help="Make a TOTP secret; it is printed once.")
+@output_options(csv_ok=False)
+@pass_env
+def add(env: Env, name: str, key_files, password_stdin: bool, totp: bool, fmt: str) -> None:
+    """Create user NAME with public keys, and/or a password and a TOTP secret.
+
+    A user needs a way to log in: a key, or a password with --totp (the
+    service asks for the password, then a code). The TOTP secret and its
+    otpauth:// URI are printed once, here.
+
+    \b
+    Example:
+      iast-ca user add alice --key alice.pub
+      printf '%s\\n' "$PW" | iast-ca user add bob --password-stdin --totp --json
+    """
+    if password_stdin and not totp:
+        raise UsageError("--password-stdin needs --totp: the service asks for a password and then a TOTP code")
+    if not key_files and not password_stdin:
+        raise UsageError(f"user {name} needs a way to log in: give --key FILE, or --password-stdin with --totp")
+    keys = [_read_key(f) for f in key_files]
+    password = _read_password() if password_stdin else None
+    with _store(env) as store:
+        enrolment = store.add(name, keys=keys, password=password, totp=totp, actor=os_user())
+    u = enrolment.user
+    if fmt != "json":
+        ways = [f"{len(u.keys)} key{'s' if len(u.keys) != 1 else ''}"] if u.keys else []
+        ways += ["password"] * u.has_password + ["TOTP"] * u.has_totp
+        click.echo(f"Created user {u.name} ({', '.join(ways)}).")
+        for k in u.keys:
+            click.echo(f"  key {k.algorithm} {k.fingerprint}")
+    _show_secret(enrolment, fmt)
+
+
+@user.command("list")
+@output_options()
+@pass_env
+def list_(env: Env, fmt: str) -> None:
+    """List every user: state, number of keys, password, TOTP.
+
+    \b
+    Example:
+      iast-ca user list --json | jq -r '.[] | select(.disabled) | .name'
+    """
+    with _store(env) as store:
+        users = store.list()
+    if fmt == "json":
+        echo_json([u.as_json() for u in users])
+    elif fmt == "csv":
+        rows = [{**u.as_json(), "keys": [k.fingerprint for k in u.keys]} for u in users]
+        echo_csv(rows, ["name", "disabled", "disabled_reason", "has_password", "has_totp", "keys", "created"])
+    else:
+        echo_table([[u.name, _state(u), len(u.keys), _yes_no(u.has_password), _yes_no(u.has_totp), u.created]
+                    for u in users], ["NAME", "STATE", "KEYS", "PASSWORD", "TOTP", "CREATED"])
+
+
+def _print_user(u: User, fmt: str) -> None:
+    if fmt == "json":
+        echo_json(u.as_json())
+        return
+    click.echo(f"{'name':10} {u.name}")
+    click.echo(f"{'state':10} {_state(u)}" + (f" ({u.disabled_reason})" if u.disabled_reason else ""))
+    click.echo(f"{'password':10} {_yes_no(u.has_password)}")
+    click.echo(f"{'totp':10} {_yes_no(u.has_totp)}")
+    click.echo(f"{'created':10} {u.created}")
+    if not u.keys:
+        click.echo(f"{'keys':10} none")
+    for i, k in enumerate(u.keys):
+        click.echo(f"{'keys' if i == 0 else '':10} {k.fingerprint} {k.algorithm} (added {k.added})")
+
+
+@user.command()
+@click.argument("name")
+@output_options(csv_ok=False)
+@pass_env
+def show(env: Env, name: str, fmt: str) -> None:
+    """Show one user: state, keys (fingerprints), password and TOTP set or not.
+
+    \b
+    Example:
+      iast-ca user show alice --json
+    """
+    with _store(env) as store:
+        u = _get(store, name)
+    _print_user(u, fmt)
+
+
+@user.command()
+@click.argument("name")
+@click.option("--reason", help="Why (recorded in the audit log and shown by 'user show').")
+@output_options(csv_ok=False)
+@pass_env
+def disable(env: Env, name: str, reason: str | None, fmt: str) -> None:
+    """Refuse every login of NAME until 'user enable'.
+
+    Certificates already issued stay valid until they expire (they are
+    short-lived).
+
+    \b
+    Example:
+      iast-ca user disable alice --reason "left the company"
+    """
+    with _store(env) as store:
+        store.disable(name, reason, actor=os_user())
+        u = _get(store, name)
+    if fmt == "json":
+        echo_json(u.as_json())
+    else:
+        click.echo(f"user {name} disabled")
+
+
+@user.command()
+@click.argument("name")
+@output_options(csv_ok=False)
+@pass_env
+def enable(env: Env, name: str, fmt: str) -> None:
+    """Allow NAME to log in again.
+
+    \b
+    Example:
+      iast-ca user enable alice
+    """
+    with _store(env) as store:
+        store.enable(name, actor=os_user())
+        u = _get(store, name)
+    if fmt == "json":
+        echo_json(u.as_json())
+    else:
+        click.echo(f"user {name} enabled")
+
+
+@user.command()
+@click.argument("name")
+@click.option("--password-stdin", is_flag=True,
+              help=f"Read the new password (at least {MIN_PASSWORD_LENGTH} characters) from standard input.")
+@pass_env
+def passwd(env: Env, name: str, password_stdin: bool) -> None:
+    """Set a new password for NAME, read from standard input.
+
+    On a terminal the password is asked for twice, hidden; otherwise the
+    first line of standard input is the password.
+
+    \b
+    Example:
+      printf '%s\\n' "$NEW_PW" | iast-ca user passwd alice --password-stdin
+    """
+    if not password_stdin:
+        raise UsageError("give --password-stdin: the password is read from standard input, "
+                         "never from the command line")
+    with _store(env) as store:
+        _get(store, name)  # before asking for a password
+        store.set_password(name, _read_password(), actor=os_user())
+    click.echo(f"password of user {name} changed")
+
+
+@user.command()
+@click.argument("name")
+@output_options(csv_ok=False)
+@pass_env
+def totp(env: Env, name: str, fmt: str) -> None:
+    """Give NAME a new TOTP secret; the old one stops working. Prints it once.
+
+    \b
+    Example:
+      iast-ca user totp alice
+    """
+    with _store(env) as store:
+        enrolment = store.reset_totp(name, actor=os_user())
+    if fmt != "json":
+        click.echo(f"New TOTP secret for user {name}; the old one no longer works.")
+    _show_secret(enrolment, fmt)
+
+
+@user.command("key-add")
+@click.argument("name")
+@click.argument("file", type=click.File("r"))
+@output_options(csv_ok=False)
+@pass_env
+def key_add(env: Env, name: str, file, fmt: str) -> None:  # noqa: ANN001 - a click.File
+    """Enrol the public key in FILE for NAME ('-' reads standard input).
+
+    \b
+    Example:
+      iast-ca user key-add alice ~alice/.ssh/id_ed25519.pub
+    """
+    line = _read_key(file)
+    with _store(env) as store:
+        key = store.add_key(name, line, actor=os_user())
+    if fmt == "json":
+        echo_json({"user": name, **key.as_json()})
+    else:
+        click.echo(f"key {key.algorithm} {key.fingerprint} enrolled for user {name}")
+
+
+@user.command("key-remove")
+@click.argument("name")
+@click.argument("fingerprint")
+@pass_env
+def key_remove(env: Env, name: str, fingerprint: str) -> None:
+    """Remove the key with FINGERPRINT (SHA256:..., see 'user show') from NAME.
+
+    Certificates already issued for the key stay valid until they expire
+    (they are short-lived).
+
+    \b
+    Example:
+      iast-ca user key-remove alice SHA256:nThbg6kXUpJWGl7E1IGOCspRomTxdCARLviKw6E5SY8
+    """
+    with _store(env) as store:
+        store.remove_key(name, fingerprint, actor=os_user())
+    click.echo(f"key {fingerprint} removed from user {name}")

@@ -1,0 +1,849 @@
+"""The iast-ssh client library: pin the CA, authenticate, get a certificate, hand it to ssh.
+
+The flow of ``login`` (architecture.md, "The one path every certificate takes"):
+
+1. Pin the CA's host key (security.md rule 18): fetch the key the server
+   presents, compare its SHA256 fingerprint with the pin *before* any
+   credential is sent, then connect accepting exactly that key, so that the
+   key checked is the key used (no time-of-check/time-of-use gap).
+2. Authenticate: ``-i KEY`` (an enrolled private key), else the keys in
+   ssh-agent, else keyboard-interactive (password, then one-time code), all
+   through caller-supplied prompt callbacks. The library never reads a
+   terminal itself.
+3. Generate a fresh Ed25519 key, run ``sign --json`` with its public key on
+   stdin (see :mod:`ca.protocol`); when a role needs a second factor and a
+   code callback exists, ask for the code and retry once with ``--otp``.
+4. Hand the certificate to ssh: into ssh-agent with a lifetime equal to the
+   certificate's remaining validity, or as ``id_ed25519`` and
+   ``id_ed25519-cert.pub`` (0600, atomically) in an output directory.
+
+Every failure is a :class:`ca.errors.CAError` with the exit status the
+protocol uses (1 error, 2 usage, 3 denied by policy, 4 authentication).
+
+asyncssh is imported inside the functions that need it: ``iast-ssh --help``
+and ``iast-ssh config`` start without paying for it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import getpass
+import json
+import os
+import re
+import shlex
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from .errors import (
+    AuthenticationFailed,
+    BadKey,
+    CAError,
+    ConfigError,
+    HostKeyChanged,
+    MFARequired,
+    PolicyDenied,
+    UsageError,
+)
+
+DEFAULT_CA = "127.0.0.1:2222"
+DEFAULT_PORT = 2222
+KEY_ID_PREFIX = "iast:"  # the CA builds every key ID as iast:USER:ROLE:SERIAL (security.md rule 9)
+KEY_FILE = "id_ed25519"
+CERT_FILE = KEY_FILE + "-cert.pub"
+CONNECT_TIMEOUT = 15.0
+
+AUTH_FAILED_MESSAGE = "authentication failed: wrong password or code, an unknown key, or the account is locked"
+_FINGERPRINT = re.compile(r"^SHA256:[A-Za-z0-9+/]{43}$")
+_CONFIG_FIELDS = ("ca", "ca_fingerprint", "user", "role")
+
+
+# --------------------------------------------------------------------------
+# Configuration: ~/.config/iast-ssh/config.toml
+
+
+@dataclass(frozen=True)
+class ClientConfig:
+    """The client's settings file. Every field is optional."""
+
+    ca: str | None = None  # host:port
+    ca_fingerprint: str | None = None  # SHA256:... of the CA's SSH host key
+    user: str | None = None
+    role: str | None = None
+
+
+def config_path(environ: dict[str, str] | None = None) -> Path:
+    """``$XDG_CONFIG_HOME/iast-ssh/config.toml`` (default ``~/.config/iast-ssh/config.toml``)."""
+    env = os.environ if environ is None else environ
+    base = env.get("XDG_CONFIG_HOME") or ""
+    root = Path(base) if os.path.isabs(base) else Path(os.path.expanduser("~")) / ".config"
+    return root / "iast-ssh" / "config.toml"
+
+
+def default_out_dir() -> Path:
+    """Where certificate files go when they do not go into ssh-agent."""
+    return Path(os.path.expanduser("~")) / ".ssh" / "iast-ssh"
+
+
+def load_config(path: str | os.PathLike | None = None) -> ClientConfig:
+    """Read the config file strictly: an unknown field or a wrong value names the file and the field.
+
+    A missing file is an empty config.
+    """
+    import tomllib
+
+    path = Path(path) if path is not None else config_path()
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        return ClientConfig()
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read: {e.strerror or e}") from None
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
+        raise ConfigError(f"{path}: not valid TOML: {e}") from None
+    values: dict[str, str] = {}
+    for key, value in data.items():
+        if key not in _CONFIG_FIELDS:
+            raise ConfigError(f"{path}: unknown field {key!r} (expected one of: {', '.join(_CONFIG_FIELDS)})")
+        if not isinstance(value, str) or not value.strip():
+            raise ConfigError(f"{path}: {key}: expected a non-empty string, got {value!r}")
+        values[key] = value.strip()
+    if "ca" in values:
+        try:
+            parse_address(values["ca"])
+        except UsageError as e:
+            raise ConfigError(f"{path}: ca: {e}") from None
+    if "ca_fingerprint" in values:
+        try:
+            values["ca_fingerprint"] = check_fingerprint(values["ca_fingerprint"])
+        except UsageError as e:
+            raise ConfigError(f"{path}: ca_fingerprint: {e}") from None
+    return ClientConfig(**values)
+
+
+def save_config(cfg: ClientConfig, path: str | os.PathLike | None = None) -> Path:
+    """Write the config file atomically, mode 0600 (its directory 0700)."""
+    from .files import write_atomic
+
+    path = Path(path) if path is not None else config_path()
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    lines = ["# iast-ssh client settings (written by iast-ssh)"]
+    for key, value in asdict(cfg).items():
+        if value is not None:
+            lines.append(f"{key} = {json.dumps(value)}")  # a JSON string is a valid TOML basic string
+    write_atomic(path, "\n".join(lines) + "\n", 0o600)
+    return path
+
+
+def parse_address(text: str) -> tuple[str, int]:
+    """``host``, ``host:port`` or ``[v6]:port`` -> (host, port); the default port is 2222."""
+    s = (text or "").strip()
+    if not s:
+        raise UsageError("empty CA address; expected HOST[:PORT]")
+    if s.startswith("["):
+        host, sep, rest = s[1:].partition("]")
+        if not sep or (rest and not rest.startswith(":")):
+            raise UsageError(f"cannot parse the CA address {text!r}; expected HOST[:PORT] or [V6]:PORT")
+        port_text = rest[1:] if rest else ""
+    elif s.count(":") == 1:
+        host, _, port_text = s.partition(":")
+    else:
+        host, port_text = s, ""  # a bare name, or a bare IPv6 address
+    if not host or any(c.isspace() for c in host):
+        raise UsageError(f"cannot parse the CA address {text!r}; expected HOST[:PORT]")
+    if port_text == "":
+        return host, DEFAULT_PORT
+    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise UsageError(f"bad port in the CA address {text!r}")
+    return host, int(port_text)
+
+
+def format_address(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def check_fingerprint(text: str) -> str:
+    """A host key fingerprint as ``ssh-keygen -lf`` and ``iast-ca info`` print it: ``SHA256:`` + 43 chars."""
+    s = (text or "").strip()
+    if not _FINGERPRINT.match(s):
+        raise UsageError(f"expected a fingerprint like SHA256:<43 base64 characters> (from 'iast-ca info'), got {text!r}")
+    return s
+
+
+# --------------------------------------------------------------------------
+# Results
+
+
+@dataclass(frozen=True)
+class LoginResult:
+    """What ``login`` got and where it put it."""
+
+    key_id: str
+    serial: int
+    role: str
+    principals: tuple[str, ...]
+    valid_after: int
+    valid_before: int
+    force_command: str | None
+    source_address: tuple[str, ...]
+    extensions: tuple[str, ...]
+    ca_fingerprint: str  # of the CA key that signed the certificate
+    certificate: str
+    where: str  # "agent" or "files"
+    agent_socket: str | None = None
+    key_path: Path | None = None
+    cert_path: Path | None = None
+    notes: tuple[str, ...] = ()  # things the user should know (a fallback, a saved pin)
+
+    def seconds_left(self, now: float | None = None) -> int:
+        return max(0, int(self.valid_before - (time.time() if now is None else now)))
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "key_id": self.key_id, "serial": self.serial, "role": self.role, "principals": list(self.principals),
+            "valid_after": self.valid_after, "valid_before": self.valid_before,
+            "seconds_left": self.seconds_left(), "force_command": self.force_command,
+            "source_address": list(self.source_address), "extensions": list(self.extensions),
+            "ca_fingerprint": self.ca_fingerprint, "where": self.where, "agent_socket": self.agent_socket,
+            "key_path": str(self.key_path) if self.key_path else None,
+            "cert_path": str(self.cert_path) if self.cert_path else None,
+            "certificate": self.certificate, "notes": list(self.notes),
+        }
+
+
+@dataclass(frozen=True)
+class HeldCertificate:
+    """An iast certificate found in ssh-agent or in the output directory."""
+
+    where: str  # "agent" or "files"
+    key_id: str
+    serial: int
+    role: str | None
+    principals: tuple[str, ...]
+    valid_after: int
+    valid_before: int
+    comment: str | None = None
+    path: Path | None = None  # the certificate file, for "files"
+
+    def seconds_left(self, now: float | None = None) -> int:
+        return max(0, int(self.valid_before - (time.time() if now is None else now)))
+
+    def as_json(self, now: float | None = None) -> dict[str, Any]:
+        left = self.seconds_left(now)
+        return {
+            "where": self.where, "key_id": self.key_id, "serial": self.serial, "role": self.role,
+            "principals": list(self.principals), "valid_after": self.valid_after,
+            "valid_before": self.valid_before, "seconds_left": left, "expired": left == 0,
+            "path": str(self.path) if self.path else None,
+        }
+
+
+def _role_from_key_id(key_id: str) -> str | None:
+    parts = key_id.split(":")
+    return parts[2] if len(parts) == 4 and parts[0] + ":" == KEY_ID_PREFIX else None
+
+
+def _held(where: str, blob: bytes, comment: str | None = None, path: Path | None = None) -> HeldCertificate | None:
+    """Describe a certificate blob if it is an iast user certificate, else None."""
+    from .certificates import USER_CERT, parse_certificate
+    from .sshwire import WireError
+
+    try:
+        cert = parse_certificate(blob)
+    except (WireError, ValueError):
+        return None
+    if cert.cert_type != USER_CERT or not cert.key_id.startswith(KEY_ID_PREFIX):
+        return None
+    return HeldCertificate(where=where, key_id=cert.key_id, serial=cert.serial, role=_role_from_key_id(cert.key_id),
+                           principals=cert.principals, valid_after=cert.valid_after,
+                           valid_before=cert.valid_before, comment=comment, path=path)
+
+
+# --------------------------------------------------------------------------
+# Prompts
+
+
+@dataclass(frozen=True)
+class Prompter:
+    """How the library asks the person at the keyboard. Leave a callback None when nobody can answer
+    (a script): the library then never tries the method that needs it.
+
+    The callbacks are called on the event loop's thread and may block (a
+    person typing): nothing else needs the loop meanwhile, and an interrupt
+    (Ctrl-C) then stops the whole login at once instead of waiting for a
+    prompt thread to return.
+
+    ``secret(prompt)`` reads hidden input (the password, a key's passphrase);
+    ``code(prompt)`` reads a one-time code; ``confirm_host_key(ca, fingerprint)``
+    asks whether to trust a CA host key seen for the first time.
+    """
+
+    secret: Callable[[str], str] | None = None
+    code: Callable[[str], str] | None = None
+    confirm_host_key: Callable[[str, str], bool] | None = None
+
+    @property
+    def can_log_in(self) -> bool:
+        return self.secret is not None and self.code is not None
+
+
+# --------------------------------------------------------------------------
+# Running the async parts
+
+
+def _run_async(coro):
+    """``asyncio.run`` without its SIGINT handler.
+
+    asyncio.run turns Ctrl-C into a task cancellation, which cannot reach a
+    prompt blocked reading the terminal (the read is retried after the
+    signal), so the user would have to press Enter to get out. With the
+    default handler, Ctrl-C raises KeyboardInterrupt inside the read: the
+    prompt restores the terminal and the login stops.
+    """
+    loop = asyncio.new_event_loop()
+    try:
+        return loop.run_until_complete(coro)
+    finally:
+        try:
+            pending = [t for t in asyncio.all_tasks(loop) if not t.done()]
+            for task in pending:
+                task.cancel()
+            if pending:
+                loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+            loop.run_until_complete(loop.shutdown_asyncgens())
+        finally:
+            loop.close()
+
+
+# --------------------------------------------------------------------------
+# Agent
+
+
+def agent_socket(environ: dict[str, str] | None = None) -> str | None:
+    """The ssh-agent socket from ``SSH_AUTH_SOCK``, or None when no agent is configured."""
+    env = os.environ if environ is None else environ
+    return env.get("SSH_AUTH_SOCK") or None
+
+
+async def _open_agent(path: str):
+    import asyncssh
+
+    try:
+        return await asyncio.wait_for(asyncssh.connect_agent(path), 10)
+    except (OSError, asyncio.TimeoutError, asyncssh.Error) as e:
+        raise CAError(f"cannot use ssh-agent at {path}: {e}") from None
+
+
+async def _agent_held(path: str) -> list[tuple[Any, HeldCertificate]]:
+    """(agent key, description) for every iast certificate in the agent at ``path``."""
+    agent = await _open_agent(path)
+    try:
+        out = []
+        for kp in await agent.get_keys():
+            if kp.algorithm.endswith(b"-cert-v01@openssh.com"):
+                held = _held("agent", kp.public_data, kp.get_comment())
+                if held is not None:
+                    out.append((kp, held))
+        return out
+    finally:
+        agent.close()
+        await agent.wait_closed()
+
+
+def _file_held(out_dir: Path) -> list[HeldCertificate]:
+    import base64
+    import binascii
+
+    cert_path = out_dir / CERT_FILE
+    try:
+        fields = cert_path.read_text().split()
+        blob = base64.b64decode(fields[1], validate=True)
+    except (OSError, IndexError, binascii.Error, UnicodeDecodeError):
+        return []
+    held = _held("files", blob, path=cert_path)
+    return [held] if held else []
+
+
+@dataclass(frozen=True)
+class Status:
+    """What ``status`` found, and anything that kept it from looking (an unreachable agent)."""
+
+    held: tuple[HeldCertificate, ...]
+    notes: tuple[str, ...] = ()
+
+    def as_json(self, now: float | None = None) -> dict[str, Any]:
+        return {"certificates": [h.as_json(now) for h in self.held], "notes": list(self.notes)}
+
+
+def status(*, agent_path: str | None = None, out_dir: str | os.PathLike | None = None,
+           use_agent: bool = True) -> Status:
+    """The iast certificates held: in ssh-agent (``agent_path``, default ``SSH_AUTH_SOCK``) and
+    in ``out_dir`` (default ``~/.ssh/iast-ssh``). Expired files are listed too (seconds_left 0);
+    ssh-agent drops expired certificates itself."""
+    out_dir = Path(out_dir) if out_dir is not None else default_out_dir()
+    held: list[HeldCertificate] = []
+    notes: list[str] = []
+    path = agent_path or (agent_socket() if use_agent else None)
+    if path:
+        try:
+            held += [h for _, h in _run_async(_agent_held(path))]
+        except CAError as e:
+            notes.append(str(e))
+    return Status(tuple(held + _file_held(out_dir)), tuple(notes))
+
+
+@dataclass(frozen=True)
+class LogoutResult:
+    removed_from_agent: tuple[str, ...]  # key IDs
+    deleted_files: tuple[Path, ...]
+    notes: tuple[str, ...] = ()
+
+    def as_json(self) -> dict[str, Any]:
+        return {"removed_from_agent": list(self.removed_from_agent),
+                "deleted_files": [str(p) for p in self.deleted_files], "notes": list(self.notes)}
+
+
+def logout(*, agent_path: str | None = None, out_dir: str | os.PathLike | None = None,
+           use_agent: bool = True) -> LogoutResult:
+    """Remove every iast certificate from ssh-agent and delete the key and certificate files in ``out_dir``."""
+    out_dir = Path(out_dir) if out_dir is not None else default_out_dir()
+    removed: list[str] = []
+    notes: list[str] = []
+    path = agent_path or (agent_socket() if use_agent else None)
+
+    async def from_agent(path: str) -> None:
+        agent = await _open_agent(path)
+        try:
+            for kp in await agent.get_keys():
+                if not kp.algorithm.endswith(b"-cert-v01@openssh.com"):
+                    continue
+                held = _held("agent", kp.public_data, kp.get_comment())
+                if held is None:
+                    continue
+                try:
+                    await agent.remove_keys([kp])
+                    removed.append(held.key_id)
+                except ValueError:
+                    pass  # expired and dropped by the agent in the meantime
+        finally:
+            agent.close()
+            await agent.wait_closed()
+
+    if path:
+        try:
+            _run_async(from_agent(path))
+        except CAError as e:
+            notes.append(str(e))
+    deleted = []
+    for name in (KEY_FILE, CERT_FILE, KEY_FILE + ".pub"):
+        p = out_dir / name
+        try:
+            p.unlink()
+            deleted.append(p)
+        except FileNotFoundError:
+            pass
+    return LogoutResult(tuple(removed), tuple(deleted), tuple(notes))
+
+
+# --------------------------------------------------------------------------
+# The connection to the CA
+
+
+def _ca_error(address: str, e: BaseException) -> CAError:
+    """Turn what asyncssh and the OS raise into the error tree."""
+    import asyncssh
+
+    if isinstance(e, CAError):
+        return e
+    if isinstance(e, asyncssh.PermissionDenied):
+        return AuthenticationFailed(AUTH_FAILED_MESSAGE)
+    if isinstance(e, asyncssh.HostKeyNotVerifiable):
+        return HostKeyChanged(f"the CA at {address} presented a host key that is not the pinned one: {e.reason}")
+    if isinstance(e, asyncssh.DisconnectError) and e.code == asyncssh.DISC_NO_MORE_AUTH_METHODS_AVAILABLE:
+        return AuthenticationFailed(f"{AUTH_FAILED_MESSAGE} ({e.reason})")
+    if isinstance(e, (asyncio.TimeoutError, TimeoutError)):
+        return CAError(f"cannot reach the CA at {address}: timed out")
+    if isinstance(e, asyncssh.Error):
+        return CAError(f"cannot reach the CA at {address}: {e.reason}")
+    if isinstance(e, OSError):
+        why = os.strerror(e.errno) if e.errno else (e.strerror or str(e))
+        return CAError(f"cannot reach the CA at {address}: {why}")
+    return CAError(f"cannot reach the CA at {address}: {e}")
+
+
+def _reply_error(status: int | None, stdout: str, stderr: str) -> CAError:
+    """The CA's refusal, as the error of the same exit status (ca.protocol)."""
+    message, code = "", None
+    try:
+        obj = json.loads(stdout)
+        if isinstance(obj, dict) and isinstance(obj.get("message"), str):
+            message, code = obj["message"], obj.get("error")
+    except ValueError:
+        pass
+    if not message:
+        line = (stderr.strip().splitlines() or [""])[-1]
+        message = line[len("error: "):] if line.startswith("error: ") else line
+    message = message or f"the CA answered with exit status {status}"
+    if status == 2:
+        return UsageError(message)
+    if status == 3:
+        return PolicyDenied(message)
+    if status == 4:
+        return MFARequired(message) if code == MFARequired.code else AuthenticationFailed(message)
+    return CAError(f"the CA refused: {message}" if status is not None else f"the CA closed the request: {message}")
+
+
+class Client:
+    """A client of one CA: where it is, its pinned host key, who we are, how we prove it.
+
+    ``ca`` and ``ca_fingerprint`` default to the config file's; the config's
+    pin applies only to the config's CA address. ``identity`` is a private
+    key file; without one the keys in ssh-agent are used (unless
+    ``use_agent`` is False), then keyboard-interactive if ``prompter`` can
+    ask for a password and a code.
+    """
+
+    def __init__(self, ca: str | None = None, *, ca_fingerprint: str | None = None, user: str | None = None,
+                 identity: str | os.PathLike | None = None, use_agent: bool = True,
+                 agent_path: str | None = None, prompter: Prompter | None = None,
+                 config_file: str | os.PathLike | None = None, timeout: float = CONNECT_TIMEOUT):
+        self.config_file = Path(config_file) if config_file is not None else config_path()
+        self.config = load_config(self.config_file)
+        cfg_address = parse_address(self.config.ca or DEFAULT_CA)
+        self.host, self.port = parse_address(ca) if ca else cfg_address
+        self.address = format_address(self.host, self.port)
+        if ca_fingerprint:
+            self.pin: str | None = check_fingerprint(ca_fingerprint)
+        elif (self.host, self.port) == cfg_address:
+            self.pin = self.config.ca_fingerprint
+        else:
+            self.pin = None  # a pin belongs to one address
+        self.user = user or self.config.user or getpass.getuser()
+        self.identity = Path(identity) if identity is not None else None
+        self.agent_path = (agent_path or agent_socket()) if use_agent else None
+        self.prompter = prompter or Prompter()
+        self.timeout = timeout
+        self.notes: list[str] = []
+
+    # -- pinning -------------------------------------------------------------
+
+    async def _host_key(self):
+        """The CA's host key, checked against the pin (or confirmed by the user). Sends no credential:
+        the connection ends after the key exchange."""
+        import asyncssh
+
+        if self.pin is None and self.prompter.confirm_host_key is None:
+            raise UsageError(
+                f"the host key of the CA at {self.address} is not pinned and there is no terminal to confirm it: "
+                f"pass --ca-fingerprint SHA256:... (an administrator reads it from 'iast-ca info') "
+                f"or set ca_fingerprint in {self.config_file}")
+        try:
+            key = await asyncio.wait_for(
+                asyncssh.get_server_host_key(self.host, self.port, config=None), self.timeout)
+        except (OSError, asyncio.TimeoutError, asyncssh.Error) as e:
+            raise _ca_error(self.address, e) from None
+        if key is None:
+            raise HostKeyChanged(f"the CA at {self.address} presented no host key")
+        got = key.get_fingerprint("sha256")
+        if self.pin is not None:
+            if got != self.pin:
+                raise HostKeyChanged(
+                    f"the CA's host key changed: expected {self.pin}, got {got} — "
+                    f"if this is expected, update ca_fingerprint in {self.config_file} (or pass --ca-fingerprint)")
+            return key
+        ok = self.prompter.confirm_host_key(self.address, got)
+        if not ok:
+            raise HostKeyChanged(f"the CA's host key {got} was not accepted; nothing was sent")
+        self.pin = got
+        self._remember_pin(always=True)
+        return key
+
+    def _remember_pin(self, always: bool = False) -> None:
+        """Save the CA address and pin in the config: after the user confirmed it, or on first use."""
+        cfg = self.config
+        if cfg.ca_fingerprint == self.pin and parse_address(cfg.ca or DEFAULT_CA) == (self.host, self.port):
+            return
+        if not always and (cfg.ca is not None or cfg.ca_fingerprint is not None):
+            return  # never overwrite a pin the user set without asking
+        self.config = replace(cfg, ca=self.address, ca_fingerprint=self.pin)
+        save_config(self.config, self.config_file)
+        self.notes.append(f"saved the CA {self.address} and its host key {self.pin} in {self.config_file}")
+
+    # -- authentication ------------------------------------------------------
+
+    def _load_identity(self):
+        import asyncssh
+
+        path = self.identity
+        assert path is not None
+        try:
+            return asyncssh.read_private_key(path)
+        except OSError as e:
+            raise BadKey(f"cannot read the key {path}: {e.strerror or e}") from None
+        except (asyncssh.KeyImportError, asyncssh.KeyEncryptionError) as e:
+            if "passphrase" not in str(e).lower():
+                raise BadKey(f"cannot read the key {path}: {e}") from None
+        if self.prompter.secret is None:
+            raise BadKey(f"the key {path} is encrypted and there is no terminal to ask for its passphrase "
+                         "(load it into ssh-agent instead)")
+        passphrase = self.prompter.secret(f"Passphrase for {path}: ")
+        try:
+            return asyncssh.read_private_key(path, passphrase)
+        except (asyncssh.KeyImportError, asyncssh.KeyEncryptionError, ValueError):
+            raise BadKey(f"wrong passphrase for the key {path}") from None
+
+    def _handler(self):
+        import asyncssh
+
+        prompter = self.prompter
+
+        class Handler(asyncssh.SSHClient):
+            """Answers keyboard-interactive: a password (hidden), then a one-time code. One try per login:
+            a second challenge means the first answers were refused."""
+
+            def __init__(self) -> None:
+                self.answered = 0
+
+            def kbdint_auth_requested(self):
+                return "" if prompter.can_log_in else None
+
+            def kbdint_challenge_received(self, name, instructions, lang, prompts):
+                if not prompts:
+                    return []
+                answers = []
+                for text, echo in prompts:
+                    if self.answered >= 2:
+                        return None  # refused once already: give up rather than loop
+                    ask = prompter.code if "code" in text.lower() else prompter.secret
+                    assert ask is not None
+                    answers.append(ask(text))
+                    self.answered += 1
+                return answers
+
+        return Handler
+
+    async def _connect(self, stack):
+        """Pin, then connect and authenticate; returns the connection (closed by ``stack``).
+
+        Nothing secret leaves this machine before the host key matched the pin.
+        """
+        import asyncssh
+
+        agent_keys: list = []
+        methods: list[str] = []
+        if self.identity is None and self.agent_path:
+            try:
+                agent = await _open_agent(self.agent_path)
+            except CAError as e:
+                self.notes.append(str(e))
+            else:
+                stack.push_async_callback(agent.wait_closed)
+                stack.callback(agent.close)
+                # Certificates (ours among them) are never enrolled keys: offering them would only
+                # use up the CA's authentication attempts.
+                agent_keys = [kp for kp in await agent.get_keys()
+                              if not kp.algorithm.endswith(b"-cert-v01@openssh.com")]
+        if self.identity is not None or agent_keys:
+            methods.append("publickey")
+        if self.prompter.can_log_in:
+            methods.append("keyboard-interactive")
+        if not methods:
+            raise AuthenticationFailed(
+                "no way to authenticate to the CA: give -i KEY (an enrolled key), load an enrolled key into "
+                "ssh-agent, or run on a terminal to log in with a password and one-time code")
+        host_key = await self._host_key()
+        client_keys = [self._load_identity()] if self.identity is not None else agent_keys
+        try:
+            conn = await asyncssh.connect(
+                self.host, self.port, username=self.user, config=None,
+                # Only the key just checked is accepted (host keys, CA keys, revoked keys).
+                known_hosts=([host_key], [], []),
+                client_factory=self._handler(), client_keys=client_keys or None, agent_path=None,
+                agent_forwarding=False, password=None, preferred_auth=methods,
+                connect_timeout=self.timeout, keepalive_interval=30,
+            )
+        except (OSError, asyncio.TimeoutError, asyncssh.Error) as e:
+            raise _ca_error(self.address, e) from None
+        stack.push_async_callback(conn.wait_closed)
+        stack.callback(conn.close)
+        self._remember_pin()
+        return conn
+
+    async def _command(self, conn, args: list[str], input: str | None = None) -> str:
+        """Run one protocol command; return its stdout, or raise the error its exit status names."""
+        import asyncssh
+
+        try:
+            result = await conn.run(shlex.join(args), input=input, check=False)
+        except (OSError, asyncssh.Error) as e:
+            raise _ca_error(self.address, e) from None
+        stdout = result.stdout if isinstance(result.stdout, str) else (result.stdout or b"").decode()
+        stderr = result.stderr if isinstance(result.stderr, str) else (result.stderr or b"").decode()
+        if result.exit_status != 0:
+            raise _reply_error(result.exit_status, stdout, stderr)
+        return stdout
+
+    async def _session(self, work):
+        from contextlib import AsyncExitStack
+
+        async with AsyncExitStack() as stack:
+            conn = await self._connect(stack)
+            return await work(conn)
+
+    def _run(self, work):
+        import asyncssh
+
+        try:
+            return _run_async(self._session(work))
+        except CAError:
+            raise
+        except (OSError, asyncio.TimeoutError, asyncssh.Error) as e:
+            raise _ca_error(self.address, e) from None
+
+    # -- commands ------------------------------------------------------------
+
+    def whoami(self) -> dict[str, Any]:
+        """Who the CA thinks we are, and how we authenticated."""
+        return self._run(lambda conn: self._json(conn, ["whoami", "--json"]))
+
+    def roles(self) -> list[dict[str, Any]]:
+        """The roles this user may request, with their limits."""
+        return self._run(lambda conn: self._json(conn, ["roles", "--json"]))
+
+    def ca_keys(self) -> list[str]:
+        """The CA public keys (the lines hosts put in TrustedUserCAKeys)."""
+        async def work(conn):
+            out = await self._command(conn, ["ca-keys"])
+            return [line.strip() for line in out.splitlines() if line.strip()]
+        return self._run(work)
+
+    async def _json(self, conn, args: list[str], input: str | None = None) -> Any:
+        out = await self._command(conn, args, input)
+        try:
+            return json.loads(out)
+        except ValueError:
+            raise CAError(f"the CA's answer to {args[0]} is not JSON: {out[:80]!r}") from None
+
+    def login(self, *, role: str | None = None, ttl: str | int | None = None, reason: str | None = None,
+              otp: str | None = None, no_agent: bool = False, out_dir: str | os.PathLike | None = None,
+              now: Callable[[], float] = time.time) -> LoginResult:
+        """Get a certificate for a fresh Ed25519 key and put it into ssh-agent, or into files.
+
+        ``role`` defaults to the config's (then the policy's default). With
+        ``otp`` the code is sent at once; otherwise, when the role needs a
+        second factor and the prompter can ask for a code, it asks and
+        retries once.
+        """
+        import asyncssh
+
+        from .certificates import USER_CERT, parse_certificate
+        from .durations import parse_duration
+
+        args = ["sign", "--json"]
+        role = role or self.config.role
+        if role:
+            args += ["--role", role]
+        if ttl is not None:
+            try:
+                seconds = ttl if isinstance(ttl, int) else parse_duration(str(ttl))
+            except ValueError as e:
+                raise UsageError(f"--ttl: {e}") from None
+            args += ["--ttl", str(seconds)]
+        if reason:
+            args += ["--reason", reason]
+        out = Path(out_dir) if out_dir is not None else default_out_dir()
+        use_agent = self.agent_path if not no_agent else None
+        key = asyncssh.generate_private_key("ssh-ed25519")
+        public_line = key.export_public_key("openssh").decode().strip() + "\n"
+
+        async def work(conn):
+            try:
+                return await self._json(conn, args + (["--otp", otp] if otp else []), public_line)
+            except MFARequired:
+                if otp or self.prompter.code is None:
+                    raise
+            code = self.prompter.code("One-time code: ")
+            return await self._json(conn, args + ["--otp", code.strip()], public_line)
+
+        reply = self._run(work)
+        try:
+            cert = asyncssh.import_certificate(reply["certificate"])
+            parsed = parse_certificate(cert.public_data)
+        except (KeyError, TypeError, ValueError, asyncssh.KeyImportError) as e:
+            raise CAError(f"the CA's reply is not a certificate: {e}") from None
+        # The CA must have certified *our* key, as the user certificate it says it issued.
+        if parsed.public_key_blob != key.public_data:
+            raise CAError("the CA returned a certificate for another key")
+        if (parsed.cert_type != USER_CERT or parsed.key_id != reply.get("key_id")
+                or parsed.serial != reply.get("serial") or parsed.valid_before != reply.get("valid_before")
+                or list(parsed.principals) != reply.get("principals")):
+            raise CAError("the CA's reply does not match the certificate it sent")
+        notes = list(self.notes)
+        common = dict(
+            key_id=reply["key_id"], serial=int(reply["serial"]), role=reply["role"],
+            principals=tuple(reply["principals"]), valid_after=int(reply["valid_after"]),
+            valid_before=int(reply["valid_before"]), force_command=reply.get("force_command"),
+            source_address=tuple(reply.get("source_address") or ()),
+            extensions=tuple(reply.get("extensions") or ()), ca_fingerprint=reply.get("ca_fingerprint", ""),
+            certificate=reply["certificate"],
+        )
+        lifetime = int(common["valid_before"] - now())
+        if lifetime <= 0:
+            raise CAError("the certificate the CA returned has already expired (is this clock right?)")
+        if use_agent:
+            try:
+                _run_async(_add_to_agent(use_agent, key, cert, common["key_id"], lifetime))
+                return LoginResult(**common, where="agent", agent_socket=use_agent, notes=tuple(notes))
+            except CAError as e:
+                notes.append(f"{e}; wrote files instead")
+        key_path, cert_path = write_files(out, key, reply["certificate"], common["key_id"])
+        return LoginResult(**common, where="files", key_path=key_path, cert_path=cert_path, notes=tuple(notes))
+
+
+async def _add_to_agent(path: str, key, cert, key_id: str, lifetime: int) -> None:
+    """Add the certificate (not the bare key: it is useless alone) to ssh-agent, to be dropped at expiry.
+
+    asyncssh's ``add_keys([(key, cert)])`` would add the key both with and
+    without the certificate, so build the key pair ourselves. The comment is
+    the key ID, as ``ssh-add -l`` shows it.
+    """
+    from asyncssh.public_key import SSHLocalKeyPair
+
+    key.set_comment(key_id)
+    agent = await _open_agent(path)
+    try:
+        await agent.add_keys([SSHLocalKeyPair(key, None, cert, None)], lifetime=lifetime)
+    except ValueError as e:
+        raise CAError(f"ssh-agent at {path} refused the certificate: {e}") from None
+    finally:
+        agent.close()
+        await agent.wait_closed()
+
+
+def write_files(out_dir: Path, key, certificate: str, key_id: str) -> tuple[Path, Path]:
+    """``OUT/id_ed25519`` and ``OUT/id_ed25519-cert.pub``, 0600 and atomic; ``OUT`` is created 0700."""
+    from .files import write_atomic
+
+    out_dir = Path(out_dir)
+    if not out_dir.exists():
+        out_dir.mkdir(parents=True, mode=0o700)
+        os.chmod(out_dir, 0o700)  # mkdir's mode is filtered by the umask
+    key.set_comment(key_id)
+    key_path, cert_path = out_dir / KEY_FILE, out_dir / CERT_FILE
+    kind, blob = certificate.split()[:2]
+    write_atomic(cert_path, f"{kind} {blob} {key_id}\n", 0o600)
+    write_atomic(key_path, key.export_private_key("openssh"), 0o600)
+    return key_path, cert_path
+
+
+__all__ = [
+    "AUTH_FAILED_MESSAGE", "CERT_FILE", "DEFAULT_CA", "KEY_FILE", "Client", "ClientConfig", "HeldCertificate",
+    "HostKeyChanged", "LoginResult", "LogoutResult", "Prompter", "Status", "agent_socket", "check_fingerprint",
+    "config_path", "default_out_dir", "load_config", "logout", "parse_address", "save_config", "status",
+    "write_files",
+]

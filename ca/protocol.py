@@ -1,0 +1,111 @@
+"""The request protocol spoken on the CA's SSH channel.
+
+A client runs one command per SSH channel, as the exec command line (so a
+plain OpenSSH client can use it: ``ssh -p 2222 alice@ca sign --role dev <
+key.pub``). Stdin carries the public key for ``sign``. The answer is on
+stdout; on failure, one line on stderr and an exit status:
+
+    0 ok, 1 error, 2 usage, 3 denied by policy, 4 authentication insufficient
+
+With ``--json`` the answer (or ``{"error": CODE, "message": TEXT}``) is one
+JSON object on stdout.
+
+This parser is the first thing requester bytes reach after authentication;
+it is fuzzed, and it accepts only the options listed here.
+"""
+
+from __future__ import annotations
+
+import shlex
+from dataclasses import dataclass
+
+from .durations import parse_duration
+from .errors import UsageError
+
+MAX_COMMAND_LINE = 4096
+
+# command -> the options it takes (flags are True, valued options False)
+COMMANDS: dict[str, dict[str, bool]] = {
+    "sign": {"--role": False, "--ttl": False, "--reason": False, "--otp": False, "--json": True},
+    "roles": {"--json": True},
+    "whoami": {"--json": True},
+    "ca-keys": {},
+    "help": {},
+}
+
+HELP = """\
+iast-ssh certificate authority. Commands (run as: ssh -p PORT USER@CA COMMAND):
+  sign [--role R] [--ttl D] [--reason T] [--otp CODE] [--json] < key.pub
+                       sign the public key on stdin; prints the certificate line
+  roles [--json]       the roles you may request, with their limits
+  whoami [--json]      who the CA thinks you are, and how you authenticated
+  ca-keys              the CA public keys hosts trust (TrustedUserCAKeys)
+Exit status: 0 ok, 1 error, 2 usage, 3 denied by policy, 4 authentication insufficient.
+"""
+
+
+@dataclass(frozen=True)
+class Command:
+    """One parsed channel command."""
+
+    name: str
+    role: str | None = None
+    ttl: int | None = None
+    reason: str | None = None
+    otp: str | None = None
+    json: bool = False
+
+
+def parse_command(line: str | None) -> Command:
+    """Parse an exec command line; raise :class:`UsageError` with a one-line message."""
+    if not line or not line.strip():
+        raise UsageError("no command given; try 'help'")
+    if len(line) > MAX_COMMAND_LINE:
+        raise UsageError(f"command line longer than {MAX_COMMAND_LINE} characters")
+    if "\x00" in line:
+        raise UsageError("command line contains a NUL byte")
+    try:
+        words = shlex.split(line)
+    except ValueError as e:
+        raise UsageError(f"cannot parse the command line: {e}") from None
+    if not words:
+        raise UsageError("no command given; try 'help'")
+    name, args = words[0], words[1:]
+    if name not in COMMANDS:
+        raise UsageError(f"unknown command {name[:40]!r}; try 'help'")
+    allowed = COMMANDS[name]
+    values: dict[str, str | bool] = {}
+    i = 0
+    while i < len(args):
+        word = args[i]
+        opt, eq, inline = word.partition("=")
+        if opt not in allowed:
+            raise UsageError(f"{name}: unknown option {opt[:40]!r}")
+        if opt in values:
+            raise UsageError(f"{name}: {opt} given twice")
+        if allowed[opt]:
+            if eq:
+                raise UsageError(f"{name}: {opt} takes no value")
+            values[opt] = True
+        elif eq:
+            values[opt] = inline
+        else:
+            i += 1
+            if i == len(args):
+                raise UsageError(f"{name}: {opt} needs a value")
+            values[opt] = args[i]
+        i += 1
+    ttl = None
+    if "--ttl" in values:
+        try:
+            ttl = parse_duration(str(values["--ttl"]))
+        except ValueError as e:
+            raise UsageError(f"{name}: --ttl: {e}") from None
+    return Command(
+        name=name,
+        role=values.get("--role") or None,  # type: ignore[arg-type]
+        ttl=ttl,
+        reason=values.get("--reason"),  # type: ignore[arg-type]
+        otp=values.get("--otp"),  # type: ignore[arg-type]
+        json=bool(values.get("--json", False)),
+    )

@@ -1,0 +1,466 @@
+"""The CA service: an asyncssh server whose callbacks delegate to the library.
+
+Authentication is SSH's own: an enrolled public key, or keyboard-interactive
+password then one-time code. Every connection must authenticate
+(``begin_auth`` returns True for every name, known or not, and unknown names
+take the same path). Once in, each SSH channel runs one command of
+:mod:`ca.protocol`; ``sign`` goes through :meth:`Authority.issue`, the one
+path every certificate takes.
+
+Blocking work (SQLite, signing, argon2) runs in two single-thread
+executors, each with its own database connection: one for issuance, one for
+authentication, so a slow password hash never holds up a signature.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import asyncssh
+
+from .audit import AuditLog
+from .authority import Authority
+from .config import Config
+from .errors import EXIT_AUTH, EXIT_USAGE, AuthenticationFailed, CAError, UsageError
+from .keys import Keyring
+from .models import Identity, SignRequest
+from .policy import load_policy
+from .protocol import HELP, Command, parse_command
+from .state import StatePaths
+from .throttle import Throttle
+from .users import UserStore
+
+log = logging.getLogger("iast.ca")
+
+# Authentication attempts (passwords tried, distinct keys offered) one
+# connection may make before it is dropped. OpenSSH's MaxAuthTries is 6;
+# keys count too, as an agent may offer several.
+MAX_AUTH_ATTEMPTS = 10
+
+
+class JSONFormatter(logging.Formatter):
+    """One JSON object per line (journald and log shippers read these as they are)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        out = {"ts": round(record.created, 3), "level": record.levelname.lower(), "msg": record.getMessage()}
+        out.update(getattr(record, "fields", {}))
+        if record.exc_info:
+            out["exc"] = self.formatException(record.exc_info)
+        return json.dumps(out, default=str)
+
+
+def setup_logging(stream: Any = None) -> None:
+    handler = logging.StreamHandler(stream or sys.stderr)
+    handler.setFormatter(JSONFormatter())
+    root = logging.getLogger("iast")
+    root.handlers[:] = [handler]
+    root.setLevel(logging.INFO)
+    root.propagate = False
+
+
+def event(msg: str, **fields: Any) -> None:
+    log.info(msg, extra={"fields": fields})
+
+
+def sd_notify(message: str) -> None:
+    """Tell systemd (Type=notify) about our state; a no-op outside systemd."""
+    addr = os.environ.get("NOTIFY_SOCKET")
+    if not addr:
+        return
+    if addr.startswith("@"):
+        addr = "\0" + addr[1:]
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+        s.connect(addr)
+        s.sendall(message.encode())
+
+
+class Backend:
+    """The blocking side of the service: issuance on one thread, authentication on another."""
+
+    def __init__(self, cfg: Config, authority: Authority, clock: Callable[[], float] = time.time):
+        self.cfg = cfg
+        self.clock = clock
+        self.authority = authority
+        self.issue_pool = ThreadPoolExecutor(1, thread_name_prefix="iast-issue")
+        self.auth_pool = ThreadPoolExecutor(1, thread_name_prefix="iast-auth")
+        # The auth thread's own connection: users, throttle counters, auth events.
+        self.auth_log = AuditLog(StatePaths(cfg.state_dir).db, clock=clock)
+        self.users = UserStore(self.auth_log, min_rsa_bits=cfg.min_rsa_bits, clock=clock)
+        self.throttle = Throttle(self.auth_log.conn, cfg.throttle)
+        self.issue_users = UserStore(authority.audit, min_rsa_bits=cfg.min_rsa_bits, clock=clock)
+
+    async def on_issue(self, fn: Callable, *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self.issue_pool, fn, *args)
+
+    async def on_auth(self, fn: Callable, *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self.auth_pool, fn, *args)
+
+    # -- authentication (auth thread) -----------------------------------
+
+    def key_ok(self, user: str, key_blob: bytes, address: str) -> bool:
+        if self.throttle.blocked_for(user, address, self.clock()) > 0:
+            return False
+        return self.users.key_allowed(user, key_blob)
+
+    def password_and_code_ok(self, user: str, password: str, code: str, address: str) -> bool:
+        """Check both factors (always both, whatever the first gave); count and audit a failure."""
+        now = self.clock()
+        wait = self.throttle.blocked_for(user, address, now)
+        pw_ok = self.users.check_password(user, password)  # same work whether or not we are blocked
+        code_ok = pw_ok and wait <= 0 and self.users.check_totp(user, code, now)
+        if wait > 0:
+            # Refused unchecked; not counted again (that would let the lock grow without bound).
+            self._auth_failure(user, address, "keyboard-interactive", f"throttled for {wait:.0f}s more", count=False)
+            return False
+        if pw_ok and code_ok:
+            self.throttle.success(user)
+            return True
+        self._auth_failure(user, address, "keyboard-interactive",
+                           "wrong password or one-time code")
+        return False
+
+    def _auth_failure(self, user: str, address: str, method: str, why: str, count: bool = True) -> None:
+        verdict = self.throttle.failure(user, address, self.clock()) if count else None
+        self.auth_log.record("auth_failed", {"method": method, "why": why,
+                                             "failures": verdict.failures if verdict else None},
+                             user=user, source=address)
+        event("authentication failed", user=user, source=address, method=method, why=why)
+        for key in verdict.locked if verdict else ():
+            self.auth_log.record("lockout", {"key": key, "failures": verdict.failures[key],
+                                             "seconds": self.cfg.throttle.lockout}, user=user, source=address)
+            event("locked out", key=key, user=user, source=address)
+
+    def connection_failed(self, user: str | None, address: str, offered: list[str]) -> None:
+        """A connection that closed without authenticating: one audit event for it."""
+        self.auth_log.record("auth_failed", {"method": "publickey" if offered else "none",
+                                             "why": "no accepted key" if offered else "did not authenticate",
+                                             "offered_keys": offered[:10]}, user=user, source=address)
+
+    def step_up(self, user: str, code: str, address: str) -> bool:
+        """Check a one-time code sent with a request (MFA step-up)."""
+        wait = self.throttle.blocked_for(user, address, self.clock())
+        if wait > 0:
+            self._auth_failure(user, address, "otp-step-up", f"throttled for {wait:.0f}s more", count=False)
+            return False
+        if self.users.check_totp(user, code, self.clock()):
+            return True
+        self._auth_failure(user, address, "otp-step-up", "one-time code refused")
+        return False
+
+    # -- issuance (issue thread) -----------------------------------------
+
+    def issue(self, identity: Identity, request: SignRequest):
+        user = self.issue_users.get(identity.user)
+        if user is None or user.disabled:
+            err = AuthenticationFailed(f"user {identity.user} is disabled")
+            self.authority.refuse(identity, request, err)
+            raise err
+        return self.authority.issue(identity, request)
+
+    def refuse(self, identity: Identity, request: SignRequest, error: CAError) -> None:
+        self.authority.refuse(identity, request, error)
+
+    def reload_policy(self) -> str:
+        """Read the policy file again; swap it in only if it is valid. Audited either way."""
+        a = self.authority
+        try:
+            new = load_policy(self.cfg.policy_path, principal_pattern=self.cfg.principal_pattern)
+        except CAError as e:
+            a.audit.record("policy_reload_failed", {"error": e.message, "kept_sha256": a.policy.sha256})
+            raise
+        old = a.policy.sha256
+        a.policy = new
+        a.audit.record("policy_reloaded", {"old_sha256": old, "new_sha256": new.sha256})
+        return new.sha256
+
+    def close(self) -> None:
+        self.issue_pool.shutdown(wait=True)
+        self.auth_pool.shutdown(wait=True)
+        self.auth_log.close()
+        self.authority.close()
+
+
+class _Connection(asyncssh.SSHServer):
+    """Per-connection state; asyncssh makes one per client."""
+
+    def __init__(self, service: Service):
+        self.service = service
+        self.conn: asyncssh.SSHServerConnection | None = None
+        self.address = "?"
+        self.authenticated = False
+        self.methods: tuple[str, ...] = ()
+        self.user: str | None = None
+        self.offered: list[str] = []
+        self.attempts = 0
+        self.counted = False
+        self._password: str | None = None
+
+    def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
+        self.conn = conn
+        peer = conn.get_extra_info("peername")
+        self.address = peer[0] if peer else "?"
+        svc = self.service
+        if svc.unauthenticated >= svc.cfg.max_unauthenticated:
+            event("refused: too many unauthenticated connections", source=self.address)
+            conn.close()
+            self.counted = False
+            return
+        svc.unauthenticated += 1
+        self.counted = True
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.counted and not self.authenticated:
+            self.service.unauthenticated -= 1
+            if self.user is not None:
+                self.service.spawn(self.service.backend.on_auth(
+                    self.service.backend.connection_failed, self.user, self.address, self.offered))
+
+    def begin_auth(self, username: str) -> bool:
+        self.user = username
+        return True  # every name must authenticate, known or not (security.md rule 14)
+
+    def public_key_auth_supported(self) -> bool:
+        return True
+
+    async def validate_public_key(self, username: str, key: asyncssh.SSHKey) -> bool:
+        from .certificates import fingerprint
+
+        fp = fingerprint(key.public_data)
+        if fp not in self.offered:
+            self.offered.append(fp)
+            self._attempt()
+        ok = await self.service.backend.on_auth(self.service.backend.key_ok, username, key.public_data, self.address)
+        if ok:
+            self.methods = ("publickey",)
+        return ok
+
+    def kbdint_auth_supported(self) -> bool:
+        return True
+
+    def get_kbdint_challenge(self, username: str, lang: str, submethods: str):
+        self._password = None
+        return "iast-ssh", "", "", [("Password: ", False)]
+
+    def _attempt(self) -> None:
+        """Count an authentication attempt; past the cap, hang up on this connection."""
+        self.attempts += 1
+        if self.attempts > MAX_AUTH_ATTEMPTS and self.conn is not None:
+            event("too many authentication attempts; disconnecting", source=self.address, user=self.user)
+            self.conn.disconnect(asyncssh.DISC_NO_MORE_AUTH_METHODS_AVAILABLE, "too many authentication attempts")
+
+    async def validate_kbdint_response(self, username: str, responses):
+        if self._password is None:
+            # Always ask for the code, so the answer never tells whether the password was right.
+            self._password = responses[0] if len(responses) == 1 else ""
+            return "", "", "", [("One-time code: ", True)]
+        password, self._password = self._password, None
+        code = responses[0] if len(responses) == 1 else ""
+        self._attempt()
+        b = self.service.backend
+        ok = await b.on_auth(b.password_and_code_ok, username, password, code, self.address)
+        if ok:
+            self.methods = ("password", "totp")
+        return ok
+
+    def auth_completed(self) -> None:
+        self.authenticated = True
+        if self.counted:
+            self.service.unauthenticated -= 1
+        event("authenticated", user=self.user, source=self.address, methods=list(self.methods))
+
+
+class Service:
+    """The running CA service."""
+
+    def __init__(self, cfg: Config, authority: Authority, clock: Callable[[], float] = time.time):
+        self.cfg = cfg
+        self.backend = Backend(cfg, authority, clock)
+        self.unauthenticated = 0
+        self.inflight = 0
+        self.server: asyncssh.SSHAcceptor | None = None
+        self._tasks: set[asyncio.Task] = set()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._stopping = False
+
+    def spawn(self, coro) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    @property
+    def port(self) -> int:
+        assert self.server is not None
+        return self.server.sockets[0].getsockname()[1]
+
+    async def start(self, host: str | None = None, port: int | None = None) -> None:
+        host = host if host is not None else self.cfg.listen_host
+        port = port if port is not None else self.cfg.listen_port
+        paths = StatePaths(self.cfg.state_dir)
+        self.server = await asyncssh.listen(
+            host, port,
+            server_host_keys=[str(paths.host_key)],
+            server_factory=lambda: _Connection(self),
+            process_factory=self._handle,
+            login_timeout=self.cfg.login_timeout,
+            allow_pty=False, agent_forwarding=False, x11_forwarding=False, allow_scp=False,
+            encoding="utf-8",
+            line_editor=False,
+            keepalive_interval=30,
+        )
+        event("listening", host=host, port=self.port, state_dir=str(self.cfg.state_dir),
+              ca_fingerprint=self.backend.authority.ca_fingerprint)
+
+    async def _handle(self, process: asyncssh.SSHServerProcess) -> None:
+        if self._stopping:
+            process.stderr.write("the CA is shutting down; try again\n")
+            process.exit(1)
+            return
+        self.inflight += 1
+        self._idle.clear()
+        try:
+            status = await self._run(process)
+        except Exception:  # a bug must not take the service down; the client gets an error
+            log.exception("request failed", extra={"fields": {"user": process.get_extra_info("username")}})
+            process.stderr.write("internal error\n")
+            status = 1
+        finally:
+            self.inflight -= 1
+            if self.inflight == 0:
+                self._idle.set()
+        try:
+            process.exit(status)
+        except (OSError, asyncssh.Error):
+            pass
+
+    async def _read_stdin(self, process: asyncssh.SSHServerProcess) -> str:
+        cap = self.cfg.max_request_bytes
+        chunks, size = [], 0
+        while True:
+            chunk = await process.stdin.read(4096)
+            if not chunk:
+                return "".join(chunks)
+            size += len(chunk)
+            if size > cap:
+                raise UsageError(f"request larger than {cap} bytes")
+            chunks.append(chunk)
+
+    async def _run(self, process: asyncssh.SSHServerProcess) -> int:
+        conn_state: _Connection = process.get_extra_info("connection").get_owner()
+        user = process.get_extra_info("username")
+        identity = Identity(user=user, auth_methods=conn_state.methods, mfa="totp" in conn_state.methods,
+                            source_address=conn_state.address)
+        cmd: Command | None = None
+        try:
+            cmd = parse_command(process.command)
+            if cmd.name == "help":
+                process.stdout.write(HELP)
+                return 0
+            if cmd.name == "ca-keys":
+                process.stdout.write("\n".join(Keyring.load(self.cfg.state_dir).trust_lines()) + "\n")
+                return 0
+            if cmd.name == "whoami":
+                return self._reply(process, cmd, {
+                    "user": user, "auth_methods": list(identity.auth_methods), "mfa": identity.mfa,
+                    "source_address": identity.source_address,
+                    "groups": list(self.backend.authority.policy.groups_of(user)),
+                }, f"{user} from {identity.source_address}, authenticated by {'+'.join(identity.auth_methods)}")
+            if cmd.name == "roles":
+                verdicts = [v for v in self.backend.authority.policy.explain(user) if v.allowed]
+                return self._reply(process, cmd, [v.as_json() for v in verdicts],
+                                   "\n".join(_role_line(v) for v in verdicts) or "no roles")
+            return await self._sign(process, cmd, identity)
+        except CAError as e:
+            return self._error(process, cmd, e)
+
+    async def _sign(self, process: asyncssh.SSHServerProcess, cmd: Command, identity: Identity) -> int:
+        b = self.backend
+        key_line = await self._read_stdin(process)
+        request = SignRequest(public_key=key_line, role=cmd.role, ttl=cmd.ttl, reason=cmd.reason)
+        if cmd.otp is not None:
+            if not await b.on_auth(b.step_up, identity.user, cmd.otp, identity.source_address):
+                err = AuthenticationFailed("one-time code refused")
+                await b.on_issue(b.refuse, identity, request, err)
+                raise err
+            identity = Identity(user=identity.user, auth_methods=identity.auth_methods + ("otp-step-up",),
+                                mfa=True, source_address=identity.source_address)
+        issued = await b.on_issue(b.issue, identity, request)
+        event("issued", user=identity.user, role=issued.decision.role, serial=issued.serial, key_id=issued.key_id,
+              key_fingerprint=issued.key_fingerprint, source=identity.source_address)
+        if cmd.json:
+            process.stdout.write(json.dumps(issued.as_json()) + "\n")
+        else:
+            process.stdout.write(issued.certificate + "\n")
+        return 0
+
+    def _reply(self, process, cmd: Command, obj: Any, text: str) -> int:
+        process.stdout.write((json.dumps(obj) if cmd.json else text) + "\n")
+        return 0
+
+    def _error(self, process, cmd: Command | None, e: CAError) -> int:
+        if cmd is not None and cmd.json:
+            process.stdout.write(json.dumps({"error": e.code, "message": e.message}) + "\n")
+        process.stderr.write(f"error: {e.message}\n")
+        event("request refused", user=process.get_extra_info("username"), code=e.code, message=e.message)
+        return e.exit_status if e.exit_status in (EXIT_USAGE, 3, EXIT_AUTH) else 1
+
+    async def reload(self) -> None:
+        try:
+            sha = await self.backend.on_issue(self.backend.reload_policy)
+            event("policy reloaded", sha256=sha)
+        except CAError as e:
+            event("policy reload refused; keeping the old policy", error=e.message)
+
+    async def drain(self) -> None:
+        """Stop accepting, let in-flight requests finish (up to drain_timeout), then close."""
+        self._stopping = True
+        sd_notify("STOPPING=1")
+        if self.server is not None:
+            self.server.close()
+        try:
+            await asyncio.wait_for(self._idle.wait(), self.cfg.drain_timeout)
+        except asyncio.TimeoutError:
+            event("drain timed out", inflight=self.inflight)
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        self.backend.close()
+        event("stopped")
+
+
+def _role_line(v) -> str:
+    from .durations import format_duration
+
+    extra = [f"force-command {v.force_command}"] if v.force_command else []
+    if v.require_reason:
+        extra.append("reason required")
+    if v.require_mfa:
+        extra.append("one-time code required")
+    return (f"{v.role}: principals {', '.join(v.principals or ())}; ttl {format_duration(v.ttl or 0)} "
+            f"(max {format_duration(v.max_ttl or 0)})" + "".join(f"; {x}" for x in extra))
+
+
+async def serve(cfg: Config, authority: Authority, *, host: str | None = None, port: int | None = None,
+                ready: Callable[[Service], None] | None = None) -> None:
+    """Run the service until SIGTERM or SIGINT; SIGHUP reloads the policy."""
+    service = Service(cfg, authority)
+    await service.start(host, port)
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, lambda: service.spawn(service.reload()))
+    sd_notify("READY=1")
+    if ready:
+        ready(service)
+    await stop.wait()
+    await service.drain()

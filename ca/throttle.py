@@ -1,0 +1,115 @@
+"""Brute-force throttling, per account name and per client address (security.md rule 15).
+
+Each failed password or one-time code adds to two counters: one for the
+account name (known or not: an unknown name is throttled exactly like a
+real one, so a lock says nothing about who exists) and one for the client
+address. After each failure the account must wait before its next try
+(1 s, 2 s, 4 s, ... up to ``max_backoff``); at its ``limit`` of failures
+within ``window`` an account or an address is locked for ``lockout``. An
+address gets no backoff short of its lock, so one person's typo behind a
+shared NAT does not hold up the others there. A success clears the
+account's counter (not the address's: one good login from a shared NAT
+must not wipe another attacker's record). Counters live in the database,
+so a restart does not forgive anyone.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from dataclasses import dataclass
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS auth_throttle (
+    key TEXT PRIMARY KEY,          -- 'user:NAME' or 'addr:ADDRESS'
+    failures INTEGER NOT NULL,
+    first_failure REAL NOT NULL,
+    blocked_until REAL NOT NULL
+)
+"""
+
+
+@dataclass(frozen=True)
+class ThrottleSettings:
+    user_limit: int = 5
+    address_limit: int = 20
+    window: int = 900
+    lockout: int = 900
+    max_backoff: int = 30
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The outcome of recording one failure."""
+
+    locked: tuple[str, ...]  # the keys that this failure locked ('user:alice', 'addr:192.0.2.1')
+    failures: dict[str, int]
+
+
+class Throttle:
+    """Failure counters in the audit database (its own table, not part of the hash chain)."""
+
+    def __init__(self, conn: sqlite3.Connection, settings: ThrottleSettings = ThrottleSettings()):
+        self.conn = conn
+        self.settings = settings
+        conn.execute(_SCHEMA)
+
+    @staticmethod
+    def keys(user: str | None, address: str | None) -> list[str]:
+        out = []
+        if user is not None:
+            out.append(f"user:{user}")
+        if address is not None:
+            out.append(f"addr:{address}")
+        return out
+
+    def blocked_for(self, user: str | None, address: str | None, now: float) -> float:
+        """Seconds until this account and address may try again (0 when they may now)."""
+        wait = 0.0
+        for key in self.keys(user, address):
+            row = self.conn.execute("SELECT blocked_until FROM auth_throttle WHERE key = ?", (key,)).fetchone()
+            if row:
+                wait = max(wait, row[0] - now)
+        return max(wait, 0.0)
+
+    def failure(self, user: str | None, address: str | None, now: float) -> Verdict:
+        """Count one failure for the account and the address; lock those that reach their limit."""
+        s = self.settings
+        locked, counts = [], {}
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            for key in self.keys(user, address):
+                limit = s.user_limit if key.startswith("user:") else s.address_limit
+                row = self.conn.execute(
+                    "SELECT failures, first_failure FROM auth_throttle WHERE key = ?", (key,)
+                ).fetchone()
+                failures, first = (row if row and now - row[1] <= s.window else (0, now))
+                failures += 1
+                if failures >= limit:
+                    blocked_until = now + s.lockout
+                    if failures == limit:
+                        locked.append(key)
+                elif key.startswith("user:"):
+                    blocked_until = now + min(2 ** (failures - 1), s.max_backoff)
+                else:
+                    # No backoff per address: one user's typo behind a shared NAT
+                    # must not hold up everyone else there. Only the lock applies.
+                    blocked_until = 0.0
+                self.conn.execute(
+                    "INSERT OR REPLACE INTO auth_throttle VALUES (?, ?, ?, ?)", (key, failures, first, blocked_until)
+                )
+                counts[key] = failures
+            self.conn.execute("COMMIT")
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+        return Verdict(tuple(locked), counts)
+
+    def success(self, user: str) -> None:
+        """A good login clears the account's counter."""
+        self.conn.execute("DELETE FROM auth_throttle WHERE key = ?", (f"user:{user}",))
+
+    def unlock(self, user: str | None = None, address: str | None = None) -> int:
+        """Administrator's unlock; returns how many counters were cleared."""
+        keys = self.keys(user, address)
+        cur = self.conn.execute(f"DELETE FROM auth_throttle WHERE key IN ({','.join('?' * len(keys))})", keys)
+        return cur.rowcount

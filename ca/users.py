@@ -1,0 +1,454 @@
+"""The user store: who may log in to the CA service, and with what.
+
+Users live in the same SQLite file as the audit log (``ca.db``), so that
+every change to a user is committed in the same transaction as its audit
+event: there is no enrolment without a record of who did it.
+
+A user logs in with an enrolled public key, or with a password followed by
+a TOTP code (keyboard-interactive). The rules this module keeps:
+
+* passwords are stored as argon2id hashes only, and rehashed on the next
+  successful login when the parameters change (security.md rule 17);
+* an unknown, disabled or password-less user is checked against a dummy
+  hash with the same parameters: same code path, same timing (rule 14);
+* a TOTP code is accepted once only: the last accepted step is stored, and
+  read, compared and updated in one ``BEGIN IMMEDIATE`` transaction, so two
+  connections racing with one code cannot both win (rule 16);
+* no password, hash, TOTP secret or code ever goes into an audit event, a
+  log line, or a :class:`User` (rule 13).
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+import secrets
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
+
+from .audit import AuditLog
+from .certificates import fingerprint
+from .errors import AuditError, UsageError
+from .keys import DEFAULT_MIN_RSA_BITS, parse_user_key
+from .totp import generate_secret, matching_step, provisioning_uri
+
+NAME_PATTERN = re.compile(r"[a-z_][a-z0-9_.-]{0,31}")
+MIN_PASSWORD_LENGTH = 12  # NIST SP 800-63B allows 8; a CA guarding root access asks for more
+MAX_PASSWORD_LENGTH = 1024  # the hash cost does not grow with length, but nobody needs more
+MAX_REASON_LENGTH = 500
+
+# argon2id, above OWASP's floor (m=19 MiB, t=2, p=1): 64 MiB, 3 passes, 1 lane.
+DEFAULT_TIME_COST = 3
+DEFAULT_MEMORY_COST = 65536  # KiB
+DEFAULT_PARALLELISM = 1
+
+
+def default_hasher() -> PasswordHasher:
+    """The argon2id hasher new passwords are hashed with (security.md rule 17)."""
+    return PasswordHasher(time_cost=DEFAULT_TIME_COST, memory_cost=DEFAULT_MEMORY_COST,
+                          parallelism=DEFAULT_PARALLELISM)
+
+
+_SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS users (
+        name TEXT PRIMARY KEY,
+        disabled INTEGER NOT NULL DEFAULT 0,
+        disabled_reason TEXT,
+        password_hash TEXT,
+        totp_secret TEXT,
+        totp_last_step INTEGER NOT NULL DEFAULT 0,
+        created TEXT NOT NULL
+    )""",
+    """CREATE TABLE IF NOT EXISTS user_keys (
+        fingerprint TEXT PRIMARY KEY,
+        user TEXT NOT NULL REFERENCES users(name),
+        algorithm TEXT NOT NULL,
+        public TEXT NOT NULL,
+        added TEXT NOT NULL
+    )""",
+    "CREATE INDEX IF NOT EXISTS user_keys_user ON user_keys(user)",
+)
+_SCHEMA_OBJECTS = {"users", "user_keys", "user_keys_user"}
+
+
+def ensure_schema(conn: sqlite3.Connection) -> None:
+    """Create the user tables if they are missing (one ``BEGIN IMMEDIATE`` transaction).
+
+    When they all exist already nothing is written, so opening the store
+    takes no write lock (and works on a read-only copy of the database).
+    """
+    try:
+        names = {r[0] for r in conn.execute(
+            "SELECT name FROM sqlite_master WHERE name IN (?, ?, ?)", tuple(_SCHEMA_OBJECTS))}
+        if names == _SCHEMA_OBJECTS:
+            return
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for statement in _SCHEMA:
+                conn.execute(statement)
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+    except sqlite3.Error as e:
+        raise AuditError(f"cannot create the user tables: {e}") from None
+
+
+@dataclass(frozen=True)
+class EnrolledKey:
+    """A public key enrolled for a user."""
+
+    fingerprint: str
+    algorithm: str
+    public: str  # the OpenSSH line "TYPE BASE64", without a comment
+    added: str
+
+    def as_json(self) -> dict:
+        return dict(self.__dict__)
+
+
+@dataclass(frozen=True)
+class User:
+    """A user as others may see it: never the password hash or the TOTP secret."""
+
+    name: str
+    disabled: bool
+    disabled_reason: str | None
+    has_password: bool
+    has_totp: bool
+    keys: tuple[EnrolledKey, ...]
+    created: str
+
+    def as_json(self) -> dict:
+        return {
+            "name": self.name,
+            "disabled": self.disabled,
+            "disabled_reason": self.disabled_reason,
+            "has_password": self.has_password,
+            "has_totp": self.has_totp,
+            "keys": [k.as_json() for k in self.keys],
+            "created": self.created,
+        }
+
+
+@dataclass(frozen=True)
+class Enrolment:
+    """What ``add`` and ``reset_totp`` return: the TOTP secret, this once only."""
+
+    user: User
+    totp_secret: str | None
+    totp_uri: str | None
+
+
+def valid_name(name: object) -> bool:
+    """True if ``name`` is an acceptable user name (``^[a-z_][a-z0-9_.-]{0,31}$``)."""
+    return isinstance(name, str) and NAME_PATTERN.fullmatch(name) is not None
+
+
+def check_password_policy(password: object) -> str:
+    """Refuse (with :class:`UsageError`) a password that is not text or too short or long."""
+    if not isinstance(password, str) or not password:
+        raise UsageError("the password is empty")
+    if len(password) < MIN_PASSWORD_LENGTH:
+        raise UsageError(f"the password is too short: at least {MIN_PASSWORD_LENGTH} characters are required")
+    if len(password) > MAX_PASSWORD_LENGTH:
+        raise UsageError(f"the password is too long: at most {MAX_PASSWORD_LENGTH} characters")
+    return password
+
+
+def _check_reason(reason: str | None) -> str | None:
+    if reason is None:
+        return None
+    reason = reason.strip()
+    if len(reason) > MAX_REASON_LENGTH:
+        raise UsageError(f"the reason is too long: at most {MAX_REASON_LENGTH} characters")
+    if any(ord(c) < 32 or ord(c) == 127 for c in reason):
+        raise UsageError("the reason must be one line without control characters")
+    return reason or None
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii").rstrip("=")
+
+
+class UserStore:
+    """The users of one CA, in its audit database.
+
+    Uses ``audit.conn``; a lock serialises this store's use of that
+    connection between threads (the service verifies passwords in worker
+    threads). The slow argon2 work runs outside the lock.
+    """
+
+    def __init__(
+        self,
+        audit: AuditLog,
+        *,
+        min_rsa_bits: int = DEFAULT_MIN_RSA_BITS,
+        clock: Callable[[], float] = time.time,
+        hasher: PasswordHasher | None = None,
+    ):
+        self.audit = audit
+        self.conn = audit.conn
+        self.min_rsa_bits = min_rsa_bits
+        self.clock = clock
+        self.hasher = hasher or default_hasher()
+        self._lock = threading.RLock()
+        with self._lock:
+            ensure_schema(self.conn)
+        # Checked for unknown, disabled and password-less users (rule 14). It
+        # is a well-formed argon2 hash with this hasher's parameters, a random
+        # salt and a random digest (no password hashes to it), so verifying
+        # against it does exactly the work a real hash costs, without paying
+        # for a hash at start-up.
+        h = self.hasher
+        self._dummy_hash = (
+            f"$argon2{h.type.name.lower()}$v=19$m={h.memory_cost},t={h.time_cost},p={h.parallelism}"
+            f"${_b64(secrets.token_bytes(h.salt_len))}${_b64(secrets.token_bytes(h.hash_len))}"
+        )
+        # Checked, like the dummy hash, when a user has no TOTP secret.
+        self._dummy_totp_secret = generate_secret()
+
+    # -- helpers -------------------------------------------------------------
+
+    def _now(self) -> str:
+        return datetime.fromtimestamp(self.clock(), timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+    @contextmanager
+    def _reading(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            try:
+                yield self.conn
+            except sqlite3.Error as e:
+                raise AuditError(f"cannot read users from {self.audit.path}: {e}") from None
+
+    @contextmanager
+    def _writing(self) -> Iterator:
+        """One ``BEGIN IMMEDIATE`` transaction of the audit log (events and user rows together)."""
+        with self._lock, self.audit.transaction() as tx:
+            yield tx
+
+    def _row(self, name: str) -> tuple | None:
+        if not valid_name(name):
+            return None
+        return self.conn.execute(
+            "SELECT name, disabled, disabled_reason, password_hash, totp_secret, totp_last_step, created"
+            " FROM users WHERE name = ?", (name,)).fetchone()
+
+    def _require(self, name: str) -> tuple:
+        row = self._row(name)
+        if row is None:
+            raise UsageError(f"no such user {name!r}")
+        return row
+
+    def _keys(self, name: str) -> tuple[EnrolledKey, ...]:
+        return tuple(EnrolledKey(*r) for r in self.conn.execute(
+            "SELECT fingerprint, algorithm, public, added FROM user_keys WHERE user = ? ORDER BY added, fingerprint",
+            (name,)))
+
+    def _user(self, row: tuple) -> User:
+        name, disabled, reason, password_hash, totp_secret, _, created = row
+        return User(name, bool(disabled), reason, password_hash is not None, totp_secret is not None,
+                    self._keys(name), created)
+
+    def _verify(self, password_hash: str, password: str) -> bool:
+        try:
+            return self.hasher.verify(password_hash, password)
+        except (VerifyMismatchError, VerificationError, InvalidHashError, TypeError):
+            return False
+
+    # -- reading -------------------------------------------------------------
+
+    def get(self, name: str) -> User | None:
+        """The user called ``name``, or None."""
+        with self._reading():
+            row = self._row(name)
+            return self._user(row) if row else None
+
+    def list(self) -> list[User]:
+        """Every user, by name."""
+        with self._reading() as conn:
+            rows = conn.execute(
+                "SELECT name, disabled, disabled_reason, password_hash, totp_secret, totp_last_step, created"
+                " FROM users ORDER BY name").fetchall()
+            return [self._user(r) for r in rows]
+
+    # -- administration --------------------------------------------------------
+
+    def add(self, name: str, *, keys: Iterable[str] = (), password: str | None = None, totp: bool = False,
+            actor: str | None = None) -> Enrolment:
+        """Create a user with keys, and/or a password and a TOTP secret.
+
+        A user needs a way to log in: at least one key, or a password with
+        TOTP (the service asks for the password, then a code, so a password
+        alone could never be used). The TOTP secret is returned in the
+        :class:`Enrolment`, this once.
+        """
+        if not valid_name(name):
+            raise UsageError(f"invalid user name {str(name)[:40]!r}: expected ^[a-z_][a-z0-9_.-]{{0,31}}$")
+        if isinstance(keys, str):  # one key line, not an iterable of characters
+            keys = (keys,)
+        parsed = {}
+        for line in keys:
+            k = parse_user_key(line, self.min_rsa_bits)
+            parsed.setdefault(k.fingerprint, k)
+        if password is not None:
+            check_password_policy(password)
+            if not totp:
+                raise UsageError("a password alone cannot be used to log in (the service asks for a password "
+                                 "and then a TOTP code): enable TOTP too")
+        if not parsed and not (password is not None and totp):
+            raise UsageError(f"user {name} needs a way to log in: a public key, or a password with TOTP")
+        # The slow hash is made before the write lock is taken.
+        password_hash = self.hasher.hash(password) if password is not None else None
+        secret = generate_secret() if totp else None
+        with self._writing() as tx:
+            if self._row(name) is not None:
+                raise UsageError(f"user {name} exists")
+            for fp in parsed:
+                self._refuse_enrolled(fp)
+            now = self._now()
+            self.conn.execute(
+                "INSERT INTO users (name, disabled, password_hash, totp_secret, totp_last_step, created)"
+                " VALUES (?, 0, ?, ?, 0, ?)", (name, password_hash, secret, now))
+            for k in parsed.values():
+                self.conn.execute("INSERT INTO user_keys VALUES (?, ?, ?, ?, ?)",
+                                  (k.fingerprint, name, k.algorithm, k.line, now))
+            tx.append("user_added", {"actor": actor, "keys": list(parsed), "has_password": password is not None,
+                                     "has_totp": secret is not None}, user=name)
+            user = self._user(self._row(name))
+        return Enrolment(user, secret, provisioning_uri(secret, name) if secret else None)
+
+    def _refuse_enrolled(self, fp: str) -> None:
+        row = self.conn.execute("SELECT user FROM user_keys WHERE fingerprint = ?", (fp,)).fetchone()
+        if row:
+            raise UsageError(f"key {fp} is already enrolled for user {row[0]}")
+
+    def disable(self, name: str, reason: str | None, actor: str | None = None) -> None:
+        """Refuse every login of ``name`` (keys, password and TOTP) until enabled again."""
+        reason = _check_reason(reason)
+        with self._writing() as tx:
+            row = self._require(name)
+            if row[1]:
+                raise UsageError(f"user {name} is already disabled")
+            self.conn.execute("UPDATE users SET disabled = 1, disabled_reason = ? WHERE name = ?", (reason, name))
+            tx.append("user_disabled", {"actor": actor, "reason": reason}, user=name)
+
+    def enable(self, name: str, actor: str | None = None) -> None:
+        """Allow ``name`` to log in again."""
+        with self._writing() as tx:
+            row = self._require(name)
+            if not row[1]:
+                raise UsageError(f"user {name} is not disabled")
+            self.conn.execute("UPDATE users SET disabled = 0, disabled_reason = NULL WHERE name = ?", (name,))
+            tx.append("user_enabled", {"actor": actor}, user=name)
+
+    def set_password(self, name: str, password: str, actor: str | None = None) -> None:
+        """Set (or replace) the password of ``name``."""
+        check_password_policy(password)
+        with self._reading():
+            self._require(name)  # fail fast, before the slow hash
+        password_hash = self.hasher.hash(password)
+        with self._writing() as tx:
+            self._require(name)
+            self.conn.execute("UPDATE users SET password_hash = ? WHERE name = ?", (password_hash, name))
+            tx.append("password_changed", {"actor": actor}, user=name)
+
+    def reset_totp(self, name: str, actor: str | None = None) -> Enrolment:
+        """Give ``name`` a new TOTP secret (the old one stops working); returned this once."""
+        secret = generate_secret()
+        with self._writing() as tx:
+            self._require(name)
+            self.conn.execute("UPDATE users SET totp_secret = ?, totp_last_step = 0 WHERE name = ?", (secret, name))
+            tx.append("totp_reset", {"actor": actor}, user=name)
+            user = self._user(self._row(name))
+        return Enrolment(user, secret, provisioning_uri(secret, name))
+
+    def add_key(self, name: str, key_line: str, actor: str | None = None) -> EnrolledKey:
+        """Enrol a public key for ``name``; a key belongs to one user only."""
+        k = parse_user_key(key_line, self.min_rsa_bits)
+        with self._writing() as tx:
+            self._require(name)
+            self._refuse_enrolled(k.fingerprint)
+            enrolled = EnrolledKey(k.fingerprint, k.algorithm, k.line, self._now())
+            self.conn.execute("INSERT INTO user_keys VALUES (?, ?, ?, ?, ?)",
+                              (k.fingerprint, name, k.algorithm, k.line, enrolled.added))
+            tx.append("key_added", {"actor": actor, "fingerprint": k.fingerprint, "algorithm": k.algorithm},
+                      user=name)
+        return enrolled
+
+    def remove_key(self, name: str, fingerprint: str, actor: str | None = None) -> None:
+        """Remove the key with this fingerprint (``SHA256:...``) from ``name``."""
+        with self._writing() as tx:
+            self._require(name)
+            cur = self.conn.execute("DELETE FROM user_keys WHERE fingerprint = ? AND user = ?", (fingerprint, name))
+            if cur.rowcount != 1:
+                raise UsageError(f"user {name} has no key {str(fingerprint)[:80]}")
+            tx.append("key_removed", {"actor": actor, "fingerprint": fingerprint}, user=name)
+
+    # -- authentication --------------------------------------------------------
+
+    def key_allowed(self, name: str, key_blob: bytes) -> bool:
+        """True if ``key_blob`` is enrolled for ``name`` and ``name`` is enabled."""
+        if not valid_name(name) or not isinstance(key_blob, bytes | bytearray):
+            return False
+        with self._reading() as conn:
+            row = conn.execute(
+                "SELECT k.public FROM user_keys k JOIN users u ON u.name = k.user"
+                " WHERE k.fingerprint = ? AND k.user = ? AND u.disabled = 0",
+                (fingerprint(bytes(key_blob)), name)).fetchone()
+        # The fingerprint is a SHA-256 of the blob; comparing the blob too costs nothing.
+        return row is not None and base64.b64decode(row[0].split()[1]) == bytes(key_blob)
+
+    def check_password(self, name: str, password: str) -> bool:
+        """Verify ``password`` for ``name`` (argon2id); False for unknown or disabled users.
+
+        Every call verifies one argon2 hash: the user's, or a dummy one with
+        the same parameters (rule 14). After a successful check, a hash made
+        with older parameters is replaced (rule 17). Blocking: run it in a
+        worker thread.
+        """
+        with self._reading():
+            row = self._row(name)
+        stored = row[3] if row is not None and not row[1] else None
+        ok = self._verify(stored or self._dummy_hash, password)
+        if stored is None or not ok:
+            return False
+        if self.hasher.check_needs_rehash(stored):
+            self._rehash(name, stored, password)
+        return True
+
+    def _rehash(self, name: str, old_hash: str, password: str) -> None:
+        new_hash = self.hasher.hash(password)
+        with self._writing() as tx:
+            # Only if nobody changed the password since we read it.
+            cur = self.conn.execute("UPDATE users SET password_hash = ? WHERE name = ? AND password_hash = ?",
+                                    (new_hash, name, old_hash))
+            if cur.rowcount == 1:
+                tx.append("password_rehashed", {"actor": None, "why": "argon2 parameters changed"}, user=name)
+
+    def check_totp(self, name: str, code: str, now: float | None = None) -> bool:
+        """Accept ``code`` for ``name`` once: its step must be newer than the last accepted one.
+
+        Read, compare and update happen in one ``BEGIN IMMEDIATE``
+        transaction, so the same code is never accepted twice, even by two
+        connections at once (rule 16). Unknown and disabled users, and users
+        without TOTP, are checked against a dummy secret, then refused.
+        """
+        now = self.clock() if now is None else now
+        with self._writing():
+            row = self._row(name)
+            secret = row[4] if row is not None and not row[1] else None
+            step = matching_step(secret or self._dummy_totp_secret, code, now)
+            if secret is None or step is None or step <= row[5]:
+                return False
+            self.conn.execute("UPDATE users SET totp_last_step = ? WHERE name = ?", (step, name))
+            return True
