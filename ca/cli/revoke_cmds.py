@@ -1,0 +1,148 @@
+"""``iast-ca revoke`` and ``iast-ca krl``: revoke certificates, publish the KRL.
+
+A thin shell over :mod:`ca.revocation` and :mod:`ca.krl`.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from ..audit import AuditLog
+from ..errors import StateError, UsageError
+from ..files import write_atomic
+from ..keys import Keyring
+from ..krl import describe, parse_krl
+from ..revocation import (
+    build_current_krl,
+    revoke_ca_key,
+    revoke_key,
+    revoke_key_id,
+    revoke_serial,
+    revoke_user,
+)
+from ..state import StatePaths, os_user
+from .common import echo_json, output_options
+from .context import Env, pass_env
+
+MAX_KEY_FILE = 64 * 1024
+
+
+def _open(env: Env) -> AuditLog:
+    paths = StatePaths(env.config.state_dir)
+    if not paths.db.exists():
+        raise StateError(f"no audit database at {paths.db}: run 'iast-ca init' first")
+    return AuditLog(paths.db)
+
+
+def _serials_text(serials: tuple[int, ...]) -> str:
+    if not serials:
+        return "no unexpired certificate"
+    shown = ", ".join(map(str, serials[:20])) + (", ..." if len(serials) > 20 else "")
+    return f"{len(serials)} unexpired certificate(s): serial {shown}"
+
+
+@click.command()
+@click.option("--serial", type=click.IntRange(1, 2**64 - 1), help="Revoke the certificate with this serial.")
+@click.option("--key-id", help="Revoke the certificate with this key ID (iast:USER:ROLE:SERIAL).")
+@click.option("--key", "key_file", type=click.File("r"), metavar="FILE",
+              help="Revoke this public key (a .pub file, '-' for stdin): every certificate for it, "
+                   "past and future.")
+@click.option("--user", help="Revoke every unexpired certificate of this user, and disable the user.")
+@click.option("--ca-key", metavar="FINGERPRINT",
+              help="Revoke a CA key (SHA256:...): every certificate it signed.")
+@click.option("--reason", required=True, help="Why (recorded in the audit log).")
+@output_options(csv_ok=False)
+@pass_env
+def revoke(env: Env, serial: int | None, key_id: str | None, key_file, user: str | None, ca_key: str | None,
+           reason: str, fmt: str) -> None:
+    """Revoke certificates: give exactly one of --serial, --key-id, --key, --user, --ca-key.
+
+    The revocation is recorded in the audit log; it reaches hosts with the
+    next KRL ('iast-ca krl -o FILE', installed as sshd's RevokedKeys).
+    Revoking something already revoked is recorded again and changes
+    nothing else. Exits 2 if the serial or key ID was never issued.
+
+    \b
+    Example:
+      iast-ca revoke --serial 1042 --reason "laptop stolen" && iast-ca krl -o /srv/iast/revoked_keys
+    """
+    chosen = [name for name, v in (("--serial", serial), ("--key-id", key_id), ("--key", key_file),
+                                   ("--user", user), ("--ca-key", ca_key)) if v is not None]
+    if len(chosen) != 1:
+        raise UsageError("give exactly one of --serial, --key-id, --key, --user, --ca-key"
+                         + (f" (got {', '.join(chosen)})" if chosen else ""))
+    actor = os_user()
+    log = _open(env)
+    try:
+        if serial is not None:
+            result = revoke_serial(log, serial, reason, actor)
+            what = f"certificate serial {serial}"
+        elif key_id is not None:
+            result = revoke_key_id(log, key_id, reason, actor)
+            what = f"certificate {key_id} (serial {result.serials[0]})"
+        elif key_file is not None:
+            line = key_file.read(MAX_KEY_FILE)
+            result = revoke_key(log, line, reason, actor, keyring=Keyring.load(env.config.state_dir))
+            what = f"key {result.value}: every certificate for it, now and later ({_serials_text(result.serials)})"
+        elif user is not None:
+            result = revoke_user(log, user, reason, actor)
+            what = f"user {user}: {_serials_text(result.serials)}"
+        else:
+            result = revoke_ca_key(log, ca_key, reason, actor, keyring=Keyring.load(env.config.state_dir))
+            what = f"CA key {ca_key}: every certificate it signed"
+    finally:
+        log.close()
+    if fmt == "json":
+        echo_json(result.as_json())
+        return
+    click.echo(("revoked " if result.new else "already revoked (recorded again): ") + what)
+    for note in result.notes:
+        click.echo(f"note: {note}", err=True)
+    click.echo("Publish it: iast-ca krl -o FILE (hosts read it as sshd's RevokedKeys)", err=True)
+
+
+@click.command()
+@click.option("-o", "--output", type=click.Path(dir_okay=False), metavar="FILE",
+              help="Write the KRL here (temp file + rename, mode 0644). Default: stdout, unless --text/--json.")
+@click.option("--text", is_flag=True, help="Print what the KRL revokes (ssh-keygen -k spec syntax).")
+@output_options(csv_ok=False)
+@pass_env
+def krl(env: Env, output: str | None, text: bool, fmt: str) -> None:
+    """Build the key revocation list (KRL) from the audit database.
+
+    sshd reads it as RevokedKeys. Its version only increases and changes
+    only when its content does; expired certificates are left out. An
+    unreadable KRL makes sshd refuse every login: hosts must check a fetched
+    KRL ('ssh-keygen -Q -l -f KRL') and keep the last good one if a refresh
+    fails.
+
+    \b
+    Example:
+      iast-ca krl -o /srv/iast/revoked_keys && iast-ca krl --text
+    """
+    if text and fmt == "json":
+        raise UsageError("--text and --json cannot be used together")
+    keyring = Keyring.load(env.config.state_dir)
+    log = _open(env)
+    try:
+        built = build_current_krl(log, keyring)
+    finally:
+        log.close()
+    if output:
+        write_atomic(output, built.data, 0o644)
+    elif not text and fmt != "json":
+        if sys.stdout.isatty():
+            raise UsageError("the KRL is binary: give -o FILE, redirect stdout, or use --text")
+        click.echo(built.data, nl=False)  # bytes go to the binary stream
+    if fmt == "json":
+        echo_json({**built.as_json(), "file": output})
+        return
+    if text:
+        names = {k.blob: f"(CA key {k.name}, {k.state})" for k in keyring.keys}
+        click.echo(describe(parse_krl(built.data), names), nl=False)
+    if output:
+        click.echo(f"KRL version {built.version} ({len(built.data)} bytes"
+                   + (", changed" if built.changed else ", unchanged") + f") written to {output}", err=True)
+
