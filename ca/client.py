@@ -722,6 +722,19 @@ class Client:
             return [line.strip() for line in out.splitlines() if line.strip()]
         return self._run(work)
 
+    def krl(self) -> bytes:
+        """The CA's current KRL (binary), as served by the ``krl`` command."""
+        import base64
+        import binascii
+
+        async def work(conn):
+            return await self._command(conn, ["krl"])
+
+        try:
+            return base64.b64decode("".join(self._run(work).split()), validate=True)
+        except (binascii.Error, ValueError):
+            raise CAError("the CA's KRL answer is not base64") from None
+
     async def _json(self, conn, args: list[str], input: str | None = None) -> Any:
         out = await self._command(conn, args, input)
         try:
@@ -823,6 +836,36 @@ async def _add_to_agent(path: str, key, cert, key_id: str, lifetime: int) -> Non
     finally:
         agent.close()
         await agent.wait_closed()
+
+
+def install_krl(data: bytes, path: str | os.PathLike) -> tuple[int, int | None]:
+    """Replace the KRL at ``path`` with ``data``, only if ``data`` is a valid KRL
+    whose version is not older than the installed one; return (new, old) versions.
+
+    On any failure the installed file is left exactly as it was: sshd refuses
+    every login when its RevokedKeys file is unreadable, so a host must keep
+    its last good KRL rather than install a bad one.
+    """
+    from .files import write_atomic
+    from .krl import KRLError, parse_krl
+
+    try:
+        new = parse_krl(data)
+    except KRLError as e:
+        raise CAError(f"the fetched KRL is not valid ({e}); kept {path}") from None
+    path = Path(path)
+    old_version = None
+    try:
+        old_version = parse_krl(path.read_bytes()).version
+    except FileNotFoundError:
+        pass
+    except (OSError, KRLError):
+        old_version = None  # an unreadable installed KRL is replaced by a valid one
+    if old_version is not None and new.version < old_version:
+        raise CAError(f"the fetched KRL has version {new.version}, older than the installed {old_version}; "
+                      f"kept {path}")
+    write_atomic(path, data, 0o644)
+    return new.version, old_version
 
 
 def write_files(out_dir: Path, key, certificate: str, key_id: str) -> tuple[Path, Path]:

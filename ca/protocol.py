@@ -30,6 +30,7 @@ COMMANDS: dict[str, dict[str, bool]] = {
     "roles": {"--json": True},
     "whoami": {"--json": True},
     "ca-keys": {},
+    "krl": {},
     "help": {},
 }
 
@@ -40,6 +41,7 @@ iast-ssh certificate authority. Commands (run as: ssh -p PORT USER@CA COMMAND):
   roles [--json]       the roles you may request, with their limits
   whoami [--json]      who the CA thinks you are, and how you authenticated
   ca-keys              the CA public keys hosts trust (TrustedUserCAKeys)
+  krl                  the current KRL (sshd RevokedKeys), base64: ... krl | base64 -d > revoked.krl
 Exit status: 0 ok, 1 error, 2 usage, 3 denied by policy, 4 authentication insufficient.
 """
 

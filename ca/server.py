@@ -15,6 +15,7 @@ authentication, so a slow password hash never holds up a signature.
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import logging
 import os
@@ -36,6 +37,7 @@ from .keys import Keyring
 from .models import Identity, SignRequest
 from .policy import load_policy
 from .protocol import HELP, Command, parse_command
+from .revocation import build_current_krl
 from .state import StatePaths
 from .throttle import Throttle
 from .users import UserStore
@@ -169,6 +171,10 @@ class Backend:
 
     def refuse(self, identity: Identity, request: SignRequest, error: CAError) -> None:
         self.authority.refuse(identity, request, error)
+
+    def krl(self) -> bytes:
+        """The current KRL, built from the database (its version moves only when its content does)."""
+        return build_current_krl(self.authority.audit, Keyring.load(self.cfg.state_dir)).data
 
     def reload_policy(self) -> str:
         """Read the policy file again; swap it in only if it is valid. Audited either way."""
@@ -368,6 +374,10 @@ class Service:
                 return 0
             if cmd.name == "ca-keys":
                 process.stdout.write("\n".join(Keyring.load(self.cfg.state_dir).trust_lines()) + "\n")
+                return 0
+            if cmd.name == "krl":
+                data = await self.backend.on_issue(self.backend.krl)
+                process.stdout.write(base64.encodebytes(data).decode("ascii"))
                 return 0
             if cmd.name == "whoami":
                 return self._reply(process, cmd, {

@@ -297,6 +297,47 @@ def config(make_client, out_dir, host_pattern, offline) -> None:
     click.echo("\n".join(lines))
 
 
+@cli.group()
+def host() -> None:
+    """Commands for the hosts that trust the CA (run as root on the host, e.g. from a systemd timer).
+
+    \b
+    Example:
+      iast-ssh host fetch-krl --ca ca.example.com:2222 --ca-fingerprint SHA256:... \\
+        -l krl-web1 -i /etc/ssh/ssh_host_ed25519_key --out /etc/ssh/iast-revoked.krl
+    """
+
+
+@host.command("fetch-krl")
+@ca_options
+@click.option("--out", "out", required=True, type=click.Path(dir_okay=False),
+              help="The KRL file sshd reads (RevokedKeys).")
+@output_options(csv_ok=False)
+def fetch_krl(make_client, out: str, fmt: str) -> None:
+    """Fetch the CA's KRL and install it for sshd, keeping the last good one on any failure.
+
+    The fetched file must be a valid KRL whose version is not older than
+    the installed one; only then does it replace the file (atomically). On
+    any failure the old file stays and the exit status is non-zero: sshd
+    refuses every login when RevokedKeys is unreadable, so never install a
+    bad one. The host authenticates as an enrolled user (its host key makes
+    a good identity: 'iast-ca user add krl-web1 --key ssh_host_ed25519_key.pub').
+
+    \b
+    Example:
+      iast-ssh host fetch-krl --ca ca:2222 --ca-fingerprint SHA256:... -l krl-web1 \\
+        -i /etc/ssh/ssh_host_ed25519_key --out /etc/ssh/iast-revoked.krl
+    """
+    from ..client import install_krl
+
+    client = make_client()
+    new, old = install_krl(client.krl(), out)
+    if fmt == "json":
+        echo_json({"path": out, "version": new, "previous_version": old})
+    else:
+        click.echo(f"{out}: KRL version {new}" + (f" (was {old})" if old is not None else " (new file)"))
+
+
 def main() -> None:
     """Console-script entry point."""
     cli(prog_name="iast-ssh")
