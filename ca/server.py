@@ -53,17 +53,23 @@ MAX_AUTH_ATTEMPTS = 10
 class JSONFormatter(logging.Formatter):
     """One JSON object per line (journald and log shippers read these as they are)."""
 
+    def __init__(self, static: dict[str, Any] | None = None):
+        super().__init__()
+        self.static = static or {}
+
     def format(self, record: logging.LogRecord) -> str:
         out = {"ts": round(record.created, 3), "level": record.levelname.lower(), "msg": record.getMessage()}
+        out.update(self.static)
         out.update(getattr(record, "fields", {}))
         if record.exc_info:
             out["exc"] = self.formatException(record.exc_info)
         return json.dumps(out, default=str)
 
 
-def setup_logging(stream: Any = None) -> None:
+def setup_logging(stream: Any = None, **static: Any) -> None:
+    """JSON lines on stderr; ``static`` fields (e.g. ``worker=1``) go on every line."""
     handler = logging.StreamHandler(stream or sys.stderr)
-    handler.setFormatter(JSONFormatter())
+    handler.setFormatter(JSONFormatter(static))
     root = logging.getLogger("iast")
     root.handlers[:] = [handler]
     root.setLevel(logging.INFO)
@@ -290,6 +296,7 @@ class Service:
 
     def __init__(self, cfg: Config, authority: Authority, clock: Callable[[], float] = time.time):
         self.cfg = cfg
+        self.worker: int | None = None
         self.backend = Backend(cfg, authority, clock)
         self.unauthenticated = 0
         self.inflight = 0
@@ -309,9 +316,12 @@ class Service:
         assert self.server is not None
         return self.server.sockets[0].getsockname()[1]
 
-    async def start(self, host: str | None = None, port: int | None = None) -> None:
+    async def start(self, host: str | None = None, port: int | None = None, *, worker: int | None = None) -> None:
+        """Listen. A worker (one of ``serve --workers N``) shares the port with its
+        siblings through SO_REUSEPORT; the kernel spreads connections among them."""
         host = host if host is not None else self.cfg.listen_host
         port = port if port is not None else self.cfg.listen_port
+        self.worker = worker
         paths = StatePaths(self.cfg.state_dir)
         self.server = await asyncssh.listen(
             host, port,
@@ -323,9 +333,10 @@ class Service:
             encoding="utf-8",
             line_editor=False,
             keepalive_interval=30,
+            reuse_port=worker is not None,
         )
-        event("listening", host=host, port=self.port, state_dir=str(self.cfg.state_dir),
-              ca_fingerprint=self.backend.authority.ca_fingerprint)
+        event("listening" if worker is None else "worker listening", host=host, port=self.port,
+              state_dir=str(self.cfg.state_dir), ca_fingerprint=self.backend.authority.ca_fingerprint)
 
     async def _handle(self, process: asyncssh.SSHServerProcess) -> None:
         if self._stopping:
@@ -434,7 +445,8 @@ class Service:
     async def drain(self) -> None:
         """Stop accepting, let in-flight requests finish (up to drain_timeout), then close."""
         self._stopping = True
-        sd_notify("STOPPING=1")
+        if self.worker is None:
+            sd_notify("STOPPING=1")
         if self.server is not None:
             self.server.close()
         try:
@@ -460,16 +472,21 @@ def _role_line(v) -> str:
 
 
 async def serve(cfg: Config, authority: Authority, *, host: str | None = None, port: int | None = None,
-                ready: Callable[[Service], None] | None = None) -> None:
-    """Run the service until SIGTERM or SIGINT; SIGHUP reloads the policy."""
+                ready: Callable[[Service], None] | None = None, worker: int | None = None) -> None:
+    """Run the service until SIGTERM or SIGINT; SIGHUP reloads the policy.
+
+    As a worker of :mod:`ca.workers` it shares the port, and leaves
+    talking to systemd to the parent.
+    """
     service = Service(cfg, authority)
-    await service.start(host, port)
+    await service.start(host, port, worker=worker)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)
     loop.add_signal_handler(signal.SIGHUP, lambda: service.spawn(service.reload()))
-    sd_notify("READY=1")
+    if worker is None:
+        sd_notify("READY=1")
     if ready:
         ready(service)
     await stop.wait()

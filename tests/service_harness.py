@@ -20,7 +20,9 @@ IAST_CA = str(Path(sys.executable).parent / "iast-ca")
 class CAProcess:
     """``iast-ca serve --listen 127.0.0.1:0`` as a child process; learns its port from the log."""
 
-    def __init__(self, state_dir: Path, policy: Path, config: str = "", workdir: Path | None = None):
+    def __init__(self, state_dir: Path, policy: Path, config: str = "", workdir: Path | None = None,
+                 serve_args: tuple[str, ...] = ()):
+        self.serve_args = serve_args
         self.state_dir = Path(state_dir)
         self.policy = Path(policy)
         self.workdir = Path(workdir or self.state_dir.parent)
@@ -34,7 +36,8 @@ class CAProcess:
     def start(self, port: int = 0, timeout: float = 20) -> CAProcess:
         mark = len(self.lines)
         self.proc = subprocess.Popen(
-            [IAST_CA, "--config", str(self.config_path), "serve", "--listen", f"127.0.0.1:{port}"],
+            [IAST_CA, "--config", str(self.config_path), "serve", "--listen", f"127.0.0.1:{port}",
+             *self.serve_args],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
         )
         threading.Thread(target=self._pump, daemon=True).start()

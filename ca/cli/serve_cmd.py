@@ -15,6 +15,7 @@ from ..keys import Keyring
 from ..server import serve as serve_forever
 from ..server import setup_logging
 from ..state import StatePaths, init_state
+from ..workers import run_workers
 from .common import echo_json, output_options
 from .context import Env, pass_env
 
@@ -24,20 +25,29 @@ def _host_key_fingerprint(paths: StatePaths) -> str:
     return fingerprint(base64.b64decode(line[1]))
 
 
-def _serve(env: Env, listen: str | None, on_ready=None) -> None:
+def _serve(env: Env, listen: str | None, on_ready=None, workers: int = 1) -> None:
     cfg = env.config
     if not StatePaths(cfg.state_dir).keyring.exists():
         raise StateError(f"no CA in {cfg.state_dir}: run 'iast-ca init' first")
     host, port = parse_listen(listen) if listen else (cfg.listen_host, cfg.listen_port)
     setup_logging()
-    authority = Authority.open(cfg, passphrase=env.passphrase())
+    passphrase = env.passphrase()
+    authority = Authority.open(cfg, passphrase=passphrase)  # fails here, once, on a bad key or policy
+    if workers > 1:
+        authority.close()
+        status = run_workers(cfg, workers, host, port, passphrase)
+        if status:
+            raise SystemExit(status)
+        return
     asyncio.run(serve_forever(cfg, authority, host=host, port=port, ready=on_ready))
 
 
 @click.command()
 @click.option("--listen", metavar="HOST:PORT", help="Listen here instead of the config's server.listen.")
+@click.option("--workers", type=click.IntRange(1, 64), default=1, show_default=True,
+              help="Service processes sharing the port (SO_REUSEPORT); one audit chain. About one per core.")
 @pass_env
-def serve(env: Env, listen: str | None) -> None:
+def serve(env: Env, listen: str | None, workers: int) -> None:
     """Run the CA service (SSH) until SIGTERM; SIGHUP reloads the policy.
 
     Logs are one JSON object per line on stderr. Under systemd
@@ -45,9 +55,9 @@ def serve(env: Env, listen: str | None) -> None:
 
     \b
     Example:
-      iast-ca --config /etc/iast-ca/ca.toml serve --listen 0.0.0.0:2222
+      iast-ca --config /etc/iast-ca/ca.toml serve --listen 0.0.0.0:2222 --workers 2
     """
-    _serve(env, listen)
+    _serve(env, listen, workers=workers)
 
 
 @click.command()

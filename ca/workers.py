@@ -1,0 +1,109 @@
+"""``iast-ca serve --workers N``: N service processes on one port, one audit chain.
+
+Each worker is a full service (its own event loop, its own database
+connections) listening with SO_REUSEPORT, so the kernel spreads new
+connections across them and the CA uses every core. They share nothing but
+the SQLite file: every append to the audit log is a ``BEGIN IMMEDIATE``
+transaction that reads the head of the chain and allocates the serial under
+the database's write lock, so there is still exactly one chain and serials
+stay unique.
+
+The parent holds the port (bound, never listening, so it receives no
+connections) until every worker listens, then tells systemd READY=1. It
+forwards SIGHUP (policy reload) and SIGTERM (drain) to the workers, and if
+a worker dies it stops the rest and exits non-zero, for systemd to restart
+the whole service.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import queue
+import signal
+import socket
+import time
+from collections.abc import Callable
+from multiprocessing.connection import wait
+
+from .config import Config
+from .errors import StateError
+
+
+def _worker(cfg: Config, index: int, host: str, port: int, passphrase: bytes | None, ready) -> None:
+    import asyncio
+
+    from .authority import Authority
+    from .server import serve, setup_logging
+
+    setup_logging(worker=index)
+    authority = Authority.open(cfg, passphrase=passphrase)
+    asyncio.run(serve(cfg, authority, host=host, port=port, worker=index, ready=lambda _s: ready.put(index)))
+
+
+def _reserve(host: str, port: int) -> socket.socket:
+    family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((host, port))
+    return sock
+
+
+def run_workers(cfg: Config, workers: int, host: str, port: int, passphrase: bytes | None,
+                on_ready: Callable[[int], None] | None = None) -> int:
+    """Run ``workers`` service processes until SIGTERM/SIGINT; return the exit status."""
+    from .server import event, sd_notify
+
+    reserve = _reserve(host, port)
+    port = reserve.getsockname()[1]
+    ctx = multiprocessing.get_context("spawn")
+    ready = ctx.Queue()
+    procs = [ctx.Process(target=_worker, args=(cfg, i, host, port, passphrase, ready), name=f"iast-ca-worker-{i}")
+             for i in range(workers)]
+    stop: list[int] = []
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda signum, _f: stop.append(signum))
+    signal.signal(signal.SIGHUP, lambda *_: [p.pid and _send(p, signal.SIGHUP) for p in procs])
+    for p in procs:
+        p.start()
+    try:
+        started, deadline = 0, time.monotonic() + 60
+        while started < workers:
+            if stop or any(p.exitcode is not None for p in procs) or time.monotonic() > deadline:
+                raise StateError("a worker failed to start (see its log above)")
+            try:
+                ready.get(timeout=0.2)
+                started += 1
+            except queue.Empty:
+                continue
+        reserve.close()
+        event("listening", host=host, port=port, workers=workers, state_dir=str(cfg.state_dir))
+        sd_notify("READY=1")
+        if on_ready:
+            on_ready(port)
+        while not stop:
+            wait([p.sentinel for p in procs], timeout=0.5)
+            dead = [p for p in procs if p.exitcode is not None]
+            if dead and not stop:
+                event("worker died; stopping the service", worker=procs.index(dead[0]), exitcode=dead[0].exitcode)
+                return 1
+        sd_notify("STOPPING=1")
+        return 0
+    finally:
+        reserve.close()
+        for p in procs:
+            _send(p, signal.SIGTERM)
+        for p in procs:
+            p.join(cfg.drain_timeout + 5)
+            if p.exitcode is None:
+                p.kill()
+                p.join()
+        event("stopped", workers=workers)
+
+
+def _send(p, sig: int) -> None:
+    try:
+        if p.pid and p.exitcode is None:
+            os.kill(p.pid, sig)
+    except ProcessLookupError:
+        pass
