@@ -19,6 +19,12 @@ where ``canonical`` is the compact JSON array of the stored columns
 ``[id, ts, kind, user, role, serial, key_id, source, data]`` and ``data`` is
 the stored JSON text, byte for byte. The first event's ``prev_hash`` is 64
 zeros.
+
+The same ``canonical`` bytes are the leaves of an RFC 6962 Merkle tree
+(event *n* is leaf *n - 1*, see :mod:`ca.merkle`), whose root a checkpoint
+signs; inclusion and consistency proofs then need only the audit public
+key. ``canonical`` is therefore a frozen format: changing it changes every
+hash and every root.
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ from typing import Any
 
 import sqlite_utils
 
+from . import merkle
 from .errors import AuditError, ChainBroken
 from .models import Event
 
@@ -124,6 +131,7 @@ class VerifyReport:
     count: int
     head: str
     checkpoint_count: int | None = None
+    root: str = ""  # Merkle root over all events (hex)
 
 
 class Transaction:
@@ -302,6 +310,7 @@ class AuditLog:
         *,
         checkpoint_count: int | None = None,
         checkpoint_head: str | None = None,
+        checkpoint_root: str | None = None,
         progress: Callable[[int], None] | None = None,
     ) -> VerifyReport:
         """Walk the whole chain; raise :class:`ChainBroken` naming the first bad event.
@@ -310,7 +319,8 @@ class AuditLog:
         ``checkpoint_head``), also catch a log cut short before that point,
         and a rewrite of everything up to it.
         """
-        prev, expect, head_at_checkpoint = GENESIS, 1, None
+        prev, expect, head_at_checkpoint, root_at_checkpoint = GENESIS, 1, None, None
+        tree = merkle.TreeBuilder()
         cur = self.conn.execute(f"SELECT {', '.join(_COLUMNS)} FROM events ORDER BY id")
         while rows := cur.fetchmany(10_000):
             for row in rows:
@@ -329,8 +339,10 @@ class AuditLog:
                     raise ChainBroken(f"event {event_id}: its contents do not match its hash (the row was changed)",
                                       event_id)
                 prev = row[10]
+                tree.append(merkle.leaf_hash(canonical(row)))
                 if event_id == checkpoint_count:
                     head_at_checkpoint = prev
+                    root_at_checkpoint = tree.root().hex()
                 expect += 1
             if progress:
                 progress(len(rows))
@@ -341,10 +353,29 @@ class AuditLog:
                     f"the log was truncated: the checkpoint covers {checkpoint_count} events, the log has {count}",
                     count + 1,
                 )
-            if checkpoint_count > 0 and head_at_checkpoint != checkpoint_head:
+            if checkpoint_count > 0 and (head_at_checkpoint != checkpoint_head or (
+                    checkpoint_root is not None and root_at_checkpoint != checkpoint_root)):
                 raise ChainBroken(
                     f"event {checkpoint_count}: the chain does not match the checkpoint"
                     f" (events up to {checkpoint_count} were rewritten)",
                     checkpoint_count,
                 )
-        return VerifyReport(count, prev, checkpoint_count)
+        return VerifyReport(count, prev, checkpoint_count, tree.root().hex())
+
+    def leaf_hashes(self, upto: int) -> Iterator[bytes]:
+        """The Merkle leaf hashes of events 1..``upto``, in order (raises if any is missing)."""
+        expect = 1
+        cur = self.conn.execute(f"SELECT {', '.join(_COLUMNS)} FROM events WHERE id <= ? ORDER BY id", (upto,))
+        while rows := cur.fetchmany(10_000):
+            for row in rows:
+                if row[0] != expect:
+                    raise ChainBroken(f"event {expect} is missing", expect)
+                expect += 1
+                yield merkle.leaf_hash(canonical(row))
+        if expect - 1 != upto:
+            raise ChainBroken(f"the log has {expect - 1} events, fewer than {upto}", expect)
+
+    def canonical_of(self, event_id: int) -> bytes | None:
+        """The exact bytes event ``event_id`` contributes to the chain and the tree."""
+        row = self.conn.execute(f"SELECT {', '.join(_COLUMNS)} FROM events WHERE id = ?", (event_id,)).fetchone()
+        return canonical(row) if row else None

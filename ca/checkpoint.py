@@ -1,4 +1,4 @@
-"""Signed audit checkpoints: (event count, head hash, time), signed with the audit key.
+"""Signed audit checkpoints: (event count, chain head, Merkle root, time), signed with the audit key.
 
 A checkpoint is a small text file to keep *outside* the CA host. It is
 signed in OpenSSH's SSHSIG format (PROTOCOL.sshsig), namespace
@@ -25,7 +25,8 @@ from .errors import ChainBroken
 from .sshwire import Reader, WireError, string, uint32
 
 NAMESPACE = "iast-audit-checkpoint"
-HEADER = "iast-ssh audit checkpoint v1"
+HEADER = "iast-ssh audit checkpoint v2"
+HEADER_V1 = "iast-ssh audit checkpoint v1"  # before the Merkle root; still read
 _BEGIN = "-----BEGIN SSH SIGNATURE-----"
 _END = "-----END SSH SIGNATURE-----"
 _MAGIC = b"SSHSIG"
@@ -34,9 +35,10 @@ _MAGIC = b"SSHSIG"
 @dataclass(frozen=True)
 class Checkpoint:
     count: int
-    head: str
+    head: str  # hash-chain head (hex) after `count` events
     time: str
     key_fingerprint: str
+    root: str | None = None  # RFC 6962 Merkle root (hex) over events 1..count; None in v1
 
 
 def _signed_data(message: bytes) -> bytes:
@@ -74,17 +76,18 @@ def sshsig_verify(armored: str, message: bytes, trusted_key_blob: bytes) -> None
     verify_ssh_signature(key_blob, sig, _signed_data(message))
 
 
-def make_checkpoint(key: asyncssh.SSHKey, count: int, head: str, time: str) -> str:
-    """The text of a signed checkpoint for ``count`` events ending in ``head``."""
+def make_checkpoint(key: asyncssh.SSHKey, count: int, head: str, time: str, root: str) -> str:
+    """The text of a signed checkpoint for ``count`` events ending in ``head``, with Merkle ``root``."""
     message = (
-        f"{HEADER}\nevents: {count}\nhead: {head}\ntime: {time}\n"
+        f"{HEADER}\nevents: {count}\nhead: {head}\nroot: {root}\ntime: {time}\n"
         f"audit-key: {fingerprint(key.public_data)}\n"
     )
     return message + sshsig_sign(key, message.encode())
 
 
 _FIELDS = re.compile(
-    re.escape(HEADER) + r"\nevents: (\d+)\nhead: ([0-9a-f]{64})\ntime: (\S+)\naudit-key: (\S+)\n\Z"
+    r"(?:" + re.escape(HEADER) + r"|" + re.escape(HEADER_V1) + r")\nevents: (\d+)\nhead: ([0-9a-f]{64})\n"
+    r"(?:root: ([0-9a-f]{64})\n)?time: (\S+)\naudit-key: (\S+)\n\Z"
 )
 
 
@@ -101,4 +104,6 @@ def read_checkpoint(text: str, trusted_key_blob: bytes) -> Checkpoint:
         sshsig_verify(armored, message.encode(), trusted_key_blob)
     except WireError as e:
         raise ChainBroken(f"the checkpoint signature is not valid: {e}") from None
-    return Checkpoint(int(m.group(1)), m.group(2), m.group(3), m.group(4))
+    if message.startswith(HEADER) != (m.group(3) is not None):
+        raise ChainBroken("the checkpoint is malformed")  # v2 has a root, v1 has none
+    return Checkpoint(int(m.group(1)), m.group(2), m.group(4), m.group(5), m.group(3))

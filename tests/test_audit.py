@@ -100,7 +100,9 @@ def test_delete_and_renumber_is_caught(authority, tmp_path, cfg):
 
 def checkpoint_text(cfg, log: AuditLog) -> str:
     count, head = log.head()
-    return make_checkpoint(load_audit_key(StatePaths(cfg.state_dir), None), count, head, "2026-11-29T00:00:00Z")
+    root = log.verify().root
+    return make_checkpoint(load_audit_key(StatePaths(cfg.state_dir), None), count, head, "2026-11-29T00:00:00Z",
+                           root)
 
 
 def audit_pub(cfg) -> bytes:

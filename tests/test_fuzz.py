@@ -117,7 +117,7 @@ def test_arbitrary_key_lines(line):
 
 
 AUDIT = asyncssh.generate_private_key("ssh-ed25519")
-CHECKPOINT = make_checkpoint(AUDIT, 10, "ab" * 32, "2026-11-29T00:00:00Z")
+CHECKPOINT = make_checkpoint(AUDIT, 10, "ab" * 32, "2026-11-29T00:00:00Z", "cd" * 32)
 
 
 @FUZZ

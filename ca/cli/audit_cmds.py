@@ -9,10 +9,11 @@ import time
 
 import click
 
+from .. import merkle
 from ..audit import AuditLog, iso
 from ..checkpoint import make_checkpoint, read_checkpoint
 from ..durations import format_duration, parse_time
-from ..errors import AuditError, StateError, UsageError
+from ..errors import AuditError, ChainBroken, StateError, UsageError
 from ..files import write_atomic
 from ..models import Event
 from ..state import StatePaths, load_audit_key, os_user
@@ -160,7 +161,8 @@ def verify(env: Env, checkpoint_file: str | None, audit_key: str | None, fmt: st
     log = _open(env)
     try:
         total, _ = log.head()
-        kwargs = {"checkpoint_count": cp.count, "checkpoint_head": cp.head} if cp else {}
+        kwargs = ({"checkpoint_count": cp.count, "checkpoint_head": cp.head, "checkpoint_root": cp.root}
+                  if cp else {})
         if stderr_is_tty() and total > 50_000 and fmt == "text":
             with click.progressbar(length=total, label="verifying", file=sys.stderr) as bar:
                 report = log.verify(progress=bar.update, **kwargs)
@@ -169,7 +171,7 @@ def verify(env: Env, checkpoint_file: str | None, audit_key: str | None, fmt: st
     finally:
         log.close()
     if fmt == "json":
-        echo_json({"ok": True, "events": report.count, "head": report.head,
+        echo_json({"ok": True, "events": report.count, "head": report.head, "root": report.root,
                    "checkpoint_events": report.checkpoint_count})
     else:
         msg = f"OK: {report.count} events, chain intact, head {report.head}"
@@ -184,7 +186,7 @@ def verify(env: Env, checkpoint_file: str | None, audit_key: str | None, fmt: st
 @output_options(csv_ok=False)
 @pass_env
 def checkpoint(env: Env, output: str, fmt: str) -> None:
-    """Verify the log, then write a checkpoint (event count, head hash, time) signed with the audit key.
+    """Verify the log, then write a checkpoint (event count, chain head, Merkle root, time) signed with the audit key.
 
     The checkpoint is in OpenSSH's SSHSIG format, so 'ssh-keygen -Y verify'
     can check it too (see the README).
@@ -197,13 +199,14 @@ def checkpoint(env: Env, output: str, fmt: str) -> None:
     log = _open(env)
     try:
         report = log.verify()
-        text = make_checkpoint(key, report.count, report.head, iso(time.time()))
+        text = make_checkpoint(key, report.count, report.head, iso(time.time()), report.root)
         write_atomic(output, text, 0o644)
-        log.record("checkpoint", {"events": report.count, "head": report.head, "file": output}, user=os_user())
+        log.record("checkpoint", {"events": report.count, "head": report.head, "root": report.root, "file": output},
+                   user=os_user())
     finally:
         log.close()
     if fmt == "json":
-        echo_json({"events": report.count, "head": report.head, "file": output})
+        echo_json({"events": report.count, "head": report.head, "root": report.root, "file": output})
     else:
         click.echo(f"checkpoint of {report.count} events (head {report.head}) written to {output}")
 
@@ -245,3 +248,79 @@ def export(env: Env, fmt: str, after: int | None, cursor_file: str | None) -> No
         log.close()
     if cursor_file:
         write_atomic(cursor_file, f"{last}\n", 0o600)
+
+
+def _checkpoint(env: Env, path: str, audit_key: str | None):
+    with open(path) as f:
+        cp = read_checkpoint(f.read(), _audit_pub_blob(env, audit_key))
+    if cp.root is None:
+        raise UsageError(f"{path} is a v1 checkpoint (no Merkle root): proofs need a checkpoint made since")
+    return cp
+
+
+@audit.command()
+@click.option("--event", "event_id", type=click.IntRange(min=1), required=True, help="The event to prove.")
+@click.option("--checkpoint", "checkpoint_file", type=click.Path(dir_okay=False, exists=True),
+              help="Prove against this signed checkpoint's tree (default: the whole log as it is now).")
+@click.option("--audit-key", type=click.Path(dir_okay=False, exists=True),
+              help="The audit public key that signed the checkpoint (default: STATE/audit-key.pub).")
+@pass_env
+def prove(env: Env, event_id: int, checkpoint_file: str | None, audit_key: str | None) -> None:
+    """Print an RFC 6962 inclusion proof (JSON) that an event is in the log.
+
+    Against a checkpoint, the proof ends in that checkpoint's signed root,
+    so a reviewer can check it with only the audit public key and
+    ca/merkle.py (docs/verify-proofs.md).
+
+    \b
+    Example:
+      iast-ca audit prove --event 42 --checkpoint cp.txt > proof.json
+      python3 ca/merkle.py inclusion --checkpoint cp.txt proof.json
+    """
+    log = _open(env)
+    try:
+        if checkpoint_file:
+            cp = _checkpoint(env, checkpoint_file, audit_key)
+            size = cp.count
+        else:
+            cp, size = None, log.head()[0]
+        if event_id > size:
+            raise UsageError(f"event {event_id} is not in a tree of {size} events")
+        root = merkle.root(log.leaf_hashes(size))
+        if cp is not None and root.hex() != cp.root:
+            raise ChainBroken(f"the log's first {size} events do not match the checkpoint's root", size)
+        path = merkle.inclusion_proof(log.leaf_hashes(size), event_id - 1, size)
+        data = log.canonical_of(event_id)
+    finally:
+        log.close()
+    echo_json(merkle.inclusion_to_json(size, event_id - 1, merkle.leaf_hash(data), path, root, leaf_data=data))
+
+
+@audit.command()
+@click.argument("old", type=click.Path(dir_okay=False, exists=True))
+@click.argument("new", type=click.Path(dir_okay=False, exists=True))
+@click.option("--audit-key", type=click.Path(dir_okay=False, exists=True),
+              help="The audit public key that signed both checkpoints (default: STATE/audit-key.pub).")
+@pass_env
+def consistency(env: Env, old: str, new: str, audit_key: str | None) -> None:
+    """Prove (JSON) that checkpoint NEW's log extends checkpoint OLD's: nothing removed, changed or reordered.
+
+    Exits 1 if the log cannot prove it.
+
+    \b
+    Example:
+      iast-ca audit consistency cp-monday.txt cp-friday.txt > consistency.json
+      python3 ca/merkle.py consistency --old-checkpoint cp-monday.txt --new-checkpoint cp-friday.txt consistency.json
+    """
+    a, b = _checkpoint(env, old, audit_key), _checkpoint(env, new, audit_key)
+    if a.count > b.count:
+        raise UsageError(f"{old} covers {a.count} events, more than {new} ({b.count}): swap them")
+    log = _open(env)
+    try:
+        proof = merkle.consistency_proof(log.leaf_hashes(b.count), a.count, b.count)
+    finally:
+        log.close()
+    old_root, new_root = bytes.fromhex(a.root), bytes.fromhex(b.root)
+    echo_json(merkle.consistency_to_json(a.count, b.count, old_root, new_root, proof))
+    if not merkle.verify_consistency(a.count, b.count, old_root, new_root, proof):
+        raise ChainBroken(f"the log does not prove that {new} extends {old}")
