@@ -42,6 +42,8 @@ class Config:
     max_request_bytes: int = 16384
     drain_timeout: int = 30
     throttle: ThrottleSettings = ThrottleSettings()
+    # Run (never through a shell) when an access request is created; {id}, {user}, {role} are substituted.
+    on_request: tuple[str, ...] | None = None
 
     def with_overrides(self, state_dir: str | None = None, policy: str | None = None) -> Config:
         """Apply ``--state-dir``/``--policy`` (or their env vars). A new state dir
@@ -65,7 +67,7 @@ def default_config() -> Config:
 
 
 _KEYS = {
-    "": {"state_dir", "policy", "signing", "server", "throttle"},
+    "": {"state_dir", "policy", "signing", "server", "throttle", "on_request"},
     "signing": {"clock_skew", "min_rsa_bits", "principal_pattern", "passphrase_file"},
     "server": {"listen", "login_timeout", "max_unauthenticated", "max_request_bytes", "drain_timeout"},
     "throttle": {"user_failures", "address_failures", "window", "lockout", "max_backoff"},
@@ -158,6 +160,12 @@ def parse_config(data: bytes, path: str | Path) -> Config:
     if "passphrase_file" in signing:
         _expect(isinstance(signing["passphrase_file"], str), where, "signing.passphrase_file", "a path")
         values["passphrase_file"] = base / signing["passphrase_file"]
+    if "on_request" in top:
+        hook = top["on_request"]
+        _expect(isinstance(hook, list) and hook and all(isinstance(a, str) and a for a in hook)
+                and hook[0].startswith("/"), where, "on_request",
+                'a command as a list of strings, starting with an absolute path: ["/usr/local/bin/notify", "{id}"]')
+        values["on_request"] = tuple(hook)
     if "listen" in server:
         values["listen_host"], values["listen_port"] = parse_listen(server["listen"], f"{where}: server.listen")
     return replace(cfg, **values)

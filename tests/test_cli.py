@@ -343,3 +343,22 @@ def test_proofs_verify_with_the_standalone_verifier(ca, tmp_path):
     r = ca("audit", "consistency", str(old), str(new))
     assert r.exit_code == 1
     assert ca("audit", "verify", "--checkpoint", str(new)).exit_code == 1
+
+
+@pytest.mark.parametrize("value,ok", [
+    ('["/usr/local/bin/notify", "{id}", "{user}", "{role}"]', True),
+    ('"/usr/local/bin/notify {id}"', False),  # a string would need a shell to split it
+    ('["notify", "{id}"]', False),            # not an absolute path
+    ("[]", False),
+])
+def test_on_request_hook_config(tmp_path, value, ok):
+    from ca.config import load_config
+    from ca.errors import ConfigError
+
+    conf = tmp_path / "ca.toml"
+    conf.write_text(f"on_request = {value}\n")
+    if ok:
+        assert load_config(conf).on_request == ("/usr/local/bin/notify", "{id}", "{user}", "{role}")
+    else:
+        with pytest.raises(ConfigError, match="on_request: expected a command as a list"):
+            load_config(conf)
