@@ -71,6 +71,31 @@ def iso(ts: float) -> str:
     return dt.datetime.fromtimestamp(ts, dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
+def ensure_tables(conn: sqlite3.Connection, objects: set[str], statements: list[str], what: str) -> None:
+    """Create a module's tables, indexes and triggers in the audit database if any is missing.
+
+    One ``BEGIN IMMEDIATE`` transaction; when every object in ``objects``
+    exists already nothing is written, so opening a store takes no write
+    lock (and works on a read-only copy of the database).
+    """
+    try:
+        names = {r[0] for r in conn.execute(
+            f"SELECT name FROM sqlite_master WHERE name IN ({', '.join('?' * len(objects))})", tuple(objects))}
+        if names == objects:
+            return
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for statement in statements:
+                conn.execute(statement)
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+    except sqlite3.Error as e:
+        raise AuditError(f"cannot create the {what} tables: {e}") from None
+
+
 def _event(row: tuple) -> Event:
     return Event(
         id=row[0], ts=row[1], kind=row[2], user=row[3], role=row[4], serial=row[5],

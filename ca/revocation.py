@@ -47,13 +47,12 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import sqlite3
 from dataclasses import dataclass
 from typing import Any
 
-from .audit import AuditLog
+from .audit import AuditLog, ensure_tables
 from .certificates import parse_certificate_line
-from .errors import AuditError, BadKey, UsageError
+from .errors import BadKey, UsageError
 from .keys import Keyring, parse_user_key
 from .krl import WILDCARD_CA, CertRevocations, KRLError, build_krl, sha256_of_fingerprint
 from .sshwire import WireError
@@ -105,24 +104,7 @@ _SCHEMA_OBJECTS = {"revocations", "revocations_serial", "revocations_no_update",
 
 def ensure_schema(log: AuditLog) -> None:
     """Create the revocation tables if they are missing (writes nothing when they exist)."""
-    conn = log.conn
-    try:
-        names = {r[0] for r in conn.execute(
-            f"SELECT name FROM sqlite_master WHERE name IN ({', '.join('?' * len(_SCHEMA_OBJECTS))})",
-            tuple(_SCHEMA_OBJECTS))}
-        if names == _SCHEMA_OBJECTS:
-            return
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            for statement in _SCHEMA:
-                conn.execute(statement)
-            conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
-    except sqlite3.Error as e:
-        raise AuditError(f"cannot create the revocation tables in {log.path}: {e}") from None
+    ensure_tables(log.conn, _SCHEMA_OBJECTS, _SCHEMA, "revocation")
 
 
 @dataclass(frozen=True)

@@ -34,7 +34,7 @@ from datetime import datetime, timezone
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
-from .audit import AuditLog
+from .audit import AuditLog, ensure_tables
 from .certificates import fingerprint
 from .errors import AuditError, UsageError
 from .keys import DEFAULT_MIN_RSA_BITS, parse_user_key
@@ -80,27 +80,8 @@ _SCHEMA_OBJECTS = {"users", "user_keys", "user_keys_user"}
 
 
 def ensure_schema(conn: sqlite3.Connection) -> None:
-    """Create the user tables if they are missing (one ``BEGIN IMMEDIATE`` transaction).
-
-    When they all exist already nothing is written, so opening the store
-    takes no write lock (and works on a read-only copy of the database).
-    """
-    try:
-        names = {r[0] for r in conn.execute(
-            "SELECT name FROM sqlite_master WHERE name IN (?, ?, ?)", tuple(_SCHEMA_OBJECTS))}
-        if names == _SCHEMA_OBJECTS:
-            return
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            for statement in _SCHEMA:
-                conn.execute(statement)
-            conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
-    except sqlite3.Error as e:
-        raise AuditError(f"cannot create the user tables: {e}") from None
+    """Create the user tables if they are missing (writes nothing when they exist)."""
+    ensure_tables(conn, _SCHEMA_OBJECTS, _SCHEMA, "user")
 
 
 @dataclass(frozen=True)
