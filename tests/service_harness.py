@@ -90,7 +90,12 @@ class CAProcess:
     def known_hosts(self) -> Path:
         """A known_hosts file pinning this CA's host key for [127.0.0.1]:PORT."""
         path = self.workdir / f"known_hosts-{self.port}"
-        path.write_text(f"[127.0.0.1]:{self.port} {(self.state_dir / 'host-key.pub').read_text()}")
+        line = f"[127.0.0.1]:{self.port} {(self.state_dir / 'host-key.pub').read_text()}"
+        if not path.exists() or path.read_text() != line:
+            # temp + rename: concurrent ssh clients must never read a half-written file
+            tmp = path.with_name(f".{path.name}.{threading.get_ident()}")
+            tmp.write_text(line)
+            os.replace(tmp, path)
         return path
 
     def ssh(self, user: str, key: Path, command: str, input: str | None = None, timeout: float = 30,
