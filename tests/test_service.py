@@ -267,3 +267,21 @@ def test_host_key_is_the_state_dirs(ca, cfg, users):
                         "dave@127.0.0.1", "whoami"], capture_output=True, text=True)
     assert r.returncode == 255 and "HOST IDENTIFICATION HAS CHANGED" in r.stderr
     assert other.returncode == 0
+
+
+def test_rows_survive_kill_9_of_the_service(ca, users, cfg, tmp_path):
+    """Rule 10: every certificate the service answered has its committed row, even after kill -9."""
+    key, _ = users["alice"]
+    pub = make_key(tmp_path, name="session").with_suffix(".pub").read_text()
+    with ThreadPoolExecutor(6) as pool:
+        futures = [pool.submit(ca.ssh, "alice", key, "sign --json", pub) for _ in range(24)]
+        time.sleep(1.0)
+        ca.signal(signal.SIGKILL)
+        results = [f.result() for f in futures]
+    answered = [json.loads(r.stdout) for r in results if r.returncode == 0]
+    assert answered, [r.stderr for r in results]
+    log = AuditLog(StatePaths(cfg.state_dir).db)
+    log.verify()
+    for a in answered:
+        row = log.issued_by_serial(a["serial"])
+        assert row is not None and row.key_id == a["key_id"]
