@@ -21,6 +21,7 @@ from .audit_cmds import audit
 from .common import Group, echo_json, output_options
 from .context import DURATION, Env, pass_env
 from .policy_cmds import policy
+from .review_cmds import correlate, report
 from .revoke_cmds import krl, revoke
 from .serve_cmd import info, run, serve
 from .user_cmds import user
@@ -147,6 +148,8 @@ def sign(env: Env, user: str, role: str | None, ttl: int | None, reason: str | N
 
 cli.add_command(policy)
 cli.add_command(audit)
+audit.add_command(correlate)
+audit.add_command(report)
 cli.add_command(user)
 cli.add_command(revoke)
 cli.add_command(krl)
