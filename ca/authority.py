@@ -6,6 +6,11 @@ alike. Every outcome is audited: an issued certificate is returned only
 after the transaction holding its ``issued`` event has committed (security.md
 rule 10); a denial or a failure is committed as a ``denied`` or ``failed``
 event before the error is raised to the caller.
+
+A role with an ``approval`` table is signed only with a ``consume`` hook
+(see :mod:`ca.approvals`): it runs inside the issuing transaction, before
+signing, and marks the approved request used, so one approved request
+gives at most one certificate however many logins race for it.
 """
 
 from __future__ import annotations
@@ -15,11 +20,11 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from .audit import AuditLog
+from .audit import AuditLog, Transaction
 from .config import Config
 from .errors import AuditError, CAError, PolicyDenied, SigningError
 from .keys import Keyring, UserKey, parse_user_key, read_passphrase
-from .models import Identity, Issued, SignRequest
+from .models import Decision, Identity, Issued, SignRequest
 from .policy import Policy, load_policy
 from .signer import Signer, make_key_id
 from .state import StatePaths
@@ -73,8 +78,15 @@ class Authority:
     def close(self) -> None:
         self.audit.close()
 
-    def issue(self, identity: Identity, request: SignRequest) -> Issued:
+    def issue(self, identity: Identity, request: SignRequest, *,
+              consume: Callable[[Transaction, Decision], dict[str, Any]] | None = None) -> Issued:
         """Decide, sign and audit one request; return the certificate or raise.
+
+        A role with ``approval`` needs ``consume``: called inside the
+        issuing transaction before signing, it checks and uses up the
+        approved request and returns fields merged into the ``issued``
+        event; if it raises, nothing it wrote is kept and the refusal is
+        audited like any other. ``consume`` is not called for other roles.
 
         Raises :class:`~ca.errors.PolicyDenied`, :class:`~ca.errors.BadKey`,
         :class:`~ca.errors.AuthenticationFailed` (after recording a
@@ -90,6 +102,14 @@ class Authority:
                 raise PolicyDenied(f"{identity.user[:64]!r} is not a valid user name")
             user_key = parse_user_key(request.public_key, self.min_rsa_bits)
             decision = policy.decide(identity, request, now, self.clock_skew)
+            # decide() stays pure; the approval an approval role needs is checked here.
+            approval = policy.roles[decision.role].approval
+            if approval is not None and consume is None:
+                raise PolicyDenied(
+                    f"role {decision.role} needs an approved request: iast-ssh request --role {decision.role} "
+                    f"--reason TEXT, then use it with --request ID once approved")
+            if approval is None and request.request_id is not None:
+                raise PolicyDenied(f"role {decision.role} takes no access requests (--request {request.request_id})")
         except CAError as e:
             if isinstance(e, AuditError):
                 raise
@@ -98,6 +118,7 @@ class Authority:
 
         try:
             with self.audit.transaction() as tx:
+                extra = consume(tx, decision) if approval is not None and consume is not None else {}
                 serial = tx.next_serial()
                 key_id = make_key_id(decision.user, decision.role, serial)
                 line, cert = self.signer.sign(decision, user_key, serial, key_id)
@@ -119,6 +140,7 @@ class Authority:
                     "policy_sha256": decision.policy_sha256,
                     "ca_fingerprint": self.ca_fingerprint,
                     "request_id": request.request_id,
+                    **extra,
                 }
                 event_id = tx.append(
                     "issued", data, user=decision.user, role=decision.role, serial=serial,
@@ -131,6 +153,11 @@ class Authority:
                 )
         except SigningError as e:
             self.refuse(identity, request, e, user_key=user_key, policy=policy, kind="failed")
+            raise
+        except CAError as e:  # refused by ``consume``: its writes were rolled back with the transaction
+            if isinstance(e, AuditError):
+                raise
+            self.refuse(identity, request, e, user_key=user_key, policy=policy)
             raise
         # Only here, after COMMIT, does the certificate exist for anyone else.
         return Issued(

@@ -32,6 +32,13 @@ The file looks like this (``config/policy.toml`` is a documented example)::
     max_ttl = "30m"
     require_reason = true
     require_mfa = true
+
+    [roles.prod-admin]          # just-in-time access: see ca/approvals.py
+    members = ["group:sre"]
+    principals = ["root"]
+    max_ttl = "15m"
+    require_reason = true
+    approval = { approvers = ["group:security"], required = 1, expires = "1h" }
 """
 
 from __future__ import annotations
@@ -52,6 +59,7 @@ from ca.errors import ConfigError, MFARequired, PolicyDenied, PolicyError
 from ca.models import Decision, Identity, SignRequest
 
 __all__ = [
+    "Approval",
     "DEFAULT_PRINCIPAL_PATTERN",
     "EXTENSIONS",
     "Policy",
@@ -102,9 +110,6 @@ _PRINCIPAL_FORBIDDEN = re.compile(r"[,*\s\x00-\x1f\x7f]")
 
 _TOP_KEYS = ("defaults", "groups", "roles")
 _DEFAULTS_KEYS = ("ttl", "max_ttl", "extensions", "role")
-# "approval" is reserved for a future approval workflow. Until it exists it is
-# an unknown key like any other: a policy must never appear to demand
-# something the CA does not enforce.
 _ROLE_KEYS = (
     "description",
     "members",
@@ -116,12 +121,36 @@ _ROLE_KEYS = (
     "source_address",
     "require_reason",
     "require_mfa",
+    "approval",
 )
-_RESERVED_KEYS = {"approval": "'approval' is reserved for a future version and not supported yet"}
+# Keys a future version will understand: refused with a message saying so,
+# so that a policy never appears to demand something the CA does not enforce.
+_RESERVED_KEYS: dict[str, str] = {}
+_APPROVAL_KEYS = ("approvers", "required", "expires")
+_DEFAULT_APPROVAL_EXPIRES = "1h"
 
 
 # --------------------------------------------------------------------------
 # Values
+
+
+@dataclass(frozen=True)
+class Approval:
+    """A role's ``approval`` table: who must agree before it is signed.
+
+    ``approvers`` are user names and ``"group:NAME"``; ``required`` distinct
+    approvers (never the requester) must approve; ``expires`` (seconds)
+    bounds both how long a request may stay pending and how long an
+    approved request may wait to be used. Enforced by :mod:`ca.approvals`
+    and :meth:`ca.authority.Authority.issue`, not by :meth:`Policy.decide`.
+    """
+
+    approvers: tuple[str, ...]
+    required: int
+    expires: int
+
+    def as_json(self) -> dict[str, Any]:
+        return {"approvers": list(self.approvers), "required": self.required, "expires": self.expires}
 
 
 @dataclass(frozen=True)
@@ -140,6 +169,7 @@ class Role:
     source_address: tuple[str, ...]
     require_reason: bool
     require_mfa: bool
+    approval: Approval | None = None  # None: no approval needed
 
 
 @dataclass(frozen=True)
@@ -164,6 +194,7 @@ class RoleVerdict:
     source_address: tuple[str, ...] | None = None
     require_reason: bool | None = None
     require_mfa: bool | None = None
+    approval: Approval | None = None
 
     def as_json(self) -> dict[str, Any]:
         """A JSON-ready dict (tuples become lists) for ``--json`` output."""
@@ -185,6 +216,7 @@ class RoleVerdict:
             "source_address": lst(self.source_address),
             "require_reason": self.require_reason,
             "require_mfa": self.require_mfa,
+            "approval": self.approval.as_json() if self.approval else None,
         }
 
 
@@ -221,6 +253,34 @@ class Policy:
                 if member[len("group:") :] in groups:
                     return True
             elif member == identity.user:
+                return True
+        return False
+
+    def approvers_of(self, role: Role) -> tuple[str, ...]:
+        """The distinct users a role's approvers expand to through ``[groups]`` (sorted).
+
+        Members of a group that only an identity provider fills are not known
+        here; :meth:`may_approve` still admits them.
+        """
+        if role.approval is None:
+            return ()
+        return _expand_users(role.approval.approvers, self.groups)
+
+    def may_approve(self, role: Role, identity: Identity) -> bool:
+        """Whether ``identity`` is one of ``role``'s approvers (never true for a role without approval).
+
+        Like :meth:`is_member`: a user name, or ``group:NAME`` through
+        ``[groups]`` or the identity's own ``groups``. Whether the approver is
+        the requester is for the caller to check.
+        """
+        if role.approval is None:
+            return False
+        groups = set(self.groups_of(identity.user)) | set(identity.groups)
+        for approver in role.approval.approvers:
+            if approver.startswith("group:"):
+                if approver[len("group:") :] in groups:
+                    return True
+            elif approver == identity.user:
                 return True
         return False
 
@@ -350,6 +410,7 @@ class Policy:
             source_address=role.source_address,
             require_reason=role.require_reason,
             require_mfa=role.require_mfa,
+            approval=role.approval,
             **base,
         )
 
@@ -547,6 +608,10 @@ class _Parser:
         if "source_address" in doc:
             source_address = self.networks(doc["source_address"], at + "source_address")
 
+        approval = None
+        if "approval" in doc:
+            approval = self.approval(doc["approval"], at + "approval", groups)
+
         return Role(
             name=name,
             description=description,
@@ -559,7 +624,40 @@ class _Parser:
             source_address=source_address,
             require_reason=self.boolean(doc.get("require_reason", False), at + "require_reason"),
             require_mfa=self.boolean(doc.get("require_mfa", False), at + "require_mfa"),
+            approval=approval,
         )
+
+    def approval(self, value: Any, where: str, groups: Mapping[str, tuple[str, ...]]) -> Approval:
+        """``approval = { approvers = [...], required = N, expires = "1h" }``.
+
+        Approvers are user names or ``group:NAME`` of a declared group (never
+        ``*``: approval by anyone at all is no approval). ``required`` is at
+        least 1 and no more than the distinct users the approvers expand to,
+        or the role could never be used.
+        """
+        doc = self.table(value, where)
+        self.check_keys(doc, _APPROVAL_KEYS, "approval", where + ".")
+        if "approvers" not in doc:
+            raise self.fail(where + ".approvers", 'required (user names or "group:NAME")')
+        approvers = self.string_list(doc["approvers"], where + ".approvers", non_empty=True)
+        for a in approvers:
+            if a.startswith("group:"):
+                if a[len("group:") :] not in groups:
+                    raise self.fail(where + ".approvers", f"{_show(a)}: no such group in [groups]")
+            elif not _USER_RE.fullmatch(a):
+                raise self.fail(where + ".approvers", f'{_show(a)} is not a user name ({_USER_TEXT}) or "group:NAME"')
+        required = doc.get("required", 1)
+        if type(required) is not int or required < 1:
+            raise self.fail(where + ".required", f"expected an integer of at least 1, got {_type(required)}")
+        users = _expand_users(approvers, groups)
+        if required > len(users):
+            raise self.fail(
+                where + ".required",
+                f"{required} exceeds the {len(users)} distinct users the approvers expand to"
+                + (f" ({', '.join(users)})" if users else ""),
+            )
+        expires = self.duration(doc.get("expires", _DEFAULT_APPROVAL_EXPIRES), where + ".expires")
+        return Approval(approvers=approvers, required=required, expires=expires)
 
     # -- fields --------------------------------------------------------------
 
@@ -662,6 +760,16 @@ class _Parser:
 
 # --------------------------------------------------------------------------
 # Small helpers
+
+
+def _expand_users(approvers: tuple[str, ...], groups: Mapping[str, tuple[str, ...]]) -> tuple[str, ...]:
+    users: set[str] = set()
+    for a in approvers:
+        if a.startswith("group:"):
+            users.update(groups.get(a[len("group:") :], ()))
+        else:
+            users.add(a)
+    return tuple(sorted(users))
 
 
 def _principal_ok(principal: str, pattern: str) -> bool:
