@@ -735,6 +735,32 @@ class Client:
         except (binascii.Error, ValueError):
             raise CAError("the CA's KRL answer is not base64") from None
 
+    # -- access requests (roles with approval) ------------------------------
+
+    def request_access(self, *, role: str, reason: str, ttl: str | int | None = None) -> dict[str, Any]:
+        """Ask for temporary access to a role that needs approval; the CA's answer has the request ``id``."""
+        args = ["request", "--json", "--role", role, "--reason", reason]
+        if ttl is not None:
+            args += ["--ttl", str(_seconds(ttl))]
+        return self._run(lambda conn: self._json(conn, args))
+
+    def requests(self) -> list[dict[str, Any]]:
+        """Pending requests this user may decide, then their own requests."""
+        return self._run(lambda conn: self._json(conn, ["requests", "--json"]))
+
+    def approve(self, request_id: str, comment: str | None = None) -> dict[str, Any]:
+        """Approve someone else's request (this user must be one of its approvers)."""
+        args = ["approve", request_id, "--json"] + (["--comment", comment] if comment else [])
+        return self._run(lambda conn: self._json(conn, args))
+
+    def deny(self, request_id: str, comment: str) -> dict[str, Any]:
+        """Deny a request, saying why; one denial closes it."""
+        return self._run(lambda conn: self._json(conn, ["deny", request_id, "--comment", comment, "--json"]))
+
+    def cancel(self, request_id: str) -> dict[str, Any]:
+        """Withdraw this user's own request."""
+        return self._run(lambda conn: self._json(conn, ["cancel", request_id, "--json"]))
+
     async def _json(self, conn, args: list[str], input: str | None = None) -> Any:
         out = await self._command(conn, args, input)
         try:
@@ -744,10 +770,12 @@ class Client:
 
     def login(self, *, role: str | None = None, ttl: str | int | None = None, reason: str | None = None,
               otp: str | None = None, no_agent: bool = False, out_dir: str | os.PathLike | None = None,
-              now: Callable[[], float] = time.time) -> LoginResult:
+              now: Callable[[], float] = time.time, request_id: str | None = None) -> LoginResult:
         """Get a certificate for a fresh Ed25519 key and put it into ssh-agent, or into files.
 
-        ``role`` defaults to the config's (then the policy's default). With
+        ``role`` defaults to the config's (then the policy's default); with
+        ``request_id`` (an approved access request) it, the ttl and the
+        reason default to the request's. With
         ``otp`` the code is sent at once; otherwise, when the role needs a
         second factor and the prompter can ask for a code, it asks and
         retries once.
@@ -755,18 +783,16 @@ class Client:
         import asyncssh
 
         from .certificates import USER_CERT, parse_certificate
-        from .durations import parse_duration
 
         args = ["sign", "--json"]
-        role = role or self.config.role
+        if request_id:
+            args += ["--request", request_id]
+        else:
+            role = role or self.config.role  # the request names its own role
         if role:
             args += ["--role", role]
         if ttl is not None:
-            try:
-                seconds = ttl if isinstance(ttl, int) else parse_duration(str(ttl))
-            except ValueError as e:
-                raise UsageError(f"--ttl: {e}") from None
-            args += ["--ttl", str(seconds)]
+            args += ["--ttl", str(_seconds(ttl))]
         if reason:
             args += ["--reason", reason]
         out = Path(out_dir) if out_dir is not None else default_out_dir()
@@ -816,6 +842,15 @@ class Client:
                 notes.append(f"{e}; wrote files instead")
         key_path, cert_path = write_files(out, key, reply["certificate"], common["key_id"])
         return LoginResult(**common, where="files", key_path=key_path, cert_path=cert_path, notes=tuple(notes))
+
+
+def _seconds(ttl: str | int) -> int:
+    from .durations import parse_duration
+
+    try:
+        return ttl if isinstance(ttl, int) else parse_duration(str(ttl))
+    except ValueError as e:
+        raise UsageError(f"--ttl: {e}") from None
 
 
 async def _add_to_agent(path: str, key, cert, key_id: str, lifetime: int) -> None:

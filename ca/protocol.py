@@ -26,18 +26,35 @@ MAX_COMMAND_LINE = 4096
 
 # command -> the options it takes (flags are True, valued options False)
 COMMANDS: dict[str, dict[str, bool]] = {
-    "sign": {"--role": False, "--ttl": False, "--reason": False, "--otp": False, "--json": True},
+    "sign": {"--role": False, "--ttl": False, "--reason": False, "--otp": False, "--request": False,
+             "--json": True},
+    "request": {"--role": False, "--ttl": False, "--reason": False, "--json": True},
+    "requests": {"--json": True},
+    "approve": {"--comment": False, "--json": True},
+    "deny": {"--comment": False, "--json": True},
+    "cancel": {"--json": True},
     "roles": {"--json": True},
     "whoami": {"--json": True},
     "ca-keys": {},
     "krl": {},
     "help": {},
 }
+# Commands that take one request ID as their only positional argument.
+TAKES_ID = frozenset({"approve", "deny", "cancel"})
+# Options a command cannot do without.
+REQUIRED: dict[str, tuple[str, ...]] = {"request": ("--role", "--reason"), "deny": ("--comment",)}
 
 HELP = """\
 iast-ssh certificate authority. Commands (run as: ssh -p PORT USER@CA COMMAND):
   sign [--role R] [--ttl D] [--reason T] [--otp CODE] [--json] < key.pub
                        sign the public key on stdin; prints the certificate line
+  sign ... --request ID  use an approved access request (roles with approval)
+  request --role R [--ttl D] --reason T [--json]
+                       ask for temporary access to a role that needs approval; prints the request id
+  requests [--json]    requests you may approve or deny, and your own
+  approve ID [--comment T] [--json]   approve someone's request (you must be one of its approvers)
+  deny ID --comment T [--json]        deny it; one denial closes the request
+  cancel ID [--json]   withdraw your own request
   roles [--json]       the roles you may request, with their limits
   whoami [--json]      who the CA thinks you are, and how you authenticated
   ca-keys              the CA public keys hosts trust (TrustedUserCAKeys)
@@ -56,6 +73,8 @@ class Command:
     reason: str | None = None
     otp: str | None = None
     json: bool = False
+    request_id: str | None = None  # sign --request ID, and the ID of approve/deny/cancel
+    comment: str | None = None
 
 
 def parse_command(line: str | None) -> Command:
@@ -77,10 +96,17 @@ def parse_command(line: str | None) -> Command:
         raise UsageError(f"unknown command {name[:40]!r}; try 'help'")
     allowed = COMMANDS[name]
     values: dict[str, str | bool] = {}
+    positional: list[str] = []
     i = 0
     while i < len(args):
         word = args[i]
         opt, eq, inline = word.partition("=")
+        if name in TAKES_ID and not word.startswith("-"):
+            if positional:
+                raise UsageError(f"{name}: one request ID only")
+            positional.append(word)
+            i += 1
+            continue
         if opt not in allowed:
             raise UsageError(f"{name}: unknown option {opt[:40]!r}")
         if opt in values:
@@ -97,6 +123,16 @@ def parse_command(line: str | None) -> Command:
                 raise UsageError(f"{name}: {opt} needs a value")
             values[opt] = args[i]
         i += 1
+    for opt in REQUIRED.get(name, ()):
+        if not values.get(opt):
+            raise UsageError(f"{name}: {opt} is required")
+    request_id = None
+    if name in TAKES_ID:
+        if not positional:
+            raise UsageError(f"{name}: which request? give its ID (see 'requests')")
+        request_id = _request_id(name, positional[0])
+    elif "--request" in values:
+        request_id = _request_id(name, str(values["--request"]))
     ttl = None
     if "--ttl" in values:
         try:
@@ -110,4 +146,15 @@ def parse_command(line: str | None) -> Command:
         reason=values.get("--reason"),  # type: ignore[arg-type]
         otp=values.get("--otp"),  # type: ignore[arg-type]
         json=bool(values.get("--json", False)),
+        request_id=request_id,
+        comment=values.get("--comment"),  # type: ignore[arg-type]
     )
+
+
+def _request_id(name: str, text: str) -> str:
+    from .approvals import check_request_id
+
+    try:
+        return check_request_id(text)
+    except UsageError as e:
+        raise UsageError(f"{name}: {e}") from None

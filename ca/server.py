@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import json
 import logging
 import os
@@ -29,9 +30,11 @@ from typing import Any
 
 import asyncssh
 
+from .approvals import AccessRequest, Approvals, run_hook
 from .audit import AuditLog
 from .authority import Authority
 from .config import Config
+from .durations import format_duration
 from .errors import EXIT_AUTH, EXIT_USAGE, AuthenticationFailed, CAError, UsageError
 from .keys import Keyring
 from .models import Identity, SignRequest
@@ -106,6 +109,8 @@ class Backend:
         self.users = UserStore(self.auth_log, min_rsa_bits=cfg.min_rsa_bits, clock=clock)
         self.throttle = Throttle(self.auth_log.conn, cfg.throttle)
         self.issue_users = UserStore(authority.audit, min_rsa_bits=cfg.min_rsa_bits, clock=clock)
+        # Access requests share the issue thread's connection: consuming one is part of issuing.
+        self.approvals = Approvals(authority.audit, clock=clock)
 
     async def on_issue(self, fn: Callable, *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self.issue_pool, fn, *args)
@@ -173,7 +178,36 @@ class Backend:
             err = AuthenticationFailed(f"user {identity.user} is disabled")
             self.authority.refuse(identity, request, err)
             raise err
-        return self.authority.issue(identity, request)
+        # A role with approval is signed only through an approved request, used up in the
+        # issuing transaction itself (Authority.issue calls the hook only for such roles).
+        policy = self.authority.policy
+        request = self.approvals.prepare(identity.user, request, policy)
+        consume = self.approvals.consumer(identity.user, request.request_id, policy)
+        return self.authority.issue(identity, request, consume=consume)
+
+    # -- access requests (issue thread) ---------------------------------
+
+    def _enabled(self, identity: Identity) -> None:
+        user = self.issue_users.get(identity.user)
+        if user is None or user.disabled:
+            raise AuthenticationFailed(f"user {identity.user} is disabled")
+
+    def request_access(self, identity: Identity, cmd: Command) -> AccessRequest:
+        self._enabled(identity)
+        return self.approvals.create(identity, role=cmd.role, ttl=cmd.ttl, reason=cmd.reason,
+                                     policy=self.authority.policy)
+
+    def list_requests(self, identity: Identity) -> list[AccessRequest]:
+        return self.approvals.visible_to(identity, self.authority.policy)
+
+    def decide_request(self, identity: Identity, cmd: Command) -> AccessRequest:
+        self._enabled(identity)
+        policy = self.authority.policy
+        if cmd.name == "approve":
+            return self.approvals.approve(cmd.request_id, identity, policy, cmd.comment)
+        if cmd.name == "deny":
+            return self.approvals.deny(cmd.request_id, identity, policy, cmd.comment)
+        return self.approvals.cancel(cmd.request_id, identity, policy)
 
     def refuse(self, identity: Identity, request: SignRequest, error: CAError) -> None:
         self.authority.refuse(identity, request, error)
@@ -400,6 +434,16 @@ class Service:
                 verdicts = [v for v in self.backend.authority.policy.explain(user) if v.allowed]
                 return self._reply(process, cmd, [v.as_json() for v in verdicts],
                                    "\n".join(_role_line(v) for v in verdicts) or "no roles")
+            if cmd.name == "request":
+                return await self._request(process, cmd, identity)
+            if cmd.name == "requests":
+                found = await self.backend.on_issue(self.backend.list_requests, identity)
+                return self._reply(process, cmd, [r.as_json() for r in found],
+                                   "\n".join(r.summary() for r in found) or "no requests")
+            if cmd.name in ("approve", "deny", "cancel"):
+                req = await self.backend.on_issue(self.backend.decide_request, identity, cmd)
+                event(f"request {cmd.name}", user=user, request_id=req.id, status=req.status)
+                return self._reply(process, cmd, req.as_json(), req.summary())
             return await self._sign(process, cmd, identity)
         except CAError as e:
             return self._error(process, cmd, e)
@@ -407,7 +451,8 @@ class Service:
     async def _sign(self, process: asyncssh.SSHServerProcess, cmd: Command, identity: Identity) -> int:
         b = self.backend
         key_line = await self._read_stdin(process)
-        request = SignRequest(public_key=key_line, role=cmd.role, ttl=cmd.ttl, reason=cmd.reason)
+        request = SignRequest(public_key=key_line, role=cmd.role, ttl=cmd.ttl, reason=cmd.reason,
+                              request_id=cmd.request_id)
         if cmd.otp is not None:
             if not await b.on_auth(b.step_up, identity.user, cmd.otp, identity.source_address):
                 err = AuthenticationFailed("one-time code refused")
@@ -423,6 +468,23 @@ class Service:
         else:
             process.stdout.write(issued.certificate + "\n")
         return 0
+
+    async def _request(self, process: asyncssh.SSHServerProcess, cmd: Command, identity: Identity) -> int:
+        """``request``: a pending access request; its id is the first word of the answer."""
+        b = self.backend
+        req = await b.on_issue(b.request_access, identity, cmd)
+        event("access requested", user=identity.user, role=req.role, request_id=req.id)
+        hook = getattr(self.cfg, "on_request", None)
+        if hook:
+            # Off the request path: the reply does not wait for it, and its failure is only logged.
+            values = {"id": req.id, "user": req.user, "role": req.role}
+            self.spawn(asyncio.get_running_loop().run_in_executor(None, functools.partial(run_hook, hook, values)))
+        role = b.authority.policy.roles.get(req.role)
+        who = f" from {', '.join(role.approval.approvers)}" if role is not None and role.approval else ""
+        within = f" within {format_duration(role.approval.expires)}" if role is not None and role.approval else ""
+        text = (f"{req.id}\npending: needs {req.required or '?'} approval(s){who} by {req.as_json()['expires']}; "
+                f"once approved, use it{within}: iast-ssh login --request {req.id}")
+        return self._reply(process, cmd, req.as_json(), text)
 
     def _reply(self, process, cmd: Command, obj: Any, text: str) -> int:
         process.stdout.write((json.dumps(obj) if cmd.json else text) + "\n")

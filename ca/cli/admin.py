@@ -8,6 +8,7 @@ status (0 ok, 1 error, 2 usage, 3 denied by policy, 4 authentication).
 from __future__ import annotations
 
 import datetime as dt
+from dataclasses import replace
 
 import click
 
@@ -21,6 +22,7 @@ from .audit_cmds import audit
 from .common import Group, echo_json, output_options
 from .context import DURATION, Env, pass_env
 from .policy_cmds import policy
+from .requests_cmds import requests
 from .review_cmds import correlate, report
 from .revoke_cmds import krl, revoke
 from .serve_cmd import info, run, serve
@@ -103,30 +105,44 @@ def trust(env: Env, fmt: str, host_pattern: str) -> None:
 @click.option("--role", "-r", help="Role to request (default: the policy's default role).")
 @click.option("--ttl", type=DURATION, help="Lifetime, e.g. 30m (default: the role's default).")
 @click.option("--reason", help="Why access is needed (recorded in the audit log).")
+@click.option("--request", "request_id", metavar="ID",
+              help="An approved access request to use (required for roles that need approval); "
+                   "role, ttl and reason default to the request's.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, allow_dash=True), default="-",
               help="Write the certificate here (default: stdout).")
 @output_options(csv_ok=False)
 @click.argument("pubkey_file", type=click.File("r"), metavar="PUBKEY_FILE")
 @pass_env
-def sign(env: Env, user: str, role: str | None, ttl: int | None, reason: str | None, output: str, fmt: str,
-         pubkey_file) -> None:
+def sign(env: Env, user: str, role: str | None, ttl: int | None, reason: str | None, request_id: str | None,
+         output: str, fmt: str, pubkey_file) -> None:
     """Sign a user's public key offline, through the same decide -> sign -> audit path as the service.
 
     The issuance is recorded as made by the administrator running this
     command. A request that policy refuses exits 3, with the reason on stderr,
     writes no certificate, and is recorded as a 'denied' event. Use '-' to
     read the key from stdin. With --json and no -o, stdout is one JSON
-    object whose 'certificate' field holds the certificate line.
+    object whose 'certificate' field holds the certificate line. A role
+    that needs approval is signed only with --request ID, a request of
+    USER's that its approvers approved; it is then used up.
 
     \b
     Example:
       iast-ca sign --user alice --role dev --ttl 2h -o alice-cert.pub alice.pub
+      iast-ca sign --user alice --request req-abcdefghij -o alice-cert.pub alice.pub
     """
+    from ..approvals import Approvals
+
     key_line = pubkey_file.read(64 * 1024)
     authority = env.authority()
     try:
         identity = Identity(user=user, auth_methods=("admin-offline",), mfa=True, operator=os_user())
-        issued = authority.issue(identity, SignRequest(public_key=key_line, role=role, ttl=ttl, reason=reason))
+        request = SignRequest(public_key=key_line, role=role, ttl=ttl, reason=reason)
+        consume = None
+        if request_id is not None:
+            approvals = Approvals(authority.audit, clock=authority.clock)
+            request = approvals.prepare(user, replace(request, request_id=request_id), authority.policy)
+            consume = approvals.consumer(user, request.request_id, authority.policy)
+        issued = authority.issue(identity, request, consume=consume)
     finally:
         authority.close()
     if output != "-":
@@ -151,6 +167,7 @@ cli.add_command(audit)
 audit.add_command(correlate)
 audit.add_command(report)
 cli.add_command(user)
+cli.add_command(requests)
 cli.add_command(revoke)
 cli.add_command(krl)
 cli.add_command(run)

@@ -99,17 +99,23 @@ def list_(env: Env, user, role, kind, serial, since, until, limit, fmt) -> None:
 @audit.command()
 @click.argument("event_id", type=int, required=False)
 @click.option("--serial", type=int, help="Show the issuance of this certificate serial.")
+@click.option("--request", "request_id", metavar="ID",
+              help="Show everything that happened to this access request, oldest first.")
 @output_options(csv_ok=False)
 @pass_env
-def show(env: Env, event_id: int | None, serial: int | None, fmt: str) -> None:
-    """Show one event in full, by id or by certificate serial.
+def show(env: Env, event_id: int | None, serial: int | None, request_id: str | None, fmt: str) -> None:
+    """Show one event in full, by id or by certificate serial; or the history of an access request.
 
     \b
     Example:
       iast-ca audit show --serial 42
+      iast-ca audit show --request req-abcdefghij
     """
-    if (event_id is None) == (serial is None):
-        raise UsageError("give an event ID or --serial N (one of them)")
+    if sum(x is not None for x in (event_id, serial, request_id)) != 1:
+        raise UsageError("give an event ID, --serial N or --request ID (one of them)")
+    if request_id is not None:
+        _show_request(env, request_id, fmt)
+        return
     log = _open(env)
     try:
         event = log.get(event_id) if event_id is not None else log.issued_by_serial(serial)
@@ -126,6 +132,46 @@ def show(env: Env, event_id: int | None, serial: int | None, fmt: str) -> None:
         click.echo(f"{k:16} {', '.join(map(str, v)) if isinstance(v, list) else ('-' if v is None else v)}")
     click.echo(f"{'prev_hash':16} {event.prev_hash}")
     click.echo(f"{'hash':16} {event.hash}")
+
+
+def _show_request(env: Env, request_id: str, fmt: str) -> None:
+    """The request as it stands, then every event that names it (created, votes, refusals, the certificate)."""
+    from ..approvals import Approvals, check_request_id, request_events
+
+    request_id = check_request_id(request_id)
+    log = _open(env)
+    try:
+        req = Approvals(log).get(request_id)
+        events = request_events(log, request_id)
+    finally:
+        log.close()
+    if req is None and not events:
+        raise AuditError(f"no request {request_id}")
+    if fmt == "json":
+        echo_json({"request": req.as_json() if req else None, "events": [_as_dict(e) for e in events]})
+        return
+    if req is not None:
+        click.echo(req.summary())
+    echo_table([[e.id, e.ts[:19] + "Z", e.kind, e.user, e.serial, _request_detail(e)] for e in events],
+               ["ID", "TIME", "KIND", "USER", "SERIAL", "DETAIL"])
+
+
+def _request_detail(e: Event) -> str:
+    d = e.data
+    if e.kind == "request_created":
+        return (f"{format_duration(d.get('ttl') or 0)}: {d.get('reason')} (needs {d.get('required')} of "
+                f"{', '.join(d.get('approvers') or [])})")
+    if e.kind == "request_used":
+        return f"serial {d.get('serial')}, approved by {', '.join(d.get('approvers') or [])}"
+    if e.kind in ("request_expired", "request_cancelled"):
+        return f"was {d.get('was')}"
+    if e.kind in ("request_approved", "request_denied"):
+        return f"by {d.get('approver')}" + (f": {d['comment']}" if d.get("comment") else "")
+    if e.kind == "issued":
+        return f"approved by {', '.join(d.get('approvers') or [])}; {_summary(e)}"
+    if e.kind == "request_refused":
+        return f"{d.get('action')} by {d.get('actor')}: {d.get('message')}"
+    return _summary(e)
 
 
 def _audit_pub_blob(env: Env, audit_key: str | None) -> bytes:

@@ -113,17 +113,22 @@ def cli() -> None:
 @click.option("--reason", help="Why you need access (recorded in the CA's audit log; some roles require it).")
 @click.option("--otp", metavar="CODE", help="One-time code for roles that require a second factor "
                                             "(on a terminal you are asked when needed).")
+@click.option("--request", "request_id", metavar="ID",
+              help="Use this approved access request (roles that need approval; see 'iast-ssh request'). "
+                   "Role, ttl and reason default to the request's.")
 @click.option("--no-agent", is_flag=True, help="Write key and certificate files instead of using ssh-agent.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), metavar="DIR", help=_OUT_HELP)
 @output_options(csv_ok=False)
-def login(make_client, role, ttl, reason, otp, no_agent, out_dir, fmt) -> None:
+def login(make_client, role, ttl, reason, otp, request_id, no_agent, out_dir, fmt) -> None:
     """Get a certificate from the CA and hand it to ssh.
 
     The CA's host key is checked against the pinned fingerprint before
     anything is sent. The certificate goes into ssh-agent (SSH_AUTH_SOCK)
     for exactly its lifetime; with --no-agent, or without an agent, the
     key and certificate are written (mode 0600) to ~/.ssh/iast-ssh/.
-    Prompts (password, one-time code) appear only on a terminal.
+    Prompts (password, one-time code) appear only on a terminal. A role
+    that needs approval is signed once per approved request ('iast-ssh
+    request'); '--role R' finds your approved request for R by itself.
 
     \b
     Example:
@@ -131,7 +136,8 @@ def login(make_client, role, ttl, reason, otp, no_agent, out_dir, fmt) -> None:
       iast-ssh login --no-agent -i ~/.ssh/id_ed25519 && ssh -i ~/.ssh/iast-ssh/id_ed25519 alice@host
     """
     client = make_client()
-    result = client.login(role=role, ttl=ttl, reason=reason, otp=otp, no_agent=no_agent, out_dir=out_dir)
+    result = client.login(role=role, ttl=ttl, reason=reason, otp=otp, no_agent=no_agent, out_dir=out_dir,
+                          request_id=request_id)
     if fmt == "json":
         echo_json(result.as_json())
         _notes(result.notes)
@@ -227,8 +233,8 @@ def roles(make_client, fmt) -> None:
         return
     rows = []
     for v in verdicts:
-        needs = [w for w, flag in (("reason", v.get("require_reason")), ("one-time code", v.get("require_mfa")))
-                 if flag]
+        needs = [w for w, flag in (("reason", v.get("require_reason")), ("one-time code", v.get("require_mfa")),
+                                   ("approval", v.get("approval"))) if flag]
         rows.append([v.get("role"), ", ".join(v.get("principals") or ()),
                      format_duration(v.get("ttl") or 0), format_duration(v.get("max_ttl") or 0),
                      ", ".join(needs), v.get("description") or ""])
@@ -253,6 +259,125 @@ def whoami(make_client, fmt) -> None:
         return
     click.echo(f"{who.get('user')} from {who.get('source_address')}, authenticated by "
                f"{'+'.join(who.get('auth_methods') or ())}; groups: {', '.join(who.get('groups') or ()) or '-'}")
+
+
+def _request_line(r: dict) -> list:
+    votes = ", ".join(f"{v['approver']} {v['decision']}d" + (f" ({v['comment']})" if v.get("comment") else "")
+                      for v in r.get("votes") or ())
+    return [r.get("id"), r.get("user"), r.get("role"), format_duration(r.get("ttl") or 0), r.get("status"),
+            f"{r.get('approvals', 0)}/{r.get('required') or '?'}", (r.get("expires") or "")[:16],
+            r.get("reason") or "", votes]
+
+
+_REQUEST_HEADERS = ["ID", "USER", "ROLE", "TTL", "STATUS", "OK", "EXPIRES", "REASON", "VOTES"]
+
+
+def _show_request(r: dict, fmt: str, client) -> None:
+    _notes(client.notes)
+    if fmt == "json":
+        echo_json(r)
+    else:
+        echo_table([_request_line(r)], _REQUEST_HEADERS)
+
+
+@cli.command()
+@ca_options
+@click.option("--role", "-r", required=True, help="The role that needs approval.")
+@click.option("--ttl", metavar="DURATION", help="Lifetime of the certificate you will get (default: the role's).")
+@click.option("--reason", required=True, help="Why you need access (shown to approvers; recorded in the audit log).")
+@output_options(csv_ok=False)
+def request(make_client, role, ttl, reason, fmt) -> None:
+    """Ask for temporary access to a role that needs approval; print the request's id.
+
+    The approvers the policy names see it in 'iast-ssh requests'. Once
+    enough of them approved, 'iast-ssh login --request ID' (or --role R)
+    gets one certificate, for at most the ttl asked for, within the
+    role's approval window. Unanswered requests expire.
+
+    \b
+    Example:
+      iast-ssh request --role prod-admin --ttl 15m --reason "INC-4711 disk full on db-3"
+      iast-ssh login --request req-abcdefghij
+    """
+    client = make_client()
+    r = client.request_access(role=role, ttl=ttl, reason=reason)
+    _notes(client.notes)
+    if fmt == "json":
+        echo_json(r)
+        return
+    click.echo(r["id"])
+    click.echo(f"Pending: needs {r.get('required') or '?'} approval(s) before {r.get('expires')}. "
+               f"Once approved: iast-ssh login --request {r['id']}", err=True)
+
+
+@cli.command("requests")
+@ca_options
+@output_options(csv_ok=False)
+def requests_(make_client, fmt) -> None:
+    """List the pending requests you may approve or deny, then your own requests.
+
+    \b
+    Example:
+      iast-ssh requests --json | jq -r '.[] | select(.status == "pending") | .id'
+    """
+    client = make_client()
+    found = client.requests()
+    _notes(client.notes)
+    if fmt == "json":
+        echo_json(found)
+    elif not found:
+        click.echo("No requests.")
+    else:
+        echo_table([_request_line(r) for r in found], _REQUEST_HEADERS)
+
+
+@cli.command()
+@ca_options
+@click.argument("request_id", metavar="ID")
+@click.option("--comment", help="A note for the requester and the audit log.")
+@output_options(csv_ok=False)
+def approve(make_client, request_id, comment, fmt) -> None:
+    """Approve someone's access request (you must be one of the role's approvers).
+
+    Nobody approves their own request, and each approver counts once.
+
+    \b
+    Example:
+      iast-ssh approve req-abcdefghij --comment "ok for INC-4711"
+    """
+    client = make_client()
+    _show_request(client.approve(request_id, comment), fmt, client)
+
+
+@cli.command()
+@ca_options
+@click.argument("request_id", metavar="ID")
+@click.option("--comment", required=True, help="Why (shown to the requester; recorded in the audit log).")
+@output_options(csv_ok=False)
+def deny(make_client, request_id, comment, fmt) -> None:
+    """Deny an access request; one denial closes it.
+
+    \b
+    Example:
+      iast-ssh deny req-abcdefghij --comment "use prod-readonly for this"
+    """
+    client = make_client()
+    _show_request(client.deny(request_id, comment), fmt, client)
+
+
+@cli.command()
+@ca_options
+@click.argument("request_id", metavar="ID")
+@output_options(csv_ok=False)
+def cancel(make_client, request_id, fmt) -> None:
+    """Withdraw your own access request (pending, or approved and not used).
+
+    \b
+    Example:
+      iast-ssh cancel req-abcdefghij
+    """
+    client = make_client()
+    _show_request(client.cancel(request_id), fmt, client)
 
 
 @cli.command()
