@@ -380,19 +380,22 @@ class Service:
         self.inflight += 1
         self._idle.clear()
         try:
-            status = await self._run(process)
-        except Exception:  # a bug must not take the service down; the client gets an error
-            log.exception("request failed", extra={"fields": {"user": process.get_extra_info("username")}})
-            process.stderr.write("internal error\n")
-            status = 1
+            try:
+                status = await self._run(process)
+            except Exception:  # a bug must not take the service down; the client gets an error
+                log.exception("request failed", extra={"fields": {"user": process.get_extra_info("username")}})
+                process.stderr.write("internal error\n")
+                status = 1
+            # A request is done when the client has its answer, not when we wrote it:
+            # a drain must not cut a connection with a certificate still in its buffers.
+            process.exit(status)
+            await asyncio.wait_for(process.channel.wait_closed(), 10)
+        except (OSError, asyncssh.Error, asyncio.TimeoutError):
+            pass
         finally:
             self.inflight -= 1
             if self.inflight == 0:
                 self._idle.set()
-        try:
-            process.exit(status)
-        except (OSError, asyncssh.Error):
-            pass
 
     async def _read_stdin(self, process: asyncssh.SSHServerProcess) -> str:
         cap = self.cfg.max_request_bytes
