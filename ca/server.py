@@ -532,6 +532,8 @@ def _role_line(v) -> str:
         extra.append("reason required")
     if v.require_mfa:
         extra.append("one-time code required")
+    if v.approval:
+        extra.append(f"needs {v.approval.required} approval(s): iast-ssh request --role {v.role}")
     return (f"{v.role}: principals {', '.join(v.principals or ())}; ttl {format_duration(v.ttl or 0)} "
             f"(max {format_duration(v.max_ttl or 0)})" + "".join(f"; {x}" for x in extra))
 

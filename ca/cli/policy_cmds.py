@@ -71,6 +71,9 @@ def explain(env: Env, user: str, role: str | None, fmt: str) -> None:
             extra.append("reason required")
         if v.require_mfa:
             extra.append("one-time code required")
+        if v.approval:
+            a = v.approval
+            extra.append(f"needs {a.required} approval(s) from {', '.join(a.approvers)}")
         click.echo(
             f"{v.role}: yes{' (default)' if v.is_default else ''} - principals {', '.join(v.principals or ())}; "
             f"ttl {format_duration(v.ttl or 0)} (max {format_duration(v.max_ttl or 0)}); "
