@@ -168,6 +168,11 @@ class Transaction:
         row = self._conn.execute("SELECT id, hash FROM events ORDER BY id DESC LIMIT 1").fetchone()
         self._last_id, self._last_hash = row if row else (0, GENESIS)
 
+    @property
+    def conn(self) -> sqlite3.Connection:
+        """The connection this transaction runs on (for reads that must see its snapshot)."""
+        return self._conn
+
     def next_serial(self) -> int:
         """The next certificate serial: unique, never 0 (KRLs ignore serial 0)."""
         (top,) = self._conn.execute("SELECT max(serial) FROM certificates").fetchone()

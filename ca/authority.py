@@ -26,6 +26,7 @@ from .errors import AuditError, CAError, PolicyDenied, SigningError
 from .keys import Keyring, UserKey, parse_user_key, read_passphrase
 from .models import Decision, Identity, Issued, SignRequest
 from .policy import Policy, load_policy
+from .revocation import is_revoked
 from .signer import Signer, make_key_id
 from .state import StatePaths
 
@@ -55,6 +56,10 @@ class Authority:
         self.clock_skew = clock_skew
         self.min_rsa_bits = min_rsa_bits
         self.clock = clock
+        # Called inside every issuing transaction with (tx, identity); raises a CAError to
+        # refuse. The service uses it to re-check that the user and the key they logged in
+        # with are still allowed at the moment the certificate commits.
+        self.gate: Callable[[Transaction, Identity], None] | None = None
 
     @classmethod
     def open(cls, cfg: Config, *, passphrase: bytes | None = None, clock: Callable[[], float] = time.time) -> Authority:
@@ -118,6 +123,14 @@ class Authority:
 
         try:
             with self.audit.transaction() as tx:
+                # Checked under the write lock, so a revocation or a disable that commits
+                # first is never missed by a certificate that commits after it.
+                if is_revoked(tx.conn, "key", user_key.fingerprint):
+                    raise PolicyDenied(f"key {user_key.fingerprint} is revoked")
+                if is_revoked(tx.conn, "ca_key", self.ca_fingerprint):
+                    raise SigningError(f"the active CA key {self.ca_fingerprint} is revoked: rotate it")
+                if self.gate is not None:
+                    self.gate(tx, identity)
                 extra = consume(tx, decision) if approval is not None and consume is not None else {}
                 serial = tx.next_serial()
                 key_id = make_key_id(decision.user, decision.role, serial)
@@ -178,9 +191,9 @@ class Authority:
         data: dict[str, Any] = {
             "code": error.code,
             "message": error.message,
-            "requested_role": request.role,
+            "requested_role": _shown(request.role, 64),
             "requested_ttl": request.ttl,
-            "reason": (request.reason or "")[:MAX_REASON_IN_AUDIT] or None,
+            "reason": _shown(request.reason, MAX_REASON_IN_AUDIT),
             "key_fingerprint": user_key.fingerprint if user_key else None,
             "key_type": user_key.algorithm if user_key else None,
             "auth_methods": list(identity.auth_methods),
@@ -189,5 +202,15 @@ class Authority:
             "policy_sha256": policy.sha256,
             "request_id": request.request_id,
         }
-        return self.audit.record(kind, data, user=identity.user, role=request.role, source=identity.source_address)
+        return self.audit.record(kind, data, user=_shown(identity.user, 64), role=_shown(request.role, 64),
+                                 source=identity.source_address)
+
+
+def _shown(text: str | None, limit: int) -> str | None:
+    """Requester text as it may be stored and later printed to a reviewer's terminal:
+    as is when printable, else its repr (no escape sequence ever reaches a terminal)."""
+    if not text:
+        return None
+    text = str(text)
+    return (text if text.isprintable() else repr(text))[:limit]
 

@@ -41,6 +41,7 @@ USER_KEY_TYPES = frozenset(
 )
 MAX_KEY_LINE = 16 * 1024
 DEFAULT_MIN_RSA_BITS = 3072
+MAX_RSA_BITS = 16384  # OpenSSH's SSH_RSA_MAXIMUM_MODULUS_SIZE: a larger key could never log in
 
 # CLI name -> (asyncssh algorithm, key size)
 CA_KEY_TYPES = {
@@ -75,6 +76,12 @@ def _key_bits(algorithm: str, blob: bytes) -> int:
     if algorithm in ("ssh-ed25519", "sk-ssh-ed25519@openssh.com"):
         return 256
     return {"nistp256": 256, "nistp384": 384, "nistp521": 521}.get(r.string().decode("ascii", "replace"), 0)
+
+
+def _ed25519_point(blob: bytes) -> bytes:
+    r = Reader(blob)
+    r.string()
+    return r.string()
 
 
 def parse_user_key(line: str, min_rsa_bits: int = DEFAULT_MIN_RSA_BITS) -> UserKey:
@@ -121,6 +128,10 @@ def parse_user_key(line: str, min_rsa_bits: int = DEFAULT_MIN_RSA_BITS) -> UserK
         raise BadKey("malformed public key: trailing or non-canonical data")
     if algorithm == "ssh-rsa" and bits < min_rsa_bits:
         raise BadKey(f"RSA key has {bits} bits; at least {min_rsa_bits} are required")
+    if algorithm == "ssh-rsa" and bits > MAX_RSA_BITS:
+        raise BadKey(f"RSA key has {bits} bits; sshd accepts at most {MAX_RSA_BITS}")
+    if algorithm in ("ssh-ed25519", "sk-ssh-ed25519@openssh.com") and _ed25519_point(blob) == bytes(32):
+        raise BadKey("the Ed25519 key is all zeros")
     return UserKey(algorithm, blob, fingerprint(blob), bits, key)
 
 

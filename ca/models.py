@@ -27,6 +27,7 @@ class Identity:
     source_address: str | None = None
     groups: tuple[str, ...] = ()
     operator: str | None = None  # the administrator who issued on the user's behalf (offline)
+    login_key: str | None = None  # fingerprint of the enrolled key the user authenticated with, if any
 
 
 @dataclass(frozen=True)

@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import sqlite3
 from dataclasses import dataclass
 from typing import Any
 
@@ -105,6 +106,19 @@ _SCHEMA_OBJECTS = {"revocations", "revocations_serial", "revocations_no_update",
 def ensure_schema(log: AuditLog) -> None:
     """Create the revocation tables if they are missing (writes nothing when they exist)."""
     ensure_tables(log.conn, _SCHEMA_OBJECTS, _SCHEMA, "revocation")
+
+
+def is_revoked(conn, kind: str, fingerprint: str) -> bool:
+    """Whether a key (``kind='key'``) or CA key (``'ca_key'``) with this fingerprint is revoked.
+
+    Cheap enough for every login and every issuance (the table's unique
+    index); a database that never saw a revocation has no table yet.
+    """
+    try:
+        return conn.execute("SELECT 1 FROM revocations WHERE kind = ? AND value = ?",
+                            (kind, fingerprint)).fetchone() is not None
+    except sqlite3.OperationalError:  # no revocations table: nothing was ever revoked
+        return False
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,7 @@ import sys
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from typing import Any
 
 import asyncssh
@@ -40,7 +41,8 @@ from .keys import Keyring
 from .models import Identity, SignRequest
 from .policy import load_policy
 from .protocol import HELP, Command, parse_command
-from .revocation import build_current_krl
+from .certificates import fingerprint
+from .revocation import build_current_krl, is_revoked
 from .state import StatePaths
 from .throttle import Throttle
 from .users import UserStore
@@ -109,6 +111,7 @@ class Backend:
         self.users = UserStore(self.auth_log, min_rsa_bits=cfg.min_rsa_bits, clock=clock)
         self.throttle = Throttle(self.auth_log.conn, cfg.throttle)
         self.issue_users = UserStore(authority.audit, min_rsa_bits=cfg.min_rsa_bits, clock=clock)
+        authority.gate = self.still_allowed
         # Access requests share the issue thread's connection: consuming one is part of issuing.
         self.approvals = Approvals(authority.audit, clock=clock)
 
@@ -121,20 +124,25 @@ class Backend:
     # -- authentication (auth thread) -----------------------------------
 
     def key_ok(self, user: str, key_blob: bytes, address: str) -> bool:
-        if self.throttle.blocked_for(user, address, self.clock()) > 0:
+        # Keys cannot be guessed, so an account locked by password failures still logs in
+        # with its key (else anyone could lock anyone out); a locked address cannot.
+        if self.throttle.blocked_for(None, address, self.clock()) > 0:
             return False
-        return self.users.key_allowed(user, key_blob)
+        return self.users.key_allowed(user, key_blob) and not is_revoked(
+            self.auth_log.conn, "key", fingerprint(key_blob))
 
     def password_and_code_ok(self, user: str, password: str, code: str, address: str) -> bool:
         """Check both factors (always both, whatever the first gave); count and audit a failure."""
         now = self.clock()
         wait = self.throttle.blocked_for(user, address, now)
-        pw_ok = self.users.check_password(user, password)  # same work whether or not we are blocked
-        code_ok = pw_ok and wait <= 0 and self.users.check_totp(user, code, now)
         if wait > 0:
             # Refused unchecked; not counted again (that would let the lock grow without bound).
             self._auth_failure(user, address, "keyboard-interactive", f"throttled for {wait:.0f}s more", count=False)
             return False
+        # Checked while not locked only: a locked client must not keep the auth thread busy
+        # with argon2. (Locks apply to unknown names too, so this tells nothing.)
+        pw_ok = self.users.check_password(user, password)
+        code_ok = pw_ok and self.users.check_totp(user, code, now)
         if pw_ok and code_ok:
             self.throttle.success(user)
             return True
@@ -172,12 +180,20 @@ class Backend:
 
     # -- issuance (issue thread) -----------------------------------------
 
-    def issue(self, identity: Identity, request: SignRequest):
+    def still_allowed(self, tx, identity: Identity) -> None:
+        """Authority's gate, inside the issuing transaction: the user is still enabled, and
+        the key they logged in with is still enrolled and not revoked (a disable, a
+        key-remove or a revoke that commits first stops even an open connection)."""
         user = self.issue_users.get(identity.user)
         if user is None or user.disabled:
-            err = AuthenticationFailed(f"user {identity.user} is disabled")
-            self.authority.refuse(identity, request, err)
-            raise err
+            raise AuthenticationFailed(f"user {identity.user} is disabled")
+        if identity.login_key is not None and (
+                identity.login_key not in {k.fingerprint for k in user.keys}
+                or is_revoked(tx.conn, "key", identity.login_key)):
+            raise AuthenticationFailed(f"the key you logged in with ({identity.login_key}) is no longer "
+                                       "enrolled, or was revoked")
+
+    def issue(self, identity: Identity, request: SignRequest):
         # A role with approval is signed only through an approved request, used up in the
         # issuing transaction itself (Authority.issue calls the hook only for such roles).
         policy = self.authority.policy
@@ -247,6 +263,7 @@ class _Connection(asyncssh.SSHServer):
         self.methods: tuple[str, ...] = ()
         self.user: str | None = None
         self.offered: list[str] = []
+        self.login_key: str | None = None
         self.attempts = 0
         self.counted = False
         self._password: str | None = None
@@ -279,8 +296,6 @@ class _Connection(asyncssh.SSHServer):
         return True
 
     async def validate_public_key(self, username: str, key: asyncssh.SSHKey) -> bool:
-        from .certificates import fingerprint
-
         fp = fingerprint(key.public_data)
         if fp not in self.offered:
             self.offered.append(fp)
@@ -288,6 +303,7 @@ class _Connection(asyncssh.SSHServer):
         ok = await self.service.backend.on_auth(self.service.backend.key_ok, username, key.public_data, self.address)
         if ok:
             self.methods = ("publickey",)
+            self.login_key = fp
         return ok
 
     def kbdint_auth_supported(self) -> bool:
@@ -341,9 +357,18 @@ class Service:
         self._stopping = False
 
     def spawn(self, coro) -> None:
-        task = asyncio.ensure_future(coro)
+        task = asyncio.ensure_future(self._guarded(coro))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    @staticmethod
+    async def _guarded(coro) -> None:
+        try:
+            await coro
+        except RuntimeError:  # the executors were shut down by a drain: nothing left to record into
+            coro.close()
+        except CAError as e:
+            log.warning("background work failed", extra={"fields": {"error": e.message}})
 
     @property
     def port(self) -> int:
@@ -413,7 +438,8 @@ class Service:
         conn_state: _Connection = process.get_extra_info("connection").get_owner()
         user = process.get_extra_info("username")
         identity = Identity(user=user, auth_methods=conn_state.methods, mfa="totp" in conn_state.methods,
-                            source_address=conn_state.address)
+                            source_address=conn_state.address,
+                            login_key=conn_state.login_key if "publickey" in conn_state.methods else None)
         cmd: Command | None = None
         try:
             cmd = parse_command(process.command)
@@ -461,8 +487,7 @@ class Service:
                 err = AuthenticationFailed("one-time code refused")
                 await b.on_issue(b.refuse, identity, request, err)
                 raise err
-            identity = Identity(user=identity.user, auth_methods=identity.auth_methods + ("otp-step-up",),
-                                mfa=True, source_address=identity.source_address)
+            identity = replace(identity, auth_methods=identity.auth_methods + ("otp-step-up",), mfa=True)
         issued = await b.on_issue(b.issue, identity, request)
         event("issued", user=identity.user, role=issued.decision.role, serial=issued.serial, key_id=issued.key_id,
               key_fingerprint=issued.key_fingerprint, source=identity.source_address)

@@ -18,6 +18,8 @@ from __future__ import annotations
 import sqlite3
 from dataclasses import dataclass
 
+from .errors import AuditError
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS auth_throttle (
     key TEXT PRIMARY KEY,          -- 'user:NAME' or 'addr:ADDRESS'
@@ -75,7 +77,10 @@ class Throttle:
         """Count one failure for the account and the address; lock those that reach their limit."""
         s = self.settings
         locked, counts = [], {}
-        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            self.conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as e:
+            raise AuditError(f"cannot count an authentication failure: {e}") from None
         try:
             for key in self.keys(user, address):
                 limit = s.user_limit if key.startswith("user:") else s.address_limit

@@ -362,3 +362,19 @@ def test_on_request_hook_config(tmp_path, value, ok):
     else:
         with pytest.raises(ConfigError, match="on_request: expected a command as a list"):
             load_config(conf)
+
+
+def test_unwritable_output_is_refused_before_issuing(ca, tmp_path):
+    key = make_key(tmp_path)
+    r = ca("sign", "--user", "alice", "-o", str(tmp_path / "missing" / "c.pub"), str(key) + ".pub")
+    assert r.exit_code == 2 and "not a writable directory" in r.stderr
+    assert json.loads(ca("audit", "list", "--kind", "issued", "--json").stdout) == []  # nothing issued
+
+
+def test_file_errors_are_one_line_not_tracebacks(ca, tmp_path):
+    bad = tmp_path / "cp.txt"
+    bad.write_bytes(b"\xff\xfe not text")
+    r = ca("audit", "verify", "--checkpoint", str(bad))
+    assert r.exit_code == 1 and len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.output
+    r = ca("audit", "export", "--cursor-file", str(tmp_path / "no" / "such" / "cursor"))
+    assert r.exit_code == 1 and len(r.stderr.strip().splitlines()) == 1

@@ -4,6 +4,7 @@ real ``sshd`` with ``RevokedKeys`` (security.md rule 20)."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -21,7 +22,7 @@ from ca.authority import Authority
 from ca.cli.admin import cli
 from ca.cli.revoke_cmds import krl as krl_cmd
 from ca.cli.revoke_cmds import revoke as revoke_cmd
-from ca.errors import UsageError
+from ca.errors import PolicyDenied, UsageError
 from ca.keys import Keyring
 from ca.krl import CertRevocations, parse_krl
 from ca.models import Identity, SignRequest
@@ -43,6 +44,8 @@ from .conftest import make_key
 from .sshd_harness import (
     IastCA,
     SshdHarness,
+    cert_path_for,
+    key_fingerprint,
     make_ca_fixture,
     make_sshd_fixture,
     make_user_key,
@@ -191,9 +194,16 @@ def test_revoke_by_key_blocks_certificates_issued_later(cli_run, issuer, tmp_pat
     other, _ = issuer.issue()
     r = revoke_ok(cli_run, "--key", str(key.with_name("stolen.pub")), "--reason", "key leaked")
     assert "every certificate for it" in r.stdout
-    new, new_issued = issuer.issue(key=key)  # the CA still signs it (policy's business) ...
+    # The CA refuses to certify a revoked key from now on ...
+    with pytest.raises(PolicyDenied, match="is revoked"):
+        issuer.issue(key=key)
+    # ... and a certificate for it made any other way (here: with the CA key, outside the CA)
+    # is refused by sshd too: the key itself is in the KRL.
+    ca_key = next((cli_run.state / "ca-keys").iterdir())
+    subprocess.run([ssh_keygen_path(), "-q", "-s", str(ca_key), "-I", "outside", "-n", "alice", "-z", "777",
+                    str(key.with_name("stolen.pub"))], check=True)
+    new = key.with_name("stolen-cert.pub")
     ours = krl_via_cli(cli_run, tmp_path)
-    # ... but sshd will refuse it: the key itself is in the KRL.
     assert query(ours, [old, new, other, key.with_name("stolen.pub")], tmp_path) == {
         old: True, new: True, other: False, key.with_name("stolen.pub"): True}
     theirs = keygen_krl(f"key: {key.with_name('stolen.pub').read_text()}", [], tmp_path)
@@ -530,8 +540,14 @@ def test_sshd_refuses_a_revoked_key_even_in_a_later_certificate(clean_sshd, iast
     key = make_user_key(tmp_path / "leaked")
     r = iast_ca.cli("revoke", "--key", str(key.with_name("leaked.pub")), "--reason", "key leaked")
     assert r.exit_code == 0, r.output
-    later = iast_ca.sign(key, user="alice", role="shell")  # issued after the revocation
+    assert iast_ca.try_sign(key, user="alice", role="shell").exit_code == 3  # the CA will not certify it
+    # A certificate for it made after the revocation some other way (the CA key used outside the CA):
     other = iast_ca.sign(make_user_key(tmp_path / "fine"), user="alice", role="shell")
+    ca_key = next((iast_ca.state_dir / "ca-keys").iterdir())
+    subprocess.run([ssh_keygen_path(), "-q", "-s", str(ca_key), "-I", "outside", "-n", ",".join(other.principals),
+                    "-z", "777", str(key.with_name("leaked.pub"))], check=True)
+    later = dataclasses.replace(other, key=key, path=cert_path_for(key), serial=777, key_id="outside",
+                                key_fingerprint=key_fingerprint(key))
     _publish(iast_ca, sshd)
     _assert_revoked(sshd, later, *_login(sshd, later, "should-not-run"))
     r, log = _login(sshd, other, "other-key-ok")

@@ -178,15 +178,97 @@ def test_lockout_is_per_account_and_persists(ca, users, cfg, tmp_path):
     assert lock.user == "alice" and lock.data["key"] == "user:alice"
     with pytest.raises(asyncssh.PermissionDenied):  # right password and code, but locked
         kbd_login(ca, "alice", PASSWORD, totp(secret, int(time.time())))
+    # Keys cannot be guessed: a lock from password failures must not let anyone lock alice out of her key.
     key, _ = users["alice"]
-    assert ca.ssh("alice", key, "whoami").returncode == 255  # locked for keys too
+    assert ca.ssh("alice", key, "whoami").returncode == 0
     # carol, from the same address, is not affected
     kbd_login(ca, "carol", PASSWORD, totp(users["carol"][1], int(time.time())))
     # a restart does not forgive alice
     ca.stop()
     ca.start()
-    assert ca.ssh("alice", key, "whoami").returncode == 255
-    assert ca.ssh("dave", users["dave"][0], "whoami").returncode == 0
+    with pytest.raises(asyncssh.PermissionDenied):
+        kbd_login(ca, "alice", PASSWORD, totp(secret, int(time.time()) + 30))
+
+
+def test_a_locked_address_cannot_use_keys_either(cfg, users, tmp_path):
+    ca = CAProcess(cfg.state_dir, cfg.policy_path, '[throttle]\naddress_failures = 3\nmax_backoff = "1s"\n',
+                   workdir=tmp_path).start()
+    try:
+        for name in ("x1", "x2", "x3"):  # spraying names from one address
+            with pytest.raises(asyncssh.PermissionDenied):
+                kbd_login(ca, name, "guess", "000000")
+        assert [e.data["key"] for e in events(cfg, kind="lockout")] == ["addr:127.0.0.1"]
+        assert ca.ssh("dave", users["dave"][0], "whoami").returncode == 255
+    finally:
+        ca.stop()
+
+
+def test_step_up_codes_are_throttled(ca, users, cfg, tmp_path):
+    """Rule 15 for sign --otp: wrong codes count toward the lock, and a locked account's code is refused."""
+    key, secret = users["carol"]
+    pub = make_key(tmp_path, name="session").with_suffix(".pub").read_text()
+    for _ in range(3):
+        r = ca.ssh("carol", key, "sign --role breakglass --reason x --otp 000000", input=pub)
+        assert r.returncode == 4
+        time.sleep(1.1)
+    assert [e.data["key"] for e in events(cfg, kind="lockout")] == ["user:carol"]
+    good = totp(secret, int(time.time()))
+    r = ca.ssh("carol", key, f"sign --role breakglass --reason x --otp {good}", input=pub)
+    assert r.returncode == 4 and "one-time code refused" in r.stderr
+    assert events(cfg, kind="issued") == []
+
+
+def test_no_secret_in_the_service_log(ca, users, cfg):
+    _, secret = users["alice"]
+    code = totp(secret, int(time.time()))
+    kbd_login(ca, "alice", PASSWORD, code)
+    with pytest.raises(asyncssh.PermissionDenied):
+        kbd_login(ca, "carol", PASSWORD + "x", code)
+    text = "\n".join(ca.lines)
+    assert "authenticated" in text
+    assert PASSWORD not in text and secret not in text and code not in text
+
+
+def test_disable_or_revoke_stops_an_open_connection(ca, users, cfg, tmp_path):
+    """The gate inside the issuing transaction: a disable or a key revocation that commits
+    first is never missed, even on a connection that authenticated before it."""
+    from ca.revocation import revoke_key
+
+    key, _ = users["dave"]
+    pub = make_key(tmp_path, name="session").with_suffix(".pub").read_text()
+
+    import asyncio
+
+    first, second = asyncio.run(_two_signs(ca, "dave", key, pub, lambda: revoke_key(
+        AuditLog(StatePaths(cfg.state_dir).db), key.with_suffix(".pub").read_text(), "stolen", "test")))
+    assert first.exit_status == 0 and second.exit_status == 4
+    assert "no longer enrolled, or was revoked" in second.stderr
+    assert ca.ssh("dave", key, "whoami").returncode == 255  # and it cannot log in again
+
+    key, _ = users["alice"]
+    first, second = asyncio.run(_two_signs(ca, "alice", key, pub, lambda: store(cfg).disable("alice", "left", "test")))
+    assert first.exit_status == 0 and second.exit_status == 4 and "disabled" in second.stderr
+    assert len(events(cfg, kind="denied", user="alice")) == 1
+
+
+async def _two_signs(ca, user, key, pub, between):
+    """Two signs on one authenticated connection, with ``between()`` run between them."""
+    async with asyncssh.connect("127.0.0.1", ca.port, username=user, client_keys=[str(key)],
+                                known_hosts=str(ca.known_hosts()), agent_path=None) as conn:
+        first = await conn.run("sign", input=pub, check=False)
+        between()
+        second = await conn.run("sign", input=pub, check=False)
+        return first, second
+
+
+def test_a_revoked_key_is_never_certified(ca, users, cfg, tmp_path):
+    from ca.revocation import revoke_key
+
+    key, _ = users["alice"]
+    victim = make_key(tmp_path, name="victim").with_suffix(".pub").read_text()
+    revoke_key(AuditLog(StatePaths(cfg.state_dir).db), victim, "stolen laptop", "test")
+    r = ca.ssh("alice", key, "sign", input=victim)
+    assert r.returncode == 3 and "is revoked" in r.stderr
 
 
 def test_unauthenticated_connection_is_audited(ca, users, cfg, tmp_path):

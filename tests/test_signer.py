@@ -4,6 +4,7 @@ against what policy decided and what the audit row says (security.md 1-9)."""
 from __future__ import annotations
 
 import datetime as dt
+import json
 import subprocess
 from dataclasses import replace
 
@@ -254,3 +255,28 @@ def test_policy_denial_raises_and_issues_nothing(tmp_path, authority):
     assert authority.audit.conn.execute("SELECT count(*) FROM certificates").fetchone() == (0,)
     (denied,) = authority.audit.events(kind="denied")
     assert denied.user == "dave" and denied.role == "prod-readonly" and denied.data["code"] == "denied"
+
+
+def test_requester_text_in_a_denial_cannot_carry_escape_sequences(tmp_path, authority):
+    line = make_key(tmp_path).with_suffix(".pub").read_text()
+    with pytest.raises(PolicyDenied):
+        authority.issue(ALICE, SignRequest(public_key=line, role="dev\x1b[2K\x1b]0;owned\x07",
+                                           reason="x\x1b]0;owned\x07\u202e"))
+    (event,) = authority.audit.events(kind="denied")
+    stored = json.dumps([event.role, event.data["requested_role"], event.data["reason"], event.data["message"]],
+                        ensure_ascii=False)
+    assert "\x1b" not in stored and "\u202e" not in stored and "\x07" not in stored
+    assert event.role.startswith("'dev\\x1b")  # shown as its repr, so a reviewer still sees what was sent
+
+
+def test_keys_sshd_could_never_use_are_refused():
+    import base64 as b64
+
+    from ca.sshwire import mpint, string
+
+    big = string("ssh-rsa") + mpint(65537) + mpint((1 << 20000) + 1)
+    with pytest.raises(BadKey, match="at most 16384"):
+        parse_user_key(f"ssh-rsa {b64.b64encode(big).decode()}")
+    zero = string("ssh-ed25519") + string(bytes(32))
+    with pytest.raises(BadKey, match="all zeros"):
+        parse_user_key(f"ssh-ed25519 {b64.b64encode(zero).decode()}")

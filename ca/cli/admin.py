@@ -8,12 +8,15 @@ status (0 ok, 1 error, 2 usage, 3 denied by policy, 4 authentication).
 from __future__ import annotations
 
 import datetime as dt
+import os
+from pathlib import Path
 from dataclasses import replace
 
 import click
 
 from .. import __version__
 from ..durations import format_duration
+from ..errors import UsageError
 from ..files import write_atomic
 from ..keys import CA_KEY_TYPES, Keyring
 from ..models import Identity, SignRequest
@@ -132,6 +135,10 @@ def sign(env: Env, user: str, role: str | None, ttl: int | None, reason: str | N
     """
     from ..approvals import Approvals
 
+    if output != "-":  # fail before issuing, not after: a certificate must never be issued into the void
+        parent = Path(output).resolve().parent
+        if not parent.is_dir() or not os.access(parent, os.W_OK):
+            raise UsageError(f"cannot write {output}: {parent} is not a writable directory")
     key_line = pubkey_file.read(64 * 1024)
     authority = env.authority()
     try:

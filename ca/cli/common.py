@@ -35,6 +35,11 @@ class Group(click.Group):
             return super().invoke(ctx)
         except CAError as e:
             raise CommandFailed(e) from None
+        except OSError as e:  # a file we could not read or write: one line, not a traceback
+            where = f"{e.filename}: " if e.filename else ""
+            raise CommandFailed(CAError(f"{where}{e.strerror or e}")) from None
+        except UnicodeError as e:
+            raise CommandFailed(CAError(f"input is not valid UTF-8 text: {e}")) from None
 
 
 def output_options(*, csv_ok: bool = True) -> Callable:
