@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.installed
 
-.PHONY: run test venv sshd bench clean
+.PHONY: run test venv sshd bench bench-quick clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,13 @@ run: $(STAMP)
 
 test: $(STAMP) sshd
 	$(BIN)/python -m pytest -q
+
+# Speed is measured here, never asserted in a test: figures next to same-run baselines.
+bench: $(STAMP) sshd
+	$(BIN)/python -m bench
+
+bench-quick: $(STAMP) sshd
+	$(BIN)/python -m bench --quick
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .hypothesis

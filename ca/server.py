@@ -184,11 +184,12 @@ class Backend:
         """Authority's gate, inside the issuing transaction: the user is still enabled, and
         the key they logged in with is still enrolled and not revoked (a disable, a
         key-remove or a revoke that commits first stops even an open connection)."""
-        user = self.issue_users.get(identity.user)
-        if user is None or user.disabled:
+        row = tx.conn.execute("SELECT disabled FROM users WHERE name = ?", (identity.user,)).fetchone()
+        if row is None or row[0]:
             raise AuthenticationFailed(f"user {identity.user} is disabled")
         if identity.login_key is not None and (
-                identity.login_key not in {k.fingerprint for k in user.keys}
+                tx.conn.execute("SELECT 1 FROM user_keys WHERE fingerprint = ? AND user = ?",
+                                (identity.login_key, identity.user)).fetchone() is None
                 or is_revoked(tx.conn, "key", identity.login_key)):
             raise AuthenticationFailed(f"the key you logged in with ({identity.login_key}) is no longer "
                                        "enrolled, or was revoked")
@@ -264,6 +265,7 @@ class _Connection(asyncssh.SSHServer):
         self.user: str | None = None
         self.offered: list[str] = []
         self.login_key: str | None = None
+        self._key_answers: dict[tuple[str, str], bool] = {}
         self.attempts = 0
         self.counted = False
         self._password: str | None = None
@@ -300,7 +302,12 @@ class _Connection(asyncssh.SSHServer):
         if fp not in self.offered:
             self.offered.append(fp)
             self._attempt()
+        # asyncssh asks twice per key (the query, then the signed request): look it up once.
+        cached = self._key_answers.get((username, fp))
+        if cached is not None:
+            return cached
         ok = await self.service.backend.on_auth(self.service.backend.key_ok, username, key.public_data, self.address)
+        self._key_answers[(username, fp)] = ok
         if ok:
             self.methods = ("publickey",)
             self.login_key = fp
