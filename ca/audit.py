@@ -47,7 +47,7 @@ from .errors import AuditError, ChainBroken
 from .models import Event
 
 GENESIS = "0" * 64
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: events(user, ts) for a user's events in a time window
 _COLUMNS = ("id", "ts", "kind", "user", "role", "serial", "key_id", "source", "data", "prev_hash", "hash")
 
 
@@ -127,6 +127,7 @@ CREATE INDEX IF NOT EXISTS events_kind ON events(kind, id);
 CREATE INDEX IF NOT EXISTS events_role ON events(role, id);
 CREATE INDEX IF NOT EXISTS events_serial ON events(serial) WHERE serial IS NOT NULL;
 CREATE INDEX IF NOT EXISTS events_ts ON events(ts);
+CREATE INDEX IF NOT EXISTS events_user_ts ON events(user, ts);
 -- Append-only: the database itself refuses edits. This stops accidents, not
 -- an attacker with the file (who can drop the triggers): the hash chain and
 -- signed checkpoints are what catch that.
