@@ -113,8 +113,16 @@ class Throttle:
         """A good login clears the account's counter."""
         self.conn.execute("DELETE FROM auth_throttle WHERE key = ?", (f"user:{user}",))
 
-    def unlock(self, user: str | None = None, address: str | None = None) -> int:
-        """Administrator's unlock; returns how many counters were cleared."""
+    def unlock(self, user: str | None = None, address: str | None = None, *, log=None, actor: str | None = None) -> int:
+        """Administrator's unlock: clear the counters, and (with ``log``) record an ``unlocked``
+        event in the same transaction. Returns how many counters were cleared."""
         keys = self.keys(user, address)
-        cur = self.conn.execute(f"DELETE FROM auth_throttle WHERE key IN ({','.join('?' * len(keys))})", keys)
-        return cur.rowcount
+        if not keys:
+            return 0
+        if log is None:
+            cur = self.conn.execute(f"DELETE FROM auth_throttle WHERE key IN ({','.join('?' * len(keys))})", keys)
+            return cur.rowcount
+        with log.transaction() as tx:
+            cur = tx.conn.execute(f"DELETE FROM auth_throttle WHERE key IN ({','.join('?' * len(keys))})", keys)
+            tx.append("unlocked", {"keys": keys, "cleared": cur.rowcount, "actor": actor}, user=user, source=address)
+            return cur.rowcount

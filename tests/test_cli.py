@@ -378,3 +378,21 @@ def test_file_errors_are_one_line_not_tracebacks(ca, tmp_path):
     assert r.exit_code == 1 and len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.output
     r = ca("audit", "export", "--cursor-file", str(tmp_path / "no" / "such" / "cursor"))
     assert r.exit_code == 1 and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_user_unlock(ca, tmp_path):
+    from ca.audit import AuditLog
+    from ca.throttle import Throttle, ThrottleSettings
+
+    log = AuditLog(ca.state / "ca.db")
+    t = Throttle(log.conn, ThrottleSettings(user_limit=2))
+    t.failure("alice", "192.0.2.1", 1e10)
+    t.failure("alice", "192.0.2.1", 1e10 + 1)
+    assert t.blocked_for("alice", None, 1e10 + 2) > 800
+    r = ca("user", "unlock", "alice")
+    assert r.exit_code == 0 and "cleared 1 counter(s)" in r.stdout
+    assert t.blocked_for("alice", None, 1e10 + 2) == 0
+    (e,) = json.loads(ca("audit", "list", "--kind", "unlocked", "--json").stdout)
+    assert e["user"] == "alice" and e["data"]["keys"] == ["user:alice"] and e["data"]["actor"]
+    assert ca("user", "unlock").exit_code == 2
+    assert ca("audit", "verify").exit_code == 0

@@ -16,6 +16,7 @@ import click
 from ..audit import AuditLog
 from ..errors import StateError, UsageError
 from ..state import StatePaths, os_user
+from ..throttle import Throttle
 from ..users import MIN_PASSWORD_LENGTH, Enrolment, User, UserStore
 from .common import echo_csv, echo_json, echo_table, output_options
 from .context import Env, pass_env
@@ -312,3 +313,29 @@ def key_remove(env: Env, name: str, fingerprint: str) -> None:
     with _store(env) as store:
         store.remove_key(name, fingerprint, actor=os_user())
     click.echo(f"key {fingerprint} removed from user {name}")
+
+
+@user.command()
+@click.argument("name", required=False)
+@click.option("--address", metavar="IP", help="Also (or only) unlock this client address.")
+@pass_env
+def unlock(env: Env, name: str | None, address: str | None) -> None:
+    """Clear the failed-login counters (and any lock) of NAME and/or a client address.
+
+    Audited as an 'unlocked' event.
+
+    \b
+    Example:
+      iast-ca user unlock alice --address 192.0.2.10
+    """
+    if name is None and address is None:
+        raise UsageError("give a user NAME, --address IP, or both")
+    paths = StatePaths(env.config.state_dir)
+    if not paths.db.exists():
+        raise StateError(f"no audit database at {paths.db}: run 'iast-ca init' first")
+    log = AuditLog(paths.db)
+    try:
+        cleared = Throttle(log.conn).unlock(name, address, log=log, actor=os_user())
+    finally:
+        log.close()
+    click.echo(f"cleared {cleared} counter(s)" + ("" if cleared else " (nothing was locked)"))
