@@ -132,7 +132,9 @@ class Backend:
             self.auth_log.conn, "key", fingerprint(key_blob))
 
     def password_and_code_ok(self, user: str, password: str, code: str, address: str) -> bool:
-        """Check both factors (always both, whatever the first gave); count and audit a failure."""
+        """Password, then code; count and audit a failure. The code is checked only after a
+        right password: checking uses the code up (no replay), and a stranger must not be
+        able to burn the user's current code. The client is not told which factor failed."""
         now = self.clock()
         wait = self.throttle.blocked_for(user, address, now)
         if wait > 0:
