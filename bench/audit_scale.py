@@ -85,7 +85,7 @@ class Generator:
     """Appends synthetic events to an audit database, continuing its chain."""
 
     def __init__(self, path: Path):
-        from ca.audit import AuditLog
+        from ca.audit.log import AuditLog
 
         AuditLog(path).close()  # the real schema, migrations and pragmas
         self.path = path
@@ -94,7 +94,7 @@ class Generator:
         self.ca_fp = "SHA256:" + base64.b64encode(self.rng.getrandbits(256).to_bytes(32, "big")).decode()[:43]
         conn = sqlite3.connect(path)
         row = conn.execute("SELECT id, hash FROM events ORDER BY id DESC LIMIT 1").fetchone()
-        from ca.audit import GENESIS
+        from ca.audit.chain import GENESIS
 
         self.last_id, self.last_hash = row if row else (0, GENESIS)
         (top,) = conn.execute("SELECT max(serial) FROM events").fetchone()
@@ -133,7 +133,7 @@ class Generator:
 
     def extend(self, n: int) -> float:
         """Append n events; return the seconds it took (load and index rebuild)."""
-        from ca.audit import chain_hash, encode_data
+        from ca.audit.chain import chain_hash, encode_data
 
         t0 = time.perf_counter()
         conn = sqlite3.connect(self.path, isolation_level=None)
@@ -187,7 +187,8 @@ def _median_ms(fn, params) -> tuple[float, int]:
 
 
 def measure(path: Path, n: int) -> dict:
-    from ca.audit import AuditLog, iso
+    from ca.audit.chain import iso
+    from ca.audit.log import AuditLog
 
     log = AuditLog(path)
     try:

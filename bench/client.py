@@ -23,7 +23,17 @@ import sys
 import time
 from pathlib import Path
 
-from .common import IAST_SSH, Outcome, Row, cleanup, iast_server, make_ca, median, percentile, workdir
+from .common import (
+    IAST_SSH,
+    Outcome,
+    Row,
+    cleanup,
+    iast_server,
+    make_ca,
+    median,
+    percentile,
+    workdir,
+)
 
 NAME = "client"
 
@@ -95,7 +105,7 @@ def run(quick: bool, profile: bool = False, results_dir: Path | None = None) -> 
         in_agent = len(re.findall(r"iast:", held))
         help_t = median([_timed([IAST_SSH, "--help"], env)[0] for _ in range(3 if quick else 5)])
         import_t = median([_timed([sys.executable, "-c", "import asyncssh"], env)[0] for _ in range(3 if quick else 5)])
-        import_ca_t = median([_timed([sys.executable, "-c", "import ca.client, asyncssh, ca.certificates"], env)[0]
+        import_ca_t = median([_timed([sys.executable, "-c", "import ca.client, asyncssh, ca.sshcert.certificates"], env)[0]
                               for _ in range(3 if quick else 5)])
         out.figures.update({
             "rounds": rounds,

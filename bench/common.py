@@ -302,7 +302,7 @@ class BenchCA:
 
     def ca_key_path(self) -> Path:
         """The active CA private key file (unencrypted: the bench CA has no passphrase)."""
-        from ca.keys import Keyring
+        from ca.keys.keyring import Keyring
 
         ring = Keyring.load(self.cfg.state_dir)
         return self.cfg.state_dir / "ca-keys" / ring.active.name
@@ -313,10 +313,10 @@ def make_ca(root: Path, n_users: int = 1) -> BenchCA:
     import asyncssh
     from argon2 import PasswordHasher
 
-    from ca.audit import AuditLog
+    from ca.audit.log import AuditLog
+    from ca.auth.users import UserStore
     from ca.config import default_config
     from ca.state import StatePaths, init_state
-    from ca.users import UserStore
 
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)

@@ -27,7 +27,7 @@ NAME = "krl-scale"
 
 def run(quick: bool, profile: bool = False, results_dir: Path | None = None) -> Outcome:
     try:
-        from ca.krl import CertRevocations, build_krl
+        from ca.sshcert.krl import CertRevocations, build_krl
     except ImportError as e:
         raise Skip(f"ca/krl.py is not there yet (or does not import): {e}") from None
     import asyncssh

@@ -21,7 +21,18 @@ import subprocess
 import time
 from pathlib import Path
 
-from .common import IAST_CA, Outcome, Row, Skip, cleanup, descendants, free_port, iast_server, make_ca, workdir
+from .common import (
+    IAST_CA,
+    Outcome,
+    Row,
+    Skip,
+    cleanup,
+    descendants,
+    free_port,
+    iast_server,
+    make_ca,
+    workdir,
+)
 from .load import run_load
 
 NAME = "multi-core"

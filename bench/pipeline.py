@@ -25,7 +25,17 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from .common import CERT_FIELDS, CLOCK_SKEW, TTL, Outcome, Row, cleanup, make_ca, ssh_keygen, workdir
+from .common import (
+    CERT_FIELDS,
+    CLOCK_SKEW,
+    TTL,
+    Outcome,
+    Row,
+    cleanup,
+    make_ca,
+    ssh_keygen,
+    workdir,
+)
 
 NAME = "pipeline"
 POOL = 256
@@ -50,10 +60,10 @@ def rate(fn: Callable[[int], object], seconds: float, warmup: int = 50) -> tuple
 def run(quick: bool, profile: bool = False, results_dir: Path | None = None) -> Outcome:
     import asyncssh
 
-    from ca.authority import Authority
-    from ca.keys import parse_user_key
+    from ca.issuance.authority import Authority
+    from ca.issuance.signer import make_key_id
     from ca.models import Identity, SignRequest
-    from ca.signer import make_key_id
+    from ca.sshcert.userkey import parse_user_key
 
     seconds = 1.5 if quick else 8.0
     keygen_n = 30 if quick else 150

@@ -15,13 +15,25 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from .durations import parse_duration
-from .errors import ConfigError
-from .keys import DEFAULT_MIN_RSA_BITS
-from .policy import DEFAULT_PRINCIPAL_PATTERN
-from .throttle import ThrottleSettings
+from ca.durations import parse_duration
+from ca.errors import ConfigError
+from ca.rules import DEFAULT_PRINCIPAL_PATTERN
+from ca.sshcert.userkey import DEFAULT_MIN_RSA_BITS
 
 MAX_CLOCK_SKEW = 300
+
+
+@dataclass(frozen=True)
+class ThrottleSettings:
+    """Brute-force limits (``[throttle]``): see :mod:`ca.auth.throttle`."""
+
+    user_limit: int = 5
+    address_limit: int = 20
+    window: int = 900
+    lockout: int = 900
+    max_backoff: int = 30
+
+
 
 
 @dataclass(frozen=True)

@@ -18,12 +18,19 @@ from pathlib import Path
 
 import asyncssh
 
-from .audit import AuditLog
-from .certificates import fingerprint
-from .config import Config
-from .errors import StateError
-from .files import write_atomic
-from .keys import KEYRING_FILE, Keyring, export_private, generate_key, load_private, public_line
+from ca.audit.log import AuditLog
+from ca.config import Config
+from ca.errors import StateError
+from ca.files import write_atomic
+from ca.keys.keyring import (
+    KEYRING_FILE,
+    Keyring,
+    export_private,
+    generate_key,
+    load_private,
+    public_line,
+)
+from ca.sshcert.certificates import fingerprint
 
 
 @dataclass(frozen=True)

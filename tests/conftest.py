@@ -13,10 +13,10 @@ from click.testing import CliRunner
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
-from ca.authority import Authority
 from ca.cli.admin import cli
 from ca.config import default_config
-from ca.sshwire import string
+from ca.issuance.authority import Authority
+from ca.sshcert.wire import string
 from ca.state import init_state
 
 TEST_POLICY = """\

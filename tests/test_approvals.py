@@ -22,16 +22,16 @@ from pathlib import Path
 import pytest
 from argon2 import PasswordHasher
 
-from ca.approvals import Approvals, expand_hook, run_hook
-from ca.audit import AuditLog
-from ca.authority import Authority
+from ca.access.approvals import Approvals, expand_hook, run_hook
+from ca.audit.log import AuditLog
+from ca.auth.users import UserStore
 from ca.errors import CAError, PolicyDenied, UsageError
-from ca.keys import Keyring
+from ca.issuance.authority import Authority
+from ca.keys.keyring import Keyring
 from ca.models import Identity, SignRequest
 from ca.policy import load_policy
-from ca.protocol import parse_command
+from ca.service.protocol import parse_command
 from ca.state import StatePaths
-from ca.users import UserStore
 
 from .conftest import make_key
 from .service_harness import CAProcess

@@ -14,8 +14,8 @@ import time
 
 import pytest
 
-from ca.audit import AuditLog
-from ca.checkpoint import make_checkpoint, read_checkpoint
+from ca.audit.checkpoint import make_checkpoint, read_checkpoint
+from ca.audit.log import AuditLog
 from ca.errors import AuditError, ChainBroken
 from ca.models import Identity, SignRequest
 from ca.state import StatePaths, load_audit_key
@@ -70,7 +70,7 @@ def test_update_is_named(authority, tmp_path, cfg):
 
 
 def test_update_with_recomputed_hash_is_caught_at_the_next_row(authority, tmp_path, cfg):
-    from ca.audit import chain_hash
+    from ca.audit.chain import chain_hash
 
     fill(authority, tmp_path)
     conn = raw(cfg)
@@ -120,7 +120,7 @@ def test_truncation_is_caught_against_a_checkpoint(authority, tmp_path, cfg):
 
 
 def test_rewritten_history_is_caught_against_a_checkpoint(authority, tmp_path, cfg):
-    from ca.audit import chain_hash
+    from ca.audit.chain import chain_hash
 
     fill(authority, tmp_path)
     cp = read_checkpoint(checkpoint_text(cfg, authority.audit), audit_pub(cfg))
@@ -196,7 +196,7 @@ def test_rows_survive_kill_9(cfg, tmp_path):
     line = make_key(tmp_path).with_suffix(".pub").read_text()
     script = textwrap.dedent(f"""
         import sys
-        from ca.authority import Authority
+        from ca.issuance.authority import Authority
         from ca.config import default_config
         from ca.models import Identity, SignRequest
         cfg = default_config().with_overrides(state_dir={str(cfg.state_dir)!r}, policy={str(cfg.policy_path)!r})
@@ -224,7 +224,7 @@ def test_rows_survive_kill_9(cfg, tmp_path):
 def test_concurrent_writers_keep_one_chain_and_unique_serials(cfg, tmp_path):
     line = make_key(tmp_path).with_suffix(".pub").read_text()
     script = textwrap.dedent(f"""
-        from ca.authority import Authority
+        from ca.issuance.authority import Authority
         from ca.config import default_config
         from ca.models import Identity, SignRequest
         cfg = default_config().with_overrides(state_dir={str(cfg.state_dir)!r}, policy={str(cfg.policy_path)!r})

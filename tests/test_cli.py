@@ -298,10 +298,10 @@ def test_audit_export_with_cursor(ca, tmp_path):
 
 
 def test_proofs_verify_with_the_standalone_verifier(ca, tmp_path):
-    """Inclusion and consistency proofs from iast-ca, checked by ca/merkle.py alone (RFC 6962)."""
+    """Inclusion and consistency proofs from iast-ca, checked by ca/audit/merkle.py alone (RFC 6962)."""
     import sys
 
-    merkle_py = str(Path(__file__).resolve().parent.parent / "ca" / "merkle.py")
+    merkle_py = str(Path(__file__).resolve().parent.parent / "ca" / "audit" / "merkle.py")
     key = make_key(tmp_path)
     ca("sign", "--user", "alice", "-o", str(tmp_path / "c.pub"), str(key) + ".pub")
     old = tmp_path / "cp-old.txt"
@@ -381,8 +381,8 @@ def test_file_errors_are_one_line_not_tracebacks(ca, tmp_path):
 
 
 def test_user_unlock(ca, tmp_path):
-    from ca.audit import AuditLog
-    from ca.throttle import Throttle, ThrottleSettings
+    from ca.audit.log import AuditLog
+    from ca.auth.throttle import Throttle, ThrottleSettings
 
     log = AuditLog(ca.state / "ca.db")
     t = Throttle(log.conn, ThrottleSettings(user_limit=2))

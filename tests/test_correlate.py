@@ -19,18 +19,25 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from ca.audit import AuditLog, iso
-from ca.authority import Authority
+from ca.audit.chain import iso
+from ca.audit.log import AuditLog
 from ca.cli.admin import cli
 from ca.cli.audit_cmds import audit
 from ca.cli.review_cmds import correlate as correlate_cmd
 from ca.cli.review_cmds import report as report_cmd
-from ca.correlate import SshdLogParser, correlate, parse_timestamp, split_line
-from ca.keys import Keyring
+from ca.issuance.authority import Authority
+from ca.keys.keyring import Keyring
 from ca.models import Identity, SignRequest
+from ca.review.correlate import SshdLogParser, correlate, parse_timestamp, split_line
 
 from .conftest import TEST_POLICY, make_key
-from .sshd_harness import IastCA, SshdHarness, make_ca_fixture, make_sshd_fixture, make_user_key
+from .sshd_harness import (
+    IastCA,
+    SshdHarness,
+    make_ca_fixture,
+    make_sshd_fixture,
+    make_user_key,
+)
 
 # Until admin.py registers them (see ca/cli/review_cmds.py), the tests do.
 for _cmd in (correlate_cmd, report_cmd):

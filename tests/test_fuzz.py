@@ -11,14 +11,18 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ca.certificates import parse_certificate, parse_certificate_line, verify_signature
-from ca.checkpoint import make_checkpoint, read_checkpoint
+from ca.audit.checkpoint import make_checkpoint, read_checkpoint
 from ca.config import parse_config
 from ca.errors import BadKey, ChainBroken, ConfigError
-from ca.keys import parse_user_key
+from ca.issuance.signer import Signer
 from ca.models import Decision
-from ca.signer import Signer
-from ca.sshwire import WireError
+from ca.sshcert.certificates import (
+    parse_certificate,
+    parse_certificate_line,
+    verify_signature,
+)
+from ca.sshcert.userkey import parse_user_key
+from ca.sshcert.wire import WireError
 
 from .conftest import sk_key_line
 
@@ -170,7 +174,7 @@ def test_config_parser_on_arbitrary_toml(doc):
 @given(st.text(max_size=200))
 def test_request_protocol_on_arbitrary_command_lines(line):
     from ca.errors import UsageError
-    from ca.protocol import COMMANDS, parse_command
+    from ca.service.protocol import COMMANDS, parse_command
 
     try:
         cmd = parse_command(line)
@@ -187,7 +191,7 @@ def test_request_protocol_on_plausible_words(words):
     import shlex
 
     from ca.errors import UsageError
-    from ca.protocol import parse_command
+    from ca.service.protocol import parse_command
 
     line = " ".join(shlex.quote(w) if w not in ("'", '"') else w for w in words)
     try:

@@ -26,9 +26,10 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from ca.certificates import fingerprint, parse_certificate_line
-from ca.keys import parse_user_key
-from ca.krl import (
+from ca.issuance.signer import Signer
+from ca.models import Decision
+from ca.sshcert.certificates import fingerprint, parse_certificate_line
+from ca.sshcert.krl import (
     CERT_SERIAL_BITMAP,
     CERT_SERIAL_LIST,
     CERT_SERIAL_RANGE,
@@ -44,10 +45,9 @@ from ca.krl import (
     parse_krl,
     sha256_of_fingerprint,
 )
-from ca.models import Decision
-from ca.signer import Signer
-from ca.sshwire import Reader, uint32, uint64
-from ca.sshwire import string as wire_string
+from ca.sshcert.userkey import parse_user_key
+from ca.sshcert.wire import Reader, uint32, uint64
+from ca.sshcert.wire import string as wire_string
 
 from .sshd_harness import ssh_keygen_path
 
@@ -570,7 +570,7 @@ def test_fingerprint_helpers_round_trip():
 
 
 def test_resource_limits(monkeypatch):
-    import ca.krl as krl_module
+    import ca.sshcert.krl as krl_module
 
     data = build_krl(1, certs={CA_BLOB: CertRevocations.of(range(1, 200, 2))}, generated=0)
     assert parse_krl(data).certs[CA_BLOB].serial_count == 100

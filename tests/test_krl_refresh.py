@@ -10,10 +10,10 @@ import pytest
 
 from ca.client import install_krl
 from ca.errors import CAError
-from ca.krl import build_krl, parse_krl
+from ca.sshcert.krl import build_krl, parse_krl
 
 from .conftest import make_key
-from .test_client import ca, ca_args, env, host_fingerprint, iast_ssh, users, agent  # noqa: F401 (fixtures)
+from .test_client import agent, ca, ca_args, env, host_fingerprint, iast_ssh, users  # noqa: F401 (fixtures)
 
 
 def sign(ca, users, tmp_path, name):

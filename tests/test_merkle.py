@@ -1,4 +1,4 @@
-"""The audit Merkle tree (ca/merkle.py): RFC 6962 test vectors, a reference
+"""The audit Merkle tree (ca/audit/merkle.py): RFC 6962 test vectors, a reference
 implementation written straight from the RFC text, and Hypothesis properties
 for proofs (every honest proof verifies; every change to it fails)."""
 
@@ -17,8 +17,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ca import merkle
-from ca.merkle import (
+from ca.audit import merkle
+from ca.audit.merkle import (
     EMPTY_ROOT,
     TreeBuilder,
     consistency_proof,
@@ -114,7 +114,7 @@ SOME_HASH = H("abacaba000000000000000000000000000000000000000000060061e00123456"
 
 
 # -- a reference implementation, straight from RFC 6962 section 2.1 ---------------
-# Recursive, on lists of leaf hashes, deliberately unlike ca/merkle.py's iterative code.
+# Recursive, on lists of leaf hashes, deliberately unlike ca/audit/merkle.py's iterative code.
 
 
 def ref_k(n):
@@ -539,7 +539,8 @@ def test_large_tree_streams_in_small_memory():
 
 def test_audit_events_are_leaves(tmp_path):
     """Leaf i is leaf_hash(canonical(row)) of event id i + 1: proofs over a real audit log."""
-    from ca.audit import AuditLog, canonical
+    from ca.audit.chain import canonical
+    from ca.audit.log import AuditLog
 
     log = AuditLog(tmp_path / "audit.db")
     for i in range(11):

@@ -20,8 +20,8 @@ from ca.errors import AuthenticationFailed, ConfigError, PolicyDenied, PolicyErr
 from ca.models import Decision, Identity, SignRequest
 from ca.policy import (
     DEFAULT_PRINCIPAL_PATTERN,
-    Approval,
     EXTENSIONS,
+    Approval,
     Policy,
     RoleVerdict,
     load_policy,

@@ -17,15 +17,23 @@ from html.parser import HTMLParser
 
 import pytest
 
-from ca.audit import GENESIS, AuditLog, chain_hash, encode_data, iso
+from ca.audit.chain import GENESIS, chain_hash, encode_data, iso
+from ca.audit.log import AuditLog
 from ca.cli.audit_cmds import audit
 from ca.cli.review_cmds import correlate as correlate_cmd
 from ca.cli.review_cmds import report as report_cmd
-from ca.correlate import correlate
 from ca.errors import PolicyDenied
-from ca.keys import Keyring
+from ca.keys.keyring import Keyring
 from ca.models import Identity, SignRequest
-from ca.report import ReportOptions, build_report, parse_hours, parse_weekdays, render_html, render_text
+from ca.review.correlate import correlate
+from ca.review.report import (
+    ReportOptions,
+    build_report,
+    parse_hours,
+    parse_weekdays,
+    render_html,
+    render_text,
+)
 
 from .conftest import make_key
 
@@ -425,7 +433,7 @@ def test_text_and_json_reports(cfg, authority, cli_run, tmp_path):
 
 
 def test_unused_certificates_are_the_expired_ones_never_logged_in_with(cfg, authority, cli_run, tmp_path):
-    from ca.authority import Authority
+    from ca.issuance.authority import Authority
 
     past = Authority.open(cfg, clock=lambda: time.time() - 7200)
     try:

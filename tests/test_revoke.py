@@ -17,16 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from ca.audit import AuditLog
-from ca.authority import Authority
-from ca.cli.admin import cli
-from ca.cli.revoke_cmds import krl as krl_cmd
-from ca.cli.revoke_cmds import revoke as revoke_cmd
-from ca.errors import PolicyDenied, UsageError
-from ca.keys import Keyring
-from ca.krl import CertRevocations, parse_krl
-from ca.models import Identity, SignRequest
-from ca.revocation import (
+from ca.access.revocation import (
     KRL_EXPIRY_GRACE,
     build_current_krl,
     current_krl,
@@ -38,6 +29,15 @@ from ca.revocation import (
     revoke_serial,
     revoke_user,
 )
+from ca.audit.log import AuditLog
+from ca.cli.admin import cli
+from ca.cli.revoke_cmds import krl as krl_cmd
+from ca.cli.revoke_cmds import revoke as revoke_cmd
+from ca.errors import PolicyDenied, UsageError
+from ca.issuance.authority import Authority
+from ca.keys.keyring import Keyring
+from ca.models import Identity, SignRequest
+from ca.sshcert.krl import CertRevocations, parse_krl
 from ca.state import StatePaths
 
 from .conftest import make_key
@@ -211,7 +211,7 @@ def test_revoke_by_key_blocks_certificates_issued_later(cli_run, issuer, tmp_pat
 
 
 def test_revoke_by_user_revokes_their_certificates_and_disables_them(cli_run, log, issuer, tmp_path):
-    from ca.users import UserStore
+    from ca.auth.users import UserStore
 
     alice_key = issuer.key("alice")
     UserStore(log).add("alice", keys=[alice_key.with_name("alice.pub").read_text()], actor="test")

@@ -13,10 +13,10 @@ import asyncssh
 import pytest
 from argon2 import PasswordHasher
 
-from ca.audit import AuditLog
+from ca.audit.log import AuditLog
+from ca.auth.totp import totp
+from ca.auth.users import UserStore
 from ca.state import StatePaths
-from ca.totp import totp
-from ca.users import UserStore
 
 from .conftest import TEST_POLICY, keygen_L, make_key
 from .service_harness import CAProcess, kbd_login
@@ -232,7 +232,7 @@ def test_no_secret_in_the_service_log(ca, users, cfg):
 def test_disable_or_revoke_stops_an_open_connection(ca, users, cfg, tmp_path):
     """The gate inside the issuing transaction: a disable or a key revocation that commits
     first is never missed, even on a connection that authenticated before it."""
-    from ca.revocation import revoke_key
+    from ca.access.revocation import revoke_key
 
     key, _ = users["dave"]
     pub = make_key(tmp_path, name="session").with_suffix(".pub").read_text()
@@ -262,7 +262,7 @@ async def _two_signs(ca, user, key, pub, between):
 
 
 def test_a_revoked_key_is_never_certified(ca, users, cfg, tmp_path):
-    from ca.revocation import revoke_key
+    from ca.access.revocation import revoke_key
 
     key, _ = users["alice"]
     victim = make_key(tmp_path, name="victim").with_suffix(".pub").read_text()

@@ -11,14 +11,18 @@ from dataclasses import replace
 import asyncssh
 import pytest
 
-from ca.authority import Authority
-from ca.certificates import fingerprint, parse_certificate_line, verify_signature
 from ca.config import default_config
 from ca.errors import BadKey, PolicyDenied, SigningError
-from ca.keys import parse_user_key
+from ca.issuance.authority import Authority
+from ca.issuance.signer import Signer, make_key_id
 from ca.models import Decision, Identity, SignRequest
-from ca.signer import Signer, make_key_id
-from ca.sshwire import WireError
+from ca.sshcert.certificates import (
+    fingerprint,
+    parse_certificate_line,
+    verify_signature,
+)
+from ca.sshcert.userkey import parse_user_key
+from ca.sshcert.wire import WireError
 from ca.state import init_state
 
 from .conftest import keygen_L, make_key, sk_key_line
@@ -272,7 +276,7 @@ def test_requester_text_in_a_denial_cannot_carry_escape_sequences(tmp_path, auth
 def test_keys_sshd_could_never_use_are_refused():
     import base64 as b64
 
-    from ca.sshwire import mpint, string
+    from ca.sshcert.wire import mpint, string
 
     big = string("ssh-rsa") + mpint(65537) + mpint((1 << 20000) + 1)
     with pytest.raises(BadKey, match="at most 16384"):

@@ -17,7 +17,13 @@ from pathlib import Path
 
 import pytest
 
-from .sshd_harness import IastCA, SshdHarness, make_ca_fixture, make_sshd_fixture, make_user_key
+from .sshd_harness import (
+    IastCA,
+    SshdHarness,
+    make_ca_fixture,
+    make_sshd_fixture,
+    make_user_key,
+)
 
 pytestmark = pytest.mark.sshd
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 
-from ca.throttle import Throttle, ThrottleSettings
+from ca.auth.throttle import Throttle, ThrottleSettings
 
 S = ThrottleSettings(user_limit=3, address_limit=5, window=600, lockout=900, max_backoff=8)
 

@@ -17,14 +17,21 @@ from urllib.parse import parse_qs, urlparse
 import pytest
 from argon2 import PasswordHasher, extract_parameters
 
-from ca.audit import AuditLog
+from ca.audit.log import AuditLog
+from ca.auth.totp import (
+    decode_secret,
+    generate_secret,
+    hotp,
+    matching_step,
+    provisioning_uri,
+    totp,
+)
+from ca.auth.users import MIN_PASSWORD_LENGTH, User, UserStore
 from ca.cli.admin import cli
 from ca.cli.user_cmds import user as user_group
 from ca.errors import BadKey, UsageError
-from ca.sshwire import string
+from ca.sshcert.wire import string
 from ca.state import StatePaths, os_user
-from ca.totp import decode_secret, generate_secret, hotp, matching_step, provisioning_uri, totp
-from ca.users import MIN_PASSWORD_LENGTH, User, UserStore
 
 from .conftest import make_key
 

@@ -9,27 +9,27 @@ from __future__ import annotations
 
 import datetime as dt
 import os
-from pathlib import Path
 from dataclasses import replace
+from pathlib import Path
 
 import click
 
-from .. import __version__
-from ..durations import format_duration
-from ..errors import UsageError
-from ..files import write_atomic
-from ..keys import CA_KEY_TYPES, Keyring
-from ..models import Identity, SignRequest
-from ..state import init_state, os_user
-from .audit_cmds import audit
-from .common import Group, echo_json, output_options
-from .context import DURATION, Env, pass_env
-from .policy_cmds import policy
-from .requests_cmds import requests
-from .review_cmds import correlate, report
-from .revoke_cmds import krl, revoke
-from .serve_cmd import info, run, serve
-from .user_cmds import user
+from ca import __version__
+from ca.cli.audit_cmds import audit
+from ca.cli.common import Group, echo_json, output_options
+from ca.cli.context import DURATION, Env, pass_env
+from ca.cli.policy_cmds import policy
+from ca.cli.requests_cmds import requests
+from ca.cli.review_cmds import correlate, report
+from ca.cli.revoke_cmds import krl, revoke
+from ca.cli.serve_cmd import info, run, serve
+from ca.cli.user_cmds import user
+from ca.durations import format_duration
+from ca.errors import UsageError
+from ca.files import write_atomic
+from ca.keys.keyring import CA_KEY_TYPES, Keyring
+from ca.models import Identity, SignRequest
+from ca.state import init_state, os_user
 
 
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -133,7 +133,7 @@ def sign(env: Env, user: str, role: str | None, ttl: int | None, reason: str | N
       iast-ca sign --user alice --role dev --ttl 2h -o alice-cert.pub alice.pub
       iast-ca sign --user alice --request req-abcdefghij -o alice-cert.pub alice.pub
     """
-    from ..approvals import Approvals
+    from ca.access.approvals import Approvals
 
     if output != "-":  # fail before issuing, not after: a certificate must never be issued into the void
         parent = Path(output).resolve().parent

@@ -9,16 +9,17 @@ import time
 
 import click
 
-from .. import merkle
-from ..audit import AuditLog, iso
-from ..checkpoint import make_checkpoint, read_checkpoint
-from ..durations import format_duration, parse_time
-from ..errors import AuditError, ChainBroken, StateError, UsageError
-from ..files import write_atomic
-from ..models import Event
-from ..state import StatePaths, load_audit_key, os_user
-from .common import echo_csv, echo_json, echo_table, output_options, stderr_is_tty
-from .context import Env, pass_env
+from ca.audit import merkle
+from ca.audit.chain import iso
+from ca.audit.checkpoint import make_checkpoint, read_checkpoint
+from ca.audit.log import AuditLog
+from ca.cli.common import echo_csv, echo_json, echo_table, output_options, stderr_is_tty
+from ca.cli.context import Env, pass_env
+from ca.durations import format_duration, parse_time
+from ca.errors import AuditError, ChainBroken, StateError, UsageError
+from ca.files import write_atomic
+from ca.models import Event
+from ca.state import StatePaths, load_audit_key, os_user
 
 _CSV_FIELDS = ["id", "ts", "kind", "user", "role", "serial", "key_id", "source", "data", "prev_hash", "hash"]
 
@@ -136,7 +137,7 @@ def show(env: Env, event_id: int | None, serial: int | None, request_id: str | N
 
 def _show_request(env: Env, request_id: str, fmt: str) -> None:
     """The request as it stands, then every event that names it (created, votes, refusals, the certificate)."""
-    from ..approvals import Approvals, check_request_id, request_events
+    from ca.access.approvals import Approvals, check_request_id, request_events
 
     request_id = check_request_id(request_id)
     log = _open(env)
@@ -316,12 +317,12 @@ def prove(env: Env, event_id: int, checkpoint_file: str | None, audit_key: str |
 
     Against a checkpoint, the proof ends in that checkpoint's signed root,
     so a reviewer can check it with only the audit public key and
-    ca/merkle.py (docs/verify-proofs.md).
+    ca/audit/merkle.py (docs/verify-proofs.md).
 
     \b
     Example:
       iast-ca audit prove --event 42 --checkpoint cp.txt > proof.json
-      python3 ca/merkle.py inclusion --checkpoint cp.txt proof.json
+      python3 ca/audit/merkle.py inclusion --checkpoint cp.txt proof.json
     """
     log = _open(env)
     try:
@@ -356,7 +357,7 @@ def consistency(env: Env, old: str, new: str, audit_key: str | None) -> None:
     \b
     Example:
       iast-ca audit consistency cp-monday.txt cp-friday.txt > consistency.json
-      python3 ca/merkle.py consistency --old-checkpoint cp-monday.txt --new-checkpoint cp-friday.txt consistency.json
+      python3 ca/audit/merkle.py consistency --old-checkpoint cp-monday.txt --new-checkpoint cp-friday.txt consistency.json
     """
     a, b = _checkpoint(env, old, audit_key), _checkpoint(env, new, audit_key)
     if a.count > b.count:

@@ -20,9 +20,9 @@ from typing import Any
 
 import click
 
-from .. import __version__
-from ..durations import format_duration
-from .common import Group, echo_json, echo_table, output_options
+from ca import __version__
+from ca.cli.common import Group, echo_json, echo_table, output_options
+from ca.durations import format_duration
 
 _OUT_HELP = "Directory for the key and certificate files (default: ~/.ssh/iast-ssh)."
 
@@ -33,7 +33,7 @@ def _interactive() -> bool:
 
 
 def _prompter(interactive: bool):
-    from ..client import Prompter
+    from ca.client import Prompter
 
     if not interactive:
         return Prompter()
@@ -68,7 +68,7 @@ def ca_options(f: Callable) -> Callable:
     @functools.wraps(f)
     def wrapper(*args: Any, ca: str | None, ca_fingerprint: str | None, user: str | None,
                 identity: str | None, **kw: Any) -> Any:
-        from ..client import Client
+        from ca.client import Client
 
         def make_client() -> Client:
             return Client(ca, ca_fingerprint=ca_fingerprint, user=user, identity=identity,
@@ -170,7 +170,7 @@ def status(out_dir, fmt) -> None:
     Example:
       iast-ssh status --json | jq '.certificates[] | {key_id, seconds_left}'
     """
-    from ..client import status as get_status
+    from ca.client import status as get_status
 
     st = get_status(out_dir=out_dir)
     if fmt == "json":
@@ -197,7 +197,7 @@ def logout(out_dir, fmt) -> None:
     Example:
       iast-ssh logout
     """
-    from ..client import logout as do_logout
+    from ca.client import logout as do_logout
 
     result = do_logout(out_dir=out_dir)
     if fmt == "json":
@@ -400,7 +400,7 @@ def config(make_client, out_dir, host_pattern, offline) -> None:
     """
     from pathlib import Path
 
-    from ..client import CERT_FILE, KEY_FILE, default_out_dir
+    from ca.client import CERT_FILE, KEY_FILE, default_out_dir
 
     out = Path(out_dir).expanduser().absolute() if out_dir else default_out_dir()
     keys: list[str] = []
@@ -453,7 +453,7 @@ def fetch_krl(make_client, out: str, fmt: str) -> None:
       iast-ssh host fetch-krl --ca ca:2222 --ca-fingerprint SHA256:... -l krl-web1 \\
         -i /etc/ssh/ssh_host_ed25519_key --out /etc/ssh/iast-revoked.krl
     """
-    from ..client import install_krl
+    from ca.client import install_krl
 
     client = make_client()
     new, old = install_krl(client.krl(), out)

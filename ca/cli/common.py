@@ -12,7 +12,7 @@ from typing import Any
 
 import click
 
-from ..errors import CAError
+from ca.errors import CAError
 
 
 class CommandFailed(click.ClickException):

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import click
 
-from ..authority import Authority
-from ..config import Config, load_config
-from ..durations import parse_duration
-from ..keys import read_passphrase
+from ca.config import Config, load_config
+from ca.durations import parse_duration
+from ca.issuance.authority import Authority
+from ca.keys.keyring import read_passphrase
 
 
 class Env:

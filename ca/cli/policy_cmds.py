@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import click
 
-from ..durations import format_duration
-from ..policy import load_policy
-from .common import echo_json, output_options
-from .context import Env, pass_env
+from ca.cli.common import echo_json, output_options
+from ca.cli.context import Env, pass_env
+from ca.durations import format_duration
+from ca.policy import load_policy
 
 
 @click.group()

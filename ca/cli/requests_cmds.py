@@ -13,15 +13,15 @@ from contextlib import contextmanager
 
 import click
 
-from ..approvals import OPEN, STATUSES, AccessRequest, Approvals
-from ..audit import AuditLog
-from ..durations import format_duration
-from ..errors import StateError
-from ..models import Identity
-from ..policy import Policy, load_policy
-from ..state import StatePaths, os_user
-from .common import echo_csv, echo_json, echo_table, output_options
-from .context import Env, pass_env
+from ca.access.approvals import OPEN, STATUSES, AccessRequest, Approvals
+from ca.audit.log import AuditLog
+from ca.cli.common import echo_csv, echo_json, echo_table, output_options
+from ca.cli.context import Env, pass_env
+from ca.durations import format_duration
+from ca.errors import StateError
+from ca.models import Identity
+from ca.policy import Policy, load_policy
+from ca.state import StatePaths, os_user
 
 _CSV_FIELDS = ["id", "user", "role", "ttl", "reason", "status", "created", "decided", "expires_at", "used_serial",
                "required", "approvals", "votes"]

@@ -12,17 +12,25 @@ from collections.abc import Iterator
 
 import click
 
-from ..audit import AuditLog, iso
-from ..correlate import correlate as run_correlate
-from ..durations import parse_time
-from ..errors import StateError, UsageError
-from ..files import write_atomic
-from ..keys import Keyring
-from ..report import (ReportOptions, build_report, parse_hours, parse_weekdays, render_html, render_json,
-                      render_text)
-from ..state import StatePaths, os_user
-from .common import echo_json, output_options
-from .context import Env, pass_env
+from ca.audit.chain import iso
+from ca.audit.log import AuditLog
+from ca.cli.common import echo_json, output_options
+from ca.cli.context import Env, pass_env
+from ca.durations import parse_time
+from ca.errors import StateError, UsageError
+from ca.files import write_atomic
+from ca.keys.keyring import Keyring
+from ca.review.correlate import correlate as run_correlate
+from ca.review.report import (
+    ReportOptions,
+    build_report,
+    parse_hours,
+    parse_weekdays,
+    render_html,
+    render_json,
+    render_text,
+)
+from ca.state import StatePaths, os_user
 
 
 def _open(env: Env) -> AuditLog:

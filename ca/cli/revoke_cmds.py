@@ -1,6 +1,6 @@
 """``iast-ca revoke`` and ``iast-ca krl``: revoke certificates, publish the KRL.
 
-A thin shell over :mod:`ca.revocation` and :mod:`ca.krl`.
+A thin shell over :mod:`ca.access.revocation` and :mod:`ca.sshcert.krl`.
 """
 
 from __future__ import annotations
@@ -9,12 +9,7 @@ import sys
 
 import click
 
-from ..audit import AuditLog
-from ..errors import StateError, UsageError
-from ..files import write_atomic
-from ..keys import Keyring
-from ..krl import describe, parse_krl
-from ..revocation import (
+from ca.access.revocation import (
     build_current_krl,
     revoke_ca_key,
     revoke_key,
@@ -22,9 +17,14 @@ from ..revocation import (
     revoke_serial,
     revoke_user,
 )
-from ..state import StatePaths, os_user
-from .common import echo_json, output_options
-from .context import Env, pass_env
+from ca.audit.log import AuditLog
+from ca.cli.common import echo_json, output_options
+from ca.cli.context import Env, pass_env
+from ca.errors import StateError, UsageError
+from ca.files import write_atomic
+from ca.keys.keyring import Keyring
+from ca.sshcert.krl import describe, parse_krl
+from ca.state import StatePaths, os_user
 
 MAX_KEY_FILE = 64 * 1024
 

@@ -7,17 +7,17 @@ import base64
 
 import click
 
-from ..authority import Authority
-from ..certificates import fingerprint
-from ..config import parse_listen
-from ..errors import StateError
-from ..keys import Keyring
-from ..server import serve as serve_forever
-from ..server import setup_logging
-from ..state import StatePaths, init_state
-from ..workers import run_workers
-from .common import echo_json, output_options
-from .context import Env, pass_env
+from ca.cli.common import echo_json, output_options
+from ca.cli.context import Env, pass_env
+from ca.config import parse_listen
+from ca.errors import StateError
+from ca.issuance.authority import Authority
+from ca.keys.keyring import Keyring
+from ca.service.server import serve as serve_forever
+from ca.service.server import setup_logging
+from ca.service.workers import run_workers
+from ca.sshcert.certificates import fingerprint
+from ca.state import StatePaths, init_state
 
 
 def _host_key_fingerprint(paths: StatePaths) -> str:

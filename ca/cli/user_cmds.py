@@ -13,13 +13,13 @@ from contextlib import contextmanager
 
 import click
 
-from ..audit import AuditLog
-from ..errors import StateError, UsageError
-from ..state import StatePaths, os_user
-from ..throttle import Throttle
-from ..users import MIN_PASSWORD_LENGTH, Enrolment, User, UserStore
-from .common import echo_csv, echo_json, echo_table, output_options
-from .context import Env, pass_env
+from ca.audit.log import AuditLog
+from ca.auth.throttle import Throttle
+from ca.auth.users import MIN_PASSWORD_LENGTH, Enrolment, User, UserStore
+from ca.cli.common import echo_csv, echo_json, echo_table, output_options
+from ca.cli.context import Env, pass_env
+from ca.errors import StateError, UsageError
+from ca.state import StatePaths, os_user
 
 MAX_KEY_FILE = 64 * 1024
 

@@ -8,31 +8,30 @@ rule 10); a denial or a failure is committed as a ``denied`` or ``failed``
 event before the error is raised to the caller.
 
 A role with an ``approval`` table is signed only with a ``consume`` hook
-(see :mod:`ca.approvals`): it runs inside the issuing transaction, before
+(see :mod:`ca.access.approvals`): it runs inside the issuing transaction, before
 signing, and marks the approved request used, so one approved request
 gives at most one certificate however many logins race for it.
 """
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Callable
 from typing import Any
 
-from .audit import AuditLog, Transaction
-from .config import Config
-from .errors import AuditError, CAError, PolicyDenied, SigningError
-from .keys import Keyring, UserKey, parse_user_key, read_passphrase
-from .models import Decision, Identity, Issued, SignRequest
-from .policy import Policy, load_policy
-from .revocation import is_revoked
-from .signer import Signer, make_key_id
-from .state import StatePaths
+from ca.access.revocation import is_revoked
+from ca.audit.log import AuditLog, Transaction
+from ca.config import Config
+from ca.errors import AuditError, CAError, PolicyDenied, SigningError
+from ca.issuance.signer import Signer, make_key_id
+from ca.keys.keyring import Keyring, read_passphrase
+from ca.models import Decision, Identity, Issued, SignRequest
+from ca.policy import Policy, load_policy
+from ca.rules import is_user_name
+from ca.sshcert.userkey import UserKey, parse_user_key
+from ca.state import StatePaths
 
 MAX_REASON_IN_AUDIT = 500
-# The names a user may have: they end up in key IDs and (through {user}) in principals.
-USER_NAME = re.compile(r"[a-z_][a-z0-9_.-]{0,31}")
 
 
 class Authority:
@@ -103,7 +102,7 @@ class Authority:
         policy = self.policy  # one policy for the whole request, even if a reload swaps it
         user_key: UserKey | None = None
         try:
-            if not USER_NAME.fullmatch(identity.user):
+            if not is_user_name(identity.user):
                 raise PolicyDenied(f"{identity.user[:64]!r} is not a valid user name")
             user_key = parse_user_key(request.public_key, self.min_rsa_bits)
             decision = policy.decide(identity, request, now, self.clock_skew)

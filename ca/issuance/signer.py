@@ -3,7 +3,7 @@
 asyncssh builds and signs the certificate. Its defaults are unsafe for a CA
 (valid forever, serial 0, every ``permit-*`` on, any principal), so every
 field is passed explicitly here. The result is then re-read by our own
-parser (:mod:`ca.certificates`) and checked field by field against the
+parser (:mod:`ca.sshcert.certificates`) and checked field by field against the
 decision, with the signature verified by pyca/cryptography against the CA
 public key (security.md rules 1-9).
 """
@@ -15,19 +15,23 @@ import re
 
 import asyncssh
 
-from .certificates import CERT_TYPE_FOR_KEY, USER_CERT, Certificate, parse_certificate, verify_signature
-from .errors import SigningError
-from .keys import UserKey
-from .models import Decision
-from .sshwire import Reader, WireError
+from ca.errors import SigningError
+from ca.models import Decision
+from ca.rules import principal_safe
+from ca.sshcert.certificates import (
+    CERT_TYPE_FOR_KEY,
+    USER_CERT,
+    Certificate,
+    parse_certificate,
+    verify_signature,
+)
+from ca.sshcert.userkey import UserKey
+from ca.sshcert.wire import Reader, WireError
 
 # A key ID is built by the server only, from this character set: no spaces or
 # quotes, so that sshd's log line "... ID <key-id> (serial N)" parses without
 # ambiguity (security.md rule 9).
 KEY_ID_PATTERN = re.compile(r"[A-Za-z0-9_.:@+=-]{1,200}")
-# No principal may contain a comma, space or wildcard, whatever policy says
-# (defence in depth for security.md rule 2).
-_PRINCIPAL_FORBIDDEN = re.compile(r"[,\s*?!\x00-\x1f\x7f]")
 
 _EXTENSION_FLAGS = {
     "permit-X11-forwarding": "permit_x11_forwarding",
@@ -76,7 +80,7 @@ class Signer:
         if not decision.principals:
             raise SigningError("refusing to sign a certificate with no principals")
         for p in decision.principals:
-            if not p or _PRINCIPAL_FORBIDDEN.search(p):
+            if not principal_safe(p):  # whatever policy said (defence in depth, rule 2)
                 raise SigningError(f"refusing unsafe principal {p!r}")
         if not 0 < serial <= MAX_SERIAL:
             raise SigningError(f"serial {serial} is out of range")

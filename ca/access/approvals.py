@@ -45,11 +45,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from .audit import AuditLog, Transaction, ensure_tables, iso
-from .durations import format_duration
-from .errors import AuditError, CAError, PolicyDenied, UsageError
-from .models import Decision, Event, Identity, SignRequest
-from .policy import Policy, Role
+from ca.audit.chain import iso
+from ca.audit.log import AuditLog, Transaction, ensure_tables
+from ca.durations import format_duration
+from ca.errors import AuditError, CAError, PolicyDenied, UsageError
+from ca.models import Decision, Event, Identity, SignRequest
+from ca.policy import Policy, Role
+from ca.rules import free_text
 
 log = logging.getLogger("iast.ca.approvals")
 
@@ -107,16 +109,7 @@ def new_request_id() -> str:
 
 
 def _comment(text: Any) -> str | None:
-    if text is None:
-        return None
-    if not isinstance(text, str):
-        raise UsageError("the comment must be text")
-    text = text.strip()
-    if len(text) > MAX_COMMENT:
-        raise UsageError(f"the comment is too long ({len(text)} characters; at most {MAX_COMMENT})")
-    if any(ord(c) < 32 or ord(c) == 127 or c in "\u2028\u2029" for c in text):
-        raise UsageError("the comment must be one line without control characters")
-    return text or None
+    return free_text(text, "comment", limit=MAX_COMMENT)
 
 
 def _when(ts: int | None) -> str | None:

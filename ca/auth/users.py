@@ -21,7 +21,6 @@ a TOTP code (keyboard-interactive). The rules this module keeps:
 from __future__ import annotations
 
 import base64
-import re
 import secrets
 import sqlite3
 import threading
@@ -34,16 +33,15 @@ from datetime import datetime, timezone
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
-from .audit import AuditLog, ensure_tables
-from .certificates import fingerprint
-from .errors import AuditError, UsageError
-from .keys import DEFAULT_MIN_RSA_BITS, parse_user_key
-from .totp import generate_secret, matching_step, provisioning_uri
+from ca.audit.log import AuditLog, ensure_tables
+from ca.auth.totp import generate_secret, matching_step, provisioning_uri
+from ca.errors import AuditError, UsageError
+from ca.rules import check_user_name, free_text, is_user_name
+from ca.sshcert.certificates import fingerprint
+from ca.sshcert.userkey import DEFAULT_MIN_RSA_BITS, parse_user_key
 
-NAME_PATTERN = re.compile(r"[a-z_][a-z0-9_.-]{0,31}")
 MIN_PASSWORD_LENGTH = 12  # NIST SP 800-63B allows 8; a CA guarding root access asks for more
 MAX_PASSWORD_LENGTH = 1024  # the hash cost does not grow with length, but nobody needs more
-MAX_REASON_LENGTH = 500
 
 # argon2id, above OWASP's floor (m=19 MiB, t=2, p=1): 64 MiB, 3 passes, 1 lane.
 DEFAULT_TIME_COST = 3
@@ -130,11 +128,6 @@ class Enrolment:
     totp_uri: str | None
 
 
-def valid_name(name: object) -> bool:
-    """True if ``name`` is an acceptable user name (``^[a-z_][a-z0-9_.-]{0,31}$``)."""
-    return isinstance(name, str) and NAME_PATTERN.fullmatch(name) is not None
-
-
 def check_password_policy(password: object) -> str:
     """Refuse (with :class:`UsageError`) a password that is not text or too short or long."""
     if not isinstance(password, str) or not password:
@@ -144,17 +137,6 @@ def check_password_policy(password: object) -> str:
     if len(password) > MAX_PASSWORD_LENGTH:
         raise UsageError(f"the password is too long: at most {MAX_PASSWORD_LENGTH} characters")
     return password
-
-
-def _check_reason(reason: str | None) -> str | None:
-    if reason is None:
-        return None
-    reason = reason.strip()
-    if len(reason) > MAX_REASON_LENGTH:
-        raise UsageError(f"the reason is too long: at most {MAX_REASON_LENGTH} characters")
-    if any(ord(c) < 32 or ord(c) == 127 for c in reason):
-        raise UsageError("the reason must be one line without control characters")
-    return reason or None
 
 
 def _b64(data: bytes) -> str:
@@ -218,7 +200,7 @@ class UserStore:
             yield tx
 
     def _row(self, name: str) -> tuple | None:
-        if not valid_name(name):
+        if not is_user_name(name):
             return None
         return self.conn.execute(
             "SELECT name, disabled, disabled_reason, password_hash, totp_secret, totp_last_step, created"
@@ -273,8 +255,7 @@ class UserStore:
         alone could never be used). The TOTP secret is returned in the
         :class:`Enrolment`, this once.
         """
-        if not valid_name(name):
-            raise UsageError(f"invalid user name {str(name)[:40]!r}: expected ^[a-z_][a-z0-9_.-]{{0,31}}$")
+        check_user_name(name)
         if isinstance(keys, str):  # one key line, not an iterable of characters
             keys = (keys,)
         parsed = {}
@@ -315,7 +296,7 @@ class UserStore:
 
     def disable(self, name: str, reason: str | None, actor: str | None = None) -> None:
         """Refuse every login of ``name`` (keys, password and TOTP) until enabled again."""
-        reason = _check_reason(reason)
+        reason = free_text(reason)
         with self._writing() as tx:
             row = self._require(name)
             if row[1]:
@@ -379,7 +360,7 @@ class UserStore:
 
     def key_allowed(self, name: str, key_blob: bytes) -> bool:
         """True if ``key_blob`` is enrolled for ``name`` and ``name`` is enabled."""
-        if not valid_name(name) or not isinstance(key_blob, bytes | bytearray):
+        if not is_user_name(name) or not isinstance(key_blob, bytes | bytearray):
             return False
         with self._reading() as conn:
             row = conn.execute(

@@ -11,7 +11,7 @@ The flow of ``login`` (architecture.md, "The one path every certificate takes"):
    through caller-supplied prompt callbacks. The library never reads a
    terminal itself.
 3. Generate a fresh Ed25519 key, run ``sign --json`` with its public key on
-   stdin (see :mod:`ca.protocol`); when a role needs a second factor and a
+   stdin (see :mod:`ca.service.protocol`); when a role needs a second factor and a
    code callback exists, ask for the code and retry once with ``--otp``.
 4. Hand the certificate to ssh: into ssh-agent with a lifetime equal to the
    certificate's remaining validity, or as ``id_ed25519`` and
@@ -38,7 +38,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from .errors import (
+from ca.errors import (
     AuthenticationFailed,
     BadKey,
     CAError,
@@ -128,7 +128,7 @@ def load_config(path: str | os.PathLike | None = None) -> ClientConfig:
 
 def save_config(cfg: ClientConfig, path: str | os.PathLike | None = None) -> Path:
     """Write the config file atomically, mode 0600 (its directory 0700)."""
-    from .files import write_atomic
+    from ca.files import write_atomic
 
     path = Path(path) if path is not None else config_path()
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -250,8 +250,8 @@ def _role_from_key_id(key_id: str) -> str | None:
 
 def _held(where: str, blob: bytes, comment: str | None = None, path: Path | None = None) -> HeldCertificate | None:
     """Describe a certificate blob if it is an iast user certificate, else None."""
-    from .certificates import USER_CERT, parse_certificate
-    from .sshwire import WireError
+    from ca.sshcert.certificates import USER_CERT, parse_certificate
+    from ca.sshcert.wire import WireError
 
     try:
         cert = parse_certificate(blob)
@@ -477,7 +477,7 @@ def _ca_error(address: str, e: BaseException) -> CAError:
 
 
 def _reply_error(status: int | None, stdout: str, stderr: str) -> CAError:
-    """The CA's refusal, as the error of the same exit status (ca.protocol)."""
+    """The CA's refusal, as the error of the same exit status (ca.service.protocol)."""
     message, code = "", None
     try:
         obj = json.loads(stdout)
@@ -782,7 +782,7 @@ class Client:
         """
         import asyncssh
 
-        from .certificates import USER_CERT, parse_certificate
+        from ca.sshcert.certificates import USER_CERT, parse_certificate
 
         args = ["sign", "--json"]
         if request_id:
@@ -845,7 +845,7 @@ class Client:
 
 
 def _seconds(ttl: str | int) -> int:
-    from .durations import parse_duration
+    from ca.durations import parse_duration
 
     try:
         return ttl if isinstance(ttl, int) else parse_duration(str(ttl))
@@ -881,8 +881,8 @@ def install_krl(data: bytes, path: str | os.PathLike) -> tuple[int, int | None]:
     every login when its RevokedKeys file is unreadable, so a host must keep
     its last good KRL rather than install a bad one.
     """
-    from .files import write_atomic
-    from .krl import KRLError, parse_krl
+    from ca.files import write_atomic
+    from ca.sshcert.krl import KRLError, parse_krl
 
     try:
         new = parse_krl(data)
@@ -905,7 +905,7 @@ def install_krl(data: bytes, path: str | os.PathLike) -> tuple[int, int | None]:
 
 def write_files(out_dir: Path, key, certificate: str, key_id: str) -> tuple[Path, Path]:
     """``OUT/id_ed25519`` and ``OUT/id_ed25519-cert.pub``, 0600 and atomic; ``OUT`` is created 0700."""
-    from .files import write_atomic
+    from ca.files import write_atomic
 
     out_dir = Path(out_dir)
     if not out_dir.exists():

@@ -20,9 +20,9 @@ from dataclasses import dataclass
 
 import asyncssh
 
-from .certificates import fingerprint, verify_ssh_signature
-from .errors import ChainBroken
-from .sshwire import Reader, WireError, string, uint32
+from ca.errors import ChainBroken
+from ca.sshcert.certificates import fingerprint, verify_ssh_signature
+from ca.sshcert.wire import Reader, WireError, string, uint32
 
 NAMESPACE = "iast-audit-checkpoint"
 HEADER = "iast-ssh audit checkpoint v2"

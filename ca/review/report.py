@@ -31,9 +31,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .audit import AuditLog, iso
-from .correlate import DEFAULT_PRIVILEGED, SEVERITIES, has_logins
-from .durations import format_duration
+from ca.audit.chain import iso
+from ca.audit.log import AuditLog
+from ca.durations import format_duration
+from ca.review.correlate import DEFAULT_PRIVILEGED, SEVERITIES, has_logins
 
 WEEKDAYS = ("sun", "mon", "tue", "wed", "thu", "fri", "sat")  # index = SQLite strftime('%w')
 DEFAULT_HOURS = ("08:00", "18:00")

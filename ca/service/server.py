@@ -4,7 +4,7 @@ Authentication is SSH's own: an enrolled public key, or keyboard-interactive
 password then one-time code. Every connection must authenticate
 (``begin_auth`` returns True for every name, known or not, and unknown names
 take the same path). Once in, each SSH channel runs one command of
-:mod:`ca.protocol`; ``sign`` goes through :meth:`Authority.issue`, the one
+:mod:`ca.service.protocol`; ``sign`` goes through :meth:`Authority.issue`, the one
 path every certificate takes.
 
 Blocking work (SQLite, signing, argon2) runs in two single-thread
@@ -31,21 +31,21 @@ from typing import Any
 
 import asyncssh
 
-from .approvals import AccessRequest, Approvals, run_hook
-from .audit import AuditLog
-from .authority import Authority
-from .config import Config
-from .durations import format_duration
-from .errors import EXIT_AUTH, EXIT_USAGE, AuthenticationFailed, CAError, UsageError
-from .keys import Keyring
-from .models import Identity, SignRequest
-from .policy import load_policy
-from .protocol import HELP, Command, parse_command
-from .certificates import fingerprint
-from .revocation import build_current_krl, is_revoked
-from .state import StatePaths
-from .throttle import Throttle
-from .users import UserStore
+from ca.access.approvals import AccessRequest, Approvals, run_hook
+from ca.access.revocation import build_current_krl, is_revoked
+from ca.audit.log import AuditLog
+from ca.auth.throttle import Throttle
+from ca.auth.users import UserStore
+from ca.config import Config
+from ca.durations import format_duration
+from ca.errors import EXIT_AUTH, EXIT_USAGE, AuthenticationFailed, CAError, UsageError
+from ca.issuance.authority import Authority
+from ca.keys.keyring import Keyring
+from ca.models import Identity, SignRequest
+from ca.policy import load_policy
+from ca.service.protocol import HELP, Command, parse_command
+from ca.sshcert.certificates import fingerprint
+from ca.state import StatePaths
 
 log = logging.getLogger("iast.ca")
 
@@ -559,7 +559,7 @@ class Service:
 
 
 def _role_line(v) -> str:
-    from .durations import format_duration
+    from ca.durations import format_duration
 
     extra = [f"force-command {v.force_command}"] if v.force_command else []
     if v.require_reason:
@@ -576,7 +576,7 @@ async def serve(cfg: Config, authority: Authority, *, host: str | None = None, p
                 ready: Callable[[Service], None] | None = None, worker: int | None = None) -> None:
     """Run the service until SIGTERM or SIGINT; SIGHUP reloads the policy.
 
-    As a worker of :mod:`ca.workers` it shares the port, and leaves
+    As a worker of :mod:`ca.service.workers` it shares the port, and leaves
     talking to systemd to the parent.
     """
     service = Service(cfg, authority)

@@ -18,8 +18,8 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
-from .sshwire import Reader, WireError
-from .sshwire import string as wire_string
+from ca.sshcert.wire import Reader, WireError
+from ca.sshcert.wire import string as wire_string
 
 USER_CERT = 1
 HOST_CERT = 2

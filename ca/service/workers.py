@@ -26,15 +26,15 @@ import time
 from collections.abc import Callable
 from multiprocessing.connection import wait
 
-from .config import Config
-from .errors import StateError
+from ca.config import Config
+from ca.errors import StateError
 
 
 def _worker(cfg: Config, index: int, host: str, port: int, passphrase: bytes | None, ready) -> None:
     import asyncio
 
-    from .authority import Authority
-    from .server import serve, setup_logging
+    from ca.issuance.authority import Authority
+    from ca.service.server import serve, setup_logging
 
     setup_logging(worker=index)
     authority = Authority.open(cfg, passphrase=passphrase)
@@ -52,7 +52,7 @@ def _reserve(host: str, port: int) -> socket.socket:
 def run_workers(cfg: Config, workers: int, host: str, port: int, passphrase: bytes | None,
                 on_ready: Callable[[int], None] | None = None) -> int:
     """Run ``workers`` service processes until SIGTERM/SIGINT; return the exit status."""
-    from .server import event, sd_notify
+    from ca.service.server import event, sd_notify
 
     reserve = _reserve(host, port)
     port = reserve.getsockname()[1]

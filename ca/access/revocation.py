@@ -51,21 +51,27 @@ import sqlite3
 from dataclasses import dataclass
 from typing import Any
 
-from .audit import AuditLog, ensure_tables
-from .certificates import parse_certificate_line
-from .errors import BadKey, UsageError
-from .keys import Keyring, parse_user_key
-from .krl import WILDCARD_CA, CertRevocations, KRLError, build_krl, sha256_of_fingerprint
-from .sshwire import WireError
+from ca.audit.log import AuditLog, ensure_tables
+from ca.errors import BadKey, UsageError
+from ca.keys.keyring import Keyring
+from ca.rules import free_text, is_user_name
+from ca.sshcert.certificates import parse_certificate_line
+from ca.sshcert.krl import (
+    WILDCARD_CA,
+    CertRevocations,
+    KRLError,
+    build_krl,
+    sha256_of_fingerprint,
+)
+from ca.sshcert.userkey import parse_user_key
+from ca.sshcert.wire import WireError
 
 KINDS = ("serial", "key_id", "key", "ca_key", "user")
-MAX_REASON_LENGTH = 500
 MAX_SERIAL = 2**64 - 1
 # Keep a certificate in the KRL this long after it expires (hosts whose clocks lag the CA's).
 KRL_EXPIRY_GRACE = 3600
 KRL_COMMENT = "iast-ssh certificate authority"
 _MAX_SERIALS_IN_EVENT = 1000
-_USER_NAME_MAX = 32
 
 _SCHEMA = (
     """CREATE TABLE IF NOT EXISTS revocations (
@@ -159,15 +165,11 @@ class RevokeResult:
 
 
 def check_reason(reason: object) -> str:
-    """A reason is required: one line of text, at most 500 characters."""
-    if not isinstance(reason, str) or not reason.strip():
+    """A reason is required: one line of text, at most 500 characters (the free-text rule)."""
+    text = free_text(reason)
+    if text is None:
         raise UsageError("a reason is required (--reason TEXT)")
-    reason = reason.strip()
-    if len(reason) > MAX_REASON_LENGTH:
-        raise UsageError(f"the reason is too long: at most {MAX_REASON_LENGTH} characters")
-    if any(ord(c) < 32 or ord(c) == 127 for c in reason):
-        raise UsageError("the reason must be one line without control characters")
-    return reason
+    return text
 
 
 def _now(log: AuditLog) -> int:
@@ -280,9 +282,9 @@ def revoke_key(log: AuditLog, key_line: str, reason: str, actor: str | None = No
 
 
 def _user_store(log: AuditLog):
-    """The user store, or None when this build has no ``ca.users`` module."""
+    """The user store, or None when this build has no ``ca.auth.users`` module."""
     try:
-        from .users import UserStore
+        from ca.auth.users import UserStore
     except ImportError:
         return None
     return UserStore(log)
@@ -303,7 +305,7 @@ def revoke_user(log: AuditLog, user: str, reason: str, actor: str | None = None)
     than the revocation.
     """
     reason = check_reason(reason)
-    if not isinstance(user, str) or not user or len(user) > _USER_NAME_MAX or not user.isprintable():
+    if not is_user_name(user):
         raise UsageError(f"invalid user name {str(user)[:40]!r}")
     ensure_schema(log)
     store = _user_store(log)

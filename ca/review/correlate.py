@@ -84,7 +84,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from .audit import AuditLog, ensure_tables, iso
+from ca.audit.chain import iso
+from ca.audit.log import AuditLog, ensure_tables
 
 SEVERITIES = ("critical", "warning", "info")
 _RANK = {s: i for i, s in enumerate(SEVERITIES)}

@@ -18,7 +18,8 @@ from __future__ import annotations
 import sqlite3
 from dataclasses import dataclass
 
-from .errors import AuditError
+from ca.config import ThrottleSettings
+from ca.errors import AuditError
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS auth_throttle (
@@ -28,15 +29,6 @@ CREATE TABLE IF NOT EXISTS auth_throttle (
     blocked_until REAL NOT NULL
 )
 """
-
-
-@dataclass(frozen=True)
-class ThrottleSettings:
-    user_limit: int = 5
-    address_limit: int = 20
-    window: int = 900
-    lockout: int = 900
-    max_backoff: int = 30
 
 
 @dataclass(frozen=True)

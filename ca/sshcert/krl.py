@@ -52,10 +52,9 @@ from dataclasses import dataclass, field
 
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from .certificates import Certificate, fingerprint
-from .sshwire import Reader, WireError
-from .sshwire import string as wire_string
-from .sshwire import uint32, uint64
+from ca.sshcert.certificates import Certificate, fingerprint
+from ca.sshcert.wire import Reader, WireError, uint32, uint64
+from ca.sshcert.wire import string as wire_string
 
 KRL_MAGIC = b"SSHKRL\n\x00"
 KRL_FORMAT_VERSION = 1

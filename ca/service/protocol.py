@@ -19,8 +19,8 @@ from __future__ import annotations
 import shlex
 from dataclasses import dataclass
 
-from .durations import parse_duration
-from .errors import UsageError
+from ca.durations import parse_duration
+from ca.errors import UsageError
 
 MAX_COMMAND_LINE = 4096
 
@@ -152,7 +152,7 @@ def parse_command(line: str | None) -> Command:
 
 
 def _request_id(name: str, text: str) -> str:
-    from .approvals import check_request_id
+    from ca.access.approvals import check_request_id
 
     try:
         return check_request_id(text)

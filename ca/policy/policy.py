@@ -48,7 +48,6 @@ import ipaddress
 import os
 import re
 import tomllib
-import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -57,6 +56,14 @@ from typing import Any
 from ca.durations import format_duration, parse_duration
 from ca.errors import ConfigError, MFARequired, PolicyDenied, PolicyError
 from ca.models import Decision, Identity, SignRequest
+from ca.rules import (
+    DEFAULT_PRINCIPAL_PATTERN,
+    PRINCIPAL_FORBIDDEN,
+    USER_NAME_TEXT,
+    free_text,
+    is_user_name,
+    principal_ok,
+)
 
 __all__ = [
     "Approval",
@@ -69,7 +76,6 @@ __all__ = [
     "parse_policy",
 ]
 
-DEFAULT_PRINCIPAL_PATTERN = r"^[a-z_][a-z0-9_.-]{0,31}$"
 
 # The user extensions OpenSSH defines (PROTOCOL.certkeys, "Extensions").
 # A role grants exactly those it lists (security.md rule 5).
@@ -94,19 +100,11 @@ _CEILING = 366 * 86400
 
 # Clock skew the caller may pass to decide() (security.md rule 3: max 300 s).
 _MAX_SKEW = 300
-_MAX_REASON = 500
 
 _NAME_RE = re.compile(r"[a-z0-9][a-z0-9_.-]{0,63}")  # role and group names
-_USER_RE = re.compile(r"[a-z_][a-z0-9_.-]{0,31}")  # user names in [groups] and members
 _NAME_TEXT = "^[a-z0-9][a-z0-9_.-]{0,63}$"
-_USER_TEXT = "^[a-z_][a-z0-9_.-]{0,31}$"
 
 _USER_TEMPLATE = "{user}"
-# Never allowed in a principal, whatever the configured pattern says
-# (security.md rule 2): a comma splits principal lists in asyncssh and in
-# sshd's matching (CVE-2026-35414), "*" is a wildcard, whitespace separates
-# fields in authorized_principals files.
-_PRINCIPAL_FORBIDDEN = re.compile(r"[,*\s\x00-\x1f\x7f]")
 
 _TOP_KEYS = ("defaults", "groups", "roles")
 _DEFAULTS_KEYS = ("ttl", "max_ttl", "extensions", "role")
@@ -141,7 +139,7 @@ class Approval:
     ``approvers`` are user names and ``"group:NAME"``; ``required`` distinct
     approvers (never the requester) must approve; ``expires`` (seconds)
     bounds both how long a request may stay pending and how long an
-    approved request may wait to be used. Enforced by :mod:`ca.approvals`
+    approved request may wait to be used. Enforced by :mod:`ca.access.approvals`
     and :meth:`ca.authority.Authority.issue`, not by :meth:`Policy.decide`.
     """
 
@@ -307,7 +305,7 @@ class Policy:
                 f"(members: {', '.join(role.members)})"
             )
 
-        reason = _check_reason(request.reason)
+        reason = free_text(request.reason, error=PolicyDenied)
         if role.require_reason and reason is None:
             raise PolicyDenied(f"role {role.name} requires a reason")
         if role.require_mfa and not identity.mfa:
@@ -380,7 +378,7 @@ class Policy:
         out: list[str] = []
         for template in role.principals:
             principal = template.replace(_USER_TEMPLATE, user)
-            if not _principal_ok(principal, self.principal_pattern):
+            if not principal_ok(principal, self.principal_pattern):
                 raise PolicyDenied(
                     f"role {role.name}: principal {_show(principal)} (from {_show(template)}) "
                     f"does not match {self.principal_pattern}"
@@ -531,8 +529,8 @@ class _Parser:
                 raise self.fail(where, f"invalid group name (expected {_NAME_TEXT})")
             users = self.string_list(users, where)
             for user in users:
-                if not _USER_RE.fullmatch(user):
-                    raise self.fail(where, f"invalid user name {_show(user)} (expected {_USER_TEXT})")
+                if not is_user_name(user):
+                    raise self.fail(where, f"invalid user name {_show(user)} (expected {USER_NAME_TEXT})")
             out[name] = users
         return out
 
@@ -559,10 +557,10 @@ class _Parser:
             if m.startswith("group:"):
                 if m[len("group:") :] not in groups:
                     raise self.fail(at + "members", f"{_show(m)}: no such group in [groups]")
-            elif not _USER_RE.fullmatch(m):
+            elif not is_user_name(m):
                 raise self.fail(
                     at + "members",
-                    f"{_show(m)} is not a user name ({_USER_TEXT}), \"group:NAME\" or \"*\"",
+                    f"{_show(m)} is not a user name ({USER_NAME_TEXT}), \"group:NAME\" or \"*\"",
                 )
 
         # Rule 1: "any principal" must not be expressible, so the list is
@@ -644,8 +642,8 @@ class _Parser:
             if a.startswith("group:"):
                 if a[len("group:") :] not in groups:
                     raise self.fail(where + ".approvers", f"{_show(a)}: no such group in [groups]")
-            elif not _USER_RE.fullmatch(a):
-                raise self.fail(where + ".approvers", f'{_show(a)} is not a user name ({_USER_TEXT}) or "group:NAME"')
+            elif not is_user_name(a):
+                raise self.fail(where + ".approvers", f'{_show(a)} is not a user name ({USER_NAME_TEXT}) or "group:NAME"')
         required = doc.get("required", 1)
         if type(required) is not int or required < 1:
             raise self.fail(where + ".required", f"expected an integer of at least 1, got {_type(required)}")
@@ -729,7 +727,7 @@ class _Parser:
         checks it against the pattern again on every request.
         """
         literal = p.replace(_USER_TEMPLATE, "")
-        if _PRINCIPAL_FORBIDDEN.search(literal):
+        if PRINCIPAL_FORBIDDEN.search(literal):
             raise self.fail(where, f"{_show(p)} contains a comma, '*', whitespace or a control character")
         if "{" in literal or "}" in literal:
             raise self.fail(where, f"{_show(p)}: the only template is {_USER_TEMPLATE}")
@@ -772,32 +770,6 @@ def _expand_users(approvers: tuple[str, ...], groups: Mapping[str, tuple[str, ..
     return tuple(sorted(users))
 
 
-def _principal_ok(principal: str, pattern: str) -> bool:
-    return (
-        bool(principal)
-        and not _PRINCIPAL_FORBIDDEN.search(principal)
-        and re.fullmatch(pattern, principal) is not None
-    )
-
-
-def _check_reason(reason: Any) -> str | None:
-    """The stripped reason, or None if there is none; deny unprintable or long ones.
-
-    The reason lands in the audit log that reviewers read, so control and
-    formatting characters (line breaks, bidi overrides) are refused rather than
-    stored. It never goes into a key ID (security.md rule 9).
-    """
-    if reason is None:
-        return None
-    if not isinstance(reason, str):
-        raise PolicyDenied("the reason must be text")
-    text = reason.strip()
-    if len(text) > _MAX_REASON:
-        raise PolicyDenied(f"the reason is too long ({len(text)} characters; at most {_MAX_REASON})")
-    for c in text:
-        if unicodedata.category(c) in ("Cc", "Cf", "Cs", "Zl", "Zp"):
-            raise PolicyDenied(f"the reason contains a control character (U+{ord(c):04X})")
-    return text or None
 
 
 def _show(value: Any) -> str:

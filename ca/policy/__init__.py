@@ -1,0 +1,19 @@
+"""Policy: the role model with the pure ``decide`` and ``explain``, and the strict TOML parser that builds it.
+
+``decide(identity, request, now)`` reads nothing but its arguments: the same inputs give the same certificate.
+May import: ca core only.
+"""
+
+from ca.policy.policy import (
+    DEFAULT_PRINCIPAL_PATTERN,
+    EXTENSIONS,
+    Approval,
+    Policy,
+    Role,
+    RoleVerdict,
+    load_policy,
+    parse_policy,
+)
+
+__all__ = ["DEFAULT_PRINCIPAL_PATTERN", "EXTENSIONS", "Approval", "Policy", "Role", "RoleVerdict", "load_policy",
+           "parse_policy"]
