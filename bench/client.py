@@ -143,8 +143,8 @@ def run(quick: bool, profile: bool = False, results_dir: Path | None = None) -> 
 # (file suffix, function) -> label, for the phases of one login.
 _PHASES = [
     (("asyncssh/__init__.py", "<module>"), "import asyncssh"),
-    (("ca/client.py", "login"), "Client.login (includes the import of asyncssh)"),
-    (("ca/client.py", "_run_async"), "  event loops: 2 SSH connections (pin, then login) + ssh-agent"),
+    (("ca/client/connection.py", "login"), "Client.login (includes the import of asyncssh)"),
+    (("ca/client/loop.py", "run_async"), "  event loops: 2 SSH connections (pin, then login) + ssh-agent"),
     (("asyncssh/public_key.py", "generate_private_key"), "  generate the session key"),
     (("ca/cli/client.py", "cli"), "click command dispatch"),
 ]

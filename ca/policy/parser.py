@@ -1,16 +1,13 @@
-"""The access policy: who may ask for which certificate, and what it contains.
+"""The policy parser: the TOML file, read strictly into a frozen :class:`~ca.policy.model.Policy`.
 
 Policy is a TOML file kept in version control like code. It is read and
 validated once (:func:`load_policy` / :func:`parse_policy`) into a frozen
-:class:`Policy`; every mistake is a :class:`~ca.errors.PolicyError` whose
+:class:`~ca.policy.model.Policy`; every mistake is a :class:`~ca.errors.PolicyError` whose
 one-line message names the file, the section or role, and the field::
 
     policy.toml: roles.prod-readonly.max_ttl: 12h exceeds [defaults].max_ttl 8h
 
-:meth:`Policy.decide` is the pure heart of the CA: identity + request + the
-time it is given -> a :class:`~ca.models.Decision` holding the *final*
-certificate parameters (architecture rule 5), or :class:`~ca.errors.PolicyDenied`.
-It does no I/O and reads no clock, so it is easy to test and to reason about.
+How a parsed policy judges a request is in :mod:`ca.policy.model`.
 
 The file looks like this (``config/policy.toml`` is a documented example)::
 
@@ -33,7 +30,7 @@ The file looks like this (``config/policy.toml`` is a documented example)::
     require_reason = true
     require_mfa = true
 
-    [roles.prod-admin]          # just-in-time access: see ca/approvals.py
+    [roles.prod-admin]          # just-in-time access: see ca/access/approvals.py
     members = ["group:sre"]
     principals = ["root"]
     max_ttl = "15m"
@@ -49,46 +46,17 @@ import os
 import re
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
 
 from ca.durations import format_duration, parse_duration
-from ca.errors import ConfigError, MFARequired, PolicyDenied, PolicyError
-from ca.models import Decision, Identity, SignRequest
-from ca.rules import (
-    DEFAULT_PRINCIPAL_PATTERN,
-    PRINCIPAL_FORBIDDEN,
-    USER_NAME_TEXT,
-    free_text,
-    is_user_name,
-    principal_ok,
-)
+from ca.errors import PolicyError
+from ca.policy.model import EXTENSIONS, USER_TEMPLATE, Approval, Policy, Role, expand_users, show
+from ca.rules import DEFAULT_PRINCIPAL_PATTERN, PRINCIPAL_FORBIDDEN, USER_NAME_TEXT, is_user_name
 
-__all__ = [
-    "Approval",
-    "DEFAULT_PRINCIPAL_PATTERN",
-    "EXTENSIONS",
-    "Policy",
-    "Role",
-    "RoleVerdict",
-    "load_policy",
-    "parse_policy",
-]
+__all__ = ["load_policy", "parse_policy"]
 
 
-# The user extensions OpenSSH defines (PROTOCOL.certkeys, "Extensions").
-# A role grants exactly those it lists (security.md rule 5).
-EXTENSIONS = frozenset(
-    {
-        "permit-X11-forwarding",
-        "permit-agent-forwarding",
-        "permit-port-forwarding",
-        "permit-pty",
-        "permit-user-rc",
-        "no-touch-required",
-    }
-)
 _FALLBACK_EXTENSIONS = ("permit-pty",)  # security.md rule 5: the default is permit-pty only
 
 _DEFAULT_TTL = "1h"
@@ -98,13 +66,8 @@ _DEFAULT_MAX_TTL = "8h"
 # and the bound keeps now + ttl comfortably inside the uint64 fields of a cert.
 _CEILING = 366 * 86400
 
-# Clock skew the caller may pass to decide() (security.md rule 3: max 300 s).
-_MAX_SKEW = 300
-
 _NAME_RE = re.compile(r"[a-z0-9][a-z0-9_.-]{0,63}")  # role and group names
 _NAME_TEXT = "^[a-z0-9][a-z0-9_.-]{0,63}$"
-
-_USER_TEMPLATE = "{user}"
 
 _TOP_KEYS = ("defaults", "groups", "roles")
 _DEFAULTS_KEYS = ("ttl", "max_ttl", "extensions", "role")
@@ -126,291 +89,6 @@ _ROLE_KEYS = (
 _RESERVED_KEYS: dict[str, str] = {}
 _APPROVAL_KEYS = ("approvers", "required", "expires")
 _DEFAULT_APPROVAL_EXPIRES = "1h"
-
-
-# --------------------------------------------------------------------------
-# Values
-
-
-@dataclass(frozen=True)
-class Approval:
-    """A role's ``approval`` table: who must agree before it is signed.
-
-    ``approvers`` are user names and ``"group:NAME"``; ``required`` distinct
-    approvers (never the requester) must approve; ``expires`` (seconds)
-    bounds both how long a request may stay pending and how long an
-    approved request may wait to be used. Enforced by :mod:`ca.access.approvals`
-    and :meth:`ca.authority.Authority.issue`, not by :meth:`Policy.decide`.
-    """
-
-    approvers: tuple[str, ...]
-    required: int
-    expires: int
-
-    def as_json(self) -> dict[str, Any]:
-        return {"approvers": list(self.approvers), "required": self.required, "expires": self.expires}
-
-
-@dataclass(frozen=True)
-class Role:
-    """One validated role. Durations are seconds; ``ttl`` is the effective
-    default (already capped at ``max_ttl``); ``extensions`` are sorted."""
-
-    name: str
-    description: str
-    members: tuple[str, ...]
-    principals: tuple[str, ...]  # literal names and "{user}" templates
-    ttl: int
-    max_ttl: int
-    extensions: tuple[str, ...]
-    force_command: str | None
-    source_address: tuple[str, ...]
-    require_reason: bool
-    require_mfa: bool
-    approval: Approval | None = None  # None: no approval needed
-
-
-@dataclass(frozen=True)
-class RoleVerdict:
-    """What ``iast-ca policy explain USER [--role R]`` shows for one role.
-
-    When ``allowed`` is false, ``reasons`` says why and the certificate
-    fields are None; when true, they hold what a request with no ttl of its
-    own would get (``principals`` already expanded for the user).
-    """
-
-    role: str
-    allowed: bool
-    reasons: tuple[str, ...] = ()
-    description: str = ""
-    is_default: bool = False
-    principals: tuple[str, ...] | None = None
-    ttl: int | None = None
-    max_ttl: int | None = None
-    extensions: tuple[str, ...] | None = None
-    force_command: str | None = None
-    source_address: tuple[str, ...] | None = None
-    require_reason: bool | None = None
-    require_mfa: bool | None = None
-    approval: Approval | None = None
-
-    def as_json(self) -> dict[str, Any]:
-        """A JSON-ready dict (tuples become lists) for ``--json`` output."""
-
-        def lst(v: tuple[str, ...] | None) -> list[str] | None:
-            return None if v is None else list(v)
-
-        return {
-            "role": self.role,
-            "allowed": self.allowed,
-            "reasons": list(self.reasons),
-            "description": self.description,
-            "is_default": self.is_default,
-            "principals": lst(self.principals),
-            "ttl": self.ttl,
-            "max_ttl": self.max_ttl,
-            "extensions": lst(self.extensions),
-            "force_command": self.force_command,
-            "source_address": lst(self.source_address),
-            "require_reason": self.require_reason,
-            "require_mfa": self.require_mfa,
-            "approval": self.approval.as_json() if self.approval else None,
-        }
-
-
-@dataclass(frozen=True)
-class Policy:
-    """A validated policy. Build it with :func:`load_policy` or :func:`parse_policy`."""
-
-    path: str  # for messages
-    sha256: str  # hex SHA-256 of the exact file bytes; recorded in every Decision
-    default_ttl: int
-    max_ttl: int
-    default_extensions: tuple[str, ...]
-    default_role: str | None
-    groups: Mapping[str, tuple[str, ...]]  # read-only (MappingProxyType)
-    roles: Mapping[str, Role]  # read-only, in file order
-    principal_pattern: str
-
-    def groups_of(self, user: str) -> tuple[str, ...]:
-        """The ``[groups]`` that list ``user``, sorted by name."""
-        return tuple(sorted(name for name, users in self.groups.items() if user in users))
-
-    def is_member(self, role: Role, identity: Identity) -> bool:
-        """Whether ``identity`` may use ``role``.
-
-        ``"*"`` admits any authenticated user; ``group:NAME`` admits members
-        of the ``[groups]`` entry NAME and identities whose ``groups`` (e.g.
-        from an identity provider) contain NAME; anything else is a user name.
-        """
-        groups = set(self.groups_of(identity.user)) | set(identity.groups)
-        for member in role.members:
-            if member == "*":
-                return True
-            if member.startswith("group:"):
-                if member[len("group:") :] in groups:
-                    return True
-            elif member == identity.user:
-                return True
-        return False
-
-    def approvers_of(self, role: Role) -> tuple[str, ...]:
-        """The distinct users a role's approvers expand to through ``[groups]`` (sorted).
-
-        Members of a group that only an identity provider fills are not known
-        here; :meth:`may_approve` still admits them.
-        """
-        if role.approval is None:
-            return ()
-        return _expand_users(role.approval.approvers, self.groups)
-
-    def may_approve(self, role: Role, identity: Identity) -> bool:
-        """Whether ``identity`` is one of ``role``'s approvers (never true for a role without approval).
-
-        Like :meth:`is_member`: a user name, or ``group:NAME`` through
-        ``[groups]`` or the identity's own ``groups``. Whether the approver is
-        the requester is for the caller to check.
-        """
-        if role.approval is None:
-            return False
-        groups = set(self.groups_of(identity.user)) | set(identity.groups)
-        for approver in role.approval.approvers:
-            if approver.startswith("group:"):
-                if approver[len("group:") :] in groups:
-                    return True
-            elif approver == identity.user:
-                return True
-        return False
-
-    def decide(self, identity: Identity, request: SignRequest, now: int, skew: int) -> Decision:
-        """Judge ``request`` from ``identity`` at time ``now`` (unix seconds).
-
-        Pure: no I/O, no clock. Returns the final certificate parameters, or
-        raises :class:`~ca.errors.PolicyDenied` (a message safe to show the
-        requester), or :class:`~ca.errors.MFARequired` (an AuthenticationFailed) when the role
-        needs a second factor the identity has not shown. ``skew`` (0..300 s)
-        back-dates ``valid_after`` to tolerate clocks that run behind.
-        """
-        # The caller's configuration, not the requester, supplies these; a bad
-        # value is a configuration bug, never something to sign around.
-        if type(skew) is not int or not 0 <= skew <= _MAX_SKEW:
-            raise ConfigError(f"clock skew must be 0..{_MAX_SKEW} seconds, got {skew!r}")
-        if type(now) is not int or now < skew:
-            raise ConfigError(f"now must be unix seconds, got {now!r}")
-
-        role = self._choose_role(identity, request)
-        if not self.is_member(role, identity):
-            raise PolicyDenied(
-                f"{_show(identity.user)} may not use role {role.name} "
-                f"(members: {', '.join(role.members)})"
-            )
-
-        reason = free_text(request.reason, error=PolicyDenied)
-        if role.require_reason and reason is None:
-            raise PolicyDenied(f"role {role.name} requires a reason")
-        if role.require_mfa and not identity.mfa:
-            # Exit 4, "authentication insufficient": the requester can fix it
-            # by authenticating again with a one-time code.
-            raise MFARequired(
-                f"role {role.name} requires a second factor (one-time code)"
-            )
-
-        ttl = role.ttl if request.ttl is None else request.ttl
-        if type(ttl) is not int or ttl <= 0:
-            raise PolicyDenied(f"requested ttl must be a positive number of seconds, got {_quote(ttl)}")
-        if ttl > role.max_ttl:
-            raise PolicyDenied(
-                f"requested ttl {format_duration(ttl)} exceeds role {role.name} "
-                f"max_ttl {format_duration(role.max_ttl)}"
-            )
-
-        principals = self._expand(role, identity.user)
-
-        # Options and extensions come from the role only (security.md rules 4
-        # and 5); SignRequest has no field through which to change them.
-        return Decision(
-            user=identity.user,
-            role=role.name,
-            principals=principals,
-            valid_after=now - skew,
-            valid_before=now + ttl,
-            ttl=ttl,
-            force_command=role.force_command,
-            source_address=role.source_address,
-            extensions=role.extensions,
-            reason=reason,
-            policy_sha256=self.sha256,
-        )
-
-    def explain(self, user: str, role: str | None = None) -> list[RoleVerdict]:
-        """For each role (or only ``role``), may ``user`` use it, and with what.
-
-        Only ``[groups]`` count here (there is no identity provider offline).
-        An unknown ``role`` gives one verdict that is not allowed, saying so.
-        """
-        if role is not None and role not in self.roles:
-            return [RoleVerdict(role=role, allowed=False, reasons=(f"no such role {_quote(role)}",))]
-        names = [role] if role is not None else list(self.roles)
-        identity = Identity(user=user, auth_methods=())
-        return [self._verdict(self.roles[name], identity) for name in names]
-
-    # -- helpers -----------------------------------------------------------
-
-    def _choose_role(self, identity: Identity, request: SignRequest) -> Role:
-        name = request.role
-        if name is None:
-            name = self.default_role
-        if name is None:
-            usable = [r.name for r in self.roles.values() if self.is_member(r, identity)]
-            if len(usable) == 1:
-                name = usable[0]
-            else:
-                raise PolicyDenied(
-                    "no role requested; roles you may request: " + (", ".join(usable) or "none")
-                )
-        role = self.roles.get(name) if isinstance(name, str) else None
-        if role is None:
-            raise PolicyDenied(f"no such role {_quote(name)}")
-        return role
-
-    def _expand(self, role: Role, user: str) -> tuple[str, ...]:
-        """Expand ``{user}`` and check every result (security.md rules 1 and 2)."""
-        out: list[str] = []
-        for template in role.principals:
-            principal = template.replace(_USER_TEMPLATE, user)
-            if not principal_ok(principal, self.principal_pattern):
-                raise PolicyDenied(
-                    f"role {role.name}: principal {_show(principal)} (from {_show(template)}) "
-                    f"does not match {self.principal_pattern}"
-                )
-            if principal not in out:
-                out.append(principal)
-        if not out:  # unreachable for a parsed policy; rule 1 is worth the line
-            raise PolicyDenied(f"role {role.name} grants no principals")
-        return tuple(out)
-
-    def _verdict(self, role: Role, identity: Identity) -> RoleVerdict:
-        base = dict(role=role.name, description=role.description, is_default=role.name == self.default_role)
-        if not self.is_member(role, identity):
-            reason = f"{_show(identity.user)} is not a member (members: {', '.join(role.members)})"
-            return RoleVerdict(allowed=False, reasons=(reason,), **base)
-        try:
-            principals = self._expand(role, identity.user)
-        except PolicyDenied as e:
-            return RoleVerdict(allowed=False, reasons=(e.message,), **base)
-        return RoleVerdict(
-            allowed=True,
-            principals=principals,
-            ttl=role.ttl,
-            max_ttl=role.max_ttl,
-            extensions=role.extensions,
-            force_command=role.force_command,
-            source_address=role.source_address,
-            require_reason=role.require_reason,
-            require_mfa=role.require_mfa,
-            approval=role.approval,
-            **base,
-        )
 
 
 # --------------------------------------------------------------------------
@@ -498,7 +176,7 @@ class _Parser:
             raise self.fail("roles", "no roles defined (add at least one [roles.NAME] table)")
         roles: dict[str, Role] = {}
         for name, body in roles_doc.items():
-            where = f"roles.{_show(name)}"
+            where = f"roles.{show(name)}"
             if not _NAME_RE.fullmatch(name):
                 raise self.fail(where, f"invalid role name (expected {_NAME_TEXT})")
             roles[name] = self.role(name, self.table(body, where), groups, default_ttl, max_ttl, default_ext)
@@ -507,7 +185,7 @@ class _Parser:
         if "role" in defaults:
             default_role = self.string(defaults["role"], "defaults.role")
             if default_role not in roles:
-                raise self.fail("defaults.role", f"no such role {_show(default_role)}")
+                raise self.fail("defaults.role", f"no such role {show(default_role)}")
 
         return Policy(
             path=self.path,
@@ -524,13 +202,13 @@ class _Parser:
     def groups(self, doc: dict[str, Any]) -> dict[str, tuple[str, ...]]:
         out: dict[str, tuple[str, ...]] = {}
         for name, users in doc.items():
-            where = f"groups.{_show(name)}"
+            where = f"groups.{show(name)}"
             if not _NAME_RE.fullmatch(name):
                 raise self.fail(where, f"invalid group name (expected {_NAME_TEXT})")
             users = self.string_list(users, where)
             for user in users:
                 if not is_user_name(user):
-                    raise self.fail(where, f"invalid user name {_show(user)} (expected {USER_NAME_TEXT})")
+                    raise self.fail(where, f"invalid user name {show(user)} (expected {USER_NAME_TEXT})")
             out[name] = users
         return out
 
@@ -556,11 +234,11 @@ class _Parser:
                 continue
             if m.startswith("group:"):
                 if m[len("group:") :] not in groups:
-                    raise self.fail(at + "members", f"{_show(m)}: no such group in [groups]")
+                    raise self.fail(at + "members", f"{show(m)}: no such group in [groups]")
             elif not is_user_name(m):
                 raise self.fail(
                     at + "members",
-                    f"{_show(m)} is not a user name ({USER_NAME_TEXT}), \"group:NAME\" or \"*\"",
+                    f"{show(m)} is not a user name ({USER_NAME_TEXT}), \"group:NAME\" or \"*\"",
                 )
 
         # Rule 1: "any principal" must not be expressible, so the list is
@@ -641,13 +319,13 @@ class _Parser:
         for a in approvers:
             if a.startswith("group:"):
                 if a[len("group:") :] not in groups:
-                    raise self.fail(where + ".approvers", f"{_show(a)}: no such group in [groups]")
+                    raise self.fail(where + ".approvers", f"{show(a)}: no such group in [groups]")
             elif not is_user_name(a):
-                raise self.fail(where + ".approvers", f'{_show(a)} is not a user name ({USER_NAME_TEXT}) or "group:NAME"')
+                raise self.fail(where + ".approvers", f'{show(a)} is not a user name ({USER_NAME_TEXT}) or "group:NAME"')
         required = doc.get("required", 1)
         if type(required) is not int or required < 1:
             raise self.fail(where + ".required", f"expected an integer of at least 1, got {_type(required)}")
-        users = _expand_users(approvers, groups)
+        users = expand_users(approvers, groups)
         if required > len(users):
             raise self.fail(
                 where + ".required",
@@ -669,7 +347,7 @@ class _Parser:
             if key in _RESERVED_KEYS:
                 raise self.fail(prefix + key, _RESERVED_KEYS[key])
             raise self.fail(
-                prefix + _show(key), f"unknown key in {section} (allowed: {', '.join(allowed)})"
+                prefix + show(key), f"unknown key in {section} (allowed: {', '.join(allowed)})"
             )
 
     def table(self, value: Any, where: str) -> dict[str, Any]:
@@ -697,7 +375,7 @@ class _Parser:
             if not isinstance(item, str):
                 raise self.fail(where, f"expected a list of strings, found {_type(item)}")
             if item in seen:
-                raise self.fail(where, f"{_show(item)} is listed twice")
+                raise self.fail(where, f"{show(item)} is listed twice")
             seen.add(item)
         return tuple(value)  # file order
 
@@ -707,7 +385,7 @@ class _Parser:
         except ValueError as e:
             raise self.fail(where, _one_line(str(e))) from None
         if seconds > _CEILING:
-            raise self.fail(where, f"{_show(value)} is longer than the ceiling {format_duration(_CEILING)}")
+            raise self.fail(where, f"{show(value)} is longer than the ceiling {format_duration(_CEILING)}")
         return seconds
 
     def extensions(self, value: Any, where: str) -> tuple[str, ...]:
@@ -715,7 +393,7 @@ class _Parser:
         for name in names:
             if name not in EXTENSIONS:
                 raise self.fail(
-                    where, f"unknown extension {_show(name)} (known: {', '.join(sorted(EXTENSIONS))})"
+                    where, f"unknown extension {show(name)} (known: {', '.join(sorted(EXTENSIONS))})"
                 )
         # OpenSSH expects extensions sorted by name (PROTOCOL.certkeys).
         return tuple(sorted(names))
@@ -726,13 +404,13 @@ class _Parser:
         A template's expansion depends on the user, so :meth:`Policy.decide`
         checks it against the pattern again on every request.
         """
-        literal = p.replace(_USER_TEMPLATE, "")
+        literal = p.replace(USER_TEMPLATE, "")
         if PRINCIPAL_FORBIDDEN.search(literal):
-            raise self.fail(where, f"{_show(p)} contains a comma, '*', whitespace or a control character")
+            raise self.fail(where, f"{show(p)} contains a comma, '*', whitespace or a control character")
         if "{" in literal or "}" in literal:
-            raise self.fail(where, f"{_show(p)}: the only template is {_USER_TEMPLATE}")
-        if _USER_TEMPLATE not in p and not re.fullmatch(self.pattern, p):
-            raise self.fail(where, f"{_show(p)} does not match {self.pattern}")
+            raise self.fail(where, f"{show(p)}: the only template is {USER_TEMPLATE}")
+        if USER_TEMPLATE not in p and not re.fullmatch(self.pattern, p):
+            raise self.fail(where, f"{show(p)} does not match {self.pattern}")
 
     def networks(self, value: Any, where: str) -> tuple[str, ...]:
         items = self.string_list(value, where, non_empty=True)
@@ -747,11 +425,11 @@ class _Parser:
                 try:
                     loose = ipaddress.ip_network(item, strict=False)
                 except ValueError:
-                    raise self.fail(where, f"{_show(item)} is not an address or CIDR") from None
-                raise self.fail(where, f"{_show(item)} has host bits set (did you mean {loose}?)") from None
+                    raise self.fail(where, f"{show(item)} is not an address or CIDR") from None
+                raise self.fail(where, f"{show(item)} has host bits set (did you mean {loose}?)") from None
             text = str(net)
             if text in out:
-                raise self.fail(where, f"{_show(item)} is listed twice")
+                raise self.fail(where, f"{show(item)} is listed twice")
             out.append(text)
         return tuple(out)
 
@@ -760,38 +438,13 @@ class _Parser:
 # Small helpers
 
 
-def _expand_users(approvers: tuple[str, ...], groups: Mapping[str, tuple[str, ...]]) -> tuple[str, ...]:
-    users: set[str] = set()
-    for a in approvers:
-        if a.startswith("group:"):
-            users.update(groups.get(a[len("group:") :], ()))
-        else:
-            users.add(a)
-    return tuple(sorted(users))
-
-
-
-
-def _show(value: Any) -> str:
-    """A value as it may appear in a one-line message: plain if tame, repr otherwise."""
-    if isinstance(value, str) and re.fullmatch(r"[\x21-\x7e]{1,80}", value):
-        return value
-    return _quote(value)
-
-
-def _quote(value: Any) -> str:
-    """Requester-supplied text, quoted and cut short for a one-line message."""
-    text = repr(value)
-    return text if len(text) <= 80 else text[:77] + "..."
-
-
 def _type(value: Any) -> str:
     """Describe a TOML value for an error: its type, and its text when short."""
     kind = {dict: "a table", list: "a list", str: "a string", bool: "a boolean", int: "an integer", float: "a float"}
     name = kind.get(type(value), type(value).__name__)
     if isinstance(value, (dict, list)):
         return name
-    return f"{name} ({_show(value)})"
+    return f"{name} ({show(value)})"
 
 
 def _one_line(text: str) -> str:

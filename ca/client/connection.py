@@ -1,4 +1,4 @@
-"""The iast-ssh client library: pin the CA, authenticate, get a certificate, hand it to ssh.
+"""The connection to the CA: pin its host key, authenticate, run protocol commands, get a certificate.
 
 The flow of ``login`` (architecture.md, "The one path every certificate takes"):
 
@@ -30,242 +30,42 @@ import asyncio
 import getpass
 import json
 import os
-import re
 import shlex
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from ca.client.agent import add_to_agent, agent_socket, open_agent
+from ca.client.config import (
+    DEFAULT_CA,
+    check_fingerprint,
+    config_path,
+    format_address,
+    load_config,
+    parse_address,
+    save_config,
+)
+from ca.client.files import default_out_dir, write_files
+from ca.client.loop import run_async
+from ca.client.results import LoginResult
 from ca.errors import (
     AuthenticationFailed,
     BadKey,
     CAError,
-    ConfigError,
     HostKeyChanged,
     MFARequired,
     PolicyDenied,
     UsageError,
 )
 
-DEFAULT_CA = "127.0.0.1:2222"
-DEFAULT_PORT = 2222
-KEY_ID_PREFIX = "iast:"  # the CA builds every key ID as iast:USER:ROLE:SERIAL (security.md rule 9)
-KEY_FILE = "id_ed25519"
-CERT_FILE = KEY_FILE + "-cert.pub"
+__all__ = ["AUTH_FAILED_MESSAGE", "CONNECT_TIMEOUT", "Client", "Prompter"]
+
+
 CONNECT_TIMEOUT = 15.0
 
 AUTH_FAILED_MESSAGE = "authentication failed: wrong password or code, an unknown key, or the account is locked"
-_FINGERPRINT = re.compile(r"^SHA256:[A-Za-z0-9+/]{43}$")
-_CONFIG_FIELDS = ("ca", "ca_fingerprint", "user", "role")
-
-
-# --------------------------------------------------------------------------
-# Configuration: ~/.config/iast-ssh/config.toml
-
-
-@dataclass(frozen=True)
-class ClientConfig:
-    """The client's settings file. Every field is optional."""
-
-    ca: str | None = None  # host:port
-    ca_fingerprint: str | None = None  # SHA256:... of the CA's SSH host key
-    user: str | None = None
-    role: str | None = None
-
-
-def config_path(environ: dict[str, str] | None = None) -> Path:
-    """``$XDG_CONFIG_HOME/iast-ssh/config.toml`` (default ``~/.config/iast-ssh/config.toml``)."""
-    env = os.environ if environ is None else environ
-    base = env.get("XDG_CONFIG_HOME") or ""
-    root = Path(base) if os.path.isabs(base) else Path(os.path.expanduser("~")) / ".config"
-    return root / "iast-ssh" / "config.toml"
-
-
-def default_out_dir() -> Path:
-    """Where certificate files go when they do not go into ssh-agent."""
-    return Path(os.path.expanduser("~")) / ".ssh" / "iast-ssh"
-
-
-def load_config(path: str | os.PathLike | None = None) -> ClientConfig:
-    """Read the config file strictly: an unknown field or a wrong value names the file and the field.
-
-    A missing file is an empty config.
-    """
-    import tomllib
-
-    path = Path(path) if path is not None else config_path()
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        return ClientConfig()
-    except OSError as e:
-        raise ConfigError(f"{path}: cannot read: {e.strerror or e}") from None
-    try:
-        data = tomllib.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
-        raise ConfigError(f"{path}: not valid TOML: {e}") from None
-    values: dict[str, str] = {}
-    for key, value in data.items():
-        if key not in _CONFIG_FIELDS:
-            raise ConfigError(f"{path}: unknown field {key!r} (expected one of: {', '.join(_CONFIG_FIELDS)})")
-        if not isinstance(value, str) or not value.strip():
-            raise ConfigError(f"{path}: {key}: expected a non-empty string, got {value!r}")
-        values[key] = value.strip()
-    if "ca" in values:
-        try:
-            parse_address(values["ca"])
-        except UsageError as e:
-            raise ConfigError(f"{path}: ca: {e}") from None
-    if "ca_fingerprint" in values:
-        try:
-            values["ca_fingerprint"] = check_fingerprint(values["ca_fingerprint"])
-        except UsageError as e:
-            raise ConfigError(f"{path}: ca_fingerprint: {e}") from None
-    return ClientConfig(**values)
-
-
-def save_config(cfg: ClientConfig, path: str | os.PathLike | None = None) -> Path:
-    """Write the config file atomically, mode 0600 (its directory 0700)."""
-    from ca.files import write_atomic
-
-    path = Path(path) if path is not None else config_path()
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    lines = ["# iast-ssh client settings (written by iast-ssh)"]
-    for key, value in asdict(cfg).items():
-        if value is not None:
-            lines.append(f"{key} = {json.dumps(value)}")  # a JSON string is a valid TOML basic string
-    write_atomic(path, "\n".join(lines) + "\n", 0o600)
-    return path
-
-
-def parse_address(text: str) -> tuple[str, int]:
-    """``host``, ``host:port`` or ``[v6]:port`` -> (host, port); the default port is 2222."""
-    s = (text or "").strip()
-    if not s:
-        raise UsageError("empty CA address; expected HOST[:PORT]")
-    if s.startswith("["):
-        host, sep, rest = s[1:].partition("]")
-        if not sep or (rest and not rest.startswith(":")):
-            raise UsageError(f"cannot parse the CA address {text!r}; expected HOST[:PORT] or [V6]:PORT")
-        port_text = rest[1:] if rest else ""
-    elif s.count(":") == 1:
-        host, _, port_text = s.partition(":")
-    else:
-        host, port_text = s, ""  # a bare name, or a bare IPv6 address
-    if not host or any(c.isspace() for c in host):
-        raise UsageError(f"cannot parse the CA address {text!r}; expected HOST[:PORT]")
-    if port_text == "":
-        return host, DEFAULT_PORT
-    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
-        raise UsageError(f"bad port in the CA address {text!r}")
-    return host, int(port_text)
-
-
-def format_address(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
-def check_fingerprint(text: str) -> str:
-    """A host key fingerprint as ``ssh-keygen -lf`` and ``iast-ca info`` print it: ``SHA256:`` + 43 chars."""
-    s = (text or "").strip()
-    if not _FINGERPRINT.match(s):
-        raise UsageError(f"expected a fingerprint like SHA256:<43 base64 characters> (from 'iast-ca info'), got {text!r}")
-    return s
-
-
-# --------------------------------------------------------------------------
-# Results
-
-
-@dataclass(frozen=True)
-class LoginResult:
-    """What ``login`` got and where it put it."""
-
-    key_id: str
-    serial: int
-    role: str
-    principals: tuple[str, ...]
-    valid_after: int
-    valid_before: int
-    force_command: str | None
-    source_address: tuple[str, ...]
-    extensions: tuple[str, ...]
-    ca_fingerprint: str  # of the CA key that signed the certificate
-    certificate: str
-    where: str  # "agent" or "files"
-    agent_socket: str | None = None
-    key_path: Path | None = None
-    cert_path: Path | None = None
-    notes: tuple[str, ...] = ()  # things the user should know (a fallback, a saved pin)
-
-    def seconds_left(self, now: float | None = None) -> int:
-        return max(0, int(self.valid_before - (time.time() if now is None else now)))
-
-    def as_json(self) -> dict[str, Any]:
-        return {
-            "key_id": self.key_id, "serial": self.serial, "role": self.role, "principals": list(self.principals),
-            "valid_after": self.valid_after, "valid_before": self.valid_before,
-            "seconds_left": self.seconds_left(), "force_command": self.force_command,
-            "source_address": list(self.source_address), "extensions": list(self.extensions),
-            "ca_fingerprint": self.ca_fingerprint, "where": self.where, "agent_socket": self.agent_socket,
-            "key_path": str(self.key_path) if self.key_path else None,
-            "cert_path": str(self.cert_path) if self.cert_path else None,
-            "certificate": self.certificate, "notes": list(self.notes),
-        }
-
-
-@dataclass(frozen=True)
-class HeldCertificate:
-    """An iast certificate found in ssh-agent or in the output directory."""
-
-    where: str  # "agent" or "files"
-    key_id: str
-    serial: int
-    role: str | None
-    principals: tuple[str, ...]
-    valid_after: int
-    valid_before: int
-    comment: str | None = None
-    path: Path | None = None  # the certificate file, for "files"
-
-    def seconds_left(self, now: float | None = None) -> int:
-        return max(0, int(self.valid_before - (time.time() if now is None else now)))
-
-    def as_json(self, now: float | None = None) -> dict[str, Any]:
-        left = self.seconds_left(now)
-        return {
-            "where": self.where, "key_id": self.key_id, "serial": self.serial, "role": self.role,
-            "principals": list(self.principals), "valid_after": self.valid_after,
-            "valid_before": self.valid_before, "seconds_left": left, "expired": left == 0,
-            "path": str(self.path) if self.path else None,
-        }
-
-
-def _role_from_key_id(key_id: str) -> str | None:
-    parts = key_id.split(":")
-    return parts[2] if len(parts) == 4 and parts[0] + ":" == KEY_ID_PREFIX else None
-
-
-def _held(where: str, blob: bytes, comment: str | None = None, path: Path | None = None) -> HeldCertificate | None:
-    """Describe a certificate blob if it is an iast user certificate, else None."""
-    from ca.sshcert.certificates import USER_CERT, parse_certificate
-    from ca.sshcert.wire import WireError
-
-    try:
-        cert = parse_certificate(blob)
-    except (WireError, ValueError):
-        return None
-    if cert.cert_type != USER_CERT or not cert.key_id.startswith(KEY_ID_PREFIX):
-        return None
-    return HeldCertificate(where=where, key_id=cert.key_id, serial=cert.serial, role=_role_from_key_id(cert.key_id),
-                           principals=cert.principals, valid_after=cert.valid_after,
-                           valid_before=cert.valid_before, comment=comment, path=path)
-
-
-# --------------------------------------------------------------------------
-# Prompts
 
 
 @dataclass(frozen=True)
@@ -293,165 +93,7 @@ class Prompter:
 
 
 # --------------------------------------------------------------------------
-# Running the async parts
-
-
-def _run_async(coro):
-    """``asyncio.run`` without its SIGINT handler.
-
-    asyncio.run turns Ctrl-C into a task cancellation, which cannot reach a
-    prompt blocked reading the terminal (the read is retried after the
-    signal), so the user would have to press Enter to get out. With the
-    default handler, Ctrl-C raises KeyboardInterrupt inside the read: the
-    prompt restores the terminal and the login stops.
-    """
-    loop = asyncio.new_event_loop()
-    try:
-        return loop.run_until_complete(coro)
-    finally:
-        try:
-            pending = [t for t in asyncio.all_tasks(loop) if not t.done()]
-            for task in pending:
-                task.cancel()
-            if pending:
-                loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
-            loop.run_until_complete(loop.shutdown_asyncgens())
-        finally:
-            loop.close()
-
-
-# --------------------------------------------------------------------------
-# Agent
-
-
-def agent_socket(environ: dict[str, str] | None = None) -> str | None:
-    """The ssh-agent socket from ``SSH_AUTH_SOCK``, or None when no agent is configured."""
-    env = os.environ if environ is None else environ
-    return env.get("SSH_AUTH_SOCK") or None
-
-
-async def _open_agent(path: str):
-    import asyncssh
-
-    try:
-        return await asyncio.wait_for(asyncssh.connect_agent(path), 10)
-    except (OSError, asyncio.TimeoutError, asyncssh.Error) as e:
-        raise CAError(f"cannot use ssh-agent at {path}: {e}") from None
-
-
-async def _agent_held(path: str) -> list[tuple[Any, HeldCertificate]]:
-    """(agent key, description) for every iast certificate in the agent at ``path``."""
-    agent = await _open_agent(path)
-    try:
-        out = []
-        for kp in await agent.get_keys():
-            if kp.algorithm.endswith(b"-cert-v01@openssh.com"):
-                held = _held("agent", kp.public_data, kp.get_comment())
-                if held is not None:
-                    out.append((kp, held))
-        return out
-    finally:
-        agent.close()
-        await agent.wait_closed()
-
-
-def _file_held(out_dir: Path) -> list[HeldCertificate]:
-    import base64
-    import binascii
-
-    cert_path = out_dir / CERT_FILE
-    try:
-        fields = cert_path.read_text().split()
-        blob = base64.b64decode(fields[1], validate=True)
-    except (OSError, IndexError, binascii.Error, UnicodeDecodeError):
-        return []
-    held = _held("files", blob, path=cert_path)
-    return [held] if held else []
-
-
-@dataclass(frozen=True)
-class Status:
-    """What ``status`` found, and anything that kept it from looking (an unreachable agent)."""
-
-    held: tuple[HeldCertificate, ...]
-    notes: tuple[str, ...] = ()
-
-    def as_json(self, now: float | None = None) -> dict[str, Any]:
-        return {"certificates": [h.as_json(now) for h in self.held], "notes": list(self.notes)}
-
-
-def status(*, agent_path: str | None = None, out_dir: str | os.PathLike | None = None,
-           use_agent: bool = True) -> Status:
-    """The iast certificates held: in ssh-agent (``agent_path``, default ``SSH_AUTH_SOCK``) and
-    in ``out_dir`` (default ``~/.ssh/iast-ssh``). Expired files are listed too (seconds_left 0);
-    ssh-agent drops expired certificates itself."""
-    out_dir = Path(out_dir) if out_dir is not None else default_out_dir()
-    held: list[HeldCertificate] = []
-    notes: list[str] = []
-    path = agent_path or (agent_socket() if use_agent else None)
-    if path:
-        try:
-            held += [h for _, h in _run_async(_agent_held(path))]
-        except CAError as e:
-            notes.append(str(e))
-    return Status(tuple(held + _file_held(out_dir)), tuple(notes))
-
-
-@dataclass(frozen=True)
-class LogoutResult:
-    removed_from_agent: tuple[str, ...]  # key IDs
-    deleted_files: tuple[Path, ...]
-    notes: tuple[str, ...] = ()
-
-    def as_json(self) -> dict[str, Any]:
-        return {"removed_from_agent": list(self.removed_from_agent),
-                "deleted_files": [str(p) for p in self.deleted_files], "notes": list(self.notes)}
-
-
-def logout(*, agent_path: str | None = None, out_dir: str | os.PathLike | None = None,
-           use_agent: bool = True) -> LogoutResult:
-    """Remove every iast certificate from ssh-agent and delete the key and certificate files in ``out_dir``."""
-    out_dir = Path(out_dir) if out_dir is not None else default_out_dir()
-    removed: list[str] = []
-    notes: list[str] = []
-    path = agent_path or (agent_socket() if use_agent else None)
-
-    async def from_agent(path: str) -> None:
-        agent = await _open_agent(path)
-        try:
-            for kp in await agent.get_keys():
-                if not kp.algorithm.endswith(b"-cert-v01@openssh.com"):
-                    continue
-                held = _held("agent", kp.public_data, kp.get_comment())
-                if held is None:
-                    continue
-                try:
-                    await agent.remove_keys([kp])
-                    removed.append(held.key_id)
-                except ValueError:
-                    pass  # expired and dropped by the agent in the meantime
-        finally:
-            agent.close()
-            await agent.wait_closed()
-
-    if path:
-        try:
-            _run_async(from_agent(path))
-        except CAError as e:
-            notes.append(str(e))
-    deleted = []
-    for name in (KEY_FILE, CERT_FILE, KEY_FILE + ".pub"):
-        p = out_dir / name
-        try:
-            p.unlink()
-            deleted.append(p)
-        except FileNotFoundError:
-            pass
-    return LogoutResult(tuple(removed), tuple(deleted), tuple(notes))
-
-
-# --------------------------------------------------------------------------
-# The connection to the CA
+# Errors
 
 
 def _ca_error(address: str, e: BaseException) -> CAError:
@@ -496,6 +138,10 @@ def _reply_error(status: int | None, stdout: str, stderr: str) -> CAError:
     if status == 4:
         return MFARequired(message) if code == MFARequired.code else AuthenticationFailed(message)
     return CAError(f"the CA refused: {message}" if status is not None else f"the CA closed the request: {message}")
+
+
+# --------------------------------------------------------------------------
+# The client
 
 
 class Client:
@@ -638,7 +284,7 @@ class Client:
         methods: list[str] = []
         if self.identity is None and self.agent_path:
             try:
-                agent = await _open_agent(self.agent_path)
+                agent = await open_agent(self.agent_path)
             except CAError as e:
                 self.notes.append(str(e))
             else:
@@ -699,7 +345,7 @@ class Client:
         import asyncssh
 
         try:
-            return _run_async(self._session(work))
+            return run_async(self._session(work))
         except CAError:
             raise
         except (OSError, asyncio.TimeoutError, asyncssh.Error) as e:
@@ -836,7 +482,7 @@ class Client:
             raise CAError("the certificate the CA returned has already expired (is this clock right?)")
         if use_agent:
             try:
-                _run_async(_add_to_agent(use_agent, key, cert, common["key_id"], lifetime))
+                run_async(add_to_agent(use_agent, key, cert, common["key_id"], lifetime))
                 return LoginResult(**common, where="agent", agent_socket=use_agent, notes=tuple(notes))
             except CAError as e:
                 notes.append(f"{e}; wrote files instead")
@@ -851,77 +497,3 @@ def _seconds(ttl: str | int) -> int:
         return ttl if isinstance(ttl, int) else parse_duration(str(ttl))
     except ValueError as e:
         raise UsageError(f"--ttl: {e}") from None
-
-
-async def _add_to_agent(path: str, key, cert, key_id: str, lifetime: int) -> None:
-    """Add the certificate (not the bare key: it is useless alone) to ssh-agent, to be dropped at expiry.
-
-    asyncssh's ``add_keys([(key, cert)])`` would add the key both with and
-    without the certificate, so build the key pair ourselves. The comment is
-    the key ID, as ``ssh-add -l`` shows it.
-    """
-    from asyncssh.public_key import SSHLocalKeyPair
-
-    key.set_comment(key_id)
-    agent = await _open_agent(path)
-    try:
-        await agent.add_keys([SSHLocalKeyPair(key, None, cert, None)], lifetime=lifetime)
-    except ValueError as e:
-        raise CAError(f"ssh-agent at {path} refused the certificate: {e}") from None
-    finally:
-        agent.close()
-        await agent.wait_closed()
-
-
-def install_krl(data: bytes, path: str | os.PathLike) -> tuple[int, int | None]:
-    """Replace the KRL at ``path`` with ``data``, only if ``data`` is a valid KRL
-    whose version is not older than the installed one; return (new, old) versions.
-
-    On any failure the installed file is left exactly as it was: sshd refuses
-    every login when its RevokedKeys file is unreadable, so a host must keep
-    its last good KRL rather than install a bad one.
-    """
-    from ca.files import write_atomic
-    from ca.sshcert.krl import KRLError, parse_krl
-
-    try:
-        new = parse_krl(data)
-    except KRLError as e:
-        raise CAError(f"the fetched KRL is not valid ({e}); kept {path}") from None
-    path = Path(path)
-    old_version = None
-    try:
-        old_version = parse_krl(path.read_bytes()).version
-    except FileNotFoundError:
-        pass
-    except (OSError, KRLError):
-        old_version = None  # an unreadable installed KRL is replaced by a valid one
-    if old_version is not None and new.version < old_version:
-        raise CAError(f"the fetched KRL has version {new.version}, older than the installed {old_version}; "
-                      f"kept {path}")
-    write_atomic(path, data, 0o644)
-    return new.version, old_version
-
-
-def write_files(out_dir: Path, key, certificate: str, key_id: str) -> tuple[Path, Path]:
-    """``OUT/id_ed25519`` and ``OUT/id_ed25519-cert.pub``, 0600 and atomic; ``OUT`` is created 0700."""
-    from ca.files import write_atomic
-
-    out_dir = Path(out_dir)
-    if not out_dir.exists():
-        out_dir.mkdir(parents=True, mode=0o700)
-        os.chmod(out_dir, 0o700)  # mkdir's mode is filtered by the umask
-    key.set_comment(key_id)
-    key_path, cert_path = out_dir / KEY_FILE, out_dir / CERT_FILE
-    kind, blob = certificate.split()[:2]
-    write_atomic(cert_path, f"{kind} {blob} {key_id}\n", 0o600)
-    write_atomic(key_path, key.export_private_key("openssh"), 0o600)
-    return key_path, cert_path
-
-
-__all__ = [
-    "AUTH_FAILED_MESSAGE", "CERT_FILE", "DEFAULT_CA", "KEY_FILE", "Client", "ClientConfig", "HeldCertificate",
-    "HostKeyChanged", "LoginResult", "LogoutResult", "Prompter", "Status", "agent_socket", "check_fingerprint",
-    "config_path", "default_out_dir", "load_config", "logout", "parse_address", "save_config", "status",
-    "write_files",
-]

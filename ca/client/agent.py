@@ -1,0 +1,130 @@
+"""ssh-agent: add a certificate that the agent drops at its expiry, and list or remove the iast ones.
+
+``status`` and ``logout`` look in ssh-agent and in the output directory of
+:mod:`ca.client.files`. asyncssh is imported inside the functions that need it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+from typing import Any
+
+from ca.client.files import CERT_FILE, KEY_FILE, default_out_dir, file_held
+from ca.client.loop import run_async
+from ca.client.results import HeldCertificate, LogoutResult, Status, held_certificate
+from ca.errors import CAError
+
+__all__ = ["add_to_agent", "agent_held", "agent_socket", "logout", "open_agent", "status"]
+
+
+def agent_socket(environ: dict[str, str] | None = None) -> str | None:
+    """The ssh-agent socket from ``SSH_AUTH_SOCK``, or None when no agent is configured."""
+    env = os.environ if environ is None else environ
+    return env.get("SSH_AUTH_SOCK") or None
+
+
+async def open_agent(path: str):
+    """A connection to the ssh-agent at ``path`` (the caller closes it), or a CAError saying why not."""
+    import asyncssh
+
+    try:
+        return await asyncio.wait_for(asyncssh.connect_agent(path), 10)
+    except (OSError, asyncio.TimeoutError, asyncssh.Error) as e:
+        raise CAError(f"cannot use ssh-agent at {path}: {e}") from None
+
+
+async def agent_held(path: str) -> list[tuple[Any, HeldCertificate]]:
+    """(agent key, description) for every iast certificate in the agent at ``path``."""
+    agent = await open_agent(path)
+    try:
+        out = []
+        for kp in await agent.get_keys():
+            if kp.algorithm.endswith(b"-cert-v01@openssh.com"):
+                held = held_certificate("agent", kp.public_data, kp.get_comment())
+                if held is not None:
+                    out.append((kp, held))
+        return out
+    finally:
+        agent.close()
+        await agent.wait_closed()
+
+
+async def add_to_agent(path: str, key, cert, key_id: str, lifetime: int) -> None:
+    """Add the certificate (not the bare key: it is useless alone) to ssh-agent, to be dropped at expiry.
+
+    asyncssh's ``add_keys([(key, cert)])`` would add the key both with and
+    without the certificate, so build the key pair ourselves. The comment is
+    the key ID, as ``ssh-add -l`` shows it.
+    """
+    from asyncssh.public_key import SSHLocalKeyPair
+
+    key.set_comment(key_id)
+    agent = await open_agent(path)
+    try:
+        await agent.add_keys([SSHLocalKeyPair(key, None, cert, None)], lifetime=lifetime)
+    except ValueError as e:
+        raise CAError(f"ssh-agent at {path} refused the certificate: {e}") from None
+    finally:
+        agent.close()
+        await agent.wait_closed()
+
+
+def status(*, agent_path: str | None = None, out_dir: str | os.PathLike | None = None,
+           use_agent: bool = True) -> Status:
+    """The iast certificates held: in ssh-agent (``agent_path``, default ``SSH_AUTH_SOCK``) and
+    in ``out_dir`` (default ``~/.ssh/iast-ssh``). Expired files are listed too (seconds_left 0);
+    ssh-agent drops expired certificates itself."""
+    out_dir = Path(out_dir) if out_dir is not None else default_out_dir()
+    held: list[HeldCertificate] = []
+    notes: list[str] = []
+    path = agent_path or (agent_socket() if use_agent else None)
+    if path:
+        try:
+            held += [h for _, h in run_async(agent_held(path))]
+        except CAError as e:
+            notes.append(str(e))
+    return Status(tuple(held + file_held(out_dir)), tuple(notes))
+
+
+def logout(*, agent_path: str | None = None, out_dir: str | os.PathLike | None = None,
+           use_agent: bool = True) -> LogoutResult:
+    """Remove every iast certificate from ssh-agent and delete the key and certificate files in ``out_dir``."""
+    out_dir = Path(out_dir) if out_dir is not None else default_out_dir()
+    removed: list[str] = []
+    notes: list[str] = []
+    path = agent_path or (agent_socket() if use_agent else None)
+
+    async def from_agent(path: str) -> None:
+        agent = await open_agent(path)
+        try:
+            for kp in await agent.get_keys():
+                if not kp.algorithm.endswith(b"-cert-v01@openssh.com"):
+                    continue
+                held = held_certificate("agent", kp.public_data, kp.get_comment())
+                if held is None:
+                    continue
+                try:
+                    await agent.remove_keys([kp])
+                    removed.append(held.key_id)
+                except ValueError:
+                    pass  # expired and dropped by the agent in the meantime
+        finally:
+            agent.close()
+            await agent.wait_closed()
+
+    if path:
+        try:
+            run_async(from_agent(path))
+        except CAError as e:
+            notes.append(str(e))
+    deleted = []
+    for name in (KEY_FILE, CERT_FILE, KEY_FILE + ".pub"):
+        p = out_dir / name
+        try:
+            p.unlink()
+            deleted.append(p)
+        except FileNotFoundError:
+            pass
+    return LogoutResult(tuple(removed), tuple(deleted), tuple(notes))
