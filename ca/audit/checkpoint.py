@@ -17,6 +17,7 @@ import base64
 import hashlib
 import re
 from dataclasses import dataclass
+from typing import Protocol
 
 import asyncssh
 
@@ -45,10 +46,32 @@ def _signed_data(message: bytes) -> bytes:
     return _MAGIC + string(NAMESPACE) + string(b"") + string("sha512") + string(hashlib.sha512(message).digest())
 
 
-def sshsig_sign(key: asyncssh.SSHKey, message: bytes) -> str:
-    """An armored SSHSIG signature of ``message`` (as ``ssh-keygen -Y sign`` makes)."""
-    sig = key.sign(_signed_data(message), key.get_algorithm().encode())
-    blob = _MAGIC + uint32(1) + string(key.public_data) + string(NAMESPACE) + string(b"") + string("sha512") + string(sig)
+class SigningKey(Protocol):
+    """What a key backend (:class:`ca.keys.base.KeyBackend`, a layer above) gives: duck-typed here."""
+
+    @property
+    def public_blob(self) -> bytes: ...
+
+    def sign(self, data: bytes) -> bytes: ...
+
+
+def _public_blob(key: asyncssh.SSHKey | SigningKey) -> bytes:
+    return key.public_blob if hasattr(key, "public_blob") else key.public_data
+
+
+def sshsig_sign(key: asyncssh.SSHKey | SigningKey, message: bytes) -> str:
+    """An armored SSHSIG signature of ``message`` (as ``ssh-keygen -Y sign`` makes).
+
+    ``key`` is an asyncssh private key or a key backend (``public_blob``,
+    ``sign(data) -> SSH signature blob``), so the audit key may live in a token.
+    """
+    data = _signed_data(message)
+    if hasattr(key, "public_blob"):
+        sig = key.sign(data)
+    else:
+        sig = key.sign(data, key.get_algorithm().encode())
+    blob = (_MAGIC + uint32(1) + string(_public_blob(key)) + string(NAMESPACE) + string(b"") + string("sha512")
+            + string(sig))
     b64 = base64.b64encode(blob).decode()
     return "\n".join([_BEGIN, *(b64[i : i + 70] for i in range(0, len(b64), 70)), _END]) + "\n"
 
@@ -76,11 +99,11 @@ def sshsig_verify(armored: str, message: bytes, trusted_key_blob: bytes) -> None
     verify_ssh_signature(key_blob, sig, _signed_data(message))
 
 
-def make_checkpoint(key: asyncssh.SSHKey, count: int, head: str, time: str, root: str) -> str:
+def make_checkpoint(key: asyncssh.SSHKey | SigningKey, count: int, head: str, time: str, root: str) -> str:
     """The text of a signed checkpoint for ``count`` events ending in ``head``, with Merkle ``root``."""
     message = (
         f"{HEADER}\nevents: {count}\nhead: {head}\nroot: {root}\ntime: {time}\n"
-        f"audit-key: {fingerprint(key.public_data)}\n"
+        f"audit-key: {fingerprint(_public_blob(key))}\n"
     )
     return message + sshsig_sign(key, message.encode())
 

@@ -66,12 +66,12 @@ class Authority:
         keyring = Keyring.load(cfg.state_dir)
         if passphrase is None:
             passphrase = read_passphrase(cfg.passphrase_file)
-        ca_key = keyring.load_active_key(passphrase)
+        backend = keyring.open_signer(passphrase)
         policy = load_policy(cfg.policy_path, principal_pattern=cfg.principal_pattern)
         audit = AuditLog(StatePaths(cfg.state_dir).db, clock=clock)
         return cls(
             policy=policy,
-            signer=Signer(ca_key),
+            signer=Signer(backend),
             ca_fingerprint=keyring.active.fingerprint,
             audit=audit,
             clock_skew=cfg.clock_skew,

@@ -1,23 +1,36 @@
-"""Decision + CA key -> an OpenSSH user certificate, verified before it is returned.
+"""Decision + CA key backend -> an OpenSSH user certificate, verified before it is returned.
 
-asyncssh builds and signs the certificate. Its defaults are unsafe for a CA
-(valid forever, serial 0, every ``permit-*`` on, any principal), so every
-field is passed explicitly here. The result is then re-read by our own
-parser (:mod:`ca.sshcert.certificates`) and checked field by field against the
+The signer builds the certificate's to-be-signed bytes itself, every field
+explicit (:mod:`ca.sshcert.build`, PROTOCOL.certkeys): no library default
+can widen a certificate (valid forever, serial 0, every ``permit-*`` on, any
+principal). It asks the CA key backend (:mod:`ca.keys.base`) for one
+signature over those bytes. The result is then re-read by our own parser
+(:mod:`ca.sshcert.certificates`) and checked field by field against the
 decision, with the signature verified by pyca/cryptography against the CA
-public key (security.md rules 1-9).
+public key (security.md rules 1-9), whatever backend made it.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
+import struct
+from collections.abc import Callable
 
 import asyncssh
 
-from ca.errors import SigningError
+from ca.errors import CAError, SigningError
+from ca.keys.base import KeyBackend
+from ca.keys.file import FileKeyBackend
 from ca.models import Decision
 from ca.rules import principal_safe
+from ca.sshcert.build import (
+    assemble_certificate,
+    certificate_line,
+    tbs_certificate,
+    user_critical_options,
+)
 from ca.sshcert.certificates import (
     CERT_TYPE_FOR_KEY,
     USER_CERT,
@@ -33,15 +46,21 @@ from ca.sshcert.wire import Reader, WireError
 # ambiguity (security.md rule 9).
 KEY_ID_PATTERN = re.compile(r"[A-Za-z0-9_.:@+=-]{1,200}")
 
-_EXTENSION_FLAGS = {
-    "permit-X11-forwarding": "permit_x11_forwarding",
-    "permit-agent-forwarding": "permit_agent_forwarding",
-    "permit-port-forwarding": "permit_port_forwarding",
-    "permit-pty": "permit_pty",
-    "permit-user-rc": "permit_user_rc",
-}
+_EXTENSIONS = frozenset({
+    "permit-X11-forwarding",
+    "permit-agent-forwarding",
+    "permit-port-forwarding",
+    "permit-pty",
+    "permit-user-rc",
+})
+_FLAG = b""  # an extension's data: every user extension is a flag
 SK_KEY_TYPES = ("sk-ssh-ed25519@openssh.com", "sk-ecdsa-sha2-nistp256@openssh.com")
 MAX_SERIAL = 2**64 - 1
+NONCE_BYTES = 32
+
+
+def _random_nonce() -> bytes:
+    return os.urandom(NONCE_BYTES)
 
 
 def make_key_id(user: str, role: str, serial: int) -> str:
@@ -52,30 +71,33 @@ def make_key_id(user: str, role: str, serial: int) -> str:
     return key_id
 
 
-def _sig_alg(ca_key: asyncssh.SSHKey) -> str:
-    # Never SHA-1 "ssh-rsa" for the CA signature (security.md rule 8).
-    alg = ca_key.get_algorithm()
-    return "rsa-sha2-512" if alg == "ssh-rsa" else alg
-
-
 def _networks(addrs) -> list[str]:
     return [str(ipaddress.ip_network(a, strict=False)) for a in addrs]
 
 
 class Signer:
-    """Signs user certificates with one CA key."""
+    """Signs user certificates with one CA key backend.
 
-    def __init__(self, ca_key: asyncssh.SSHKey):
-        self.ca_key = ca_key
-        self.ca_blob = ca_key.public_data
-        self.sig_alg = _sig_alg(ca_key)
+    ``backend`` is a :class:`~ca.keys.base.KeyBackend`; an asyncssh private
+    key is taken as a :class:`~ca.keys.file.FileKeyBackend`. ``nonce``
+    returns the certificate's random nonce (32 bytes from ``os.urandom``);
+    tests inject a fixed one to compare certificates byte for byte.
+    """
+
+    def __init__(self, backend: KeyBackend | asyncssh.SSHKey, *, nonce: Callable[[], bytes] = _random_nonce):
+        if isinstance(backend, asyncssh.SSHKey):
+            backend = FileKeyBackend(backend)
+        self.backend = backend
+        self.ca_blob = backend.public_blob
+        self.sig_alg = backend.signature_algorithm
+        self.nonce = nonce
 
     def sign(self, decision: Decision, user_key: UserKey, serial: int, key_id: str) -> tuple[str, Certificate]:
         """Sign ``user_key`` as ``decision`` says; return the certificate line and its parsed form.
 
         Raises :class:`SigningError` if the decision is unsafe to sign (no
-        principals, serial 0, empty window) or if the certificate we produced
-        does not read back exactly as decided.
+        principals, serial 0, empty window), if the backend cannot sign, or
+        if the certificate we produced does not read back exactly as decided.
         """
         if not decision.principals:
             raise SigningError("refusing to sign a certificate with no principals")
@@ -88,32 +110,40 @@ class Signer:
             raise SigningError(f"unsafe key ID {key_id!r}")
         if not 0 <= decision.valid_after < decision.valid_before:
             raise SigningError("empty validity window")
-        unknown = set(decision.extensions) - set(_EXTENSION_FLAGS) - {"no-touch-required"}
+        unknown = set(decision.extensions) - _EXTENSIONS - {"no-touch-required"}
         if unknown:
             raise SigningError(f"unknown extensions {sorted(unknown)}")
-        flags = {flag: name in decision.extensions for name, flag in _EXTENSION_FLAGS.items()}
         is_sk = user_key.algorithm in SK_KEY_TYPES
+        # no-touch-required means something for a FIDO key only; on any other key it is dropped.
+        extensions = {name: _FLAG for name in decision.extensions if is_sk or name != "no-touch-required"}
         try:
-            cert = self.ca_key.generate_user_certificate(
-                user_key.key,
-                key_id,
-                version=1,
+            tbs = tbs_certificate(
+                public_key_blob=user_key.blob,
+                nonce=self.nonce(),
                 serial=serial,
-                principals=list(decision.principals),  # a list: strings get split on commas
+                cert_type=USER_CERT,
+                key_id=key_id,
+                principals=decision.principals,
                 valid_after=decision.valid_after,
                 valid_before=decision.valid_before,
-                force_command=decision.force_command,
-                source_address=list(decision.source_address) or None,
-                touch_required=not (is_sk and "no-touch-required" in decision.extensions),
-                sig_alg=self.sig_alg,
-                comment=key_id,
-                **flags,
+                critical_options=user_critical_options(
+                    decision.force_command,
+                    [str(ipaddress.ip_network(a)) for a in decision.source_address],
+                ),
+                extensions=extensions,
+                signature_key=self.ca_blob,
             )
-            line = cert.export_certificate("openssh").decode("ascii").strip()
-        except (ValueError, TypeError, asyncssh.KeyGenerationError) as e:
+        except (ValueError, TypeError, OverflowError, struct.error) as e:  # WireError is a ValueError
             raise SigningError(f"signing failed: {e}") from None
-        parsed = self._check(cert.public_data, decision, user_key, serial, key_id, is_sk)
-        return line, parsed
+        try:
+            signature = self.backend.sign(tbs)
+        except CAError:
+            raise
+        except Exception as e:  # a backend must raise SigningError; anything else is audited as one
+            raise SigningError(f"CA key backend failed: {type(e).__name__}: {e}".replace("\n", " ")) from None
+        blob = assemble_certificate(tbs, signature)
+        parsed = self._check(blob, decision, user_key, serial, key_id, is_sk)
+        return certificate_line(blob, key_id), parsed
 
     def _check(self, blob: bytes, d: Decision, user_key: UserKey, serial: int, key_id: str, is_sk: bool) -> Certificate:
         """Re-read the certificate independently and compare every field with the decision."""

@@ -4,7 +4,8 @@ The keyring holds one or more CA keys; exactly one is *active* (it signs),
 and every key still *trusted* is published by ``iast-ca trust`` so that hosts
 keep accepting certificates from a key being rotated out. Private keys are
 stored in OpenSSH format, encrypted (bcrypt KDF, aes256-ctr) when a
-passphrase is given.
+passphrase is given (:mod:`ca.keys.file`); :meth:`Keyring.open_signer`
+unlocks the active one as a :class:`~ca.keys.base.KeyBackend`.
 """
 
 from __future__ import annotations
@@ -19,17 +20,18 @@ from pathlib import Path
 
 import asyncssh
 
-from ca.errors import BadKey, StateError
+from ca.errors import StateError
 from ca.files import read_secret, write_atomic
+from ca.keys.base import KeyBackend
+from ca.keys.file import (  # noqa: F401  (CA_KEY_TYPES, generate_key, load_private: still imported from here)
+    CA_KEY_TYPES,
+    FileKeyBackend,
+    export_private,
+    generate_key,
+    load_private,
+    public_line,
+)
 from ca.sshcert.certificates import fingerprint
-
-# CLI name -> (asyncssh algorithm, key size)
-CA_KEY_TYPES = {
-    "ed25519": ("ssh-ed25519", None),
-    "ecdsa-p256": ("ecdsa-sha2-nistp256", None),
-    "ecdsa-p384": ("ecdsa-sha2-nistp384", None),
-    "rsa-4096": ("ssh-rsa", 4096),
-}
 
 
 def read_passphrase(passphrase_file: str | os.PathLike | None) -> bytes | None:
@@ -44,45 +46,6 @@ def read_passphrase(passphrase_file: str | os.PathLike | None) -> bytes | None:
     if creds and (Path(creds) / "ca-passphrase").is_file():
         return read_secret(Path(creds) / "ca-passphrase")
     return None
-
-
-def generate_key(kind: str) -> asyncssh.SSHKey:
-    """A new private key of a CA key type (``ed25519``, ``ecdsa-p256``, ...)."""
-    if kind not in CA_KEY_TYPES:
-        raise BadKey(f"unknown key type {kind!r}; choose one of {', '.join(CA_KEY_TYPES)}")
-    alg, size = CA_KEY_TYPES[kind]
-    return asyncssh.generate_private_key(alg, key_size=size) if size else asyncssh.generate_private_key(alg)
-
-
-def export_private(key: asyncssh.SSHKey, passphrase: bytes | None) -> bytes:
-    """OpenSSH private key format; encrypted with ``passphrase`` when given."""
-    if passphrase:
-        return key.export_private_key("openssh", passphrase=passphrase, cipher_name="aes256-ctr")
-    return key.export_private_key("openssh")
-
-
-def load_private(path: Path, passphrase: bytes | None, what: str) -> asyncssh.SSHKey:
-    """Load an OpenSSH private key file; clear errors for locked or wrong passphrases."""
-    try:
-        data = path.read_bytes()
-    except OSError as e:
-        raise StateError(f"cannot read {what} {path}: {e.strerror}") from None
-    try:
-        return asyncssh.import_private_key(data, passphrase)
-    except (asyncssh.KeyImportError, asyncssh.KeyEncryptionError) as e:
-        msg = str(e)
-        if "Passphrase must be specified" in msg:
-            raise BadKey(
-                f"{what} is encrypted: give --passphrase-file, or the systemd credential 'ca-passphrase'"
-            ) from None
-        if "ncorrect passphrase" in msg or "Unable to decrypt" in msg:
-            raise BadKey(f"cannot unlock {what}: wrong passphrase") from None
-        raise BadKey(f"cannot load {what} {path}: {msg}") from None
-
-
-def public_line(key: asyncssh.SSHKey, comment: str | None = None) -> str:
-    line = key.export_public_key("openssh").decode().strip().split()
-    return " ".join(line[:2] + ([comment] if comment else []))
 
 
 @dataclass(frozen=True)
@@ -160,6 +123,15 @@ class Keyring:
         if key.public_data != entry.blob:
             raise StateError(f"CA key file {entry.name} does not match keyring.json")
         return key
+
+    def open_signer(self, passphrase: bytes | None) -> KeyBackend:
+        """The active CA key as a key backend, checked against the keyring.
+
+        Every keyring key is a file today (:class:`~ca.keys.file.FileKeyBackend`);
+        a key held in a token would be opened here from its entry, and checked
+        against ``entry.blob`` the same way.
+        """
+        return FileKeyBackend(self.load_active_key(passphrase))
 
     def trust_lines(self) -> list[str]:
         """The trusted CA public keys, one per line, for ``TrustedUserCAKeys``."""

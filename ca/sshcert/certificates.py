@@ -1,7 +1,8 @@
 """Read and verify OpenSSH certificates ourselves (PROTOCOL.certkeys).
 
-The signer uses asyncssh to build certificates; this module is the second,
-independent reader that checks the result before it leaves the CA: it parses
+The signer builds certificates with :mod:`ca.sshcert.build` and a key
+backend signs them; this module is the second, independent reader that
+checks the result before it leaves the CA, whatever backend signed it: it parses
 every field, checks the signature against the CA public key with
 pyca/cryptography, and lets the caller compare each field with the decision.
 It also serves the KRL and log-correlation code, and it is fuzzed.
