@@ -28,7 +28,8 @@ from ca.cli.review_cmds import report as report_cmd
 from ca.issuance.authority import Authority
 from ca.keys.keyring import Keyring
 from ca.models import Identity, SignRequest
-from ca.review.correlate import SshdLogParser, correlate, parse_timestamp, split_line
+from ca.review.correlate import correlate
+from ca.review.sshdlog import SshdLogParser, parse_timestamp, split_line
 
 from .conftest import TEST_POLICY, make_key
 from .sshd_harness import (

@@ -26,14 +26,8 @@ from ca.errors import PolicyDenied
 from ca.keys.keyring import Keyring
 from ca.models import Identity, SignRequest
 from ca.review.correlate import correlate
-from ca.review.report import (
-    ReportOptions,
-    build_report,
-    parse_hours,
-    parse_weekdays,
-    render_html,
-    render_text,
-)
+from ca.review.render import render_html, render_text
+from ca.review.report import ReportOptions, build_report, parse_hours, parse_weekdays
 
 from .conftest import make_key
 

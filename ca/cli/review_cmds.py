@@ -21,15 +21,8 @@ from ca.errors import StateError, UsageError
 from ca.files import write_atomic
 from ca.keys.keyring import Keyring
 from ca.review.correlate import correlate as run_correlate
-from ca.review.report import (
-    ReportOptions,
-    build_report,
-    parse_hours,
-    parse_weekdays,
-    render_html,
-    render_json,
-    render_text,
-)
+from ca.review.render import render_html, render_json, render_text
+from ca.review.report import ReportOptions, build_report, parse_hours, parse_weekdays
 from ca.state import StatePaths, os_user
 
 

@@ -1,18 +1,17 @@
 """The security review report: what the CA issued, refused and revoked, and how certificates were used.
 
-:func:`build_report` aggregates the audit log in SQL (``GROUP BY`` over the
-``events`` indexes, only the top rows of each list come back to Python), so
-that it stays fast on a log of millions of events; :func:`render_text` and
-:func:`render_html` present the result. The HTML report is one
-self-contained file (inline CSS and an inline SVG chart, no JavaScript, no
-external resources) meant for a reviewer who never used a terminal; every
-value that comes from the database is escaped.
+:func:`build_report` turns the audit log into the report's sections (a
+JSON-ready dict) through the review queries of the store
+(:mod:`ca.store.sqlite.review`): each is a ``GROUP BY`` over the ``events``
+indexes and only the top rows of each list come back to Python, so that it
+stays fast on a log of millions of events. :mod:`ca.review.render` presents
+the result (text, HTML, JSON).
 
-Time window: ``since``/``until`` select events by their ``ts`` (UTC). The
-window is first turned into the range of event ids it spans (one scan of the
-``ts`` index), so that each section is a range scan of the ``(kind, id)``
-index; the ``ts`` condition is kept too, so the result is exact even if the
-clock went backwards at some point.
+Time window: ``since``/``until`` select events by their ``ts`` (UTC); the
+store turns the window into the range of event ids it spans, so that each
+section is a range scan of the ``(kind, id)`` index, and keeps the ``ts``
+condition too, so the result is exact even if the clock went backwards at
+some point.
 
 Working hours are judged in UTC on the issuance's own date: with
 ``hours=("08:00", "18:00")`` and Monday to Friday, an issuance at 18:00:00
@@ -22,19 +21,15 @@ midnight (``22:00-06:00``) is a night shift.
 
 from __future__ import annotations
 
-import datetime as dt
-import html
-import json
 import re
-import sqlite3
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 from ca.audit.chain import iso
 from ca.audit.log import AuditLog
-from ca.durations import format_duration
-from ca.review.correlate import DEFAULT_PRIVILEGED, SEVERITIES, has_logins
+from ca.review.correlate import DEFAULT_PRIVILEGED, SEVERITIES
+from ca.store.sqlite import review as queries
 
 WEEKDAYS = ("sun", "mon", "tue", "wed", "thu", "fri", "sat")  # index = SQLite strftime('%w')
 DEFAULT_HOURS = ("08:00", "18:00")
@@ -107,44 +102,6 @@ class ReportOptions:
     now: float | None = None
 
 
-# -- SQL helpers -------------------------------------------------------------------------
-
-
-class _Window:
-    """The ``since``/``until`` window as SQL over the events table (alias ``a``)."""
-
-    def __init__(self, conn: sqlite3.Connection, since: str | None, until: str | None):
-        self.since, self.until = since, until
-        self.empty = False
-        self.bounds: tuple[int, int] | None = None
-        if since is not None or until is not None:
-            lo, hi = conn.execute("SELECT min(id), max(id) FROM events WHERE ts >= ? AND ts < ?",
-                                  (since or "", until or "\uffff")).fetchone()
-            if lo is None:
-                self.empty = True
-            else:
-                self.bounds = (lo, hi)
-
-    def sql(self, alias: str = "events") -> tuple[str, list[Any]]:
-        if self.empty:
-            return " AND 0", []
-        if self.bounds is None:
-            return "", []
-        return (f" AND {alias}.id BETWEEN ? AND ? AND {alias}.ts >= ? AND {alias}.ts < ?",
-                [self.bounds[0], self.bounds[1], self.since or "", self.until or "\uffff"])
-
-
-def _marks(n: int) -> str:
-    return ", ".join("?" * n)
-
-
-def _json_list(text: str | None) -> list:
-    try:
-        v = json.loads(text) if text else []
-    except ValueError:
-        return []
-    return v if isinstance(v, list) else []
-
 
 # -- the report ---------------------------------------------------------------------------
 
@@ -153,12 +110,8 @@ def build_report(log: AuditLog, opts: ReportOptions) -> dict[str, Any]:
     """Aggregate the audit log into the report's sections (a JSON-ready dict)."""
     conn = log.conn
     now = log.clock() if opts.now is None else opts.now
-    win = _Window(conn, opts.since, opts.until)
+    win = queries.event_window(conn, opts.since, opts.until)
     top = opts.top
-    w, wp = win.sql("e")
-
-    def q(sql: str, args: Iterable[Any] = ()) -> list[tuple]:
-        return conn.execute(sql, list(args)).fetchall()
 
     rep: dict[str, Any] = {
         "generated": iso(now),
@@ -168,172 +121,106 @@ def build_report(log: AuditLog, opts: ReportOptions) -> dict[str, Any]:
     }
 
     # Events by kind.
-    by_kind = dict(q(f"SELECT e.kind, count(*) FROM events e WHERE 1{w} GROUP BY e.kind ORDER BY e.kind", wp))
+    by_kind = queries.events_by_kind(conn, win)
     rep["events"] = {"total": sum(by_kind.values()), "by_kind": by_kind}
 
     # Issuances.
-    issued = " e.kind = 'issued'" + w
     by_role = [
         {"role": r, "count": n, "users": u, "max_ttl": mx, "avg_ttl": round((avg or 0) / 60) * 60}
-        for r, n, u, mx, avg in q(
-            f"SELECT e.role, count(*), count(DISTINCT e.user), max(json_extract(e.data, '$.ttl')),"
-            f" avg(json_extract(e.data, '$.ttl')) FROM events e WHERE{issued}"
-            " GROUP BY e.role ORDER BY count(*) DESC, e.role", wp)
+        for r, n, u, mx, avg in queries.issued_by_role(conn, win)
     ]
-    (users_total,) = q(f"SELECT count(DISTINCT e.user) FROM events e WHERE{issued}", wp)[0]
+    users_total = queries.issued_users_total(conn, win)
     by_user = [
-        {"user": u, "count": n, "roles": sorted((roles or "").split(",")) if roles else [], "last": last}
-        for u, n, roles, last in q(
-            f"SELECT e.user, count(*), group_concat(DISTINCT e.role), max(e.ts) FROM events e WHERE{issued}"
-            " GROUP BY e.user ORDER BY count(*) DESC, e.user LIMIT ?", wp + [top])
+        {"user": u, "count": n, "roles": sorted(roles), "last": last}
+        for u, n, roles, last in queries.issued_by_user(conn, win, top)
     ]
-    per_day = [{"day": d, "count": n} for d, n in q(
-        f"SELECT substr(e.ts, 1, 10), count(*) FROM events e WHERE{issued} GROUP BY 1 ORDER BY 1", wp)]
+    per_day = [{"day": d, "count": n} for d, n in queries.issued_per_day(conn, win)]
     rep["issuances"] = {"total": sum(r["count"] for r in by_role), "users_total": users_total,
                         "by_role": by_role, "by_user": by_user, "per_day": per_day}
 
     # Privileged principals.
     priv = list(opts.privileged)
     if priv:
-        has_priv = f"EXISTS (SELECT 1 FROM json_each(e.data, '$.principals') p WHERE p.value IN ({_marks(len(priv))}))"
         by_principal = [
             {"principal": p, "count": n, "users": u}
-            for p, n, u in q(
-                f"SELECT p.value, count(*), count(DISTINCT e.user) FROM events e, json_each(e.data, '$.principals') p"
-                f" WHERE{issued} AND p.value IN ({_marks(len(priv))}) GROUP BY p.value ORDER BY count(*) DESC",
-                wp + priv)
+            for p, n, u in queries.issued_by_principal(conn, win, priv)
         ]
-        (priv_total,) = q(f"SELECT count(*) FROM events e WHERE{issued} AND {has_priv}", wp + priv)[0]
-        priv_users = [{"user": u, "count": n} for u, n in q(
-            f"SELECT e.user, count(*) FROM events e WHERE{issued} AND {has_priv} GROUP BY e.user"
-            " ORDER BY count(*) DESC, e.user LIMIT ?", wp + priv + [top])]
-        priv_recent = _issued_rows(q(
-            f"SELECT {_ISSUED_COLS} FROM events e WHERE{issued} AND {has_priv} ORDER BY e.id DESC LIMIT ?",
-            wp + priv + [top]))
+        priv_total = queries.issued_with_principal_total(conn, win, priv)
+        priv_users = [{"user": u, "count": n}
+                      for u, n in queries.issued_with_principal_by_user(conn, win, priv, top)]
+        priv_recent = _issued_rows(queries.issued_with_principal_recent(conn, win, priv, top))
     else:
         by_principal, priv_total, priv_users, priv_recent = [], 0, [], []
     rep["privileged"] = {"principals": priv, "total": priv_total, "by_principal": by_principal,
                          "by_user": priv_users, "recent": priv_recent}
 
     # Longest lifetimes.
-    rep["longest"] = _issued_rows(q(
-        f"SELECT {_ISSUED_COLS} FROM events e WHERE{issued}"
-        " ORDER BY json_extract(e.data, '$.ttl') DESC, e.id DESC LIMIT ?", wp + [top]))
+    rep["longest"] = _issued_rows(queries.issued_longest(conn, win, top))
 
     # Outside working hours (UTC).
     start, end = opts.hours
-    days = sorted(opts.weekdays)
-    hhmm = "substr(e.ts, 12, 5)"
-    inside_hours = (f"({hhmm} >= ? AND {hhmm} < ?)" if start < end else f"({hhmm} >= ? OR {hhmm} < ?)")
-    outside = (f"(CAST(strftime('%w', substr(e.ts, 1, 10)) AS INTEGER) NOT IN ({_marks(len(days))})"
-               f" OR NOT {inside_hours})")
-    oargs = days + [start, end]
-    (out_total,) = q(f"SELECT count(*) FROM events e WHERE{issued} AND {outside}", wp + oargs)[0]
-    out_users = [{"user": u, "count": n} for u, n in q(
-        f"SELECT e.user, count(*) FROM events e WHERE{issued} AND {outside} GROUP BY e.user"
-        " ORDER BY count(*) DESC, e.user LIMIT ?", wp + oargs + [top])]
-    out_recent = _issued_rows(q(
-        f"SELECT {_ISSUED_COLS} FROM events e WHERE{issued} AND {outside} ORDER BY e.id DESC LIMIT ?",
-        wp + oargs + [top]))
+    out_total = queries.issued_outside_hours_total(conn, win, opts.hours, opts.weekdays)
+    out_users = [{"user": u, "count": n}
+                 for u, n in queries.issued_outside_hours_by_user(conn, win, opts.hours, opts.weekdays, top)]
+    out_recent = _issued_rows(queries.issued_outside_hours_recent(conn, win, opts.hours, opts.weekdays, top))
     rep["outside_hours"] = {"hours": f"{start}-{end}", "weekdays": weekdays_text(opts.weekdays),
                             "total": out_total, "by_user": out_users, "recent": out_recent}
 
     # Denials and failures, messages grouped.
-    dk = list(DENIAL_KINDS)
-    den = f" e.kind IN ({_marks(len(dk))}){w}"
-    den_by_kind = dict(q(f"SELECT e.kind, count(*) FROM events e WHERE{den} GROUP BY e.kind", dk + wp))
-    (den_groups_total,) = q(
-        f"SELECT count(*) FROM (SELECT 1 FROM events e WHERE{den} GROUP BY e.kind,"
-        " json_extract(e.data, '$.code'), json_extract(e.data, '$.message'))", dk + wp)[0]
+    den_by_kind = queries.denials_by_kind(conn, win, DENIAL_KINDS)
+    den_groups_total = queries.denial_groups_total(conn, win, DENIAL_KINDS)
     den_groups = [
         {"kind": k, "code": c, "message": m, "count": n, "users": u, "first": first, "last": last}
-        for k, c, m, n, u, first, last in q(
-            f"SELECT e.kind, json_extract(e.data, '$.code') c, json_extract(e.data, '$.message') m, count(*),"
-            f" count(DISTINCT e.user), min(e.ts), max(e.ts) FROM events e WHERE{den}"
-            " GROUP BY e.kind, c, m ORDER BY count(*) DESC, e.kind, m LIMIT ?", dk + wp + [top])
+        for k, c, m, n, u, first, last in queries.denial_groups(conn, win, DENIAL_KINDS, top)
     ]
     rep["denials"] = {"total": sum(den_by_kind.values()), "by_kind": den_by_kind,
                       "groups_total": den_groups_total, "groups": den_groups}
 
     # Authentication failures at the CA service, grouped by why.
-    af = " e.kind = 'auth_failed'" + w
     af_groups = [
         {"method": m, "why": y, "count": n, "users": u, "sources": s}
-        for m, y, n, u, s in q(
-            f"SELECT json_extract(e.data, '$.method') m, json_extract(e.data, '$.why') y, count(*),"
-            f" count(DISTINCT e.user), count(DISTINCT e.source) FROM events e WHERE{af}"
-            " GROUP BY m, y ORDER BY count(*) DESC LIMIT ?", wp + [top])
+        for m, y, n, u, s in queries.auth_failure_groups(conn, win, top)
     ]
     rep["auth_failures"] = {"total": by_kind.get("auth_failed", 0), "groups": af_groups}
 
     # Lockouts.
-    lo = " e.kind = 'lockout'" + w
     lock_recent = [
         {"id": i, "ts": ts, "user": u, "source": s, "key": k, "failures": f, "seconds": sec}
-        for i, ts, u, s, k, f, sec in q(
-            f"SELECT e.id, e.ts, e.user, e.source, json_extract(e.data, '$.key'), json_extract(e.data, '$.failures'),"
-            f" json_extract(e.data, '$.seconds') FROM events e WHERE{lo} ORDER BY e.id DESC LIMIT ?", wp + [top])
+        for i, ts, u, s, k, f, sec in queries.lockouts_recent(conn, win, top)
     ]
-    lock_users = [{"user": u, "count": n} for u, n in q(
-        f"SELECT e.user, count(*) FROM events e WHERE{lo} GROUP BY e.user ORDER BY count(*) DESC, e.user LIMIT ?",
-        wp + [top])]
+    lock_users = [{"user": u, "count": n} for u, n in queries.lockouts_by_user(conn, win, top)]
     rep["lockouts"] = {"total": by_kind.get("lockout", 0), "by_user": lock_users, "recent": lock_recent}
 
-    # Approvals: every kind starting with "request_" (a range of the kind index).
-    appr = dict(q(f"SELECT e.kind, count(*) FROM events e WHERE e.kind >= 'request_' AND e.kind < 'request`'{w}"
-                  " GROUP BY e.kind ORDER BY e.kind", wp))
+    # Approvals: every kind starting with "request_".
+    appr = queries.approvals_by_kind(conn, win)
     rep["approvals"] = {"total": sum(appr.values()), "by_kind": appr}
 
     # Revocations.
-    rv = " e.kind = 'revoked'" + w
-    rv_by_kind = dict(q(f"SELECT json_extract(e.data, '$.kind') k, count(*) FROM events e WHERE{rv}"
-                        " GROUP BY k ORDER BY k", wp))
+    rv_by_kind = queries.revocations_by_kind(conn, win)
     rv_recent = [
         {"id": i, "ts": ts, "kind": k, "value": v, "reason": r, "actor": a}
-        for i, ts, k, v, r, a in q(
-            f"SELECT e.id, e.ts, json_extract(e.data, '$.kind'), json_extract(e.data, '$.value'),"
-            f" json_extract(e.data, '$.reason'), json_extract(e.data, '$.actor') FROM events e WHERE{rv}"
-            " ORDER BY e.id DESC LIMIT ?", wp + [top])
+        for i, ts, k, v, r, a in queries.revocations_recent(conn, win, top)
     ]
     rep["revocations"] = {"total": sum(rv_by_kind.values()), "by_kind": rv_by_kind, "recent": rv_recent}
 
-    rep["correlation"] = _correlation(conn, win, opts, q)
-    rep["unused"] = _unused(conn, win, opts, now, q, rep["correlation"]["available"])
+    rep["correlation"] = _correlation(conn, win, opts)
+    rep["unused"] = _unused(conn, win, opts, now, rep["correlation"]["available"])
     return rep
 
 
-_ISSUED_COLS = ("e.id, e.ts, e.user, e.role, e.serial, json_extract(e.data, '$.ttl'),"
-                " json_extract(e.data, '$.principals'), json_extract(e.data, '$.reason')")
-
-
 def _issued_rows(rows: list[tuple]) -> list[dict[str, Any]]:
-    return [{"id": i, "ts": ts, "user": u, "role": r, "serial": s, "ttl": ttl, "principals": _json_list(p),
+    return [{"id": i, "ts": ts, "user": u, "role": r, "serial": s, "ttl": ttl, "principals": p,
              "reason": reason} for i, ts, u, r, s, ttl, p, reason in rows]
 
 
-def _correlation(conn: sqlite3.Connection, win: _Window, opts: ReportOptions, q) -> dict[str, Any]:
-    if not has_logins(conn):
+def _correlation(conn: Any, win: queries.EventWindow, opts: ReportOptions) -> dict[str, Any]:
+    if not queries.has_logins(conn):
         return {"available": False, "runs": 0, "logins": 0, "by_outcome": {}, "hosts": 0, "joined": 0,
                 "findings": dict.fromkeys(SEVERITIES, 0), "by_code": [], "list": []}
-    w, wp = win.sql("e")
-    # A login counts in the window by its own time, or (no time in the line) by the run that recorded it.
-    if win.bounds is None and not win.empty:
-        lw, lp = "1", []
-    else:
-        lo, hi = win.bounds or (0, -1)
-        lw = ("((l.ts >= ? AND l.ts < ?) OR (l.ts IS NULL AND l.correlated_event_id BETWEEN ? AND ?"
-              f" AND l.correlated_event_id IN (SELECT e.id FROM events e WHERE e.kind = 'correlated'{w})))")
-        lp = [opts.since or "", opts.until or "\uffff", lo, hi] + wp
-    (runs,) = q(f"SELECT count(*) FROM events e WHERE e.kind = 'correlated'{w}", wp)[0]
-    by_outcome = dict(q(f"SELECT l.outcome, count(*) FROM logins l WHERE {lw} GROUP BY l.outcome", lp))
-    hosts, joined = q(f"SELECT count(DISTINCT l.host), count(l.issued_event_id) FROM logins l WHERE {lw}", lp)[0]
-    sev = "json_extract(f.value, '$.severity')"
-    by_code = [
-        {"severity": s, "code": c, "count": n}
-        for s, c, n in q(
-            f"SELECT {sev} s, json_extract(f.value, '$.code') c, count(*) FROM logins l, json_each(l.findings) f"
-            f" WHERE l.severity IS NOT NULL AND {lw} GROUP BY s, c", lp)
-    ]
+    runs = queries.correlate_runs(conn, win)
+    by_outcome = queries.logins_by_outcome(conn, win)
+    hosts, joined = queries.logins_hosts_and_joined(conn, win)
+    by_code = [{"severity": s, "code": c, "count": n} for s, c, n in queries.login_findings_by_code(conn, win)]
     by_code.sort(key=lambda r: (SEVERITIES.index(r["severity"]) if r["severity"] in SEVERITIES else 9, -r["count"]))
     findings = dict.fromkeys(SEVERITIES, 0)
     for r in by_code:
@@ -342,438 +229,22 @@ def _correlation(conn: sqlite3.Connection, win: _Window, opts: ReportOptions, q)
     listed = [
         {"severity": s, "code": c, "message": m, "host": h, "ts": ts, "logged_time": lt, "account": a,
          "source": src, "serial": ser, "key_id": k, "issued_event_id": ev, "outcome": o}
-        for s, c, m, h, ts, lt, a, src, ser, k, ev, o in q(
-            f"SELECT {sev} s, json_extract(f.value, '$.code'), json_extract(f.value, '$.message'), l.host, l.ts,"
-            " l.logged_time, l.account, l.source, l.serial_text, l.key_id, l.issued_event_id, l.outcome"
-            " FROM logins l, json_each(l.findings) f"
-            f" WHERE l.severity IN ('critical', 'warning') AND {sev} IN ('critical', 'warning') AND {lw}"
-            " ORDER BY CASE s WHEN 'critical' THEN 0 ELSE 1 END, l.id DESC LIMIT ?", lp + [max(opts.top, 100)])
+        for s, c, m, h, ts, lt, a, src, ser, k, ev, o in queries.login_findings_serious(conn, win,
+                                                                                          max(opts.top, 100))
     ]
     return {"available": True, "runs": runs, "logins": sum(by_outcome.values()), "by_outcome": by_outcome,
             "hosts": hosts, "joined": joined, "findings": findings, "by_code": by_code, "list": listed}
 
 
-def _unused(conn: sqlite3.Connection, win: _Window, opts: ReportOptions, now: float, q,
+def _unused(conn: Any, win: queries.EventWindow, opts: ReportOptions, now: float,
             correlated: bool) -> dict[str, Any]:
-    w, wp = win.sql("e")
-    base = f"FROM certificates c JOIN events e ON e.id = c.event_id WHERE c.valid_before < ?{w}"
-    args: list[Any] = [int(now)] + wp
-    if win.bounds is not None:
-        # Serials are allocated in issuance order, so the window is also a range of serials:
-        # a range scan of the certificates' primary key instead of the whole table.
-        smin, smax = q(f"SELECT min(e.serial), max(e.serial) FROM events e WHERE e.kind = 'issued'{w}", wp)[0]
-        base += " AND c.serial BETWEEN ? AND ?"
-        args += [smin if smin is not None else 0, smax if smax is not None else -1]
-    (expired_total,) = q(f"SELECT count(*) {base}", args)[0]
-    if correlated:
-        unused_cond = (" AND NOT EXISTS (SELECT 1 FROM logins l WHERE l.serial = c.serial"
-                       " AND l.ca_fingerprint = c.ca_fingerprint AND l.outcome IN ('accepted', 'partial'))")
-    else:
-        unused_cond = ""
-    (total,) = q(f"SELECT count(*) {base}{unused_cond}", args)[0]
-    by_role = [{"role": r, "unused": n, "expired": m} for r, n, m in q(
-        f"SELECT c.role, sum(CASE WHEN 1{unused_cond} THEN 1 ELSE 0 END), count(*) {base}"
-        " GROUP BY c.role ORDER BY 2 DESC, c.role", args)]
+    expired_total = queries.expired_certificates_total(conn, win, now)
+    total = queries.unused_certificates_total(conn, win, now, correlated)
+    by_role = [{"role": r, "unused": n, "expired": m}
+               for r, n, m in queries.unused_certificates_by_role(conn, win, now, correlated)]
     recent = [
         {"serial": s, "key_id": k, "user": u, "role": r, "issued": ts, "valid_before": iso(vb), "ttl": vb - va}
-        for s, k, u, r, ts, va, vb in q(
-            f"SELECT c.serial, c.key_id, c.user, c.role, e.ts, c.valid_after, c.valid_before {base}{unused_cond}"
-            " ORDER BY c.serial DESC LIMIT ?", args + [opts.top])
+        for s, k, u, r, ts, va, vb in queries.unused_certificates_recent(conn, win, now, correlated, opts.top)
     ]
     return {"available": correlated, "expired_total": expired_total, "total": total, "by_role": by_role,
             "recent": recent}
-
-
-# -- text ---------------------------------------------------------------------------------
-
-
-def _t(ts: str | None) -> str:
-    """``2026-11-29T15:04:23.123456Z`` -> ``2026-11-29 15:04Z``."""
-    return f"{ts[:10]} {ts[11:16]}Z" if ts and len(ts) >= 16 else (ts or "-")
-
-
-def _login_time(r: dict) -> str:
-    """A login's time in UTC, or as logged when it could not be read, or "no time" (sshd -e)."""
-    return _t(r["ts"]) if r["ts"] else (r["logged_time"] or "no time")
-
-
-def _dur(seconds: Any) -> str:
-    try:
-        return format_duration(int(seconds))
-    except (TypeError, ValueError):
-        return "-"
-
-
-def _table(rows: list[list[Any]], headers: list[str]) -> list[str]:
-    if not rows:
-        return ["  (none)"]
-    cells = [[("-" if c is None else str(c)) for c in r] for r in rows]
-    widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(headers)]
-    out = ["  " + "  ".join(h.ljust(wd) for h, wd in zip(headers, widths)).rstrip()]
-    out += ["  " + "  ".join(c.ljust(wd) for c, wd in zip(r, widths)).rstrip() for r in cells]
-    return out
-
-
-def _counts(by_kind: dict) -> str:
-    return " (" + ", ".join(f"{k} {n}" for k, n in sorted(by_kind.items(), key=str)) + ")" if by_kind else ""
-
-
-def _window_text(rep: dict) -> str:
-    s, u = rep["window"]["since"], rep["window"]["until"]
-    if not s and not u:
-        return "the whole audit log"
-    return f"from {_t(s) if s else 'the start'} to {_t(u) if u else 'now'}"
-
-
-def _issued_table(rows: list[dict]) -> list[str]:
-    return _table([[r["id"], _t(r["ts"]), r["user"], r["role"], r["serial"], _dur(r["ttl"]),
-                    ",".join(map(str, r["principals"])), (r["reason"] or "")[:60]] for r in rows],
-                  ["EVENT", "TIME", "USER", "ROLE", "SERIAL", "TTL", "PRINCIPALS", "REASON"])
-
-
-def render_text(rep: dict[str, Any]) -> str:
-    """The report as plain text, for a terminal or an e-mail."""
-    out = [f"iast-ssh security review: {_window_text(rep)} (times in UTC), generated {_t(rep['generated'])}", ""]
-    iss, priv, oh = rep["issuances"], rep["privileged"], rep["outside_hours"]
-    den, cor, un = rep["denials"], rep["correlation"], rep["unused"]
-    f = cor["findings"]
-    out += [
-        "Summary",
-        f"  {iss['total']} certificates issued to {iss['users_total']} users; "
-        f"{priv['total']} with a privileged principal ({', '.join(priv['principals']) or 'none configured'}); "
-        f"{oh['total']} outside working hours ({oh['hours']} {oh['weekdays']})",
-        f"  {den['total']} requests refused or failed; {rep['lockouts']['total']} lockouts; "
-        f"{rep['revocations']['total']} revocations; {rep['approvals']['total']} approval events",
-        (f"  sshd logins: {cor['logins']} recorded ({cor['joined']} joined to an issuance); findings: "
-         f"{f['critical']} critical, {f['warning']} warning, {f['info']} info" if cor["available"]
-         else "  sshd logins: no sshd log has been correlated (iast-ca audit correlate)"),
-        f"  {un['total']} of {un['expired_total']} expired certificates were never used"
-        + ("" if un["available"] else " (no login recorded: correlate sshd logs first)"),
-        "",
-        "Issuances by role",
-        *_table([[r["role"], r["count"], r["users"], _dur(r["max_ttl"]), _dur(r["avg_ttl"])] for r in iss["by_role"]],
-                ["ROLE", "ISSUED", "USERS", "LONGEST", "AVERAGE"]),
-        "",
-        f"Issuances by user (top {len(iss['by_user'])} of {iss['users_total']})",
-        *_table([[r["user"], r["count"], ",".join(r["roles"]), _t(r["last"])] for r in iss["by_user"]],
-                ["USER", "ISSUED", "ROLES", "LAST"]),
-        "",
-        f"Privileged principals ({', '.join(priv['principals']) or 'none'}): {priv['total']} certificates",
-        *_table([[r["principal"], r["count"], r["users"]] for r in priv["by_principal"]],
-                ["PRINCIPAL", "ISSUED", "USERS"]),
-        *_issued_table(priv["recent"]),
-        "",
-        "Longest lifetimes",
-        *_issued_table(rep["longest"]),
-        "",
-        f"Outside working hours ({oh['hours']} UTC, {oh['weekdays']}): {oh['total']}",
-        *_table([[r["user"], r["count"]] for r in oh["by_user"]], ["USER", "ISSUED"]),
-        *_issued_table(oh["recent"]),
-        "",
-        f"Denials and failures: {den['total']}" + _counts(den["by_kind"])
-        + f", {den['groups_total']} distinct messages",
-        *_table([[r["count"], r["kind"], r["users"], _t(r["last"]), (r["message"] or "")[:90]] for r in den["groups"]],
-                ["COUNT", "KIND", "USERS", "LAST", "MESSAGE"]),
-        "",
-        f"Authentication failures at the CA: {rep['auth_failures']['total']}",
-        *_table([[r["count"], r["method"], r["users"], r["sources"], r["why"]] for r in rep["auth_failures"]["groups"]],
-                ["COUNT", "METHOD", "USERS", "SOURCES", "WHY"]),
-        "",
-        f"Lockouts: {rep['lockouts']['total']}",
-        *_table([[_t(r["ts"]), r["user"], r["source"], r["key"], r["failures"], _dur(r["seconds"])]
-                 for r in rep["lockouts"]["recent"]], ["TIME", "USER", "SOURCE", "KEY", "FAILURES", "FOR"]),
-        "",
-        f"Approvals: {rep['approvals']['total']}",
-        *_table([[k, n] for k, n in rep["approvals"]["by_kind"].items()], ["KIND", "COUNT"]),
-        "",
-        f"Revocations: {rep['revocations']['total']}" + _counts(rep["revocations"]["by_kind"]),
-        *_table([[_t(r["ts"]), r["kind"], r["value"], r["actor"], (r["reason"] or "")[:60]]
-                 for r in rep["revocations"]["recent"]], ["TIME", "KIND", "VALUE", "BY", "REASON"]),
-        "",
-    ]
-    if cor["available"]:
-        out += [
-            f"sshd logins: {cor['logins']} on {cor['hosts']} hosts from {cor['runs']} correlate runs "
-            f"({', '.join(f'{k} {n}' for k, n in sorted(cor['by_outcome'].items())) or 'none'})",
-            *_table([[r["severity"], r["code"], r["count"]] for r in cor["by_code"]], ["SEVERITY", "FINDING", "COUNT"]),
-            "",
-            "Critical and warning findings",
-            *_table([[r["severity"].upper(), r["host"], _login_time(r), r["account"], r["source"], r["serial"],
-                      r["message"]] for r in cor["list"]],
-                    ["SEVERITY", "HOST", "TIME", "ACCOUNT", "FROM", "SERIAL", "FINDING"]),
-            "",
-        ]
-    else:
-        out += ["sshd logins: none recorded (feed sshd logs to 'iast-ca audit correlate')", ""]
-    out += [
-        f"Expired certificates never used: {un['total']} of {un['expired_total']}"
-        + ("" if un["available"] else " (no sshd log correlated: every expired certificate counts)"),
-        *_table([[r["role"], r["unused"], r["expired"]] for r in un["by_role"]], ["ROLE", "UNUSED", "EXPIRED"]),
-        *_table([[r["serial"], r["key_id"], r["user"], _t(r["issued"]), _dur(r["ttl"])] for r in un["recent"]],
-                ["SERIAL", "KEY ID", "USER", "ISSUED", "VALID FOR"]),
-    ]
-    return "\n".join(out) + "\n"
-
-
-# -- HTML ---------------------------------------------------------------------------------
-
-_CSS = """
-body{font-family:-apple-system,"Segoe UI",Helvetica,Arial,sans-serif;color:#1d2430;background:#f6f7f9;margin:0}
-main{max-width:1100px;margin:0 auto;padding:24px}
-h1{font-size:1.6em;margin:0 0 4px}h2{font-size:1.2em;margin:32px 0 6px;border-bottom:2px solid #d5dae1;
-padding-bottom:4px}p.lead{color:#4a5565;margin:0 0 16px}p.help{color:#4a5565;font-size:.92em;margin:4px 0 10px}
-.cards{display:flex;flex-wrap:wrap;gap:12px;margin:16px 0}.card{background:#fff;border:1px solid #d5dae1;
-border-radius:8px;padding:12px 16px;min-width:150px;flex:1}.card b{display:block;font-size:1.7em}
-.card span{color:#4a5565;font-size:.9em}.card.bad{border-color:#c0392b;background:#fdecea}
-.card.bad b{color:#c0392b}.card.warn{border-color:#d68910;background:#fef5e7}
-table{border-collapse:collapse;width:100%;background:#fff;margin:6px 0 12px;font-size:.92em}
-th,td{border:1px solid #d5dae1;padding:5px 8px;text-align:left;vertical-align:top}th{background:#eef1f5}
-td.n{text-align:right;font-variant-numeric:tabular-nums}.none{color:#6b7685;font-style:italic}
-.sev-critical{color:#fff;background:#c0392b;padding:1px 6px;border-radius:4px;font-weight:bold}
-.sev-warning{color:#000;background:#f5b041;padding:1px 6px;border-radius:4px}
-.sev-info{background:#d6eaf8;padding:1px 6px;border-radius:4px}
-.bar{background:#3f6fb5;height:10px;display:inline-block;vertical-align:middle}
-svg{background:#fff;border:1px solid #d5dae1;border-radius:6px}code{font-size:.95em}
-footer{color:#6b7685;font-size:.85em;margin-top:32px}
-"""
-
-
-def _e(v: Any) -> str:
-    """Escape anything for HTML text or an attribute value."""
-    return html.escape("-" if v is None else str(v), quote=True)
-
-
-def _html_table(rows: list[list[Any]], headers: list[str], numeric: Iterable[int] = ()) -> str:
-    if not rows:
-        return '<p class="none">None.</p>'
-    num = set(numeric)
-    head = "".join(f"<th>{_e(h)}</th>" for h in headers)
-    body = []
-    for r in rows:
-        cells = []
-        for i, c in enumerate(r):
-            if isinstance(c, _Raw):
-                cells.append(f"<td>{c.html}</td>")
-            else:
-                cells.append(f'<td class="n">{_e(c)}</td>' if i in num else f"<td>{_e(c)}</td>")
-        body.append("<tr>" + "".join(cells) + "</tr>")
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
-
-
-@dataclass(frozen=True)
-class _Raw:
-    """Markup built here (already escaped), to put in a table cell as is."""
-
-    html: str
-
-
-_FINDINGS = {
-    "not_issued": "Signed with this authority's key, but never issued by it (forged, or a lost record)",
-    "record_mismatch": "Does not match what the authority issued under that serial (forged or altered)",
-    "used_after_revocation": "Used after it was revoked (the server lacks the current revocation list)",
-    "maybe_used_after_revocation": "Revoked, and used at a time the log does not say",
-    "privileged_account": "Logged in to a privileged account that the certificate does not name",
-    "outside_validity": "Accepted outside the certificate's validity (the server's clock is off?)",
-    "account_not_principal": "Logged in to an account the certificate does not name (mapped by the server)",
-    "other_ca": "A certificate from another authority was accepted",
-}
-
-
-def _finding(code: str) -> _Raw:
-    label = _FINDINGS.get(code)
-    return _Raw(f"{_e(label)} <code>{_e(code)}</code>" if label else f"<code>{_e(code)}</code>")
-
-
-def _sev(s: str) -> _Raw:
-    cls = s if s in SEVERITIES else "info"
-    return _Raw(f'<span class="sev-{cls}">{_e(s.upper())}</span>')
-
-
-def _bar(n: int, biggest: int) -> _Raw:
-    width = 0 if not biggest else max(1, round(200 * n / biggest)) if n else 0
-    return _Raw(f'<span class="bar" style="width:{width}px"></span> {_e(n)}')
-
-
-def _chart(per_day: list[dict]) -> str:
-    """An SVG bar chart of issuances per day (per month beyond a year), with every day shown."""
-    if not per_day:
-        return '<p class="none">No certificates were issued in this period.</p>'
-    counts = {r["day"]: r["count"] for r in per_day}
-    first = dt.date.fromisoformat(per_day[0]["day"])
-    last = dt.date.fromisoformat(per_day[-1]["day"])
-    labels: list[str] = []
-    values: list[int] = []
-    if (last - first).days > 366:
-        unit = "month"
-        monthly: dict[str, int] = {}
-        for d, n in counts.items():
-            monthly[d[:7]] = monthly.get(d[:7], 0) + n
-        y, m = first.year, first.month
-        while (y, m) <= (last.year, last.month):
-            key = f"{y:04d}-{m:02d}"
-            labels.append(key)
-            values.append(monthly.get(key, 0))
-            y, m = (y + 1, 1) if m == 12 else (y, m + 1)
-    else:
-        unit = "day"
-        d = first
-        while d <= last:
-            labels.append(d.isoformat())
-            values.append(counts.get(d.isoformat(), 0))
-            d += dt.timedelta(days=1)
-    width, height, left, bottom, top = 900, 220, 50, 30, 14
-    plot_w, plot_h = width - left - 10, height - bottom - top
-    biggest = max(values) or 1
-    step = plot_w / len(values)
-    bar_w = max(step * 0.8, 0.5)
-    parts = [f'<svg role="img" aria-label="Certificates issued per {unit}" width="100%"'
-             f' viewBox="0 0 {width} {height}" preserveAspectRatio="xMinYMin meet">']
-    for frac in (0, 0.5, 1):
-        y = top + plot_h * (1 - frac)
-        parts.append(f'<line x1="{left}" y1="{y:.1f}" x2="{width - 10}" y2="{y:.1f}" stroke="#e1e5eb"/>')
-        parts.append(f'<text x="{left - 6}" y="{y + 4:.1f}" font-size="11" text-anchor="end" fill="#4a5565">'
-                     f"{_e(round(biggest * frac))}</text>")
-    for i, (label, v) in enumerate(zip(labels, values)):
-        h = plot_h * v / biggest
-        x = left + i * step + (step - bar_w) / 2
-        parts.append(f'<rect x="{x:.1f}" y="{top + plot_h - h:.1f}" width="{bar_w:.1f}" height="{h:.1f}"'
-                     f' fill="#3f6fb5"><title>{_e(label)}: {_e(v)}</title></rect>')
-    for i in sorted({0, len(labels) // 2, len(labels) - 1}):
-        x = left + i * step + step / 2
-        anchor = "start" if i == 0 else "end" if i == len(labels) - 1 else "middle"
-        parts.append(f'<text x="{x:.1f}" y="{height - 10}" font-size="11" text-anchor="{anchor}"'
-                     f' fill="#4a5565">{_e(labels[i])}</text>')
-    parts.append("</svg>")
-    return "".join(parts)
-
-
-def _issued_html(rows: list[dict]) -> str:
-    return _html_table([[r["id"], _t(r["ts"]), r["user"], r["role"], r["serial"], _dur(r["ttl"]),
-                         ", ".join(map(str, r["principals"])), r["reason"] or ""] for r in rows],
-                       ["Event", "Time (UTC)", "User", "Role", "Serial", "Lifetime", "Principals", "Reason given"],
-                       numeric=(0, 4))
-
-
-def render_html(rep: dict[str, Any]) -> str:
-    """The report as one self-contained HTML page (no scripts, no external resources)."""
-    iss, priv, oh = rep["issuances"], rep["privileged"], rep["outside_hours"]
-    den, cor, un = rep["denials"], rep["correlation"], rep["unused"]
-    rv, lk, ap = rep["revocations"], rep["lockouts"], rep["approvals"]
-    f = cor["findings"]
-
-    def card(n: int, label: str, level: str = "") -> str:
-        return f'<div class="card {level}"><b>{_e(n)}</b><span>{_e(label)}</span></div>'
-
-    crit_level = "bad" if f["critical"] else ""
-    cards = "".join([
-        card(iss["total"], "certificates issued"),
-        card(iss["users_total"], "people who received one"),
-        card(priv["total"], f"with a privileged principal ({', '.join(priv['principals']) or 'none'})",
-             "warn" if priv["total"] else ""),
-        card(oh["total"], "issued outside working hours", "warn" if oh["total"] else ""),
-        card(den["total"], "requests refused or failed"),
-        card(lk["total"], "account lockouts", "warn" if lk["total"] else ""),
-        card(rv["total"], "revocations"),
-        card(f["critical"], "critical findings in server logs", crit_level),
-        card(un["total"], "expired certificates never used"),
-    ])
-    max_role = max((r["count"] for r in iss["by_role"]), default=0)
-    sections = [
-        f"<h1>SSH access review</h1><p class=\"lead\">Certificates issued by the iast-ssh certificate authority,"
-        f" {_e(_window_text(rep))}. Generated {_e(_t(rep['generated']))}. All times are UTC.</p>",
-        '<p class="help">Every SSH login that uses this authority needs a short-lived certificate. This report'
-        " shows who received certificates, for what kind of access, which requests were refused, and, where the"
-        " servers' SSH logs have been checked, whether each login matches a certificate the authority really"
-        " issued. Items in red need a response; items in orange deserve a look.</p>",
-        f'<div class="cards">{cards}</div>',
-    ]
-    if f["critical"]:
-        sections.append(
-            '<p class="help"><span class="sev-critical">ACTION NEEDED</span> Server logs show logins that the'
-            " authority cannot account for, or logins with revoked certificates. See"
-            " &ldquo;Logins checked against server logs&rdquo; below.</p>")
-    sections += [
-        "<h2>Certificates issued per day</h2>",
-        '<p class="help">Each bar is one day; hold the pointer over a bar to see its date and count.</p>',
-        _chart(iss["per_day"]),
-        "<h2>By role</h2>",
-        '<p class="help">A role is a kind of access (for example read-only production). &ldquo;Longest&rdquo;'
-        " is the longest lifetime granted.</p>",
-        _html_table([[r["role"], _bar(r["count"], max_role), r["users"], _dur(r["max_ttl"]), _dur(r["avg_ttl"])]
-                     for r in iss["by_role"]], ["Role", "Certificates", "People", "Longest", "Average"],
-                    numeric=(2,)),
-        f"<h2>By person (top {len(iss['by_user'])} of {iss['users_total']})</h2>",
-        _html_table([[r["user"], r["count"], ", ".join(r["roles"]), _t(r["last"])] for r in iss["by_user"]],
-                    ["Person", "Certificates", "Roles", "Most recent"], numeric=(1,)),
-        f"<h2>Privileged access ({_e(', '.join(priv['principals']) or 'none configured')})</h2>",
-        f'<p class="help">{_e(priv["total"])} certificates allowed logging in as a privileged account.</p>',
-        _html_table([[r["principal"], r["count"], r["users"]] for r in priv["by_principal"]],
-                    ["Account", "Certificates", "People"], numeric=(1, 2)),
-        _issued_html(priv["recent"]),
-        "<h2>Longest lifetimes</h2>",
-        '<p class="help">The certificates that stayed valid longest. Long lifetimes widen the window in which a'
-        " stolen certificate works.</p>",
-        _issued_html(rep["longest"]),
-        f"<h2>Outside working hours ({_e(oh['hours'])} UTC, {_e(oh['weekdays'])})</h2>",
-        f'<p class="help">{_e(oh["total"])} certificates were issued outside these hours.</p>',
-        _html_table([[r["user"], r["count"]] for r in oh["by_user"]], ["Person", "Certificates"], numeric=(1,)),
-        _issued_html(oh["recent"]),
-        f"<h2>Refused and failed requests ({_e(den['total'])})</h2>",
-        '<p class="help">Requests the authority refused (policy) or could not complete, grouped by message.</p>',
-        _html_table([[r["count"], r["kind"], r["users"], _t(r["first"]), _t(r["last"]), r["message"] or ""]
-                     for r in den["groups"]], ["Times", "Kind", "People", "First", "Last", "Message"],
-                    numeric=(0, 2)),
-        f"<h2>Failed sign-ins to the authority ({_e(rep['auth_failures']['total'])})</h2>",
-        _html_table([[r["count"], r["method"], r["users"], r["sources"], r["why"]]
-                     for r in rep["auth_failures"]["groups"]], ["Times", "Method", "Accounts", "Addresses", "Why"],
-                    numeric=(0, 2, 3)),
-        f"<h2>Lockouts ({_e(lk['total'])})</h2>",
-        '<p class="help">Accounts or addresses blocked after repeated failed sign-ins.</p>',
-        _html_table([[_t(r["ts"]), r["user"], r["source"], r["key"], r["failures"], _dur(r["seconds"])]
-                     for r in lk["recent"]], ["Time", "Account", "Address", "Blocked", "Failures", "For"],
-                    numeric=(4,)),
-        f"<h2>Approvals ({_e(ap['total'])})</h2>",
-        _html_table([[k, n] for k, n in ap["by_kind"].items()], ["Kind", "Count"], numeric=(1,)),
-        f"<h2>Revocations ({_e(rv['total'])})</h2>",
-        '<p class="help">Certificates, keys or people whose access was withdrawn before it expired.</p>',
-        _html_table([[_t(r["ts"]), r["kind"], r["value"], r["actor"], r["reason"] or ""] for r in rv["recent"]],
-                    ["Time", "What", "Which", "By", "Reason"]),
-        "<h2>Logins checked against server logs</h2>",
-    ]
-    if cor["available"]:
-        outcome = ", ".join(f"{_e(n)} {_e(k)}" for k, n in sorted(cor["by_outcome"].items())) or "none"
-        sections += [
-            f'<p class="help">{_e(cor["logins"])} logins by certificate were read from the SSH logs of'
-            f" {_e(cor['hosts'])} servers ({outcome}); {_e(cor['joined'])} of them match a certificate this"
-            " authority issued. A critical finding means a login with a certificate the authority has no record"
-            " of, whose record does not match, or that had been revoked.</p>",
-            _html_table([[_sev(r["severity"]), _finding(r["code"]), r["count"]] for r in cor["by_code"]],
-                        ["Severity", "Finding", "Logins"], numeric=(2,)),
-            _html_table([[_sev(r["severity"]), r["host"], _login_time(r), r["account"],
-                          r["source"], r["serial"], r["message"]] for r in cor["list"]],
-                        ["Severity", "Server", "Time", "Account", "From", "Serial", "What was found"]),
-        ]
-    else:
-        sections.append('<p class="none">No server SSH logs have been checked yet.</p>')
-    sections += [
-        f"<h2>Certificates never used ({_e(un['total'])} of {_e(un['expired_total'])} expired)</h2>",
-        '<p class="help">Expired certificates with no recorded login on any checked server. Many unused'
-        " certificates for a role can mean the access is not needed.</p>"
-        + ("" if un["available"] else '<p class="none">No server logs have been checked, so every expired'
-                                      " certificate counts as unused.</p>"),
-        _html_table([[r["role"], r["unused"], r["expired"]] for r in un["by_role"]],
-                    ["Role", "Never used", "Expired"], numeric=(1, 2)),
-        _html_table([[r["serial"], r["key_id"], r["user"], _t(r["issued"]), _dur(r["ttl"])] for r in un["recent"]],
-                    ["Serial", "Certificate ID", "Person", "Issued", "Valid for"], numeric=(0,)),
-        f"<footer>Report options: privileged accounts {_e(', '.join(priv['principals']) or 'none')};"
-        f" working hours {_e(oh['hours'])} UTC on {_e(oh['weekdays'])}; lists show at most"
-        f" {_e(rep['options']['top'])} rows.</footer>",
-    ]
-    return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-            "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
-            f"<title>SSH access review {_e(_window_text(rep))}</title><style>{_CSS}</style></head>"
-            f"<body><main>{''.join(sections)}</main></body></html>\n")
-
-
-def render_json(rep: dict[str, Any]) -> str:
-    return json.dumps(rep, indent=2, ensure_ascii=False, default=str) + "\n"
