@@ -19,6 +19,11 @@ class Identity:
     ``("password", "totp")`` or ``("admin-offline",)``. ``mfa`` is true when
     the identity satisfied a second factor for this request (or an
     administrator issued offline, which is recorded as such).
+
+    An authenticator (:mod:`ca.auth`) makes it. ``issuer``, ``subject`` and
+    ``auth_time`` are for providers that vouch for someone else's login
+    (an OIDC issuer, a workload token): who vouched, their name for the
+    subject, and when that login happened (unix seconds). None otherwise.
     """
 
     user: str
@@ -28,6 +33,9 @@ class Identity:
     groups: tuple[str, ...] = ()
     operator: str | None = None  # the administrator who issued on the user's behalf (offline)
     login_key: str | None = None  # fingerprint of the enrolled key the user authenticated with, if any
+    issuer: str | None = None
+    subject: str | None = None
+    auth_time: int | None = None
 
 
 @dataclass(frozen=True)

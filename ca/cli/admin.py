@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import datetime as dt
 import os
-from dataclasses import replace
 from pathlib import Path
 
 import click
@@ -27,7 +26,7 @@ from ca.cli.user_cmds import user
 from ca.durations import format_duration
 from ca.errors import UsageError
 from ca.files import write_atomic
-from ca.keys.keyring import CA_KEY_TYPES, Keyring
+from ca.keys.keyring import CA_KEY_TYPES
 from ca.models import Identity, SignRequest
 from ca.state import init_state, os_user
 
@@ -98,7 +97,8 @@ def trust(env: Env, fmt: str, host_pattern: str) -> None:
       iast-ca trust > /etc/ssh/iast-user-ca.pub
       # and in /etc/ssh/sshd_config:  TrustedUserCAKeys /etc/ssh/iast-user-ca.pub
     """
-    keyring = Keyring.load(env.config.state_dir)
+    with env.open_ca() as ca:
+        keyring = ca.keyring
     lines = keyring.trust_lines() if fmt == "trusted-user-ca-keys" else keyring.known_hosts_lines(host_pattern)
     click.echo("\n".join(lines))
 
@@ -133,25 +133,17 @@ def sign(env: Env, user: str, role: str | None, ttl: int | None, reason: str | N
       iast-ca sign --user alice --role dev --ttl 2h -o alice-cert.pub alice.pub
       iast-ca sign --user alice --request req-abcdefghij -o alice-cert.pub alice.pub
     """
-    from ca.access.approvals import Approvals
-
     if output != "-":  # fail before issuing, not after: a certificate must never be issued into the void
         parent = Path(output).resolve().parent
         if not parent.is_dir() or not os.access(parent, os.W_OK):
             raise UsageError(f"cannot write {output}: {parent} is not a writable directory")
     key_line = pubkey_file.read(64 * 1024)
-    authority = env.authority()
-    try:
+    with env.open_ca() as ca:
+        # Offline: an operator acting for the user. The authority uses an access request only
+        # when one is named, and does not re-check a login (there was none): see ca.app.
         identity = Identity(user=user, auth_methods=("admin-offline",), mfa=True, operator=os_user())
-        request = SignRequest(public_key=key_line, role=role, ttl=ttl, reason=reason)
-        consume = None
-        if request_id is not None:
-            approvals = Approvals(authority.audit, clock=authority.clock)
-            request = approvals.prepare(user, replace(request, request_id=request_id), authority.policy)
-            consume = approvals.consumer(user, request.request_id, authority.policy)
-        issued = authority.issue(identity, request, consume=consume)
-    finally:
-        authority.close()
+        request = SignRequest(public_key=key_line, role=role, ttl=ttl, reason=reason, request_id=request_id)
+        issued = ca.authority.issue(identity, request)
     if output != "-":
         write_atomic(output, issued.certificate + "\n", 0o644)
     elif fmt != "json":  # with --json the certificate is a field of the object

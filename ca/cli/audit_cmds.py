@@ -19,16 +19,14 @@ from ca.durations import format_duration, parse_time
 from ca.errors import AuditError, ChainBroken, StateError, UsageError
 from ca.files import write_atomic
 from ca.models import Event
-from ca.state import StatePaths, load_audit_key, os_user
+from ca.state import load_audit_key, os_user
 
 _CSV_FIELDS = ["id", "ts", "kind", "user", "role", "serial", "key_id", "source", "data", "prev_hash", "hash"]
 
 
 def _open(env: Env) -> AuditLog:
-    paths = StatePaths(env.config.state_dir)
-    if not paths.db.exists():
-        raise StateError(f"no audit database at {paths.db}: run 'iast-ca init' first")
-    return AuditLog(paths.db)
+    """The audit log; the caller closes it."""
+    return env.open_ca(require_db=True).audit
 
 
 def _as_dict(e: Event) -> dict:
@@ -137,15 +135,12 @@ def show(env: Env, event_id: int | None, serial: int | None, request_id: str | N
 
 def _show_request(env: Env, request_id: str, fmt: str) -> None:
     """The request as it stands, then every event that names it (created, votes, refusals, the certificate)."""
-    from ca.access.approvals import Approvals, check_request_id, request_events
+    from ca.access.approvals import check_request_id, request_events
 
     request_id = check_request_id(request_id)
-    log = _open(env)
-    try:
-        req = Approvals(log).get(request_id)
-        events = request_events(log, request_id)
-    finally:
-        log.close()
+    with env.open_ca(require_db=True) as ca:
+        req = ca.approvals.get(request_id)
+        events = request_events(ca.audit, request_id)
     if req is None and not events:
         raise AuditError(f"no request {request_id}")
     if fmt == "json":
@@ -176,7 +171,7 @@ def _request_detail(e: Event) -> str:
 
 
 def _audit_pub_blob(env: Env, audit_key: str | None) -> bytes:
-    path = audit_key or StatePaths(env.config.state_dir).audit_pub
+    path = audit_key or env.open_ca().paths.audit_pub
     try:
         return base64.b64decode(open(path).read().split()[1])
     except (OSError, IndexError, ValueError):
@@ -242,7 +237,7 @@ def checkpoint(env: Env, output: str, fmt: str) -> None:
     Example:
       iast-ca audit checkpoint -o /mnt/offsite/checkpoint-$(date +%F).txt
     """
-    key = load_audit_key(StatePaths(env.config.state_dir), env.passphrase())
+    key = load_audit_key(env.open_ca().paths, env.passphrase())
     log = _open(env)
     try:
         report = log.verify()

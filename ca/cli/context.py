@@ -8,9 +8,9 @@ from pathlib import Path
 
 import click
 
+from ca.app import CA, open_ca
 from ca.config import Config, load_config
 from ca.durations import parse_duration
-from ca.issuance.authority import Authority
 from ca.keys.keyring import read_passphrase
 
 
@@ -31,8 +31,16 @@ class Env:
     def passphrase(self) -> bytes | None:
         return read_passphrase(self.config.passphrase_file)
 
-    def authority(self) -> Authority:
-        return Authority.open(self.config, passphrase=self.passphrase())
+    def open_ca(self, *, require_db: bool = False) -> CA:
+        """The CA of these settings (:func:`ca.app.open_ca`); parts open on first use. Use it with ``with``.
+
+        ``require_db``: refuse (StateError) when there is no audit database yet,
+        rather than create an empty one.
+        """
+        ca = open_ca(self.config)
+        if require_db:
+            ca.require_db()
+        return ca
 
 
 pass_env = click.make_pass_decorator(Env)

@@ -14,14 +14,12 @@ from contextlib import contextmanager
 import click
 
 from ca.access.approvals import OPEN, STATUSES, AccessRequest, Approvals
-from ca.audit.log import AuditLog
 from ca.cli.common import echo_csv, echo_json, echo_table, output_options
 from ca.cli.context import Env, pass_env
 from ca.durations import format_duration
-from ca.errors import StateError
 from ca.models import Identity
-from ca.policy import Policy, load_policy
-from ca.state import StatePaths, os_user
+from ca.policy import Policy
+from ca.state import os_user
 
 _CSV_FIELDS = ["id", "user", "role", "ttl", "reason", "status", "created", "decided", "expires_at", "used_serial",
                "required", "approvals", "votes"]
@@ -29,15 +27,9 @@ _CSV_FIELDS = ["id", "user", "role", "ttl", "reason", "status", "created", "deci
 
 @contextmanager
 def _open(env: Env) -> Iterator[tuple[Approvals, Policy]]:
-    paths = StatePaths(env.config.state_dir)
-    if not paths.db.exists():
-        raise StateError(f"no audit database at {paths.db}: run 'iast-ca init' first")
-    policy = load_policy(env.config.policy_path, principal_pattern=env.config.principal_pattern)
-    log = AuditLog(paths.db)
-    try:
-        yield Approvals(log), policy
-    finally:
-        log.close()
+    with env.open_ca(require_db=True) as ca:
+        policy = ca.policy  # before the database: a bad policy opens nothing
+        yield ca.approvals, policy
 
 
 def _admin() -> Identity:

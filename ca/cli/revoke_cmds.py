@@ -17,23 +17,14 @@ from ca.access.revocation import (
     revoke_serial,
     revoke_user,
 )
-from ca.audit.log import AuditLog
 from ca.cli.common import echo_json, output_options
 from ca.cli.context import Env, pass_env
-from ca.errors import StateError, UsageError
+from ca.errors import UsageError
 from ca.files import write_atomic
-from ca.keys.keyring import Keyring
 from ca.sshcert.krl import describe, parse_krl
-from ca.state import StatePaths, os_user
+from ca.state import os_user
 
 MAX_KEY_FILE = 64 * 1024
-
-
-def _open(env: Env) -> AuditLog:
-    paths = StatePaths(env.config.state_dir)
-    if not paths.db.exists():
-        raise StateError(f"no audit database at {paths.db}: run 'iast-ca init' first")
-    return AuditLog(paths.db)
 
 
 def _serials_text(serials: tuple[int, ...]) -> str:
@@ -74,8 +65,8 @@ def revoke(env: Env, serial: int | None, key_id: str | None, key_file, user: str
         raise UsageError("give exactly one of --serial, --key-id, --key, --user, --ca-key"
                          + (f" (got {', '.join(chosen)})" if chosen else ""))
     actor = os_user()
-    log = _open(env)
-    try:
+    with env.open_ca(require_db=True) as ca:
+        log = ca.audit
         if serial is not None:
             result = revoke_serial(log, serial, reason, actor)
             what = f"certificate serial {serial}"
@@ -84,16 +75,14 @@ def revoke(env: Env, serial: int | None, key_id: str | None, key_file, user: str
             what = f"certificate {key_id} (serial {result.serials[0]})"
         elif key_file is not None:
             line = key_file.read(MAX_KEY_FILE)
-            result = revoke_key(log, line, reason, actor, keyring=Keyring.load(env.config.state_dir))
+            result = revoke_key(log, line, reason, actor, keyring=ca.keyring)
             what = f"key {result.value}: every certificate for it, now and later ({_serials_text(result.serials)})"
         elif user is not None:
             result = revoke_user(log, user, reason, actor)
             what = f"user {user}: {_serials_text(result.serials)}"
         else:
-            result = revoke_ca_key(log, ca_key, reason, actor, keyring=Keyring.load(env.config.state_dir))
+            result = revoke_ca_key(log, ca_key, reason, actor, keyring=ca.keyring)
             what = f"CA key {ca_key}: every certificate it signed"
-    finally:
-        log.close()
     if fmt == "json":
         echo_json(result.as_json())
         return
@@ -124,12 +113,10 @@ def krl(env: Env, output: str | None, text: bool, fmt: str) -> None:
     """
     if text and fmt == "json":
         raise UsageError("--text and --json cannot be used together")
-    keyring = Keyring.load(env.config.state_dir)
-    log = _open(env)
-    try:
-        built = build_current_krl(log, keyring)
-    finally:
-        log.close()
+    with env.open_ca() as ca:
+        keyring = ca.keyring  # first, as before: "no CA" comes before "no audit database"
+        ca.require_db()
+        built = build_current_krl(ca.audit, keyring)
     if output:
         write_atomic(output, built.data, 0o644)
     elif not text and fmt != "json":

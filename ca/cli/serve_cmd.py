@@ -7,14 +7,13 @@ import base64
 
 import click
 
+from ca.app import open_ca
 from ca.cli.common import echo_json, output_options
 from ca.cli.context import Env, pass_env
 from ca.config import parse_listen
 from ca.errors import StateError
-from ca.issuance.authority import Authority
-from ca.keys.keyring import Keyring
+from ca.service.observe import setup_logging
 from ca.service.server import serve as serve_forever
-from ca.service.server import setup_logging
 from ca.service.workers import run_workers
 from ca.sshcert.certificates import fingerprint
 from ca.state import StatePaths, init_state
@@ -27,19 +26,19 @@ def _host_key_fingerprint(paths: StatePaths) -> str:
 
 def _serve(env: Env, listen: str | None, on_ready=None, workers: int = 1) -> None:
     cfg = env.config
-    if not StatePaths(cfg.state_dir).keyring.exists():
+    ca = open_ca(cfg, for_service=True)
+    if not ca.paths.keyring.exists():
         raise StateError(f"no CA in {cfg.state_dir}: run 'iast-ca init' first")
     host, port = parse_listen(listen) if listen else (cfg.listen_host, cfg.listen_port)
     setup_logging()
-    passphrase = env.passphrase()
-    authority = Authority.open(cfg, passphrase=passphrase)  # fails here, once, on a bad key or policy
+    ca.authority  # noqa: B018 - reads the passphrase file; fails here, once, on a bad key or policy
     if workers > 1:
-        authority.close()
-        status = run_workers(cfg, workers, host, port, passphrase)
+        ca.close()
+        status = run_workers(cfg, workers, host, port, env.passphrase())
         if status:
             raise SystemExit(status)
         return
-    asyncio.run(serve_forever(cfg, authority, host=host, port=port, ready=on_ready))
+    asyncio.run(serve_forever(ca, host=host, port=port, ready=on_ready))
 
 
 @click.command()
@@ -71,7 +70,7 @@ def run(env: Env, listen: str | None) -> None:
       iast-ca --state-dir ./var run
     """
     cfg = env.config
-    paths = StatePaths(cfg.state_dir)
+    paths = open_ca(cfg).paths
     if not paths.keyring.exists():
         s = init_state(cfg, "ed25519", env.passphrase())
         click.echo(f"Created a new CA in {s['state_dir']}: {s['ca_algorithm']} {s['ca_fingerprint']}", err=True)
@@ -107,8 +106,8 @@ def info(env: Env, fmt: str) -> None:
       iast-ca info --json | jq -r .host_key_fingerprint
     """
     cfg = env.config
-    paths = StatePaths(cfg.state_dir)
-    keyring = Keyring.load(cfg.state_dir)
+    ca = open_ca(cfg)
+    paths, keyring = ca.paths, ca.keyring
     data = {
         "state_dir": str(cfg.state_dir),
         "policy": str(cfg.policy_path),

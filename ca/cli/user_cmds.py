@@ -13,27 +13,19 @@ from contextlib import contextmanager
 
 import click
 
-from ca.audit.log import AuditLog
-from ca.auth.throttle import Throttle
 from ca.auth.users import MIN_PASSWORD_LENGTH, Enrolment, User, UserStore
 from ca.cli.common import echo_csv, echo_json, echo_table, output_options
 from ca.cli.context import Env, pass_env
-from ca.errors import StateError, UsageError
-from ca.state import StatePaths, os_user
+from ca.errors import UsageError
+from ca.state import os_user
 
 MAX_KEY_FILE = 64 * 1024
 
 
 @contextmanager
 def _store(env: Env) -> Iterator[UserStore]:
-    paths = StatePaths(env.config.state_dir)
-    if not paths.db.exists():
-        raise StateError(f"no audit database at {paths.db}: run 'iast-ca init' first")
-    log = AuditLog(paths.db)
-    try:
-        yield UserStore(log, min_rsa_bits=env.config.min_rsa_bits)
-    finally:
-        log.close()
+    with env.open_ca(require_db=True) as ca:
+        yield ca.users
 
 
 def _read_password() -> str:
@@ -330,12 +322,6 @@ def unlock(env: Env, name: str | None, address: str | None) -> None:
     """
     if name is None and address is None:
         raise UsageError("give a user NAME, --address IP, or both")
-    paths = StatePaths(env.config.state_dir)
-    if not paths.db.exists():
-        raise StateError(f"no audit database at {paths.db}: run 'iast-ca init' first")
-    log = AuditLog(paths.db)
-    try:
-        cleared = Throttle(log.conn).unlock(name, address, log=log, actor=os_user())
-    finally:
-        log.close()
+    with env.open_ca(require_db=True) as ca:
+        cleared = ca.throttle.unlock(name, address, log=ca.audit, actor=os_user())
     click.echo(f"cleared {cleared} counter(s)" + ("" if cleared else " (nothing was locked)"))

@@ -11,6 +11,15 @@ A role with an ``approval`` table is signed only with a ``consume`` hook
 (see :mod:`ca.access.approvals`): it runs inside the issuing transaction, before
 signing, and marks the approved request used, so one approved request
 gives at most one certificate however many logins race for it.
+
+The authority owns both hooks; callers just call ``issue(identity, request)``.
+What it does for a request is a property of the authority, decided once, in
+the composition root (:func:`ca.app.open_ca`): an ``online`` authority (the
+SSH service) re-checks the login inside the issuing transaction
+(:func:`still_allowed`) and takes every request through the approvals
+(``prepare`` + ``consumer``); an offline one (``iast-ca sign``, an operator
+acting on a user's behalf) does neither, and uses an access request only when
+one is named (``--request ID``).
 """
 
 from __future__ import annotations
@@ -19,10 +28,11 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from ca.access.approvals import Approvals
 from ca.access.revocation import is_revoked
 from ca.audit.log import AuditLog, Transaction
 from ca.config import Config
-from ca.errors import AuditError, CAError, PolicyDenied, SigningError
+from ca.errors import AuditError, AuthenticationFailed, CAError, PolicyDenied, SigningError
 from ca.issuance.signer import Signer, make_key_id
 from ca.keys.keyring import Keyring, read_passphrase
 from ca.models import Decision, Identity, Issued, SignRequest
@@ -47,6 +57,8 @@ class Authority:
         clock_skew: int = 60,
         min_rsa_bits: int = 3072,
         clock: Callable[[], float] = time.time,
+        approvals: Approvals | None = None,
+        online: bool = False,
     ):
         self.policy = policy
         self.signer = signer
@@ -55,14 +67,20 @@ class Authority:
         self.clock_skew = clock_skew
         self.min_rsa_bits = min_rsa_bits
         self.clock = clock
-        # Called inside every issuing transaction with (tx, identity); raises a CAError to
-        # refuse. The service uses it to re-check that the user and the key they logged in
-        # with are still allowed at the moment the certificate commits.
-        self.gate: Callable[[Transaction, Identity], None] | None = None
+        # Access requests, on the audit log's own connection: consuming one is part of issuing.
+        self.approvals = approvals
+        # The service's authority: every request is a login's, so inside every issuing
+        # transaction the user and the key they logged in with are re-checked
+        # (still_allowed), and every request goes through the approvals.
+        self.online = online
 
     @classmethod
     def open(cls, cfg: Config, *, passphrase: bytes | None = None, clock: Callable[[], float] = time.time) -> Authority:
-        """Load the keyring, unlock the active CA key, read the policy and open the audit log."""
+        """Load the keyring, unlock the active CA key, read the policy and open the audit log.
+
+        An offline authority without approvals: the library's shortcut (tests,
+        benchmarks). The CA's commands and its service use :func:`ca.app.open_ca`.
+        """
         keyring = Keyring.load(cfg.state_dir)
         if passphrase is None:
             passphrase = read_passphrase(cfg.passphrase_file)
@@ -86,7 +104,8 @@ class Authority:
               consume: Callable[[Transaction, Decision], dict[str, Any]] | None = None) -> Issued:
         """Decide, sign and audit one request; return the certificate or raise.
 
-        A role with ``approval`` needs ``consume``: called inside the
+        A role with ``approval`` needs ``consume``; without one, the
+        authority's approvals make it (see the module docstring). Called inside the
         issuing transaction before signing, it checks and uses up the
         approved request and returns fields merged into the ``issued``
         event; if it raises, nothing it wrote is kept and the refusal is
@@ -100,6 +119,11 @@ class Authority:
         """
         now = int(self.clock())
         policy = self.policy  # one policy for the whole request, even if a reload swaps it
+        if consume is None and self.approvals is not None and (self.online or request.request_id is not None):
+            # A role with approval is signed only through an approved request, used up in the
+            # issuing transaction itself (the hook is called only for such roles).
+            request = self.approvals.prepare(identity.user, request, policy)
+            consume = self.approvals.consumer(identity.user, request.request_id, policy)
         user_key: UserKey | None = None
         try:
             if not is_user_name(identity.user):
@@ -128,8 +152,8 @@ class Authority:
                     raise PolicyDenied(f"key {user_key.fingerprint} is revoked")
                 if is_revoked(tx.conn, "ca_key", self.ca_fingerprint):
                     raise SigningError(f"the active CA key {self.ca_fingerprint} is revoked: rotate it")
-                if self.gate is not None:
-                    self.gate(tx, identity)
+                if self.online:
+                    still_allowed(tx, identity)
                 extra = consume(tx, decision) if approval is not None and consume is not None else {}
                 serial = tx.next_serial()
                 key_id = make_key_id(decision.user, decision.role, serial)
@@ -203,6 +227,21 @@ class Authority:
         }
         return self.audit.record(kind, data, user=_shown(identity.user, 64), role=_shown(request.role, 64),
                                  source=identity.source_address)
+
+
+def still_allowed(tx: Transaction, identity: Identity) -> None:
+    """The gate of an online authority, inside the issuing transaction: the user is still enabled,
+    and the key they logged in with is still enrolled and not revoked (a disable, a key-remove or
+    a revoke that commits first stops even an open connection)."""
+    row = tx.conn.execute("SELECT disabled FROM users WHERE name = ?", (identity.user,)).fetchone()
+    if row is None or row[0]:
+        raise AuthenticationFailed(f"user {identity.user} is disabled")
+    if identity.login_key is not None and (
+            tx.conn.execute("SELECT 1 FROM user_keys WHERE fingerprint = ? AND user = ?",
+                            (identity.login_key, identity.user)).fetchone() is None
+            or is_revoked(tx.conn, "key", identity.login_key)):
+        raise AuthenticationFailed(f"the key you logged in with ({identity.login_key}) is no longer "
+                                   "enrolled, or was revoked")
 
 
 def _shown(text: str | None, limit: int) -> str | None:

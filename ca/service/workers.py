@@ -27,18 +27,19 @@ from collections.abc import Callable
 from multiprocessing.connection import wait
 
 from ca.config import Config
-from ca.errors import StateError
+from ca.errors import EXIT_ERROR, EXIT_OK, StateError
 
 
 def _worker(cfg: Config, index: int, host: str, port: int, passphrase: bytes | None, ready) -> None:
     import asyncio
 
-    from ca.issuance.authority import Authority
+    from ca.app import open_ca
     from ca.service.server import serve, setup_logging
 
     setup_logging(worker=index)
-    authority = Authority.open(cfg, passphrase=passphrase)
-    asyncio.run(serve(cfg, authority, host=host, port=port, worker=index, ready=lambda _s: ready.put(index)))
+    ca = open_ca(cfg, passphrase=passphrase, for_service=True)
+    ca.authority  # noqa: B018 - unlock the key and read the policy before the loop starts, as the parent did
+    asyncio.run(serve(ca, host=host, port=port, worker=index, ready=lambda _s: ready.put(index)))
 
 
 def _reserve(host: str, port: int) -> socket.socket:
@@ -52,7 +53,7 @@ def _reserve(host: str, port: int) -> socket.socket:
 def run_workers(cfg: Config, workers: int, host: str, port: int, passphrase: bytes | None,
                 on_ready: Callable[[int], None] | None = None) -> int:
     """Run ``workers`` service processes until SIGTERM/SIGINT; return the exit status."""
-    from ca.service.server import event, sd_notify
+    from ca.service.observe import event, sd_notify
 
     reserve = _reserve(host, port)
     port = reserve.getsockname()[1]
@@ -86,9 +87,9 @@ def run_workers(cfg: Config, workers: int, host: str, port: int, passphrase: byt
             dead = [p for p in procs if p.exitcode is not None]
             if dead and not stop:
                 event("worker died; stopping the service", worker=procs.index(dead[0]), exitcode=dead[0].exitcode)
-                return 1
+                return EXIT_ERROR
         sd_notify("STOPPING=1")
-        return 0
+        return EXIT_OK
     finally:
         reserve.close()
         for p in procs:

@@ -1,0 +1,236 @@
+"""The composition root: one function builds the running CA from the config.
+
+:func:`open_ca` is what every ``iast-ca`` command and the service start
+from. It knows the state directory once (:class:`~ca.state.StatePaths`),
+and builds each part the first time it is asked for, so a command that
+only reads users never needs the CA key's passphrase:
+
+    paths      the state directory's files
+    keyring    which CA keys exist (trust lines, the KRL); loaded once, reloaded on SIGHUP
+    audit      the audit log (the store); with users and approvals on its connection
+    policy     the policy file; reload_policy() swaps it in only if it is valid
+    authority  the issuance path (unlocks the CA key); owns its gate and approval hook
+    guard, authenticators
+               for the service: their own database connection (the auth thread's)
+
+Each part is built by one function below (open_audit, open_users,
+open_throttle, open_approvals, load_signer), so that changing how one is
+made (another store, another key backend) is a change in one place.
+
+``for_service=True`` makes the authority *online*: every request is a
+login's, so the login is re-checked inside the issuing transaction and
+every request goes through the approvals. Offline (``iast-ca sign``, an
+operator acting for a user) neither applies, and an access request is used
+only when one is named. That is decided here and nowhere else.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from functools import cached_property
+from typing import Any
+
+from ca.access.approvals import Approvals
+from ca.access.revocation import build_current_krl, is_revoked
+from ca.audit.log import AuditLog
+from ca.auth.base import Authenticator
+from ca.auth.guard import Guard
+from ca.auth.password_totp import PasswordTotpAuthenticator
+from ca.auth.pubkey import PublicKeyAuthenticator
+from ca.auth.throttle import Throttle
+from ca.auth.users import UserStore
+from ca.config import Config
+from ca.errors import CAError, StateError
+from ca.issuance.authority import Authority
+from ca.issuance.signer import Signer
+from ca.keys.keyring import Keyring, read_passphrase
+from ca.policy import Policy, load_policy
+from ca.state import StatePaths
+
+# -- how each part is made: one function each ---------------------------------------
+
+
+def open_audit(paths: StatePaths, clock: Callable[[], float] = time.time) -> AuditLog:
+    """A connection to the audit database (one per thread that uses it)."""
+    return AuditLog(paths.db, clock=clock)
+
+
+def open_users(audit: AuditLog, cfg: Config, clock: Callable[[], float] = time.time) -> UserStore:
+    return UserStore(audit, min_rsa_bits=cfg.min_rsa_bits, clock=clock)
+
+
+def open_throttle(audit: AuditLog, cfg: Config) -> Throttle:
+    return Throttle(audit.conn, cfg.throttle)
+
+
+def open_approvals(audit: AuditLog, clock: Callable[[], float] = time.time) -> Approvals:
+    return Approvals(audit, clock=clock)
+
+
+def key_revoked(audit: AuditLog) -> Callable[[str], bool]:
+    """``fingerprint -> revoked?`` for a user key, on ``audit``'s connection."""
+    return lambda fp: is_revoked(audit.conn, "key", fp)
+
+
+def load_keyring(paths: StatePaths) -> Keyring:
+    return Keyring.load(paths.root)
+
+
+def load_signer(keyring: Keyring, passphrase: bytes | None) -> Signer:
+    """Unlock the active CA key: the one place the CA's private key is loaded."""
+    return Signer(keyring.load_active_key(passphrase))
+
+
+def read_policy(cfg: Config) -> Policy:
+    return load_policy(cfg.policy_path, principal_pattern=cfg.principal_pattern)
+
+
+# -- the CA ------------------------------------------------------------------------
+
+
+class CA:
+    """One certificate authority, as the config describes it; parts are built on first use.
+
+    Not thread-safe by itself: the service uses :attr:`audit` (and everything on
+    it) from its issue thread only, and :attr:`guard` / :attr:`authenticators`
+    (on a second connection) from its auth thread only.
+    """
+
+    def __init__(self, cfg: Config, *, passphrase: bytes | None = None,
+                 clock: Callable[[], float] = time.time, for_service: bool = False):
+        self.cfg = cfg
+        self.paths = StatePaths(cfg.state_dir)
+        self.clock = clock
+        self.for_service = for_service
+        self._passphrase = passphrase
+
+    # -- the state directory -------------------------------------------------------
+
+    def require_db(self) -> None:
+        if not self.paths.db.exists():
+            raise StateError(f"no audit database at {self.paths.db}: run 'iast-ca init' first")
+
+    @cached_property
+    def keyring(self) -> Keyring:
+        return load_keyring(self.paths)
+
+    @cached_property
+    def audit(self) -> AuditLog:
+        """The audit log (and the store of users, requests, revocations); the issue thread's connection."""
+        return open_audit(self.paths, self.clock)
+
+    @cached_property
+    def users(self) -> UserStore:
+        return open_users(self.audit, self.cfg, self.clock)
+
+    @cached_property
+    def approvals(self) -> Approvals:
+        return open_approvals(self.audit, self.clock)
+
+    # -- policy and issuance -----------------------------------------------------------
+
+    @cached_property
+    def _policy(self) -> Policy:
+        return read_policy(self.cfg)
+
+    @property
+    def policy(self) -> Policy:
+        """The policy in force (the authority's, once it is open: a reload swaps it there)."""
+        authority = self.__dict__.get("authority")
+        return authority.policy if authority is not None else self._policy
+
+    @cached_property
+    def authority(self) -> Authority:
+        """The issuance path: unlocks the CA key (asks for the passphrase file if none was given)."""
+        keyring = self.keyring
+        passphrase = self._passphrase if self._passphrase is not None else read_passphrase(self.cfg.passphrase_file)
+        signer = load_signer(keyring, passphrase)
+        policy = self._policy
+        audit = self.audit
+        return Authority(
+            policy=policy,
+            signer=signer,
+            ca_fingerprint=keyring.active.fingerprint,
+            audit=audit,
+            clock_skew=self.cfg.clock_skew,
+            min_rsa_bits=self.cfg.min_rsa_bits,
+            clock=self.clock,
+            approvals=self.approvals,
+            online=self.for_service,
+        )
+
+    def krl(self) -> bytes:
+        """The current KRL, built from the database (its version moves only when its content does)."""
+        return build_current_krl(self.audit, self.keyring).data
+
+    def reload_keyring(self) -> None:
+        """SIGHUP: read ``keyring.json`` again (trust lines, KRL). Raises StateError, keeping the old one,
+        if it cannot be read. The signing key stays the one unlocked at start."""
+        self.keyring = load_keyring(self.paths)
+
+    def reload_policy(self) -> str:
+        """SIGHUP: read the policy file again; swap it in only if it is valid. Audited either way
+        (``policy_reloaded``, or ``policy_reload_failed`` and the CAError raised). Returns its sha256."""
+        a = self.authority
+        try:
+            new = read_policy(self.cfg)
+        except CAError as e:
+            a.audit.record("policy_reload_failed", {"error": e.message, "kept_sha256": a.policy.sha256})
+            raise
+        old = a.policy.sha256
+        a.policy = new
+        self._policy = new
+        a.audit.record("policy_reloaded", {"old_sha256": old, "new_sha256": new.sha256})
+        return new.sha256
+
+    # -- authentication (the service's auth thread) -------------------------------------
+
+    @cached_property
+    def auth_audit(self) -> AuditLog:
+        """The service's auth thread's own connection: users, throttle counters, auth events.
+        Outside the service (one thread) it is :attr:`audit`."""
+        return open_audit(self.paths, self.clock) if self.for_service else self.audit
+
+    @cached_property
+    def auth_users(self) -> UserStore:
+        return open_users(self.auth_audit, self.cfg, self.clock)
+
+    @cached_property
+    def throttle(self) -> Throttle:
+        return open_throttle(self.auth_audit, self.cfg)
+
+    @cached_property
+    def guard(self) -> Guard:
+        return Guard(self.auth_audit, self.throttle, lockout=self.cfg.throttle.lockout, clock=self.clock)
+
+    @cached_property
+    def authenticators(self) -> tuple[Authenticator, ...]:
+        """Every way to log in, in the order they are offered. A new provider is one line here."""
+        return (
+            PublicKeyAuthenticator(self.auth_users, key_revoked(self.auth_audit)),
+            PasswordTotpAuthenticator(self.auth_users),
+        )
+
+    # -- closing ------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Close the database connections opened so far (the parts built on them go with them)."""
+        closed = []
+        for name in ("auth_audit", "audit"):
+            part = self.__dict__.get(name)
+            if part is not None and part not in closed:
+                part.close()
+                closed.append(part)
+
+    def __enter__(self) -> CA:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+def open_ca(cfg: Config, *, passphrase: bytes | None = None, clock: Callable[[], float] = time.time,
+            for_service: bool = False) -> CA:
+    """The CA that ``cfg`` describes. Nothing is opened until asked for; close() it (or use ``with``)."""
+    return CA(cfg, passphrase=passphrase, clock=clock, for_service=for_service)

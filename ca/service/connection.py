@@ -1,0 +1,142 @@
+"""The asyncssh adapter: one :class:`Connection` per client, from connect to an :class:`~ca.models.Identity`.
+
+Authentication is SSH's own, delegated to the CA's authenticators
+(:mod:`ca.auth`): an enrolled public key, or keyboard-interactive password
+then one-time code. Every connection must authenticate (``begin_auth``
+returns True for every name, known or not, and unknown names take the same
+path). Every check runs on the auth thread through the guard
+(:class:`ca.auth.guard.Guard`), which throttles, locks out and audits.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import TYPE_CHECKING
+
+import asyncssh
+
+from ca.auth.base import Conversation, InteractiveAuthenticator, KeyAuthenticator
+from ca.models import Identity
+from ca.service.observe import event
+from ca.sshcert.certificates import fingerprint
+
+if TYPE_CHECKING:
+    from ca.service.server import Service
+
+# Authentication attempts (passwords tried, distinct keys offered) one
+# connection may make before it is dropped. OpenSSH's MaxAuthTries is 6;
+# keys count too, as an agent may offer several.
+MAX_AUTH_ATTEMPTS = 10
+
+
+class Connection(asyncssh.SSHServer):
+    """Per-connection state; asyncssh makes one per client."""
+
+    def __init__(self, service: Service):
+        self.service = service
+        self.conn: asyncssh.SSHServerConnection | None = None
+        self.address = "?"
+        self.authenticated = False
+        self.identity: Identity | None = None  # set by the check that succeeded last
+        self.user: str | None = None
+        self.offered: list[str] = []
+        self._key_answers: dict[tuple[str, str], Identity | None] = {}
+        self.attempts = 0
+        self.counted = False
+        self._conversation: tuple[InteractiveAuthenticator, Conversation] | None = None
+        authenticators = service.ca.authenticators
+        self._keys = [a for a in authenticators if isinstance(a, KeyAuthenticator)]
+        self._interactive = [a for a in authenticators if isinstance(a, InteractiveAuthenticator)]
+
+    def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
+        self.conn = conn
+        peer = conn.get_extra_info("peername")
+        self.address = peer[0] if peer else "?"
+        svc = self.service
+        if svc.unauthenticated >= svc.cfg.max_unauthenticated:
+            event("refused: too many unauthenticated connections", source=self.address)
+            conn.close()
+            self.counted = False
+            return
+        svc.unauthenticated += 1
+        self.counted = True
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.counted and not self.authenticated:
+            self.service.unauthenticated -= 1
+            if self.user is not None:
+                svc = self.service
+                svc.spawn(svc.executors.on_auth(svc.ca.guard.connection_failed, self.user, self.address,
+                                                self.offered))
+
+    def begin_auth(self, username: str) -> bool:
+        self.user = username
+        return True  # every name must authenticate, known or not (docs/security.md rule 14)
+
+    def _attempt(self) -> None:
+        """Count an authentication attempt; past the cap, hang up on this connection."""
+        self.attempts += 1
+        if self.attempts > MAX_AUTH_ATTEMPTS and self.conn is not None:
+            event("too many authentication attempts; disconnecting", source=self.address, user=self.user)
+            self.conn.disconnect(asyncssh.DISC_NO_MORE_AUTH_METHODS_AVAILABLE, "too many authentication attempts")
+
+    async def _checked(self, authn, username: str, verify) -> Identity | None:
+        """Run one authenticator's check on the auth thread, through the guard."""
+        svc = self.service
+        return await svc.executors.on_auth(svc.ca.guard.check, authn.guarding, username, self.address, verify)
+
+    # -- publickey -----------------------------------------------------------------
+
+    def public_key_auth_supported(self) -> bool:
+        return bool(self._keys)
+
+    async def validate_public_key(self, username: str, key: asyncssh.SSHKey) -> bool:
+        fp = fingerprint(key.public_data)
+        if fp not in self.offered:
+            self.offered.append(fp)
+            self._attempt()
+        # asyncssh asks twice per key (the query, then the signed request): look it up once.
+        if (username, fp) in self._key_answers:
+            return self._key_answers[(username, fp)] is not None
+        identity = None
+        for authn in self._keys:
+            check = functools.partial(authn.check_key, username, key.public_data, self.address)
+            identity = await self._checked(authn, username, check)
+            if identity is not None:
+                break
+        self._key_answers[(username, fp)] = identity
+        if identity is not None:
+            self.identity = identity
+        return identity is not None
+
+    # -- keyboard-interactive --------------------------------------------------------
+
+    def kbdint_auth_supported(self) -> bool:
+        return bool(self._interactive)
+
+    async def get_kbdint_challenge(self, username: str, lang: str, submethods: str):
+        authn = self._interactive[0]
+        conversation = authn.begin(username, self.address)
+        self._conversation = (authn, conversation)
+        return (await conversation.start()).as_asyncssh()
+
+    async def validate_kbdint_response(self, username: str, responses):
+        if self._conversation is None:
+            return False
+        authn, conversation = self._conversation
+        following = await conversation.answer(list(responses))
+        if following is not None:
+            return following.as_asyncssh()
+        self._conversation = None
+        self._attempt()
+        identity = await self._checked(authn, username, conversation.verify)
+        if identity is not None:
+            self.identity = identity
+        return identity is not None
+
+    def auth_completed(self) -> None:
+        self.authenticated = True
+        if self.counted:
+            self.service.unauthenticated -= 1
+        methods = list(self.identity.auth_methods) if self.identity else []
+        event("authenticated", user=self.user, source=self.address, methods=methods)

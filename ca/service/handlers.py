@@ -1,0 +1,236 @@
+"""What each channel command does: the command table, one handler per command of :mod:`ca.service.protocol`.
+
+protocol.py says what a command line may contain (the grammar: ``COMMANDS``);
+this module says what each command does (``HANDLERS``), and the two name
+the same commands (checked at import). A handler gets the parsed command
+and the connection's :class:`~ca.models.Identity`, writes its answer to
+stdout and returns an exit status (``ca.errors.EXIT_*``). Blocking work
+goes to the issue thread (``on_issue``) or the auth thread (``on_auth``).
+``sign`` goes through :meth:`Authority.issue`, the one path every
+certificate takes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import functools
+import json
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any
+
+import asyncssh
+
+from ca.access.approvals import AccessRequest, run_hook
+from ca.app import CA
+from ca.auth.base import StepUp
+from ca.durations import format_duration
+from ca.errors import (
+    EXIT_AUTH,
+    EXIT_DENIED,
+    EXIT_ERROR,
+    EXIT_OK,
+    EXIT_USAGE,
+    AuthenticationFailed,
+    CAError,
+    UsageError,
+)
+from ca.models import Identity, SignRequest
+from ca.service.observe import event
+from ca.service.protocol import COMMANDS, HELP, Command
+
+if TYPE_CHECKING:
+    from ca.service.server import Service
+
+
+@dataclass
+class Call:
+    """One command on one channel."""
+
+    service: Service
+    process: asyncssh.SSHServerProcess
+    cmd: Command
+    identity: Identity
+
+    @property
+    def ca(self) -> CA:
+        return self.service.ca
+
+    async def on_issue(self, fn: Callable, *args: Any) -> Any:
+        return await self.service.executors.on_issue(fn, *args)
+
+    async def on_auth(self, fn: Callable, *args: Any) -> Any:
+        return await self.service.executors.on_auth(fn, *args)
+
+    def reply(self, obj: Any, text: str) -> int:
+        """The answer: ``obj`` as JSON with ``--json``, else ``text``."""
+        self.process.stdout.write((json.dumps(obj) if self.cmd.json else text) + "\n")
+        return EXIT_OK
+
+    async def read_stdin(self) -> str:
+        cap = self.service.cfg.max_request_bytes
+        chunks, size = [], 0
+        while True:
+            chunk = await self.process.stdin.read(4096)
+            if not chunk:
+                return "".join(chunks)
+            size += len(chunk)
+            if size > cap:
+                raise UsageError(f"request larger than {cap} bytes")
+            chunks.append(chunk)
+
+
+def refused(process: asyncssh.SSHServerProcess, cmd: Command | None, e: CAError) -> int:
+    """A refusal: one line on stderr (and the error object with ``--json``); its exit status."""
+    if cmd is not None and cmd.json:
+        process.stdout.write(json.dumps({"error": e.code, "message": e.message}) + "\n")
+    process.stderr.write(f"error: {e.message}\n")
+    event("request refused", user=process.get_extra_info("username"), code=e.code, message=e.message)
+    return e.exit_status if e.exit_status in (EXIT_USAGE, EXIT_DENIED, EXIT_AUTH) else EXIT_ERROR
+
+
+# -- blocking work, on the issue thread -----------------------------------------------
+
+
+def _enabled(ca: CA, identity: Identity) -> None:
+    user = ca.users.get(identity.user)
+    if user is None or user.disabled:
+        raise AuthenticationFailed(f"user {identity.user} is disabled")
+
+
+def _request_access(ca: CA, identity: Identity, cmd: Command) -> AccessRequest:
+    _enabled(ca, identity)
+    return ca.approvals.create(identity, role=cmd.role, ttl=cmd.ttl, reason=cmd.reason, policy=ca.policy)
+
+
+def _decide_request(ca: CA, identity: Identity, cmd: Command) -> AccessRequest:
+    _enabled(ca, identity)
+    policy = ca.policy
+    if cmd.name == "approve":
+        return ca.approvals.approve(cmd.request_id, identity, policy, cmd.comment)
+    if cmd.name == "deny":
+        return ca.approvals.deny(cmd.request_id, identity, policy, cmd.comment)
+    return ca.approvals.cancel(cmd.request_id, identity, policy)
+
+
+# -- the handlers ------------------------------------------------------------------------
+
+
+async def help_(c: Call) -> int:
+    c.process.stdout.write(HELP)
+    return EXIT_OK
+
+
+async def ca_keys(c: Call) -> int:
+    c.process.stdout.write("\n".join(c.ca.keyring.trust_lines()) + "\n")
+    return EXIT_OK
+
+
+async def krl(c: Call) -> int:
+    data = await c.on_issue(c.ca.krl)
+    c.process.stdout.write(base64.encodebytes(data).decode("ascii"))
+    return EXIT_OK
+
+
+async def whoami(c: Call) -> int:
+    i = c.identity
+    return c.reply({
+        "user": i.user, "auth_methods": list(i.auth_methods), "mfa": i.mfa,
+        "source_address": i.source_address,
+        "groups": list(c.ca.policy.groups_of(i.user)),
+    }, f"{i.user} from {i.source_address}, authenticated by {'+'.join(i.auth_methods)}")
+
+
+async def roles(c: Call) -> int:
+    verdicts = [v for v in c.ca.policy.explain(c.identity.user) if v.allowed]
+    return c.reply([v.as_json() for v in verdicts], "\n".join(_role_line(v) for v in verdicts) or "no roles")
+
+
+async def request(c: Call) -> int:
+    """``request``: a pending access request; its id is the first word of the answer."""
+    req = await c.on_issue(_request_access, c.ca, c.identity, c.cmd)
+    event("access requested", user=c.identity.user, role=req.role, request_id=req.id)
+    hook = getattr(c.service.cfg, "on_request", None)
+    if hook:
+        # Off the request path: the reply does not wait for it, and its failure is only logged.
+        values = {"id": req.id, "user": req.user, "role": req.role}
+        c.service.spawn(asyncio.get_running_loop().run_in_executor(None, functools.partial(run_hook, hook, values)))
+    role = c.ca.policy.roles.get(req.role)
+    who = f" from {', '.join(role.approval.approvers)}" if role is not None and role.approval else ""
+    within = f" within {format_duration(role.approval.expires)}" if role is not None and role.approval else ""
+    text = (f"{req.id}\npending: needs {req.required or '?'} approval(s){who} by {req.as_json()['expires']}; "
+            f"once approved, use it{within}: iast-ssh login --request {req.id}")
+    return c.reply(req.as_json(), text)
+
+
+async def requests(c: Call) -> int:
+    found = await c.on_issue(c.ca.approvals.visible_to, c.identity, c.ca.policy)
+    return c.reply([r.as_json() for r in found], "\n".join(r.summary() for r in found) or "no requests")
+
+
+async def decide(c: Call) -> int:
+    """``approve``, ``deny`` and ``cancel``."""
+    req = await c.on_issue(_decide_request, c.ca, c.identity, c.cmd)
+    event(f"request {c.cmd.name}", user=c.identity.user, request_id=req.id, status=req.status)
+    return c.reply(req.as_json(), req.summary())
+
+
+async def sign(c: Call) -> int:
+    cmd, identity, authority = c.cmd, c.identity, c.ca.authority
+    key_line = await c.read_stdin()
+    req = SignRequest(public_key=key_line, role=cmd.role, ttl=cmd.ttl, reason=cmd.reason, request_id=cmd.request_id)
+    if cmd.otp is not None:
+        if not await _step_up(c, cmd.otp):
+            err = AuthenticationFailed("one-time code refused")
+            await c.on_issue(authority.refuse, identity, req, err)
+            raise err
+        identity = replace(identity, auth_methods=identity.auth_methods + ("otp-step-up",), mfa=True)
+    issued = await c.on_issue(authority.issue, identity, req)
+    event("issued", user=identity.user, role=issued.decision.role, serial=issued.serial, key_id=issued.key_id,
+          key_fingerprint=issued.key_fingerprint, source=identity.source_address)
+    if cmd.json:
+        c.process.stdout.write(json.dumps(issued.as_json()) + "\n")
+    else:
+        c.process.stdout.write(issued.certificate + "\n")
+    return EXIT_OK
+
+
+async def _step_up(c: Call, code: str) -> bool:
+    """Check a one-time code sent with a request (MFA step-up), through the guard."""
+    authn = next((a for a in c.ca.authenticators if isinstance(a, StepUp)), None)
+    if authn is None:
+        return False
+    user, address = c.identity.user, c.identity.source_address
+    ok = await c.on_auth(c.ca.guard.check, authn.step_up_guarding, user, address, authn.step_up(user, code))
+    return bool(ok)
+
+
+def _role_line(v) -> str:
+    extra = [f"force-command {v.force_command}"] if v.force_command else []
+    if v.require_reason:
+        extra.append("reason required")
+    if v.require_mfa:
+        extra.append("one-time code required")
+    if v.approval:
+        extra.append(f"needs {v.approval.required} approval(s): iast-ssh request --role {v.role}")
+    return (f"{v.role}: principals {', '.join(v.principals or ())}; ttl {format_duration(v.ttl or 0)} "
+            f"(max {format_duration(v.max_ttl or 0)})" + "".join(f"; {x}" for x in extra))
+
+
+HANDLERS: dict[str, Callable[[Call], Awaitable[int]]] = {
+    "sign": sign,
+    "request": request,
+    "requests": requests,
+    "approve": decide,
+    "deny": decide,
+    "cancel": decide,
+    "roles": roles,
+    "whoami": whoami,
+    "ca-keys": ca_keys,
+    "krl": krl,
+    "help": help_,
+}
+# The grammar and the table name the same commands: one cannot gain a command the other lacks.
+if set(HANDLERS) != set(COMMANDS):
+    raise RuntimeError(f"commands without a handler or a grammar: {sorted(set(HANDLERS) ^ set(COMMANDS))}")
