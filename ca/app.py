@@ -79,7 +79,7 @@ def load_keyring(paths: StatePaths) -> Keyring:
 
 def load_signer(keyring: Keyring, passphrase: bytes | None) -> Signer:
     """Unlock the active CA key: the one place the CA's private key is loaded."""
-    return Signer(keyring.load_active_key(passphrase))
+    return Signer(keyring.open_signer(passphrase))
 
 
 def read_policy(cfg: Config) -> Policy:
