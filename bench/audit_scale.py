@@ -145,7 +145,7 @@ class Generator:
         for name, _ in indexes:
             conn.execute(f"DROP INDEX {name}")
         prev, i, end = self.last_hash, self.last_id, self.last_id + n
-        insert = "INSERT INTO events (id, ts, kind, user, role, serial, key_id, source, data, prev_hash, hash) " \
+        insert = "INSERT INTO events (id, ts, kind, username, role, serial, key_id, source, data, prev_hash, hash) " \
                  "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
         rng = self.rng
         while i < end:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import asyncssh
 
-from ca.audit.log import AuditLog
+from ca.store import AuditLog
 from ca.config import Config
 from ca.errors import StateError
 from ca.files import write_atomic

@@ -23,7 +23,7 @@ import pytest
 from argon2 import PasswordHasher
 
 from ca.access.approvals import Approvals, expand_hook, run_hook
-from ca.audit.log import AuditLog
+from ca.store import AuditLog
 from ca.auth.users import UserStore
 from ca.errors import CAError, PolicyDenied, UsageError
 from ca.issuance.authority import Authority

@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 from argon2 import PasswordHasher
 
-from ca.audit.log import AuditLog
+from ca.store import AuditLog
 from ca.auth.totp import totp
 from ca.auth.users import UserStore
 from ca.client import AUTH_FAILED_MESSAGE, Client, Prompter, load_config

@@ -20,7 +20,7 @@ import pytest
 from click.testing import CliRunner
 
 from ca.audit.chain import iso
-from ca.audit.log import AuditLog
+from ca.store import AuditLog
 from ca.cli.admin import cli
 from ca.cli.audit_cmds import audit
 from ca.cli.review_cmds import correlate as correlate_cmd

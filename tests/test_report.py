@@ -18,7 +18,7 @@ from html.parser import HTMLParser
 import pytest
 
 from ca.audit.chain import GENESIS, chain_hash, encode_data, iso
-from ca.audit.log import AuditLog
+from ca.store import AuditLog
 from ca.cli.audit_cmds import audit
 from ca.cli.review_cmds import correlate as correlate_cmd
 from ca.cli.review_cmds import report as report_cmd

@@ -29,7 +29,7 @@ from ca.access.revocation import (
     revoke_serial,
     revoke_user,
 )
-from ca.audit.log import AuditLog
+from ca.store import AuditLog
 from ca.cli.admin import cli
 from ca.cli.revoke_cmds import krl as krl_cmd
 from ca.cli.revoke_cmds import revoke as revoke_cmd

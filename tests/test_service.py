@@ -13,7 +13,7 @@ import asyncssh
 import pytest
 from argon2 import PasswordHasher
 
-from ca.audit.log import AuditLog
+from ca.store import AuditLog
 from ca.auth.totp import totp
 from ca.auth.users import UserStore
 from ca.state import StatePaths

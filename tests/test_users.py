@@ -17,7 +17,7 @@ from urllib.parse import parse_qs, urlparse
 import pytest
 from argon2 import PasswordHasher, extract_parameters
 
-from ca.audit.log import AuditLog
+from ca.store import AuditLog
 from ca.auth.totp import (
     decode_secret,
     generate_secret,

@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from argon2 import PasswordHasher
 
-from ca.audit.log import AuditLog
+from ca.store import AuditLog
 from ca.auth.users import UserStore
 from ca.state import StatePaths
 

@@ -335,7 +335,7 @@ def unlock(env: Env, name: str | None, address: str | None) -> None:
         raise StateError(f"no audit database at {paths.db}: run 'iast-ca init' first")
     log = AuditLog(paths.db)
     try:
-        cleared = Throttle(log.conn).unlock(name, address, log=log, actor=os_user())
+        cleared = Throttle(log).unlock(name, address, log=log, actor=os_user())
     finally:
         log.close()
     click.echo(f"cleared {cleared} counter(s)" + ("" if cleared else " (nothing was locked)"))

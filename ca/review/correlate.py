@@ -466,7 +466,7 @@ class Judge:
     def _certificate(self, serial: int) -> tuple | None:
         if serial not in self._certs:
             row = self.conn.execute(
-                "SELECT c.serial, c.key_id, c.user, c.role, c.key_fingerprint, c.ca_fingerprint, c.valid_after,"
+                "SELECT c.serial, c.key_id, c.username, c.role, c.key_fingerprint, c.ca_fingerprint, c.valid_after,"
                 " c.valid_before, c.event_id, e.data FROM certificates c LEFT JOIN events e ON e.id = c.event_id"
                 " WHERE c.serial = ?", (serial,)).fetchone()
             self._certs[serial] = row

@@ -176,16 +176,16 @@ def build_report(log: AuditLog, opts: ReportOptions) -> dict[str, Any]:
     by_role = [
         {"role": r, "count": n, "users": u, "max_ttl": mx, "avg_ttl": round((avg or 0) / 60) * 60}
         for r, n, u, mx, avg in q(
-            f"SELECT e.role, count(*), count(DISTINCT e.user), max(json_extract(e.data, '$.ttl')),"
+            f"SELECT e.role, count(*), count(DISTINCT e.username), max(json_extract(e.data, '$.ttl')),"
             f" avg(json_extract(e.data, '$.ttl')) FROM events e WHERE{issued}"
             " GROUP BY e.role ORDER BY count(*) DESC, e.role", wp)
     ]
-    (users_total,) = q(f"SELECT count(DISTINCT e.user) FROM events e WHERE{issued}", wp)[0]
+    (users_total,) = q(f"SELECT count(DISTINCT e.username) FROM events e WHERE{issued}", wp)[0]
     by_user = [
         {"user": u, "count": n, "roles": sorted((roles or "").split(",")) if roles else [], "last": last}
         for u, n, roles, last in q(
-            f"SELECT e.user, count(*), group_concat(DISTINCT e.role), max(e.ts) FROM events e WHERE{issued}"
-            " GROUP BY e.user ORDER BY count(*) DESC, e.user LIMIT ?", wp + [top])
+            f"SELECT e.username, count(*), group_concat(DISTINCT e.role), max(e.ts) FROM events e WHERE{issued}"
+            " GROUP BY e.username ORDER BY count(*) DESC, e.username LIMIT ?", wp + [top])
     ]
     per_day = [{"day": d, "count": n} for d, n in q(
         f"SELECT substr(e.ts, 1, 10), count(*) FROM events e WHERE{issued} GROUP BY 1 ORDER BY 1", wp)]
@@ -199,14 +199,14 @@ def build_report(log: AuditLog, opts: ReportOptions) -> dict[str, Any]:
         by_principal = [
             {"principal": p, "count": n, "users": u}
             for p, n, u in q(
-                f"SELECT p.value, count(*), count(DISTINCT e.user) FROM events e, json_each(e.data, '$.principals') p"
+                f"SELECT p.value, count(*), count(DISTINCT e.username) FROM events e, json_each(e.data, '$.principals') p"
                 f" WHERE{issued} AND p.value IN ({_marks(len(priv))}) GROUP BY p.value ORDER BY count(*) DESC",
                 wp + priv)
         ]
         (priv_total,) = q(f"SELECT count(*) FROM events e WHERE{issued} AND {has_priv}", wp + priv)[0]
         priv_users = [{"user": u, "count": n} for u, n in q(
-            f"SELECT e.user, count(*) FROM events e WHERE{issued} AND {has_priv} GROUP BY e.user"
-            " ORDER BY count(*) DESC, e.user LIMIT ?", wp + priv + [top])]
+            f"SELECT e.username, count(*) FROM events e WHERE{issued} AND {has_priv} GROUP BY e.username"
+            " ORDER BY count(*) DESC, e.username LIMIT ?", wp + priv + [top])]
         priv_recent = _issued_rows(q(
             f"SELECT {_ISSUED_COLS} FROM events e WHERE{issued} AND {has_priv} ORDER BY e.id DESC LIMIT ?",
             wp + priv + [top]))
@@ -230,8 +230,8 @@ def build_report(log: AuditLog, opts: ReportOptions) -> dict[str, Any]:
     oargs = days + [start, end]
     (out_total,) = q(f"SELECT count(*) FROM events e WHERE{issued} AND {outside}", wp + oargs)[0]
     out_users = [{"user": u, "count": n} for u, n in q(
-        f"SELECT e.user, count(*) FROM events e WHERE{issued} AND {outside} GROUP BY e.user"
-        " ORDER BY count(*) DESC, e.user LIMIT ?", wp + oargs + [top])]
+        f"SELECT e.username, count(*) FROM events e WHERE{issued} AND {outside} GROUP BY e.username"
+        " ORDER BY count(*) DESC, e.username LIMIT ?", wp + oargs + [top])]
     out_recent = _issued_rows(q(
         f"SELECT {_ISSUED_COLS} FROM events e WHERE{issued} AND {outside} ORDER BY e.id DESC LIMIT ?",
         wp + oargs + [top]))
@@ -249,7 +249,7 @@ def build_report(log: AuditLog, opts: ReportOptions) -> dict[str, Any]:
         {"kind": k, "code": c, "message": m, "count": n, "users": u, "first": first, "last": last}
         for k, c, m, n, u, first, last in q(
             f"SELECT e.kind, json_extract(e.data, '$.code') c, json_extract(e.data, '$.message') m, count(*),"
-            f" count(DISTINCT e.user), min(e.ts), max(e.ts) FROM events e WHERE{den}"
+            f" count(DISTINCT e.username), min(e.ts), max(e.ts) FROM events e WHERE{den}"
             " GROUP BY e.kind, c, m ORDER BY count(*) DESC, e.kind, m LIMIT ?", dk + wp + [top])
     ]
     rep["denials"] = {"total": sum(den_by_kind.values()), "by_kind": den_by_kind,
@@ -261,7 +261,7 @@ def build_report(log: AuditLog, opts: ReportOptions) -> dict[str, Any]:
         {"method": m, "why": y, "count": n, "users": u, "sources": s}
         for m, y, n, u, s in q(
             f"SELECT json_extract(e.data, '$.method') m, json_extract(e.data, '$.why') y, count(*),"
-            f" count(DISTINCT e.user), count(DISTINCT e.source) FROM events e WHERE{af}"
+            f" count(DISTINCT e.username), count(DISTINCT e.source) FROM events e WHERE{af}"
             " GROUP BY m, y ORDER BY count(*) DESC LIMIT ?", wp + [top])
     ]
     rep["auth_failures"] = {"total": by_kind.get("auth_failed", 0), "groups": af_groups}
@@ -271,11 +271,11 @@ def build_report(log: AuditLog, opts: ReportOptions) -> dict[str, Any]:
     lock_recent = [
         {"id": i, "ts": ts, "user": u, "source": s, "key": k, "failures": f, "seconds": sec}
         for i, ts, u, s, k, f, sec in q(
-            f"SELECT e.id, e.ts, e.user, e.source, json_extract(e.data, '$.key'), json_extract(e.data, '$.failures'),"
+            f"SELECT e.id, e.ts, e.username, e.source, json_extract(e.data, '$.key'), json_extract(e.data, '$.failures'),"
             f" json_extract(e.data, '$.seconds') FROM events e WHERE{lo} ORDER BY e.id DESC LIMIT ?", wp + [top])
     ]
     lock_users = [{"user": u, "count": n} for u, n in q(
-        f"SELECT e.user, count(*) FROM events e WHERE{lo} GROUP BY e.user ORDER BY count(*) DESC, e.user LIMIT ?",
+        f"SELECT e.username, count(*) FROM events e WHERE{lo} GROUP BY e.username ORDER BY count(*) DESC, e.username LIMIT ?",
         wp + [top])]
     rep["lockouts"] = {"total": by_kind.get("lockout", 0), "by_user": lock_users, "recent": lock_recent}
 
@@ -302,7 +302,7 @@ def build_report(log: AuditLog, opts: ReportOptions) -> dict[str, Any]:
     return rep
 
 
-_ISSUED_COLS = ("e.id, e.ts, e.user, e.role, e.serial, json_extract(e.data, '$.ttl'),"
+_ISSUED_COLS = ("e.id, e.ts, e.username, e.role, e.serial, json_extract(e.data, '$.ttl'),"
                 " json_extract(e.data, '$.principals'), json_extract(e.data, '$.reason')")
 
 
@@ -377,7 +377,7 @@ def _unused(conn: sqlite3.Connection, win: _Window, opts: ReportOptions, now: fl
     recent = [
         {"serial": s, "key_id": k, "user": u, "role": r, "issued": ts, "valid_before": iso(vb), "ttl": vb - va}
         for s, k, u, r, ts, va, vb in q(
-            f"SELECT c.serial, c.key_id, c.user, c.role, e.ts, c.valid_after, c.valid_before {base}{unused_cond}"
+            f"SELECT c.serial, c.key_id, c.username, c.role, e.ts, c.valid_after, c.valid_before {base}{unused_cond}"
             " ORDER BY c.serial DESC LIMIT ?", args + [opts.top])
     ]
     return {"available": correlated, "expired_total": expired_total, "total": total, "by_role": by_role,

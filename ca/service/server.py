@@ -109,7 +109,7 @@ class Backend:
         # The auth thread's own connection: users, throttle counters, auth events.
         self.auth_log = AuditLog(StatePaths(cfg.state_dir).db, clock=clock)
         self.users = UserStore(self.auth_log, min_rsa_bits=cfg.min_rsa_bits, clock=clock)
-        self.throttle = Throttle(self.auth_log.conn, cfg.throttle)
+        self.throttle = Throttle(self.auth_log, cfg.throttle)
         self.issue_users = UserStore(authority.audit, min_rsa_bits=cfg.min_rsa_bits, clock=clock)
         authority.gate = self.still_allowed
         # Access requests share the issue thread's connection: consuming one is part of issuing.
@@ -190,7 +190,7 @@ class Backend:
         if row is None or row[0]:
             raise AuthenticationFailed(f"user {identity.user} is disabled")
         if identity.login_key is not None and (
-                tx.conn.execute("SELECT 1 FROM user_keys WHERE fingerprint = ? AND user = ?",
+                tx.conn.execute("SELECT 1 FROM user_keys WHERE fingerprint = ? AND username = ?",
                                 (identity.login_key, identity.user)).fetchone() is None
                 or is_revoked(tx.conn, "key", identity.login_key)):
             raise AuthenticationFailed(f"the key you logged in with ({identity.login_key}) is no longer "
