@@ -85,7 +85,7 @@ class Generator:
     """Appends synthetic events to an audit database, continuing its chain."""
 
     def __init__(self, path: Path):
-        from ca.audit.log import AuditLog
+        from ca.store import AuditLog
 
         AuditLog(path).close()  # the real schema, migrations and pragmas
         self.path = path
@@ -145,7 +145,7 @@ class Generator:
         for name, _ in indexes:
             conn.execute(f"DROP INDEX {name}")
         prev, i, end = self.last_hash, self.last_id, self.last_id + n
-        insert = "INSERT INTO events (id, ts, kind, user, role, serial, key_id, source, data, prev_hash, hash) " \
+        insert = "INSERT INTO events (id, ts, kind, username, role, serial, key_id, source, data, prev_hash, hash) " \
                  "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
         rng = self.rng
         while i < end:
@@ -188,7 +188,7 @@ def _median_ms(fn, params) -> tuple[float, int]:
 
 def measure(path: Path, n: int) -> dict:
     from ca.audit.chain import iso
-    from ca.audit.log import AuditLog
+    from ca.store import AuditLog
 
     log = AuditLog(path)
     try:

@@ -313,10 +313,10 @@ def make_ca(root: Path, n_users: int = 1) -> BenchCA:
     import asyncssh
     from argon2 import PasswordHasher
 
-    from ca.audit.log import AuditLog
     from ca.auth.users import UserStore
     from ca.config import default_config
     from ca.state import StatePaths, init_state
+    from ca.store import AuditLog
 
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)

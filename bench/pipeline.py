@@ -60,7 +60,7 @@ def rate(fn: Callable[[int], object], seconds: float, warmup: int = 50) -> tuple
 def run(quick: bool, profile: bool = False, results_dir: Path | None = None) -> Outcome:
     import asyncssh
 
-    from ca.issuance.authority import Authority
+    from ca.app import open_authority
     from ca.issuance.signer import make_key_id
     from ca.models import Identity, SignRequest
     from ca.sshcert.userkey import parse_user_key
@@ -75,7 +75,7 @@ def run(quick: bool, profile: bool = False, results_dir: Path | None = None) -> 
                 for _ in range(POOL)]
         identity = Identity(user="alice", auth_methods=("publickey",), source_address="127.0.0.1")
         requests = [SignRequest(public_key=p, role="dev") for p in pubs]
-        authority = Authority.open(ca.cfg)
+        authority = open_authority(ca.cfg)
         try:
             issue = lambda i: authority.issue(identity, requests[i % POOL])  # noqa: E731
             ours, n_ours = rate(issue, seconds)

@@ -32,8 +32,7 @@ from functools import cached_property
 from typing import Any
 
 from ca.access.approvals import Approvals
-from ca.access.revocation import build_current_krl, is_revoked
-from ca.audit.log import AuditLog
+from ca.access.revocation import build_current_krl
 from ca.auth.base import Authenticator
 from ca.auth.guard import Guard
 from ca.auth.password_totp import PasswordTotpAuthenticator
@@ -47,6 +46,7 @@ from ca.issuance.signer import Signer
 from ca.keys.keyring import Keyring, read_passphrase
 from ca.policy import Policy, load_policy
 from ca.state import StatePaths
+from ca.store import AuditLog
 
 # -- how each part is made: one function each ---------------------------------------
 
@@ -61,7 +61,7 @@ def open_users(audit: AuditLog, cfg: Config, clock: Callable[[], float] = time.t
 
 
 def open_throttle(audit: AuditLog, cfg: Config) -> Throttle:
-    return Throttle(audit.conn, cfg.throttle)
+    return Throttle(audit, cfg.throttle)
 
 
 def open_approvals(audit: AuditLog, clock: Callable[[], float] = time.time) -> Approvals:
@@ -70,7 +70,7 @@ def open_approvals(audit: AuditLog, clock: Callable[[], float] = time.time) -> A
 
 def key_revoked(audit: AuditLog) -> Callable[[str], bool]:
     """``fingerprint -> revoked?`` for a user key, on ``audit``'s connection."""
-    return lambda fp: is_revoked(audit.conn, "key", fp)
+    return lambda fp: audit.revocations.is_revoked("key", fp)
 
 
 def load_keyring(paths: StatePaths) -> Keyring:
@@ -143,6 +143,10 @@ class CA:
     @cached_property
     def authority(self) -> Authority:
         """The issuance path: unlocks the CA key (asks for the passphrase file if none was given)."""
+        self.keyring  # first: with no CA here, the error says to run 'iast-ca init'
+        return self._authority(approvals=self.approvals, online=self.for_service)
+
+    def _authority(self, *, approvals: Approvals | None, online: bool) -> Authority:
         keyring = self.keyring
         passphrase = self._passphrase if self._passphrase is not None else read_passphrase(self.cfg.passphrase_file)
         signer = load_signer(keyring, passphrase)
@@ -156,8 +160,8 @@ class CA:
             clock_skew=self.cfg.clock_skew,
             min_rsa_bits=self.cfg.min_rsa_bits,
             clock=self.clock,
-            approvals=self.approvals,
-            online=self.for_service,
+            approvals=approvals,
+            online=online,
         )
 
     def krl(self) -> bytes:
@@ -234,3 +238,10 @@ def open_ca(cfg: Config, *, passphrase: bytes | None = None, clock: Callable[[],
             for_service: bool = False) -> CA:
     """The CA that ``cfg`` describes. Nothing is opened until asked for; close() it (or use ``with``)."""
     return CA(cfg, passphrase=passphrase, clock=clock, for_service=for_service)
+
+
+def open_authority(cfg: Config, *, passphrase: bytes | None = None,
+                   clock: Callable[[], float] = time.time) -> Authority:
+    """An offline authority without approvals, on its own connection: the library's shortcut
+    (tests, benchmarks). Closing it closes its audit log."""
+    return CA(cfg, passphrase=passphrase, clock=clock)._authority(approvals=None, online=False)

@@ -18,7 +18,6 @@ from pathlib import Path
 
 import asyncssh
 
-from ca.audit.log import AuditLog
 from ca.config import Config
 from ca.errors import StateError
 from ca.files import write_atomic
@@ -31,6 +30,7 @@ from ca.keys.keyring import (
     public_line,
 )
 from ca.sshcert.certificates import fingerprint
+from ca.store import AuditLog
 
 
 @dataclass(frozen=True)

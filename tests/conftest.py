@@ -13,9 +13,9 @@ from click.testing import CliRunner
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
+from ca.app import open_authority
 from ca.cli.admin import cli
 from ca.config import default_config
-from ca.issuance.authority import Authority
 from ca.sshcert.wire import string
 from ca.state import init_state
 
@@ -73,7 +73,7 @@ def cfg(tmp_path: Path, policy_file: Path):
 
 @pytest.fixture
 def authority(cfg):
-    a = Authority.open(cfg)
+    a = open_authority(cfg)
     yield a
     a.close()
 

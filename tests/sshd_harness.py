@@ -226,13 +226,13 @@ class IastCA:
                  ttl: int | None = None) -> Cert:
         """Issue as if the CA's clock read ``now`` (unix seconds): a real certificate, signed in the
         past or the future, through the library's ``Authority`` with an injected clock."""
+        from ca.app import open_authority
         from ca.config import default_config
-        from ca.issuance.authority import Authority
         from ca.models import Identity, SignRequest
 
         key = Path(key)
         cfg = default_config().with_overrides(state_dir=str(self.state_dir), policy=str(self.policy_path))
-        authority = Authority.open(cfg, clock=lambda: now)
+        authority = open_authority(cfg, clock=lambda: now)
         try:
             issued = authority.issue(
                 Identity(user=user, auth_methods=("admin-offline",), mfa=True, operator="sshd-harness"),

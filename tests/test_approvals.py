@@ -23,15 +23,15 @@ import pytest
 from argon2 import PasswordHasher
 
 from ca.access.approvals import Approvals, expand_hook, run_hook
-from ca.audit.log import AuditLog
+from ca.app import open_authority
 from ca.auth.users import UserStore
 from ca.errors import CAError, PolicyDenied, UsageError
-from ca.issuance.authority import Authority
 from ca.keys.keyring import Keyring
 from ca.models import Identity, SignRequest
 from ca.policy import load_policy
 from ca.service.protocol import parse_command
 from ca.state import StatePaths
+from ca.store import AuditLog
 
 from .conftest import make_key
 from .service_harness import CAProcess
@@ -444,7 +444,7 @@ def test_racing_logins_across_two_workers_get_one_certificate(cfg, users, tmp_pa
 
 
 def test_two_authorities_on_one_database_race_for_one_request(cfg, users, tmp_path):
-    authorities = [Authority.open(cfg) for _ in range(4)]
+    authorities = [open_authority(cfg) for _ in range(4)]
     approvals = [Approvals(a.audit) for a in authorities]
     try:
         alice, carol = Identity("alice", ("publickey",)), Identity("carol", ("publickey",))
@@ -480,7 +480,7 @@ def test_two_authorities_on_one_database_race_for_one_request(cfg, users, tmp_pa
 
 def test_windows_with_an_injected_clock(cfg, users, tmp_path):
     now = [1_900_000_000.0]
-    a = Authority.open(cfg, clock=lambda: now[0])
+    a = open_authority(cfg, clock=lambda: now[0])
     ap = Approvals(a.audit, clock=lambda: now[0])
     alice, carol = Identity("alice", ("publickey",)), Identity("carol", ("publickey",))
     pub = session_key(tmp_path)
@@ -507,7 +507,7 @@ def test_windows_with_an_injected_clock(cfg, users, tmp_path):
 
 
 def test_an_approval_that_the_policy_withdrew_no_longer_counts(cfg, users, tmp_path):
-    a = Authority.open(cfg)
+    a = open_authority(cfg)
     ap = Approvals(a.audit)
     alice, carol = Identity("alice", ("publickey",)), Identity("carol", ("publickey",))
     try:

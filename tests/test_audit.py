@@ -15,10 +15,10 @@ import time
 import pytest
 
 from ca.audit.checkpoint import make_checkpoint, read_checkpoint
-from ca.audit.log import AuditLog
 from ca.errors import AuditError, ChainBroken
 from ca.models import Identity, SignRequest
 from ca.state import StatePaths, load_audit_key
+from ca.store import AuditLog
 
 from .conftest import make_key
 
@@ -56,14 +56,14 @@ def test_triggers_refuse_edits(authority, tmp_path, cfg):
     fill(authority, tmp_path, 1)
     conn = sqlite3.connect(StatePaths(cfg.state_dir).db)
     with pytest.raises(sqlite3.IntegrityError, match="append-only"):
-        conn.execute("UPDATE events SET user = 'mallory' WHERE id = 2")
+        conn.execute("UPDATE events SET username = 'mallory' WHERE id = 2")
     with pytest.raises(sqlite3.IntegrityError, match="append-only"):
         conn.execute("DELETE FROM events WHERE id = 2")
 
 
 def test_update_is_named(authority, tmp_path, cfg):
     fill(authority, tmp_path)
-    raw(cfg).execute("UPDATE events SET user = 'mallory' WHERE id = 4")
+    raw(cfg).execute("UPDATE events SET username = 'mallory' WHERE id = 4")
     with pytest.raises(ChainBroken, match="event 4: its contents do not match its hash") as e:
         authority.audit.verify()
     assert e.value.event_id == 4
@@ -76,7 +76,7 @@ def test_update_with_recomputed_hash_is_caught_at_the_next_row(authority, tmp_pa
     conn = raw(cfg)
     row = conn.execute("SELECT * FROM events WHERE id = 3").fetchone()
     forged = (row[0], row[1], row[2], "mallory") + row[4:9]
-    conn.execute("UPDATE events SET user = 'mallory', hash = ? WHERE id = 3", (chain_hash(row[9], forged),))
+    conn.execute("UPDATE events SET username = 'mallory', hash = ? WHERE id = 3", (chain_hash(row[9], forged),))
     with pytest.raises(ChainBroken, match="event 4: its prev_hash does not match event 3") as e:
         authority.audit.verify()
     assert e.value.event_id == 4
@@ -130,7 +130,7 @@ def test_rewritten_history_is_caught_against_a_checkpoint(authority, tmp_path, c
     for row in rows[2:]:  # rewrite event 3 and re-chain everything after it
         new = row[:3] + (("mallory",) if row[0] == 3 else (row[3],)) + row[4:9]
         h = chain_hash(prev, new)
-        conn.execute("UPDATE events SET user = ?, prev_hash = ?, hash = ? WHERE id = ?", (new[3], prev, h, row[0]))
+        conn.execute("UPDATE events SET username = ?, prev_hash = ?, hash = ? WHERE id = ?", (new[3], prev, h, row[0]))
         prev = h
     authority.audit.verify()  # a consistent forgery...
     with pytest.raises(ChainBroken, match="event 6: the chain does not match the checkpoint"):
@@ -196,11 +196,11 @@ def test_rows_survive_kill_9(cfg, tmp_path):
     line = make_key(tmp_path).with_suffix(".pub").read_text()
     script = textwrap.dedent(f"""
         import sys
-        from ca.issuance.authority import Authority
+        from ca.app import open_authority
         from ca.config import default_config
         from ca.models import Identity, SignRequest
         cfg = default_config().with_overrides(state_dir={str(cfg.state_dir)!r}, policy={str(cfg.policy_path)!r})
-        a = Authority.open(cfg)
+        a = open_authority(cfg)
         while True:
             i = a.issue(Identity(user="alice", auth_methods=("publickey",)), SignRequest(public_key={line!r}))
             print(i.serial, flush=True)
@@ -224,11 +224,11 @@ def test_rows_survive_kill_9(cfg, tmp_path):
 def test_concurrent_writers_keep_one_chain_and_unique_serials(cfg, tmp_path):
     line = make_key(tmp_path).with_suffix(".pub").read_text()
     script = textwrap.dedent(f"""
-        from ca.issuance.authority import Authority
+        from ca.app import open_authority
         from ca.config import default_config
         from ca.models import Identity, SignRequest
         cfg = default_config().with_overrides(state_dir={str(cfg.state_dir)!r}, policy={str(cfg.policy_path)!r})
-        a = Authority.open(cfg)
+        a = open_authority(cfg)
         for _ in range(40):
             print(a.issue(Identity(user="alice", auth_methods=("publickey",)), SignRequest(public_key={line!r})).serial)
     """)
@@ -242,10 +242,10 @@ def test_concurrent_writers_keep_one_chain_and_unique_serials(cfg, tmp_path):
 
 def test_listing_uses_indexes(authority):
     plans = {
-        "user": "SELECT * FROM events WHERE user = 'alice' ORDER BY id DESC LIMIT 50",
+        "user": "SELECT * FROM events WHERE username = 'alice' ORDER BY id DESC LIMIT 50",
         "serial": "SELECT * FROM events WHERE serial = 5",
         "time": "SELECT * FROM events WHERE ts >= '2026' AND ts < '2027' ORDER BY ts DESC, id DESC LIMIT 50",
-        "user_ts": "SELECT * FROM events WHERE user = 'a' AND ts >= '2026' AND ts < '2027' ORDER BY ts DESC, id DESC",
+        "user_ts": "SELECT * FROM events WHERE username = 'a' AND ts >= '2026' AND ts < '2027' ORDER BY ts DESC, id DESC",
     }
     for name, sql in plans.items():
         plan = " ".join(r[3] for r in authority.audit.conn.execute("EXPLAIN QUERY PLAN " + sql))

@@ -339,7 +339,7 @@ def test_proofs_verify_with_the_standalone_verifier(ca, tmp_path):
     # signed checkpoints; verify --checkpoint is what catches that.)
     conn = sqlite3.connect(ca.state / "ca.db", isolation_level=None)
     conn.execute("DROP TRIGGER events_no_update")
-    conn.execute("UPDATE events SET user = 'mallory' WHERE id = 5")
+    conn.execute("UPDATE events SET username = 'mallory' WHERE id = 5")
     r = ca("audit", "consistency", str(old), str(new))
     assert r.exit_code == 1
     assert ca("audit", "verify", "--checkpoint", str(new)).exit_code == 1
@@ -381,11 +381,11 @@ def test_file_errors_are_one_line_not_tracebacks(ca, tmp_path):
 
 
 def test_user_unlock(ca, tmp_path):
-    from ca.audit.log import AuditLog
     from ca.auth.throttle import Throttle, ThrottleSettings
+    from ca.store import AuditLog
 
     log = AuditLog(ca.state / "ca.db")
-    t = Throttle(log.conn, ThrottleSettings(user_limit=2))
+    t = Throttle(log, ThrottleSettings(user_limit=2))
     t.failure("alice", "192.0.2.1", 1e10)
     t.failure("alice", "192.0.2.1", 1e10 + 1)
     assert t.blocked_for("alice", None, 1e10 + 2) > 800

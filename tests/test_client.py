@@ -24,13 +24,13 @@ from pathlib import Path
 import pytest
 from argon2 import PasswordHasher
 
-from ca.audit.log import AuditLog
 from ca.auth.totp import totp
 from ca.auth.users import UserStore
 from ca.client import AUTH_FAILED_MESSAGE, Client, Prompter, load_config
 from ca.errors import AuthenticationFailed, BadKey, ConfigError
 from ca.keys.keyring import Keyring
 from ca.state import StatePaths
+from ca.store import AuditLog
 
 from .conftest import make_key
 from .service_harness import CAProcess

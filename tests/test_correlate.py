@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from ca.app import open_authority
 from ca.audit.chain import iso
-from ca.audit.log import AuditLog
 from ca.cli.admin import cli
 from ca.cli.audit_cmds import audit
 from ca.cli.review_cmds import correlate as correlate_cmd
@@ -30,6 +30,7 @@ from ca.keys.keyring import Keyring
 from ca.models import Identity, SignRequest
 from ca.review.correlate import correlate
 from ca.review.sshdlog import SshdLogParser, parse_timestamp, split_line
+from ca.store import AuditLog
 
 from .conftest import TEST_POLICY, make_key
 from .sshd_harness import (
@@ -388,7 +389,7 @@ def test_each_kind_of_revocation_is_caught(cfg, authority, tmp_path):
                    4: ["used_after_revocation"], 5: []}
 
     # A user revocation does not cover certificates issued after it; a CA key revocation covers all.
-    fresh = Authority.open(cfg, clock=lambda: time.time() + 3600)
+    fresh = open_authority(cfg, clock=lambda: time.time() + 3600)
     try:
         bob_later = _issue(fresh, make_key(tmp_path, name="bob2"), user="bob")
     finally:
@@ -409,7 +410,7 @@ def test_undated_logins_and_revocations_before_validity(cfg, authority, tmp_path
     ours = [k.fingerprint for k in Keyring.load(cfg.state_dir).keys]
     old = _issue(authority, make_key(tmp_path, name="old"))
     log.record("revoked", {"kind": "key", "value": old.key_fingerprint, "reason": "r"})
-    fresh = Authority.open(cfg, clock=lambda: time.time() + 3600)
+    fresh = open_authority(cfg, clock=lambda: time.time() + 3600)
     try:
         new = _issue(fresh, make_key(tmp_path, name="new"))
         # The same key, certified again after the key was revoked: every use of it is after the revocation.

@@ -35,7 +35,11 @@ from ca.sshcert.build import (
     encode_options,
     ssh_signature,
 )
-from ca.sshcert.certificates import fingerprint, parse_certificate, parse_certificate_line
+from ca.sshcert.certificates import (
+    fingerprint,
+    parse_certificate,
+    parse_certificate_line,
+)
 from ca.sshcert.userkey import parse_user_key
 from ca.sshcert.wire import mpint, string
 from ca.state import init_state

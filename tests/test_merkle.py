@@ -540,13 +540,13 @@ def test_large_tree_streams_in_small_memory():
 def test_audit_events_are_leaves(tmp_path):
     """Leaf i is leaf_hash(canonical(row)) of event id i + 1: proofs over a real audit log."""
     from ca.audit.chain import canonical
-    from ca.audit.log import AuditLog
+    from ca.store import AuditLog
 
     log = AuditLog(tmp_path / "audit.db")
     for i in range(11):
         log.record("test", {"n": i, "text": "ünïcode"}, user="alice")
     rows = log.conn.execute(
-        "SELECT id, ts, kind, user, role, serial, key_id, source, data, prev_hash, hash FROM events ORDER BY id"
+        "SELECT id, ts, kind, username, role, serial, key_id, source, data, prev_hash, hash FROM events ORDER BY id"
     ).fetchall()
     log.close()
     leaves = [leaf_hash(canonical(r)) for r in rows]

@@ -17,8 +17,8 @@ from html.parser import HTMLParser
 
 import pytest
 
+from ca.app import open_authority
 from ca.audit.chain import GENESIS, chain_hash, encode_data, iso
-from ca.audit.log import AuditLog
 from ca.cli.audit_cmds import audit
 from ca.cli.review_cmds import correlate as correlate_cmd
 from ca.cli.review_cmds import report as report_cmd
@@ -28,6 +28,7 @@ from ca.models import Identity, SignRequest
 from ca.review.correlate import correlate
 from ca.review.render import render_html, render_text
 from ca.review.report import ReportOptions, build_report, parse_hours, parse_weekdays
+from ca.store import AuditLog
 
 from .conftest import make_key
 
@@ -427,9 +428,8 @@ def test_text_and_json_reports(cfg, authority, cli_run, tmp_path):
 
 
 def test_unused_certificates_are_the_expired_ones_never_logged_in_with(cfg, authority, cli_run, tmp_path):
-    from ca.issuance.authority import Authority
 
-    past = Authority.open(cfg, clock=lambda: time.time() - 7200)
+    past = open_authority(cfg, clock=lambda: time.time() - 7200)
     try:
         old = [past.issue(Identity(user=u, auth_methods=("x",), mfa=True, operator="t"),
                           SignRequest(public_key=(make_key(tmp_path, name=u)).with_suffix(".pub").read_text(),

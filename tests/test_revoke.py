@@ -29,7 +29,7 @@ from ca.access.revocation import (
     revoke_serial,
     revoke_user,
 )
-from ca.audit.log import AuditLog
+from ca.app import open_authority
 from ca.cli.admin import cli
 from ca.cli.revoke_cmds import krl as krl_cmd
 from ca.cli.revoke_cmds import revoke as revoke_cmd
@@ -39,6 +39,7 @@ from ca.keys.keyring import Keyring
 from ca.models import Identity, SignRequest
 from ca.sshcert.krl import CertRevocations, parse_krl
 from ca.state import StatePaths
+from ca.store import AuditLog
 
 from .conftest import make_key
 from .sshd_harness import (
@@ -250,10 +251,10 @@ def test_revoke_user_catches_a_certificate_issued_in_the_race_window(cfg, log, i
     now = time.time()
     issuer.issue("alice")
     res = revoke_user(log, "alice", "compromised", "admin")
-    late = Authority.open(cfg, clock=lambda: now + 5)
+    late = open_authority(cfg, clock=lambda: now + 5)
     try:
         racing, racing_issued = issuer.issue("alice", authority=late)
-        much_later = Authority.open(cfg, clock=lambda: now + 3600)
+        much_later = open_authority(cfg, clock=lambda: now + 3600)
         try:
             fresh, _ = issuer.issue("alice", authority=much_later)
         finally:
@@ -382,7 +383,7 @@ def test_revocations_cannot_be_edited(log, issuer):
 
 def test_expired_certificates_leave_the_krl_after_a_grace_period(cfg, log, issuer, keyring):
     now = time.time()
-    past = Authority.open(cfg, clock=lambda: now - 3 * 3600)  # 1h certificates, expired 2h ago
+    past = open_authority(cfg, clock=lambda: now - 3 * 3600)  # 1h certificates, expired 2h ago
     try:
         _, expired = issuer.issue(authority=past)
     finally:

@@ -13,10 +13,10 @@ import asyncssh
 import pytest
 from argon2 import PasswordHasher
 
-from ca.audit.log import AuditLog
 from ca.auth.totp import totp
 from ca.auth.users import UserStore
 from ca.state import StatePaths
+from ca.store import AuditLog
 
 from .conftest import TEST_POLICY, keygen_L, make_key
 from .service_harness import CAProcess, kbd_login

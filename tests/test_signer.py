@@ -11,9 +11,9 @@ from dataclasses import replace
 import asyncssh
 import pytest
 
+from ca.app import open_authority
 from ca.config import default_config
 from ca.errors import BadKey, PolicyDenied, SigningError
-from ca.issuance.authority import Authority
 from ca.issuance.signer import Signer, make_key_id
 from ca.models import Decision, Identity, SignRequest
 from ca.sshcert.certificates import (
@@ -112,7 +112,7 @@ def test_every_field_matches_policy_and_audit_row(tmp_path, authority, kind, bit
 def test_ca_key_types_sign_with_sha2(tmp_path, policy_file, ca_type, label, alg):
     cfg = default_config().with_overrides(state_dir=str(tmp_path / f"s-{ca_type}"), policy=str(policy_file))
     init_state(cfg, ca_type, None)
-    a = Authority.open(cfg)
+    a = open_authority(cfg)
     try:
         line = make_key(tmp_path).with_suffix(".pub").read_text()
         issued = a.issue(ALICE, SignRequest(public_key=line, role="dev"))

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-import sqlite3
-
 from ca.auth.throttle import Throttle, ThrottleSettings
+from ca.store import open_store
 
 S = ThrottleSettings(user_limit=3, address_limit=5, window=600, lockout=900, max_backoff=8)
 
 
 def fresh(tmp_path) -> Throttle:
-    return Throttle(sqlite3.connect(tmp_path / "t.db", isolation_level=None), S)
+    store = open_store(tmp_path / "t.db")
+    t = Throttle(store, S)
+    t.conn = store.conn  # the raw connection, for the checks below
+    return t
 
 
 def test_backoff_then_lockout(tmp_path):

@@ -17,7 +17,6 @@ from urllib.parse import parse_qs, urlparse
 import pytest
 from argon2 import PasswordHasher, extract_parameters
 
-from ca.audit.log import AuditLog
 from ca.auth.totp import (
     decode_secret,
     generate_secret,
@@ -32,6 +31,7 @@ from ca.cli.user_cmds import user as user_group
 from ca.errors import BadKey, UsageError
 from ca.sshcert.wire import string
 from ca.state import StatePaths, os_user
+from ca.store import AuditLog
 
 from .conftest import make_key
 

@@ -9,9 +9,9 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from argon2 import PasswordHasher
 
-from ca.audit.log import AuditLog
 from ca.auth.users import UserStore
 from ca.state import StatePaths
+from ca.store import AuditLog
 
 from .conftest import make_key
 from .service_harness import CAProcess

@@ -25,9 +25,9 @@ actions are audited as ``request_refused``, and a refused login as the
 usual ``denied`` event. The events stay in the log after the request ends:
 ``iast-ca audit show --request ID`` shows them all.
 
-The tables live in ``ca.db`` beside the audit log. An :class:`Approvals`
-uses the connection of the :class:`~ca.audit.AuditLog` it is given, from
-one thread at a time (the service's issue thread).
+The tables live in the store beside the audit log (``ca.db``). An
+:class:`Approvals` uses the :class:`ca.store.Store` it is given, from one
+thread at a time (the service's issue thread).
 """
 
 from __future__ import annotations
@@ -37,7 +37,6 @@ import dataclasses
 import logging
 import re
 import secrets
-import sqlite3
 import subprocess
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -46,54 +45,22 @@ from dataclasses import dataclass
 from typing import Any
 
 from ca.audit.chain import iso
-from ca.audit.log import AuditLog, Transaction, ensure_tables
 from ca.durations import format_duration
 from ca.errors import AuditError, CAError, PolicyDenied, UsageError
 from ca.models import Decision, Event, Identity, SignRequest
 from ca.policy import Policy, Role
 from ca.rules import free_text
+from ca.store.base import RequestRow, Store, UnitOfWork
+from ca.store.schema import REQUEST_STATUSES
 
 log = logging.getLogger("iast.ca.approvals")
 
-STATUSES = ("pending", "approved", "denied", "cancelled", "expired", "used")
+STATUSES = REQUEST_STATUSES  # ("pending", "approved", "denied", "cancelled", "expired", "used")
 OPEN = ("pending", "approved")
 REQUEST_ID = re.compile(r"req-[a-z2-7]{10}")
 MAX_COMMENT = 500
 HOOK_TIMEOUT = 10.0  # seconds an on_request command may run before it is killed
 _PLACEHOLDER = re.compile(r"\{(id|user|role)\}")
-
-_SCHEMA = (
-    f"""CREATE TABLE IF NOT EXISTS requests (
-        id TEXT PRIMARY KEY,
-        user TEXT NOT NULL,
-        role TEXT NOT NULL,
-        ttl INTEGER NOT NULL,
-        reason TEXT NOT NULL,
-        status TEXT NOT NULL CHECK (status IN ({", ".join(repr(s) for s in STATUSES)})),
-        created INTEGER NOT NULL,
-        decided INTEGER,
-        expires_at INTEGER NOT NULL,
-        used_serial INTEGER
-    )""",
-    "CREATE INDEX IF NOT EXISTS requests_open ON requests(status, expires_at)",
-    "CREATE INDEX IF NOT EXISTS requests_user ON requests(user, role, created)",
-    """CREATE TABLE IF NOT EXISTS approvals (
-        request_id TEXT NOT NULL REFERENCES requests(id),
-        approver TEXT NOT NULL,
-        decision TEXT NOT NULL CHECK (decision IN ('approve', 'deny')),
-        comment TEXT,
-        ts INTEGER NOT NULL,
-        UNIQUE (request_id, approver)
-    )""",
-)
-_SCHEMA_OBJECTS = {"requests", "requests_open", "requests_user", "approvals"}
-_COLUMNS = "id, user, role, ttl, reason, status, created, decided, expires_at, used_serial"
-
-
-def ensure_schema(conn: sqlite3.Connection) -> None:
-    """Create the request tables if they are missing (writes nothing when they exist)."""
-    ensure_tables(conn, _SCHEMA_OBJECTS, list(_SCHEMA), "request")
-
 
 def check_request_id(text: Any) -> str:
     """A request id as the CA makes them (``req-`` + 10 base32 letters), lower-cased; else UsageError."""
@@ -180,53 +147,51 @@ class AccessRequest:
 class Approvals:
     """Requests and approvals in one CA's database (``ca.db``)."""
 
-    def __init__(self, audit: AuditLog, *, clock: Callable[[], float] = time.time):
+    def __init__(self, audit: Store, *, clock: Callable[[], float] = time.time):
         self.audit = audit
-        self.conn = audit.conn
         self.clock = clock
-        ensure_schema(self.conn)
+        self._tx: UnitOfWork | None = None
 
     # -- reading ---------------------------------------------------------------
 
     def _now(self) -> int:
         return int(self.clock())
 
-    @contextmanager
-    def _reading(self) -> Iterator[sqlite3.Connection]:
-        try:
-            yield self.conn
-        except sqlite3.Error as e:
-            raise AuditError(f"cannot read requests from {self.audit.path}: {e}") from None
+    @property
+    def _requests(self):
+        """The request rows: through the open transaction, if there is one, else the store."""
+        return self._tx.requests if self._tx is not None else self.audit.requests
 
-    def _load(self, row: tuple, policy: Policy | None) -> AccessRequest:
-        votes = tuple(Vote(*v) for v in self.conn.execute(
-            "SELECT approver, decision, comment, ts FROM approvals WHERE request_id = ? ORDER BY ts, rowid",
-            (row[0],)))
+    @contextmanager
+    def _transaction(self, tx: UnitOfWork | None = None) -> Iterator[UnitOfWork]:
+        """A write transaction of the store (or ``tx``, already open); reads inside go through it."""
+        if tx is not None:
+            outer, self._tx = self._tx, tx
+            try:
+                yield tx
+            finally:
+                self._tx = outer
+            return
+        with self.audit.transaction() as new:
+            with self._transaction(new):
+                yield new
+
+    def _load(self, row: RequestRow, policy: Policy | None) -> AccessRequest:
+        votes = tuple(Vote(*v) for v in self._requests.votes(row[0]))
         role = policy.roles.get(row[2]) if policy is not None else None
         required = role.approval.required if role is not None and role.approval is not None else None
         return AccessRequest(*row, votes=votes, required=required)
 
     def get(self, request_id: str, policy: Policy | None = None) -> AccessRequest | None:
         """The request ``request_id`` (any status), or None."""
-        with self._reading() as conn:
-            row = conn.execute(f"SELECT {_COLUMNS} FROM requests WHERE id = ?", (request_id,)).fetchone()
-            return self._load(row, policy) if row else None
+        row = self._requests.get(request_id)
+        return self._load(row, policy) if row else None
 
     def list(self, *, policy: Policy | None = None, user: str | None = None, role: str | None = None,
              statuses: Sequence[str] | None = None, limit: int | None = 100) -> list[AccessRequest]:
         """Requests matching every filter given, newest first."""
-        where, args = [], []
-        for col, val in (("user", user), ("role", role)):
-            if val is not None:
-                where.append(f"{col} = ?")
-                args.append(val)
-        if statuses is not None:
-            where.append(f"status IN ({', '.join('?' * len(statuses))})")
-            args.extend(statuses)
-        sql = f"SELECT {_COLUMNS} FROM requests" + (" WHERE " + " AND ".join(where) if where else "")
-        sql += " ORDER BY created DESC, rowid DESC" + (f" LIMIT {int(limit)}" if limit is not None else "")
-        with self._reading() as conn:
-            return [self._load(r, policy) for r in conn.execute(sql, args).fetchall()]
+        rows = self._requests.list(username=user, role=role, statuses=statuses, limit=limit)
+        return [self._load(r, policy) for r in rows]
 
     def visible_to(self, identity: Identity, policy: Policy, *, limit: int = 20) -> list[AccessRequest]:
         """What ``iast-ssh requests`` shows: pending requests ``identity`` may decide (and has not),
@@ -248,19 +213,12 @@ class Approvals:
         """Mark every open request past its ``expires_at`` expired, each with a ``request_expired``
         event, in one transaction; return their ids. Cheap when there are none (one indexed read)."""
         now = self._now()
-        with self._reading() as conn:
-            due = conn.execute("SELECT 1 FROM requests WHERE status IN ('pending', 'approved') AND expires_at <= ?"
-                               " LIMIT 1", (now,)).fetchone()
-        if not due:
+        if not self._requests.any_due(now):
             return []
         done = []
-        with self.audit.transaction() as tx:
-            rows = self.conn.execute(
-                "SELECT id, user, role, status, expires_at FROM requests"
-                " WHERE status IN ('pending', 'approved') AND expires_at <= ? ORDER BY expires_at, id",
-                (now,)).fetchall()
-            for rid, user, role, status, expires_at in rows:
-                self.conn.execute("UPDATE requests SET status = 'expired' WHERE id = ?", (rid,))
+        with self._transaction() as tx:
+            for rid, user, role, status, expires_at in tx.requests.due(now):
+                tx.requests.set_status(rid, "expired")
                 tx.append("request_expired", {"request_id": rid, "was": status, "expires_at": expires_at},
                           user=user, role=role)
                 done.append(rid)
@@ -316,12 +274,10 @@ class Approvals:
             if decision.reason is None:
                 raise PolicyDenied(f"role {role} needs a reason for an access request (--reason TEXT)")
             now = self._now()
-            with self.audit.transaction() as tx:
+            with self._transaction() as tx:
                 rid = new_request_id()
                 expires_at = now + r.approval.expires
-                self.conn.execute(
-                    f"INSERT INTO requests ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, 'pending', ?, NULL, ?, NULL)",
-                    (rid, identity.user, role, decision.ttl, decision.reason, now, expires_at))
+                tx.requests.insert(rid, identity.user, role, decision.ttl, decision.reason, now, expires_at)
                 tx.append("request_created", {
                     "request_id": rid, "ttl": decision.ttl, "reason": decision.reason,
                     "approvers": list(r.approval.approvers), "required": r.approval.required,
@@ -366,20 +322,18 @@ class Approvals:
         with self._audited("approve", request_id, actor) as seen:
             request_id = check_request_id(request_id)
             comment = _comment(comment)
-            with self.audit.transaction() as tx:
+            with self._transaction() as tx:
                 req, role = self._open_for_vote(request_id, actor, policy, seen, "approve")
                 assert role.approval is not None  # _open_for_vote made sure
                 now = self._now()
                 self._still_open(req, now, ("pending",))
-                self.conn.execute("INSERT INTO approvals VALUES (?, ?, 'approve', ?, ?)",
-                                  (request_id, actor.user, comment, now))
+                tx.requests.add_vote(request_id, actor.user, "approve", comment, now)
                 count = len(self._valid_approvers(request_id, role, policy))
                 status = "pending"
                 expires_at = req.expires_at
                 if count >= role.approval.required:
                     status, expires_at = "approved", now + role.approval.expires
-                    self.conn.execute("UPDATE requests SET status = 'approved', decided = ?, expires_at = ?"
-                                      " WHERE id = ?", (now, expires_at, request_id))
+                    tx.requests.set_status(request_id, "approved", decided=now, expires_at=expires_at)
                 tx.append("request_approved", {
                     "request_id": request_id, "approver": actor.user, "comment": comment, "approvals": count,
                     "required": role.approval.required, "status": status, "expires_at": expires_at,
@@ -395,13 +349,12 @@ class Approvals:
             comment = _comment(comment)
             if comment is None:
                 raise UsageError("deny: --comment is required (tell the requester why)")
-            with self.audit.transaction() as tx:
+            with self._transaction() as tx:
                 req, _ = self._open_for_vote(request_id, actor, policy, seen, "deny")
                 now = self._now()
                 self._still_open(req, now, OPEN)
-                self.conn.execute("INSERT INTO approvals VALUES (?, ?, 'deny', ?, ?)",
-                                  (request_id, actor.user, comment, now))
-                self.conn.execute("UPDATE requests SET status = 'denied', decided = ? WHERE id = ?", (now, request_id))
+                tx.requests.add_vote(request_id, actor.user, "deny", comment, now)
+                tx.requests.set_status(request_id, "denied", decided=now)
                 tx.append("request_denied", {
                     "request_id": request_id, "approver": actor.user, "comment": comment, "was": req.status,
                     "auth_methods": list(actor.auth_methods), "mfa": actor.mfa, "operator": actor.operator,
@@ -413,7 +366,7 @@ class Approvals:
         self.expire_due()
         with self._audited("cancel", request_id, actor) as seen:
             request_id = check_request_id(request_id)
-            with self.audit.transaction() as tx:
+            with self._transaction() as tx:
                 req = self.get(request_id, policy)
                 if req is None:
                     raise CAError(f"no such request {request_id}")
@@ -422,8 +375,7 @@ class Approvals:
                     raise PolicyDenied(f"request {request_id} is not yours to cancel (it is {req.user}'s)")
                 now = self._now()
                 self._still_open(req, now, OPEN)
-                self.conn.execute("UPDATE requests SET status = 'cancelled', decided = ? WHERE id = ?",
-                                  (now, request_id))
+                tx.requests.set_status(request_id, "cancelled", decided=now)
                 tx.append("request_cancelled", {"request_id": request_id, "was": req.status,
                                                 "operator": actor.operator},
                           user=req.user, role=req.role, source=actor.source_address)
@@ -431,9 +383,7 @@ class Approvals:
 
     def _valid_approvers(self, request_id: str, role: Role, policy: Policy) -> list[str]:
         """The approvers of ``request_id`` who are still approvers of ``role`` under ``policy``."""
-        names = [r[0] for r in self.conn.execute(
-            "SELECT approver FROM approvals WHERE request_id = ? AND decision = 'approve' ORDER BY ts, rowid",
-            (request_id,))]
+        names = self._requests.approvers(request_id)
         return [n for n in names if policy.may_approve(role, Identity(user=n, auth_methods=()))]
 
     # -- use ---------------------------------------------------------------------------
@@ -473,7 +423,7 @@ class Approvals:
             ttl=found.ttl if request.ttl is None else request.ttl,
             reason=request.reason if request.reason else found.reason)
 
-    def consumer(self, user: str, request_id: str | None, policy: Policy) -> Callable[[Transaction, Decision], dict]:
+    def consumer(self, user: str, request_id: str | None, policy: Policy) -> Callable[[UnitOfWork, Decision], dict]:
         """The ``consume`` hook for :meth:`ca.authority.Authority.issue`.
 
         Inside the issuing transaction, before signing: the request must be
@@ -485,12 +435,16 @@ class Approvals:
         transaction (with anything written) is rolled back.
         """
 
-        def consume(tx: Transaction, decision: Decision) -> dict[str, Any]:
+        def consume(tx: UnitOfWork, decision: Decision) -> dict[str, Any]:
+            with self._transaction(tx):
+                return _consume(tx, decision)
+
+        def _consume(tx: UnitOfWork, decision: Decision) -> dict[str, Any]:
             role = decision.role
             ask = f"iast-ssh request --role {role} --ttl D --reason TEXT"
             if request_id is None:
                 raise PolicyDenied(f"role {role} needs an approved request: {ask}, then log in once approved")
-            row = self.conn.execute(f"SELECT {_COLUMNS} FROM requests WHERE id = ?", (request_id,)).fetchone()
+            row = tx.requests.get(request_id)
             req = self._load(row, policy) if row else None
             if req is None or req.user != decision.user:
                 raise PolicyDenied(f"no request {request_id} of {decision.user}")
@@ -517,9 +471,7 @@ class Approvals:
             # The serial Authority.issue signs next: this transaction holds the write lock and has
             # not added a certificate yet, so next_serial() gives it the same answer.
             serial = tx.next_serial()
-            cur = self.conn.execute("UPDATE requests SET status = 'used', used_serial = ? WHERE id = ?"
-                                    " AND status = 'approved'", (serial, request_id))
-            if cur.rowcount != 1:  # unreachable under BEGIN IMMEDIATE; cheap to be sure
+            if not tx.requests.mark_used(request_id, serial):  # unreachable under BEGIN IMMEDIATE; cheap to be sure
                 raise PolicyDenied(f"request {request_id} was used meanwhile")
             tx.append("request_used", {"request_id": request_id, "serial": serial, "approvers": approvers,
                                        "ttl": decision.ttl},
@@ -533,15 +485,9 @@ class Approvals:
 # Reading the audit trail of one request
 
 
-def request_events(audit: AuditLog, request_id: str) -> list[Event]:
+def request_events(audit: Store, request_id: str) -> list[Event]:
     """Every event about ``request_id``, oldest first: its life, refusals, and the certificate."""
-    try:
-        ids = [r[0] for r in audit.conn.execute(
-            "SELECT id FROM events WHERE data LIKE ? AND json_extract(data, '$.request_id') = ? ORDER BY id",
-            (f'%"{request_id}"%', request_id))]
-    except sqlite3.Error as e:
-        raise AuditError(f"cannot read the audit log {audit.path}: {e}") from None
-    return [e for e in (audit.get(i) for i in ids) if e is not None]
+    return audit.request_events(request_id)
 
 
 # --------------------------------------------------------------------------

@@ -1,6 +1,6 @@
 """Revocation: what the CA has revoked, kept in ``ca.db``, and the KRL built from it.
 
-Every revocation is one ``BEGIN IMMEDIATE`` transaction that writes a
+Every revocation is one write transaction of the store that writes a
 ``revoked`` audit event (kind, value, reason, actor) and, the first time, a
 row of the ``revocations`` table. Revoking the same thing again is allowed
 and audited (a second ``revoked`` event, with ``"new": false``) but adds no
@@ -47,11 +47,9 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import sqlite3
 from dataclasses import dataclass
 from typing import Any
 
-from ca.audit.log import AuditLog, ensure_tables
 from ca.errors import BadKey, UsageError
 from ca.keys.keyring import Keyring
 from ca.rules import free_text, is_user_name
@@ -65,66 +63,29 @@ from ca.sshcert.krl import (
 )
 from ca.sshcert.userkey import parse_user_key
 from ca.sshcert.wire import WireError
+from ca.store.base import Store
+from ca.store.schema import REVOCATION_KINDS
 
-KINDS = ("serial", "key_id", "key", "ca_key", "user")
+KINDS = REVOCATION_KINDS  # ("serial", "key_id", "key", "ca_key", "user")
 MAX_SERIAL = 2**64 - 1
 # Keep a certificate in the KRL this long after it expires (hosts whose clocks lag the CA's).
 KRL_EXPIRY_GRACE = 3600
 KRL_COMMENT = "iast-ssh certificate authority"
 _MAX_SERIALS_IN_EVENT = 1000
 
-_SCHEMA = (
-    """CREATE TABLE IF NOT EXISTS revocations (
-        id INTEGER PRIMARY KEY,
-        kind TEXT NOT NULL CHECK (kind IN ('serial', 'key_id', 'key', 'ca_key', 'user')),
-        value TEXT NOT NULL,
-        serial INTEGER,              -- kind 'serial' only: the serial as a number
-        ca_fingerprint TEXT,         -- the CA that signed the certificate (serial, key_id), or the CA key (ca_key)
-        public TEXT,                 -- kind 'key'/'ca_key': the public key 'TYPE BASE64', when known
-        reason TEXT NOT NULL,
-        actor TEXT,
-        event_id INTEGER NOT NULL REFERENCES events(id),
-        created INTEGER NOT NULL,    -- unix seconds
-        UNIQUE (kind, value)
-    )""",
-    "CREATE INDEX IF NOT EXISTS revocations_serial ON revocations(serial) WHERE serial IS NOT NULL",
-    # Revocations are never undone by editing the table; like the event log it refuses edits.
-    """CREATE TRIGGER IF NOT EXISTS revocations_no_update BEFORE UPDATE ON revocations
-       BEGIN SELECT RAISE(ABORT, 'revocations cannot be changed'); END""",
-    """CREATE TRIGGER IF NOT EXISTS revocations_no_delete BEFORE DELETE ON revocations
-       BEGIN SELECT RAISE(ABORT, 'revocations cannot be deleted'); END""",
-    """CREATE TABLE IF NOT EXISTS krl_state (
-        id INTEGER PRIMARY KEY CHECK (id = 1),
-        version INTEGER NOT NULL CHECK (version >= 1),
-        content_sha256 TEXT NOT NULL,
-        generated INTEGER NOT NULL
-    )""",
-    """CREATE TRIGGER IF NOT EXISTS krl_version_only_increases BEFORE UPDATE ON krl_state
-       WHEN NEW.version < OLD.version
-       BEGIN SELECT RAISE(ABORT, 'the KRL version only increases'); END""",
-    """CREATE TRIGGER IF NOT EXISTS krl_state_no_delete BEFORE DELETE ON krl_state
-       BEGIN SELECT RAISE(ABORT, 'the KRL version only increases'); END""",
-)
-_SCHEMA_OBJECTS = {"revocations", "revocations_serial", "revocations_no_update", "revocations_no_delete",
-                   "krl_state", "krl_version_only_increases", "krl_state_no_delete"}
-
-
-def ensure_schema(log: AuditLog) -> None:
-    """Create the revocation tables if they are missing (writes nothing when they exist)."""
-    ensure_tables(log.conn, _SCHEMA_OBJECTS, _SCHEMA, "revocation")
-
-
-def is_revoked(conn, kind: str, fingerprint: str) -> bool:
+def is_revoked(source, kind: str, fingerprint: str) -> bool:
     """Whether a key (``kind='key'``) or CA key (``'ca_key'``) with this fingerprint is revoked.
 
-    Cheap enough for every login and every issuance (the table's unique
-    index); a database that never saw a revocation has no table yet.
+    ``source`` is a store or a unit of work (inside a transaction: what it
+    sees). Cheap enough for every login and every issuance (the table's
+    unique index).
     """
-    try:
-        return conn.execute("SELECT 1 FROM revocations WHERE kind = ? AND value = ?",
-                            (kind, fingerprint)).fetchone() is not None
-    except sqlite3.OperationalError:  # no revocations table: nothing was ever revoked
-        return False
+    if hasattr(source, "revocations"):
+        return source.revocations.is_revoked(kind, fingerprint)
+    # Transition: a raw SQLite connection from a caller not switched to the store yet.
+    from ca.store.sqlite.revocations import is_revoked_on
+
+    return is_revoked_on(source, kind, fingerprint)
 
 
 @dataclass(frozen=True)
@@ -172,25 +133,23 @@ def check_reason(reason: object) -> str:
     return text
 
 
-def _now(log: AuditLog) -> int:
+def _now(log: Store) -> int:
     return int(log.clock())
 
 
-def _record(tx: Any, log: AuditLog, kind: str, value: str, *, reason: str, actor: str | None, now: int,
+def _record(tx: Any, log: Store, kind: str, value: str, *, reason: str, actor: str | None, now: int,
             serial: int | None = None, ca_fingerprint: str | None = None, public: str | None = None,
             data: dict | None = None, columns: dict | None = None) -> tuple[bool, int]:
     """Append the ``revoked`` event and, the first time, the row. Returns (new, event_id)."""
-    existing = log.conn.execute("SELECT id FROM revocations WHERE kind = ? AND value = ?", (kind, value)).fetchone()
+    existing = tx.revocations.find(kind, value)
     event = {"kind": kind, "value": value, "reason": reason, "actor": actor, "new": existing is None}
     if ca_fingerprint:
         event["ca_fingerprint"] = ca_fingerprint
     event.update(data or {})
     event_id = tx.append("revoked", event, **(columns or {}))
     if existing is None:
-        log.conn.execute(
-            "INSERT INTO revocations (kind, value, serial, ca_fingerprint, public, reason, actor, event_id, created)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (kind, value, serial, ca_fingerprint, public, reason, actor, event_id, now))
+        tx.revocations.insert(kind, value, serial=serial, ca_fingerprint=ca_fingerprint, public=public,
+                              reason=reason, actor=actor, event_id=event_id, created=now)
     return existing is None, event_id
 
 
@@ -201,26 +160,24 @@ def _serial_list(serials: list[int]) -> dict:
     return out
 
 
-def revoke_serial(log: AuditLog, serial: int, reason: str, actor: str | None = None) -> RevokeResult:
+def revoke_serial(log: Store, serial: int, reason: str, actor: str | None = None) -> RevokeResult:
     """Revoke the certificate with this serial. :class:`UsageError` if this CA never issued it."""
     reason = check_reason(reason)
     if isinstance(serial, bool) or not isinstance(serial, int) or not 1 <= serial <= MAX_SERIAL:
         raise UsageError("a serial is a whole number from 1 to 2^64-1 (serial 0 is never issued)")
-    ensure_schema(log)
     now = _now(log)
     with log.transaction() as tx:
-        row = log.conn.execute("SELECT key_id, user, ca_fingerprint, valid_before FROM certificates WHERE serial = ?",
-                               (serial,)).fetchone()
-        if row is None:
+        cert = tx.certificates.by_serial(serial)
+        if cert is None:
             raise UsageError(f"no certificate with serial {serial} was issued by this CA")
-        key_id, user, ca_fp, valid_before = row
+        key_id, user, ca_fp, valid_before = cert.key_id, cert.username, cert.ca_fingerprint, cert.valid_before
         new, event_id = _record(tx, log, "serial", str(serial), reason=reason, actor=actor, now=now, serial=serial,
                                 ca_fingerprint=ca_fp, columns={"user": user, "serial": serial, "key_id": key_id})
     notes = () if valid_before > now else ("the certificate has already expired",)
     return RevokeResult("serial", str(serial), new, event_id, (serial,), notes)
 
 
-def revoke_key_id(log: AuditLog, key_id: str, reason: str, actor: str | None = None) -> RevokeResult:
+def revoke_key_id(log: Store, key_id: str, reason: str, actor: str | None = None) -> RevokeResult:
     """Revoke the certificate with this key ID (``iast:USER:ROLE:SERIAL``), by key ID.
 
     :class:`UsageError` if this CA never issued a certificate with that key ID.
@@ -228,21 +185,19 @@ def revoke_key_id(log: AuditLog, key_id: str, reason: str, actor: str | None = N
     reason = check_reason(reason)
     if not isinstance(key_id, str) or not key_id or len(key_id) > 1024 or "\x00" in key_id:
         raise UsageError("a key ID is non-empty text")
-    ensure_schema(log)
     now = _now(log)
     with log.transaction() as tx:
-        row = log.conn.execute("SELECT serial, user, ca_fingerprint, valid_before FROM certificates WHERE key_id = ?",
-                               (key_id,)).fetchone()
-        if row is None:
+        cert = tx.certificates.by_key_id(key_id)
+        if cert is None:
             raise UsageError(f"no certificate with key ID {key_id[:100]!r} was issued by this CA")
-        serial, user, ca_fp, valid_before = row
+        serial, user, ca_fp, valid_before = cert.serial, cert.username, cert.ca_fingerprint, cert.valid_before
         new, event_id = _record(tx, log, "key_id", key_id, reason=reason, actor=actor, now=now, ca_fingerprint=ca_fp,
                                 columns={"user": user, "serial": serial, "key_id": key_id})
     notes = () if valid_before > now else ("the certificate has already expired",)
     return RevokeResult("key_id", key_id, new, event_id, (serial,), notes)
 
 
-def revoke_key(log: AuditLog, key_line: str, reason: str, actor: str | None = None, *,
+def revoke_key(log: Store, key_line: str, reason: str, actor: str | None = None, *,
                keyring: Keyring | None = None) -> RevokeResult:
     """Revoke a user's public key (an OpenSSH public key line): every certificate
     for that key, already issued or issued later, is refused by sshd.
@@ -265,14 +220,11 @@ def revoke_key(log: AuditLog, key_line: str, reason: str, actor: str | None = No
     user_key = parse_user_key(key_line, min_rsa_bits=0)
     if keyring is not None and any(k.fingerprint == user_key.fingerprint for k in keyring.keys):
         raise UsageError(f"{user_key.fingerprint} is a CA key of this CA: revoke it with --ca-key")
-    ensure_schema(log)
     now = _now(log)
     with log.transaction() as tx:
-        serials = [s for (s,) in log.conn.execute(
-            "SELECT serial FROM certificates WHERE key_fingerprint = ? AND valid_before > ? ORDER BY serial",
-            (user_key.fingerprint, now - KRL_EXPIRY_GRACE))]
-        users = sorted({u for (u,) in log.conn.execute(
-            "SELECT DISTINCT user FROM certificates WHERE key_fingerprint = ?", (user_key.fingerprint,))})
+        serials = tx.certificates.unexpired_serials(cutoff=now - KRL_EXPIRY_GRACE,
+                                                    key_fingerprint=user_key.fingerprint)
+        users = tx.certificates.usernames_of_key(user_key.fingerprint)
         new, event_id = _record(
             tx, log, "key", user_key.fingerprint, reason=reason, actor=actor, now=now, public=user_key.line,
             data={"key_type": user_key.algorithm, "users": users, **_serial_list(serials)},
@@ -281,7 +233,7 @@ def revoke_key(log: AuditLog, key_line: str, reason: str, actor: str | None = No
     return RevokeResult("key", user_key.fingerprint, new, event_id, tuple(serials), notes)
 
 
-def _user_store(log: AuditLog):
+def _user_store(log: Store):
     """The user store, or None when this build has no ``ca.auth.users`` module."""
     try:
         from ca.auth.users import UserStore
@@ -290,7 +242,7 @@ def _user_store(log: AuditLog):
     return UserStore(log)
 
 
-def revoke_user(log: AuditLog, user: str, reason: str, actor: str | None = None) -> RevokeResult:
+def revoke_user(log: Store, user: str, reason: str, actor: str | None = None) -> RevokeResult:
     """Revoke every unexpired certificate issued to ``user`` (by serial), and
     disable the user in the user store so that no new ones are issued.
 
@@ -307,11 +259,10 @@ def revoke_user(log: AuditLog, user: str, reason: str, actor: str | None = None)
     reason = check_reason(reason)
     if not is_user_name(user):
         raise UsageError(f"invalid user name {str(user)[:40]!r}")
-    ensure_schema(log)
     store = _user_store(log)
     known = store.get(user) if store is not None else None
-    issued = log.conn.execute("SELECT 1 FROM certificates WHERE user = ? LIMIT 1", (user,)).fetchone()
-    if known is None and issued is None:
+    issued = log.certificates.any_for_user(user)
+    if known is None and not issued:
         raise UsageError(f"no user {user!r}: not in the user store, and no certificate was ever issued to that name")
     notes = []
     if store is None:
@@ -327,21 +278,18 @@ def revoke_user(log: AuditLog, user: str, reason: str, actor: str | None = None)
         state = "disabled"
     now = _now(log)
     with log.transaction() as tx:
-        serials = [s for (s,) in log.conn.execute(
-            "SELECT serial FROM certificates WHERE user = ? AND valid_before > ? ORDER BY serial",
-            (user, now - KRL_EXPIRY_GRACE))]
+        serials = tx.certificates.unexpired_serials(cutoff=now - KRL_EXPIRY_GRACE, username=user)
         new, event_id = _record(tx, log, "user", user, reason=reason, actor=actor, now=now,
                                 data={"user_store": state, **_serial_list(serials)}, columns={"user": user})
         for serial in serials:
-            row = log.conn.execute("SELECT ca_fingerprint FROM certificates WHERE serial = ?", (serial,)).fetchone()
-            log.conn.execute(
-                "INSERT OR IGNORE INTO revocations (kind, value, serial, ca_fingerprint, public, reason, actor,"
-                " event_id, created) VALUES ('serial', ?, ?, ?, NULL, ?, ?, ?, ?)",
-                (str(serial), serial, row[0], reason, actor, event_id, now))
+            cert = tx.certificates.by_serial(serial)
+            tx.revocations.insert("serial", str(serial), serial=serial, ca_fingerprint=cert.ca_fingerprint,
+                                  public=None, reason=reason, actor=actor, event_id=event_id, created=now,
+                                  if_new=True)
     return RevokeResult("user", user, new, event_id, tuple(serials), tuple(notes))
 
 
-def revoke_ca_key(log: AuditLog, fingerprint: str, reason: str, actor: str | None = None, *,
+def revoke_ca_key(log: Store, fingerprint: str, reason: str, actor: str | None = None, *,
                   keyring: Keyring | None = None) -> RevokeResult:
     """Revoke a CA key (by its ``SHA256:...`` fingerprint): sshd refuses every
     certificate it signed. The key must be in ``keyring`` or have signed a
@@ -355,12 +303,9 @@ def revoke_ca_key(log: AuditLog, fingerprint: str, reason: str, actor: str | Non
         raise UsageError(f"not a SHA256 key fingerprint: {str(fingerprint)[:60]!r} "
                          "(see 'ssh-keygen -lf KEY.pub' or 'iast-ca trust')") from None
     entry = next((k for k in keyring.keys if k.fingerprint == fingerprint), None) if keyring else None
-    ensure_schema(log)
     now = _now(log)
     with log.transaction() as tx:
-        signed = log.conn.execute(
-            "SELECT count(*), sum(valid_before > ?) FROM certificates WHERE ca_fingerprint = ?",
-            (now - KRL_EXPIRY_GRACE, fingerprint)).fetchone()
+        signed = tx.certificates.signed_by(fingerprint, now - KRL_EXPIRY_GRACE)
         if entry is None and not signed[0]:
             raise UsageError(f"{fingerprint} is not a CA key of this CA")
         public = " ".join(entry.public.split()[:2]) if entry else None
@@ -378,20 +323,15 @@ def revoke_ca_key(log: AuditLog, fingerprint: str, reason: str, actor: str | Non
     return RevokeResult("ca_key", fingerprint, new, event_id, (), tuple(notes))
 
 
-def list_revocations(log: AuditLog) -> list[Revocation]:
+def list_revocations(log: Store) -> list[Revocation]:
     """Every revocation, oldest first."""
-    ensure_schema(log)
-    rows = log.conn.execute(
-        "SELECT id, kind, value, serial, ca_fingerprint, public, reason, actor, event_id, created"
-        " FROM revocations ORDER BY id").fetchall()
-    return [Revocation(*r) for r in rows]
+    return [Revocation(*r) for r in log.revocations.all()]
 
 
-def krl_version(log: AuditLog) -> int:
+def krl_version(log: Store) -> int:
     """The version of the last KRL built (0 before the first)."""
-    ensure_schema(log)
-    row = log.conn.execute("SELECT version FROM krl_state WHERE id = 1").fetchone()
-    return row[0] if row else 0
+    state = log.revocations.krl_state()
+    return state[0] if state else 0
 
 
 # --------------------------------------------------------------------------
@@ -418,7 +358,7 @@ class CurrentKRL:
         return d
 
 
-def _contents(log: AuditLog, keyring: Keyring, now: int, grace: int):
+def _contents(repo, keyring: Keyring, now: int, grace: int):
     cutoff = now - grace
     ca_blobs = {k.fingerprint: k.blob for k in keyring.keys}
     serials: dict[bytes, set[int]] = {}
@@ -433,22 +373,15 @@ def _contents(log: AuditLog, keyring: Keyring, now: int, grace: int):
         else:
             serials.setdefault(blob, set()).add(serial)
 
-    conn = log.conn
-    for serial, ca_fp, key_id in conn.execute(
-            "SELECT c.serial, c.ca_fingerprint, c.key_id FROM revocations r JOIN certificates c ON c.serial = r.serial"
-            " WHERE r.kind = 'serial' AND c.valid_before > ?", (cutoff,)):
+    for serial, ca_fp, key_id in repo.revoked_serial_certificates(cutoff):
         by_serial(serial, ca_fp, key_id)
-    for serial, ca_fp, key_id in conn.execute(
-            "SELECT c.serial, c.ca_fingerprint, c.key_id FROM revocations r JOIN certificates c ON c.user = r.value"
-            " WHERE r.kind = 'user' AND c.valid_after <= r.created AND c.valid_before > ?", (cutoff,)):
+    for serial, ca_fp, key_id in repo.revoked_user_certificates(cutoff):
         by_serial(serial, ca_fp, key_id)
-    for key_id, ca_fp in conn.execute(
-            "SELECT c.key_id, c.ca_fingerprint FROM revocations r JOIN certificates c ON c.key_id = r.value"
-            " WHERE r.kind = 'key_id' AND c.valid_before > ?", (cutoff,)):
+    for key_id, ca_fp in repo.revoked_key_id_certificates(cutoff):
         key_ids.setdefault(ca_blobs.get(ca_fp, WILDCARD_CA), set()).add(key_id)
     keys: set[bytes] = set()
     sha256s: set[bytes] = set()
-    for value, public in conn.execute("SELECT value, public FROM revocations WHERE kind IN ('key', 'ca_key')"):
+    for value, public in repo.revoked_keys():
         if public:
             keys.add(base64.b64decode(public.split()[1]))
         else:
@@ -458,7 +391,7 @@ def _contents(log: AuditLog, keyring: Keyring, now: int, grace: int):
     return certs, keys, sha256s
 
 
-def build_current_krl(log: AuditLog, keyring: Keyring, now: float | None = None, *,
+def build_current_krl(log: Store, keyring: Keyring, now: float | None = None, *,
                       grace: int = KRL_EXPIRY_GRACE) -> CurrentKRL:
     """Build the KRL from the database (see the module docstring for what goes in),
     bumping ``krl_version`` if the content changed since the last build.
@@ -468,12 +401,11 @@ def build_current_krl(log: AuditLog, keyring: Keyring, now: float | None = None,
     (``krl_version`` event).
     """
     now = int(log.clock() if now is None else now)
-    ensure_schema(log)
     with log.transaction() as tx:
-        certs, keys, sha256s = _contents(log, keyring, now, grace)
+        certs, keys, sha256s = _contents(tx.revocations, keyring, now, grace)
         canonical = build_krl(0, certs=certs, keys=keys, sha256s=sha256s, generated=0, comment=KRL_COMMENT)
         digest = hashlib.sha256(canonical).hexdigest()
-        state = log.conn.execute("SELECT version, content_sha256, generated FROM krl_state WHERE id = 1").fetchone()
+        state = tx.revocations.krl_state()
         n_serials = sum(rc.serial_count for rc in certs.values())
         n_ids = sum(len(rc.key_ids) for rc in certs.values())
         n_keys = len(keys) + len(sha256s)
@@ -482,18 +414,14 @@ def build_current_krl(log: AuditLog, keyring: Keyring, now: float | None = None,
         else:
             version = state[0] + 1 if state else 1
             generated, changed = now, True
-            log.conn.execute(
-                "INSERT INTO krl_state (id, version, content_sha256, generated) VALUES (1, ?, ?, ?)"
-                " ON CONFLICT(id) DO UPDATE SET version = excluded.version,"
-                " content_sha256 = excluded.content_sha256, generated = excluded.generated",
-                (version, digest, generated))
+            tx.revocations.set_krl_state(version, digest, generated)
             tx.append("krl_version", {"version": version, "content_sha256": digest, "serials": n_serials,
                                       "key_ids": n_ids, "keys": n_keys})
     data = build_krl(version, certs=certs, keys=keys, sha256s=sha256s, generated=generated, comment=KRL_COMMENT)
     return CurrentKRL(data, version, generated, changed, digest, n_serials, n_ids, n_keys)
 
 
-def current_krl(log: AuditLog, keyring: Keyring, now: float | None = None, *,
+def current_krl(log: Store, keyring: Keyring, now: float | None = None, *,
                 grace: int = KRL_EXPIRY_GRACE) -> bytes:
     """The binary KRL for sshd's ``RevokedKeys``, built from the database
     (see :func:`build_current_krl`)."""

@@ -19,9 +19,9 @@ import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from ca.audit.log import AuditLog
 from ca.auth.base import Guarding, Refusal
 from ca.auth.throttle import Throttle
+from ca.store import AuditLog
 
 log = logging.getLogger("iast.ca")
 

@@ -10,7 +10,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from ca.auth.base import Challenge, Conversation, Guarding, InteractiveAuthenticator, Refusal, StepUp
+from ca.auth.base import (
+    Challenge,
+    Conversation,
+    Guarding,
+    InteractiveAuthenticator,
+    Refusal,
+    StepUp,
+)
 from ca.auth.users import UserStore
 from ca.models import Identity
 

@@ -15,20 +15,12 @@ so a restart does not forgive anyone.
 
 from __future__ import annotations
 
-import sqlite3
+from contextlib import ExitStack
 from dataclasses import dataclass
 
 from ca.config import ThrottleSettings
 from ca.errors import AuditError
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS auth_throttle (
-    key TEXT PRIMARY KEY,          -- 'user:NAME' or 'addr:ADDRESS'
-    failures INTEGER NOT NULL,
-    first_failure REAL NOT NULL,
-    blocked_until REAL NOT NULL
-)
-"""
+from ca.store.base import Store
 
 
 @dataclass(frozen=True)
@@ -40,12 +32,11 @@ class Verdict:
 
 
 class Throttle:
-    """Failure counters in the audit database (its own table, not part of the hash chain)."""
+    """Failure counters in the store (their own table, not part of the hash chain)."""
 
-    def __init__(self, conn: sqlite3.Connection, settings: ThrottleSettings = ThrottleSettings()):
-        self.conn = conn
+    def __init__(self, store: Store, settings: ThrottleSettings = ThrottleSettings()):
+        self.store = store
         self.settings = settings
-        conn.execute(_SCHEMA)
 
     @staticmethod
     def keys(user: str | None, address: str | None) -> list[str]:
@@ -60,26 +51,27 @@ class Throttle:
         """Seconds until this account and address may try again (0 when they may now)."""
         wait = 0.0
         for key in self.keys(user, address):
-            row = self.conn.execute("SELECT blocked_until FROM auth_throttle WHERE key = ?", (key,)).fetchone()
+            row = self.store.throttle.get(key)
             if row:
-                wait = max(wait, row[0] - now)
+                wait = max(wait, row[2] - now)
         return max(wait, 0.0)
 
     def failure(self, user: str | None, address: str | None, now: float) -> Verdict:
-        """Count one failure for the account and the address; lock those that reach their limit."""
+        """Count one failure for the account and the address; lock those that reach their limit.
+
+        Read and update in one write transaction, so concurrent failures all count.
+        """
         s = self.settings
         locked, counts = [], {}
-        try:
-            self.conn.execute("BEGIN IMMEDIATE")
-        except sqlite3.Error as e:
-            raise AuditError(f"cannot count an authentication failure: {e}") from None
-        try:
+        with ExitStack() as stack:
+            try:
+                tx = stack.enter_context(self.store.transaction())
+            except AuditError as e:
+                raise AuditError(f"cannot count an authentication failure: {e.message}") from None
             for key in self.keys(user, address):
                 limit = s.user_limit if key.startswith("user:") else s.address_limit
-                row = self.conn.execute(
-                    "SELECT failures, first_failure FROM auth_throttle WHERE key = ?", (key,)
-                ).fetchone()
-                failures, first = (row if row and now - row[1] <= s.window else (0, now))
+                row = tx.throttle.get(key)
+                failures, first = (row[:2] if row and now - row[1] <= s.window else (0, now))
                 failures += 1
                 if failures >= limit:
                     blocked_until = now + s.lockout
@@ -91,30 +83,24 @@ class Throttle:
                     # No backoff per address: one user's typo behind a shared NAT
                     # must not hold up everyone else there. Only the lock applies.
                     blocked_until = 0.0
-                self.conn.execute(
-                    "INSERT OR REPLACE INTO auth_throttle VALUES (?, ?, ?, ?)", (key, failures, first, blocked_until)
-                )
+                tx.throttle.put(key, failures, first, blocked_until)
                 counts[key] = failures
-            self.conn.execute("COMMIT")
-        except BaseException:
-            self.conn.execute("ROLLBACK")
-            raise
         return Verdict(tuple(locked), counts)
 
     def success(self, user: str) -> None:
         """A good login clears the account's counter."""
-        self.conn.execute("DELETE FROM auth_throttle WHERE key = ?", (f"user:{user}",))
+        with self.store.transaction() as tx:
+            tx.throttle.clear([f"user:{user}"])
 
     def unlock(self, user: str | None = None, address: str | None = None, *, log=None, actor: str | None = None) -> int:
-        """Administrator's unlock: clear the counters, and (with ``log``) record an ``unlocked``
-        event in the same transaction. Returns how many counters were cleared."""
+        """Administrator's unlock: clear the counters, and (with ``log``, the store to audit in)
+        record an ``unlocked`` event in the same transaction. Returns how many counters were cleared."""
         keys = self.keys(user, address)
         if not keys:
             return 0
-        if log is None:
-            cur = self.conn.execute(f"DELETE FROM auth_throttle WHERE key IN ({','.join('?' * len(keys))})", keys)
-            return cur.rowcount
-        with log.transaction() as tx:
-            cur = tx.conn.execute(f"DELETE FROM auth_throttle WHERE key IN ({','.join('?' * len(keys))})", keys)
-            tx.append("unlocked", {"keys": keys, "cleared": cur.rowcount, "actor": actor}, user=user, source=address)
-            return cur.rowcount
+        with (log or self.store).transaction() as tx:
+            cleared = tx.throttle.clear(keys)
+            if log is not None:
+                tx.append("unlocked", {"keys": keys, "cleared": cleared, "actor": actor}, user=user, source=address)
+            return cleared
+

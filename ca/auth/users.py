@@ -1,8 +1,8 @@
 """The user store: who may log in to the CA service, and with what.
 
-Users live in the same SQLite file as the audit log (``ca.db``), so that
-every change to a user is committed in the same transaction as its audit
-event: there is no enrolment without a record of who did it.
+Users live in the store beside the audit log (``ca.db``), so that every
+change to a user is committed in the same transaction as its audit event:
+there is no enrolment without a record of who did it.
 
 A user logs in with an enrolled public key, or with a password followed by
 a TOTP code (keyboard-interactive). The rules this module keeps:
@@ -12,7 +12,7 @@ a TOTP code (keyboard-interactive). The rules this module keeps:
 * an unknown, disabled or password-less user is checked against a dummy
   hash with the same parameters: same code path, same timing (rule 14);
 * a TOTP code is accepted once only: the last accepted step is stored, and
-  read, compared and updated in one ``BEGIN IMMEDIATE`` transaction, so two
+  read, compared and updated in one write transaction of the store, so two
   connections racing with one code cannot both win (rule 16);
 * no password, hash, TOTP secret or code ever goes into an audit event, a
   log line, or a :class:`User` (rule 13).
@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import base64
 import secrets
-import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -33,12 +32,12 @@ from datetime import datetime, timezone
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
-from ca.audit.log import AuditLog, ensure_tables
 from ca.auth.totp import generate_secret, matching_step, provisioning_uri
-from ca.errors import AuditError, UsageError
+from ca.errors import UsageError
 from ca.rules import check_user_name, free_text, is_user_name
 from ca.sshcert.certificates import fingerprint
 from ca.sshcert.userkey import DEFAULT_MIN_RSA_BITS, parse_user_key
+from ca.store.base import Store, UserRow
 
 MIN_PASSWORD_LENGTH = 12  # NIST SP 800-63B allows 8; a CA guarding root access asks for more
 MAX_PASSWORD_LENGTH = 1024  # the hash cost does not grow with length, but nobody needs more
@@ -53,33 +52,6 @@ def default_hasher() -> PasswordHasher:
     """The argon2id hasher new passwords are hashed with (security.md rule 17)."""
     return PasswordHasher(time_cost=DEFAULT_TIME_COST, memory_cost=DEFAULT_MEMORY_COST,
                           parallelism=DEFAULT_PARALLELISM)
-
-
-_SCHEMA = (
-    """CREATE TABLE IF NOT EXISTS users (
-        name TEXT PRIMARY KEY,
-        disabled INTEGER NOT NULL DEFAULT 0,
-        disabled_reason TEXT,
-        password_hash TEXT,
-        totp_secret TEXT,
-        totp_last_step INTEGER NOT NULL DEFAULT 0,
-        created TEXT NOT NULL
-    )""",
-    """CREATE TABLE IF NOT EXISTS user_keys (
-        fingerprint TEXT PRIMARY KEY,
-        user TEXT NOT NULL REFERENCES users(name),
-        algorithm TEXT NOT NULL,
-        public TEXT NOT NULL,
-        added TEXT NOT NULL
-    )""",
-    "CREATE INDEX IF NOT EXISTS user_keys_user ON user_keys(user)",
-)
-_SCHEMA_OBJECTS = {"users", "user_keys", "user_keys_user"}
-
-
-def ensure_schema(conn: sqlite3.Connection) -> None:
-    """Create the user tables if they are missing (writes nothing when they exist)."""
-    ensure_tables(conn, _SCHEMA_OBJECTS, _SCHEMA, "user")
 
 
 @dataclass(frozen=True)
@@ -144,29 +116,26 @@ def _b64(data: bytes) -> str:
 
 
 class UserStore:
-    """The users of one CA, in its audit database.
+    """The users of one CA, in its store (``audit``: the :class:`ca.store.Store`).
 
-    Uses ``audit.conn``; a lock serialises this store's use of that
-    connection between threads (the service verifies passwords in worker
-    threads). The slow argon2 work runs outside the lock.
+    A lock serialises this object's use of the store between threads (the
+    service verifies passwords in worker threads). The slow argon2 work
+    runs outside the lock.
     """
 
     def __init__(
         self,
-        audit: AuditLog,
+        audit: Store,
         *,
         min_rsa_bits: int = DEFAULT_MIN_RSA_BITS,
         clock: Callable[[], float] = time.time,
         hasher: PasswordHasher | None = None,
     ):
         self.audit = audit
-        self.conn = audit.conn
         self.min_rsa_bits = min_rsa_bits
         self.clock = clock
         self.hasher = hasher or default_hasher()
         self._lock = threading.RLock()
-        with self._lock:
-            ensure_schema(self.conn)
         # Checked for unknown, disabled and password-less users (rule 14). It
         # is a well-formed argon2 hash with this hasher's parameters, a random
         # salt and a random digest (no password hashes to it), so verifying
@@ -186,38 +155,42 @@ class UserStore:
         return datetime.fromtimestamp(self.clock(), timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
     @contextmanager
-    def _reading(self) -> Iterator[sqlite3.Connection]:
+    def _reading(self) -> Iterator[None]:
         with self._lock:
-            try:
-                yield self.conn
-            except sqlite3.Error as e:
-                raise AuditError(f"cannot read users from {self.audit.path}: {e}") from None
+            yield
 
     @contextmanager
     def _writing(self) -> Iterator:
-        """One ``BEGIN IMMEDIATE`` transaction of the audit log (events and user rows together)."""
+        """One write transaction of the store (events and user rows together)."""
         with self._lock, self.audit.transaction() as tx:
-            yield tx
+            self._tx = tx
+            try:
+                yield tx
+            finally:
+                self._tx = None
 
-    def _row(self, name: str) -> tuple | None:
+    _tx = None
+
+    @property
+    def _users(self):
+        """The user rows: through the open transaction, if this thread holds one, else the store."""
+        return self._tx.users if self._tx is not None else self.audit.users
+
+    def _row(self, name: str) -> UserRow | None:
         if not is_user_name(name):
             return None
-        return self.conn.execute(
-            "SELECT name, disabled, disabled_reason, password_hash, totp_secret, totp_last_step, created"
-            " FROM users WHERE name = ?", (name,)).fetchone()
+        return self._users.get(name)
 
-    def _require(self, name: str) -> tuple:
+    def _require(self, name: str) -> UserRow:
         row = self._row(name)
         if row is None:
             raise UsageError(f"no such user {name!r}")
         return row
 
     def _keys(self, name: str) -> tuple[EnrolledKey, ...]:
-        return tuple(EnrolledKey(*r) for r in self.conn.execute(
-            "SELECT fingerprint, algorithm, public, added FROM user_keys WHERE user = ? ORDER BY added, fingerprint",
-            (name,)))
+        return tuple(EnrolledKey(*r) for r in self._users.keys(name))
 
-    def _user(self, row: tuple) -> User:
+    def _user(self, row: UserRow) -> User:
         name, disabled, reason, password_hash, totp_secret, _, created = row
         return User(name, bool(disabled), reason, password_hash is not None, totp_secret is not None,
                     self._keys(name), created)
@@ -238,11 +211,8 @@ class UserStore:
 
     def list(self) -> list[User]:
         """Every user, by name."""
-        with self._reading() as conn:
-            rows = conn.execute(
-                "SELECT name, disabled, disabled_reason, password_hash, totp_secret, totp_last_step, created"
-                " FROM users ORDER BY name").fetchall()
-            return [self._user(r) for r in rows]
+        with self._reading():
+            return [self._user(r) for r in self._users.all()]
 
     # -- administration --------------------------------------------------------
 
@@ -278,21 +248,18 @@ class UserStore:
             for fp in parsed:
                 self._refuse_enrolled(fp)
             now = self._now()
-            self.conn.execute(
-                "INSERT INTO users (name, disabled, password_hash, totp_secret, totp_last_step, created)"
-                " VALUES (?, 0, ?, ?, 0, ?)", (name, password_hash, secret, now))
+            tx.users.insert(name, password_hash=password_hash, totp_secret=secret, created=now)
             for k in parsed.values():
-                self.conn.execute("INSERT INTO user_keys VALUES (?, ?, ?, ?, ?)",
-                                  (k.fingerprint, name, k.algorithm, k.line, now))
+                tx.users.insert_key(k.fingerprint, name, k.algorithm, k.line, now)
             tx.append("user_added", {"actor": actor, "keys": list(parsed), "has_password": password is not None,
                                      "has_totp": secret is not None}, user=name)
             user = self._user(self._row(name))
         return Enrolment(user, secret, provisioning_uri(secret, name) if secret else None)
 
     def _refuse_enrolled(self, fp: str) -> None:
-        row = self.conn.execute("SELECT user FROM user_keys WHERE fingerprint = ?", (fp,)).fetchone()
-        if row:
-            raise UsageError(f"key {fp} is already enrolled for user {row[0]}")
+        owner = self._users.key_owner(fp)
+        if owner is not None:
+            raise UsageError(f"key {fp} is already enrolled for user {owner}")
 
     def disable(self, name: str, reason: str | None, actor: str | None = None) -> None:
         """Refuse every login of ``name`` (keys, password and TOTP) until enabled again."""
@@ -301,7 +268,7 @@ class UserStore:
             row = self._require(name)
             if row[1]:
                 raise UsageError(f"user {name} is already disabled")
-            self.conn.execute("UPDATE users SET disabled = 1, disabled_reason = ? WHERE name = ?", (reason, name))
+            tx.users.set_disabled(name, True, reason)
             tx.append("user_disabled", {"actor": actor, "reason": reason}, user=name)
 
     def enable(self, name: str, actor: str | None = None) -> None:
@@ -310,7 +277,7 @@ class UserStore:
             row = self._require(name)
             if not row[1]:
                 raise UsageError(f"user {name} is not disabled")
-            self.conn.execute("UPDATE users SET disabled = 0, disabled_reason = NULL WHERE name = ?", (name,))
+            tx.users.set_disabled(name, False)
             tx.append("user_enabled", {"actor": actor}, user=name)
 
     def set_password(self, name: str, password: str, actor: str | None = None) -> None:
@@ -321,7 +288,7 @@ class UserStore:
         password_hash = self.hasher.hash(password)
         with self._writing() as tx:
             self._require(name)
-            self.conn.execute("UPDATE users SET password_hash = ? WHERE name = ?", (password_hash, name))
+            tx.users.set_password_hash(name, password_hash)
             tx.append("password_changed", {"actor": actor}, user=name)
 
     def reset_totp(self, name: str, actor: str | None = None) -> Enrolment:
@@ -329,7 +296,7 @@ class UserStore:
         secret = generate_secret()
         with self._writing() as tx:
             self._require(name)
-            self.conn.execute("UPDATE users SET totp_secret = ?, totp_last_step = 0 WHERE name = ?", (secret, name))
+            tx.users.set_totp_secret(name, secret)
             tx.append("totp_reset", {"actor": actor}, user=name)
             user = self._user(self._row(name))
         return Enrolment(user, secret, provisioning_uri(secret, name))
@@ -341,8 +308,7 @@ class UserStore:
             self._require(name)
             self._refuse_enrolled(k.fingerprint)
             enrolled = EnrolledKey(k.fingerprint, k.algorithm, k.line, self._now())
-            self.conn.execute("INSERT INTO user_keys VALUES (?, ?, ?, ?, ?)",
-                              (k.fingerprint, name, k.algorithm, k.line, enrolled.added))
+            tx.users.insert_key(k.fingerprint, name, k.algorithm, k.line, enrolled.added)
             tx.append("key_added", {"actor": actor, "fingerprint": k.fingerprint, "algorithm": k.algorithm},
                       user=name)
         return enrolled
@@ -351,8 +317,7 @@ class UserStore:
         """Remove the key with this fingerprint (``SHA256:...``) from ``name``."""
         with self._writing() as tx:
             self._require(name)
-            cur = self.conn.execute("DELETE FROM user_keys WHERE fingerprint = ? AND user = ?", (fingerprint, name))
-            if cur.rowcount != 1:
+            if not tx.users.delete_key(name, fingerprint):
                 raise UsageError(f"user {name} has no key {str(fingerprint)[:80]}")
             tx.append("key_removed", {"actor": actor, "fingerprint": fingerprint}, user=name)
 
@@ -362,13 +327,10 @@ class UserStore:
         """True if ``key_blob`` is enrolled for ``name`` and ``name`` is enabled."""
         if not is_user_name(name) or not isinstance(key_blob, bytes | bytearray):
             return False
-        with self._reading() as conn:
-            row = conn.execute(
-                "SELECT k.public FROM user_keys k JOIN users u ON u.name = k.user"
-                " WHERE k.fingerprint = ? AND k.user = ? AND u.disabled = 0",
-                (fingerprint(bytes(key_blob)), name)).fetchone()
+        with self._reading():
+            public = self._users.enabled_key_public(name, fingerprint(bytes(key_blob)))
         # The fingerprint is a SHA-256 of the blob; comparing the blob too costs nothing.
-        return row is not None and base64.b64decode(row[0].split()[1]) == bytes(key_blob)
+        return public is not None and base64.b64decode(public.split()[1]) == bytes(key_blob)
 
     def check_password(self, name: str, password: str) -> bool:
         """Verify ``password`` for ``name`` (argon2id); False for unknown or disabled users.
@@ -392,25 +354,23 @@ class UserStore:
         new_hash = self.hasher.hash(password)
         with self._writing() as tx:
             # Only if nobody changed the password since we read it.
-            cur = self.conn.execute("UPDATE users SET password_hash = ? WHERE name = ? AND password_hash = ?",
-                                    (new_hash, name, old_hash))
-            if cur.rowcount == 1:
+            if tx.users.set_password_hash(name, new_hash, if_hash=old_hash):
                 tx.append("password_rehashed", {"actor": None, "why": "argon2 parameters changed"}, user=name)
 
     def check_totp(self, name: str, code: str, now: float | None = None) -> bool:
         """Accept ``code`` for ``name`` once: its step must be newer than the last accepted one.
 
-        Read, compare and update happen in one ``BEGIN IMMEDIATE``
-        transaction, so the same code is never accepted twice, even by two
+        Read, compare and update happen in one write transaction of the
+        store (``BEGIN IMMEDIATE`` in SQLite), so the same code is never accepted twice, even by two
         connections at once (rule 16). Unknown and disabled users, and users
         without TOTP, are checked against a dummy secret, then refused.
         """
         now = self.clock() if now is None else now
-        with self._writing():
+        with self._writing() as tx:
             row = self._row(name)
             secret = row[4] if row is not None and not row[1] else None
             step = matching_step(secret or self._dummy_totp_secret, code, now)
             if secret is None or step is None or step <= row[5]:
                 return False
-            self.conn.execute("UPDATE users SET totp_last_step = ? WHERE name = ?", (step, name))
+            tx.users.set_totp_last_step(name, step)
             return True

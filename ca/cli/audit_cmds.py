@@ -12,7 +12,6 @@ import click
 from ca.audit import merkle
 from ca.audit.chain import iso
 from ca.audit.checkpoint import make_checkpoint, read_checkpoint
-from ca.audit.log import AuditLog
 from ca.cli.common import echo_csv, echo_json, echo_table, output_options, stderr_is_tty
 from ca.cli.context import Env, pass_env
 from ca.durations import format_duration, parse_time
@@ -20,6 +19,7 @@ from ca.errors import AuditError, ChainBroken, StateError, UsageError
 from ca.files import write_atomic
 from ca.models import Event
 from ca.state import load_audit_key, os_user
+from ca.store import AuditLog
 
 _CSV_FIELDS = ["id", "ts", "kind", "user", "role", "serial", "key_id", "source", "data", "prev_hash", "hash"]
 

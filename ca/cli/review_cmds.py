@@ -13,7 +13,6 @@ from collections.abc import Iterator
 import click
 
 from ca.audit.chain import iso
-from ca.audit.log import AuditLog
 from ca.cli.common import echo_json, output_options
 from ca.cli.context import Env, pass_env
 from ca.durations import parse_time
@@ -24,6 +23,7 @@ from ca.review.correlate import correlate as run_correlate
 from ca.review.render import render_html, render_json, render_text
 from ca.review.report import ReportOptions, build_report, parse_hours, parse_weekdays
 from ca.state import StatePaths, os_user
+from ca.store import AuditLog
 
 
 def _open(env: Env) -> AuditLog:

@@ -15,7 +15,13 @@ from ca.client.config import (
     save_config,
 )
 from ca.client.connection import AUTH_FAILED_MESSAGE, Client, Prompter
-from ca.client.files import CERT_FILE, KEY_FILE, default_out_dir, install_krl, write_files
+from ca.client.files import (
+    CERT_FILE,
+    KEY_FILE,
+    default_out_dir,
+    install_krl,
+    write_files,
+)
 from ca.client.results import HeldCertificate, LoginResult, LogoutResult, Status
 
 __all__ = ["AUTH_FAILED_MESSAGE", "CERT_FILE", "DEFAULT_CA", "KEY_FILE", "Client", "ClientConfig", "HeldCertificate",

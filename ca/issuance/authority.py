@@ -29,17 +29,19 @@ from collections.abc import Callable
 from typing import Any
 
 from ca.access.approvals import Approvals
-from ca.access.revocation import is_revoked
-from ca.audit.log import AuditLog, Transaction
-from ca.config import Config
-from ca.errors import AuditError, AuthenticationFailed, CAError, PolicyDenied, SigningError
+from ca.errors import (
+    AuditError,
+    AuthenticationFailed,
+    CAError,
+    PolicyDenied,
+    SigningError,
+)
 from ca.issuance.signer import Signer, make_key_id
-from ca.keys.keyring import Keyring, read_passphrase
 from ca.models import Decision, Identity, Issued, SignRequest
-from ca.policy import Policy, load_policy
+from ca.policy import Policy
 from ca.rules import is_user_name
 from ca.sshcert.userkey import UserKey, parse_user_key
-from ca.state import StatePaths
+from ca.store import AuditLog, Transaction
 
 MAX_REASON_IN_AUDIT = 500
 
@@ -73,29 +75,6 @@ class Authority:
         # transaction the user and the key they logged in with are re-checked
         # (still_allowed), and every request goes through the approvals.
         self.online = online
-
-    @classmethod
-    def open(cls, cfg: Config, *, passphrase: bytes | None = None, clock: Callable[[], float] = time.time) -> Authority:
-        """Load the keyring, unlock the active CA key, read the policy and open the audit log.
-
-        An offline authority without approvals: the library's shortcut (tests,
-        benchmarks). The CA's commands and its service use :func:`ca.app.open_ca`.
-        """
-        keyring = Keyring.load(cfg.state_dir)
-        if passphrase is None:
-            passphrase = read_passphrase(cfg.passphrase_file)
-        backend = keyring.open_signer(passphrase)
-        policy = load_policy(cfg.policy_path, principal_pattern=cfg.principal_pattern)
-        audit = AuditLog(StatePaths(cfg.state_dir).db, clock=clock)
-        return cls(
-            policy=policy,
-            signer=Signer(backend),
-            ca_fingerprint=keyring.active.fingerprint,
-            audit=audit,
-            clock_skew=cfg.clock_skew,
-            min_rsa_bits=cfg.min_rsa_bits,
-            clock=clock,
-        )
 
     def close(self) -> None:
         self.audit.close()
@@ -148,9 +127,9 @@ class Authority:
             with self.audit.transaction() as tx:
                 # Checked under the write lock, so a revocation or a disable that commits
                 # first is never missed by a certificate that commits after it.
-                if is_revoked(tx.conn, "key", user_key.fingerprint):
+                if tx.is_revoked("key", user_key.fingerprint):
                     raise PolicyDenied(f"key {user_key.fingerprint} is revoked")
-                if is_revoked(tx.conn, "ca_key", self.ca_fingerprint):
+                if tx.is_revoked("ca_key", self.ca_fingerprint):
                     raise SigningError(f"the active CA key {self.ca_fingerprint} is revoked: rotate it")
                 if self.online:
                     still_allowed(tx, identity)
@@ -233,13 +212,10 @@ def still_allowed(tx: Transaction, identity: Identity) -> None:
     """The gate of an online authority, inside the issuing transaction: the user is still enabled,
     and the key they logged in with is still enrolled and not revoked (a disable, a key-remove or
     a revoke that commits first stops even an open connection)."""
-    row = tx.conn.execute("SELECT disabled FROM users WHERE name = ?", (identity.user,)).fetchone()
-    if row is None or row[0]:
+    if not tx.user_enabled(identity.user):  # None (unknown) or False (disabled)
         raise AuthenticationFailed(f"user {identity.user} is disabled")
     if identity.login_key is not None and (
-            tx.conn.execute("SELECT 1 FROM user_keys WHERE fingerprint = ? AND user = ?",
-                            (identity.login_key, identity.user)).fetchone() is None
-            or is_revoked(tx.conn, "key", identity.login_key)):
+            not tx.key_enrolled(identity.user, identity.login_key) or tx.is_revoked("key", identity.login_key)):
         raise AuthenticationFailed(f"the key you logged in with ({identity.login_key}) is no longer "
                                    "enrolled, or was revoked")
 

@@ -51,8 +51,21 @@ from typing import Any
 
 from ca.durations import format_duration, parse_duration
 from ca.errors import PolicyError
-from ca.policy.model import EXTENSIONS, USER_TEMPLATE, Approval, Policy, Role, expand_users, show
-from ca.rules import DEFAULT_PRINCIPAL_PATTERN, PRINCIPAL_FORBIDDEN, USER_NAME_TEXT, is_user_name
+from ca.policy.model import (
+    EXTENSIONS,
+    USER_TEMPLATE,
+    Approval,
+    Policy,
+    Role,
+    expand_users,
+    show,
+)
+from ca.rules import (
+    DEFAULT_PRINCIPAL_PATTERN,
+    PRINCIPAL_FORBIDDEN,
+    USER_NAME_TEXT,
+    is_user_name,
+)
 
 __all__ = ["load_policy", "parse_policy"]
 

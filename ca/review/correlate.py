@@ -46,8 +46,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ca.audit.chain import iso
-from ca.audit.log import AuditLog
 from ca.review.sshdlog import SshdLogin, SshdLogParser
+from ca.store import AuditLog
 from ca.store.sqlite import review as queries
 
 SEVERITIES = ("critical", "warning", "info")

@@ -19,7 +19,6 @@ from typing import Any
 from ca.durations import format_duration
 from ca.review.correlate import SEVERITIES
 
-
 # -- text ---------------------------------------------------------------------------------
 
 

@@ -27,8 +27,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ca.audit.chain import iso
-from ca.audit.log import AuditLog
 from ca.review.correlate import DEFAULT_PRIVILEGED, SEVERITIES
+from ca.store import AuditLog
 from ca.store.sqlite import review as queries
 
 WEEKDAYS = ("sun", "mon", "tue", "wed", "thu", "fri", "sat")  # index = SQLite strftime('%w')

@@ -21,7 +21,8 @@ import sqlite3
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from ca.audit.log import ensure_tables
+from ca.store import schema
+from ca.store.sqlite.connection import ensure_tables
 
 # -- the time window ----------------------------------------------------------------------
 
@@ -104,7 +105,7 @@ def events_by_kind(conn: sqlite3.Connection, win: EventWindow) -> dict[str, int]
 
 # -- issuances ----------------------------------------------------------------------------
 
-_ISSUED_COLS = ("e.id, e.ts, e.user, e.role, e.serial, json_extract(e.data, '$.ttl'),"
+_ISSUED_COLS = ("e.id, e.ts, e.username, e.role, e.serial, json_extract(e.data, '$.ttl'),"
                 " json_extract(e.data, '$.principals'), json_extract(e.data, '$.reason')")
 
 
@@ -122,7 +123,7 @@ def issued_by_role(conn: sqlite3.Connection, win: EventWindow) -> list[tuple]:
     """Issuances by role, most first: ``(role, count, distinct users, max ttl, average ttl)``."""
     issued, wp = _issued(win)
     return _q(conn,
-              f"SELECT e.role, count(*), count(DISTINCT e.user), max(json_extract(e.data, '$.ttl')),"
+              f"SELECT e.role, count(*), count(DISTINCT e.username), max(json_extract(e.data, '$.ttl')),"
               f" avg(json_extract(e.data, '$.ttl')) FROM events e WHERE{issued}"
               " GROUP BY e.role ORDER BY count(*) DESC, e.role", wp)
 
@@ -130,7 +131,7 @@ def issued_by_role(conn: sqlite3.Connection, win: EventWindow) -> list[tuple]:
 def issued_users_total(conn: sqlite3.Connection, win: EventWindow) -> int:
     """How many distinct users received a certificate in the window."""
     issued, wp = _issued(win)
-    return _q(conn, f"SELECT count(DISTINCT e.user) FROM events e WHERE{issued}", wp)[0][0]
+    return _q(conn, f"SELECT count(DISTINCT e.username) FROM events e WHERE{issued}", wp)[0][0]
 
 
 def issued_by_user(conn: sqlite3.Connection, win: EventWindow, top: int) -> list[tuple]:
@@ -138,8 +139,8 @@ def issued_by_user(conn: sqlite3.Connection, win: EventWindow, top: int) -> list
     issued, wp = _issued(win)
     return [(u, n, roles.split(",") if roles else [], last) for u, n, roles, last in _q(
         conn,
-        f"SELECT e.user, count(*), group_concat(DISTINCT e.role), max(e.ts) FROM events e WHERE{issued}"
-        " GROUP BY e.user ORDER BY count(*) DESC, e.user LIMIT ?", wp + [top])]
+        f"SELECT e.username, count(*), group_concat(DISTINCT e.role), max(e.ts) FROM events e WHERE{issued}"
+        " GROUP BY e.username ORDER BY count(*) DESC, e.username LIMIT ?", wp + [top])]
 
 
 def issued_per_day(conn: sqlite3.Connection, win: EventWindow) -> list[tuple]:
@@ -167,7 +168,7 @@ def issued_by_principal(conn: sqlite3.Connection, win: EventWindow, principals: 
     issued, wp = _issued(win)
     priv = list(principals)
     return _q(conn,
-              f"SELECT p.value, count(*), count(DISTINCT e.user) FROM events e, json_each(e.data, '$.principals') p"
+              f"SELECT p.value, count(*), count(DISTINCT e.username) FROM events e, json_each(e.data, '$.principals') p"
               f" WHERE{issued} AND p.value IN ({_marks(len(priv))}) GROUP BY p.value ORDER BY count(*) DESC",
               wp + priv)
 
@@ -185,8 +186,8 @@ def issued_with_principal_by_user(conn: sqlite3.Connection, win: EventWindow, pr
     issued, wp = _issued(win)
     priv = list(principals)
     return _q(conn,
-              f"SELECT e.user, count(*) FROM events e WHERE{issued} AND {_has_principal(priv)} GROUP BY e.user"
-              " ORDER BY count(*) DESC, e.user LIMIT ?", wp + priv + [top])
+              f"SELECT e.username, count(*) FROM events e WHERE{issued} AND {_has_principal(priv)} GROUP BY e.username"
+              " ORDER BY count(*) DESC, e.username LIMIT ?", wp + priv + [top])
 
 
 def issued_with_principal_recent(conn: sqlite3.Connection, win: EventWindow, principals: Sequence[str],
@@ -226,8 +227,8 @@ def issued_outside_hours_by_user(conn: sqlite3.Connection, win: EventWindow, hou
     issued, wp = _issued(win)
     outside, oargs = _outside(hours, weekdays)
     return _q(conn,
-              f"SELECT e.user, count(*) FROM events e WHERE{issued} AND {outside} GROUP BY e.user"
-              " ORDER BY count(*) DESC, e.user LIMIT ?", wp + oargs + [top])
+              f"SELECT e.username, count(*) FROM events e WHERE{issued} AND {outside} GROUP BY e.username"
+              " ORDER BY count(*) DESC, e.username LIMIT ?", wp + oargs + [top])
 
 
 def issued_outside_hours_recent(conn: sqlite3.Connection, win: EventWindow, hours: tuple[str, str],
@@ -269,7 +270,7 @@ def denial_groups(conn: sqlite3.Connection, win: EventWindow, kinds: Sequence[st
     den, args = _denied(win, kinds)
     return _q(conn,
               f"SELECT e.kind, json_extract(e.data, '$.code') c, json_extract(e.data, '$.message') m, count(*),"
-              f" count(DISTINCT e.user), min(e.ts), max(e.ts) FROM events e WHERE{den}"
+              f" count(DISTINCT e.username), min(e.ts), max(e.ts) FROM events e WHERE{den}"
               " GROUP BY e.kind, c, m ORDER BY count(*) DESC, e.kind, m LIMIT ?", args + [top])
 
 
@@ -279,7 +280,7 @@ def auth_failure_groups(conn: sqlite3.Connection, win: EventWindow, top: int) ->
     af = " e.kind = 'auth_failed'" + w
     return _q(conn,
               f"SELECT json_extract(e.data, '$.method') m, json_extract(e.data, '$.why') y, count(*),"
-              f" count(DISTINCT e.user), count(DISTINCT e.source) FROM events e WHERE{af}"
+              f" count(DISTINCT e.username), count(DISTINCT e.source) FROM events e WHERE{af}"
               " GROUP BY m, y ORDER BY count(*) DESC LIMIT ?", wp + [top])
 
 
@@ -288,7 +289,7 @@ def lockouts_recent(conn: sqlite3.Connection, win: EventWindow, top: int) -> lis
     w, wp = win.sql("e")
     lo = " e.kind = 'lockout'" + w
     return _q(conn,
-              f"SELECT e.id, e.ts, e.user, e.source, json_extract(e.data, '$.key'), json_extract(e.data, '$.failures'),"
+              f"SELECT e.id, e.ts, e.username, e.source, json_extract(e.data, '$.key'), json_extract(e.data, '$.failures'),"
               f" json_extract(e.data, '$.seconds') FROM events e WHERE{lo} ORDER BY e.id DESC LIMIT ?", wp + [top])
 
 
@@ -297,7 +298,7 @@ def lockouts_by_user(conn: sqlite3.Connection, win: EventWindow, top: int) -> li
     w, wp = win.sql("e")
     lo = " e.kind = 'lockout'" + w
     return _q(conn,
-              f"SELECT e.user, count(*) FROM events e WHERE{lo} GROUP BY e.user ORDER BY count(*) DESC, e.user LIMIT ?",
+              f"SELECT e.username, count(*) FROM events e WHERE{lo} GROUP BY e.username ORDER BY count(*) DESC, e.username LIMIT ?",
               wp + [top])
 
 
@@ -438,7 +439,7 @@ def unused_certificates_recent(conn: sqlite3.Connection, win: EventWindow, now: 
     ``(serial, key_id, user, role, issued ts, valid_after, valid_before)``."""
     base, args = _expired(conn, win, now)
     return _q(conn,
-              f"SELECT c.serial, c.key_id, c.user, c.role, e.ts, c.valid_after, c.valid_before {base}"
+              f"SELECT c.serial, c.key_id, c.username, c.role, e.ts, c.valid_after, c.valid_before {base}"
               f"{_unused(logins_known)} ORDER BY c.serial DESC LIMIT ?", args + [top])
 
 
@@ -461,7 +462,7 @@ def certificate_by_serial(conn: sqlite3.Connection, serial: int) -> tuple | None
     ca_fingerprint, valid_after, valid_before, event_id, data)``, data the issuance event's, decoded
     (None if missing or unreadable)."""
     row = conn.execute(
-        "SELECT c.serial, c.key_id, c.user, c.role, c.key_fingerprint, c.ca_fingerprint, c.valid_after,"
+        "SELECT c.serial, c.key_id, c.username, c.role, c.key_fingerprint, c.ca_fingerprint, c.valid_after,"
         " c.valid_before, c.event_id, e.data FROM certificates c LEFT JOIN events e ON e.id = c.event_id"
         " WHERE c.serial = ?", (serial,)).fetchone()
     return None if row is None else row[:9] + (_json_or_none(row[9]),)
@@ -497,42 +498,6 @@ def insert_logins(conn: sqlite3.Connection, rows: Iterable[Sequence[Any]]) -> No
 # -- the logins table -------------------------------------------------------------------------
 # (to move to ca/store/schema.py with the rest of the DDL)
 
-LOGINS_SCHEMA = (
-    """CREATE TABLE IF NOT EXISTS logins (
-        id INTEGER PRIMARY KEY,
-        line_hash TEXT NOT NULL UNIQUE,   -- sha256(host "\\n" line): a line is recorded once
-        host TEXT NOT NULL,
-        logged_time TEXT,                 -- the time as written in the log, if any
-        ts TEXT,                          -- that time in UTC (the events.ts form), if it could be read
-        account TEXT,                     -- the account logged in to (NULL: not in the line)
-        source TEXT,
-        port INTEGER,
-        serial INTEGER,                   -- NULL if the logged serial does not fit in 63 bits
-        serial_text TEXT,                 -- the serial as logged
-        ca_fingerprint TEXT,
-        key_id TEXT NOT NULL,
-        key_fingerprint TEXT,
-        issued_event_id INTEGER,          -- the issuance it joins to, or NULL
-        outcome TEXT NOT NULL CHECK (outcome IN ('accepted', 'partial', 'refused')),
-        reason TEXT,                      -- why sshd refused it, when it said so
-        severity TEXT,                    -- the worst finding, or NULL
-        findings TEXT NOT NULL,           -- JSON list of {severity, code, message}
-        correlated_event_id INTEGER NOT NULL,  -- the 'correlated' event of the run that recorded it
-        line TEXT NOT NULL
-    )""",
-    "CREATE INDEX IF NOT EXISTS logins_serial ON logins(serial, ca_fingerprint)",
-    "CREATE INDEX IF NOT EXISTS logins_ts ON logins(ts)",
-    "CREATE INDEX IF NOT EXISTS logins_run ON logins(correlated_event_id)",
-    "CREATE INDEX IF NOT EXISTS logins_severity ON logins(severity) WHERE severity IS NOT NULL",
-    """CREATE TRIGGER IF NOT EXISTS logins_no_update BEFORE UPDATE ON logins
-       BEGIN SELECT RAISE(ABORT, 'recorded logins cannot be changed'); END""",
-    """CREATE TRIGGER IF NOT EXISTS logins_no_delete BEFORE DELETE ON logins
-       BEGIN SELECT RAISE(ABORT, 'recorded logins cannot be deleted'); END""",
-)
-LOGINS_SCHEMA_OBJECTS = {"logins", "logins_serial", "logins_ts", "logins_run", "logins_severity",
-                         "logins_no_update", "logins_no_delete"}
-
-
 def ensure_logins_schema(conn: sqlite3.Connection) -> None:
-    """Create the ``logins`` table if it is missing (writes nothing when it exists)."""
-    ensure_tables(conn, LOGINS_SCHEMA_OBJECTS, LOGINS_SCHEMA, "logins")
+    """Create the ``logins`` table (``schema.LOGINS``) if it is missing."""
+    ensure_tables(conn, schema.LOGINS_OBJECTS, schema.LOGINS, "logins")

@@ -1,0 +1,343 @@
+"""The storage interface: a :class:`Store`, its write transaction (:class:`UnitOfWork`) and its repositories.
+
+A backend is one package that implements these classes (``ca.store.sqlite``
+today). Nothing here hands out a connection or a cursor: callers name what
+they read or write, and the backend owns every SQL string.
+
+The contract every backend keeps (``tests/test_store.py`` checks it):
+
+* **One chain, one writer at a time.** ``Store.transaction()`` opens one
+  durable write transaction that holds the *chain lock* from its first
+  statement to its commit. Everything that must be atomic with an audit
+  event (a user change, a revocation, a request's state, a certificate
+  row) is written through the :class:`UnitOfWork` it yields, and commits or
+  rolls back with the event. SQLite: ``BEGIN IMMEDIATE`` (the database
+  write lock). PostgreSQL: ``pg_advisory_xact_lock(K)`` (or
+  ``SELECT ... FOR UPDATE`` of a one-row chain head) as the first statement,
+  so that replicas sharing one database still append one chain.
+* **Ids and serials come from the transaction.** ``append`` numbers an
+  event ``head + 1`` with ``prev_hash = head hash``, both read under the
+  chain lock; ``next_serial`` is ``max(serial) + 1`` of ``certificates``
+  read in the same transaction, so the serial a ``consume`` hook reads is
+  the one the certificate gets. No engine sequence is involved (a sequence
+  would leave gaps on rollback; the chain must not).
+* **Durable before it returns.** The commit is on disk (SQLite: WAL,
+  ``synchronous=FULL``; PostgreSQL: ``synchronous_commit=on``) before
+  ``transaction()`` exits; a row the caller was told about survives
+  ``kill -9``. If anything inside raises, or the commit fails, nothing is
+  left and the error propagates (database errors as
+  :class:`ca.errors.AuditError`).
+* **Reads inside a transaction see it.** The repositories on a
+  :class:`UnitOfWork` read through the transaction; those on the
+  :class:`Store` read committed data. Write methods are called on the
+  unit of work's repositories only.
+
+Rows are plain tuples in the column order of :mod:`ca.store.schema`
+(``EVENT_COLUMNS`` etc.); event rows are what :mod:`ca.audit.verify` and
+:func:`ca.audit.chain.canonical` take.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager
+from pathlib import Path
+from typing import Any, NamedTuple, Protocol
+
+from ca.audit.chain import canonical
+from ca.audit.verify import VerifyReport, leaf_hashes, verify_rows
+from ca.models import Event
+
+# -- row shapes ------------------------------------------------------------------------
+
+
+class UserRow(NamedTuple):
+    name: str
+    disabled: int
+    disabled_reason: str | None
+    password_hash: str | None
+    totp_secret: str | None
+    totp_last_step: int
+    created: str
+
+
+class CertificateRow(NamedTuple):
+    serial: int
+    key_id: str
+    username: str
+    role: str
+    key_fingerprint: str
+    ca_fingerprint: str
+    valid_after: int
+    valid_before: int
+    event_id: int
+
+
+class RequestRow(NamedTuple):
+    id: str
+    username: str
+    role: str
+    ttl: int
+    reason: str
+    status: str
+    created: int
+    decided: int | None
+    expires_at: int
+    used_serial: int | None
+
+
+# -- repositories ------------------------------------------------------------------------
+
+
+class EventReads(Protocol):
+    """The audit events, read-only (the :class:`Store` itself is this repository)."""
+
+    def get(self, event_id: int) -> Event | None: ...
+
+    def issued_by_serial(self, serial: int) -> Event | None:
+        """The ``issued`` event of a certificate serial."""
+
+    def events(self, *, user: str | None = None, role: str | None = None, kind: str | None = None,
+               serial: int | None = None, since: str | None = None, until: str | None = None,
+               limit: int | None = 100) -> list[Event]:
+        """Events matching every filter given, newest first (by ``ts`` with a time window)."""
+
+    def stream(self, after: int = 0, batch: int = 10_000) -> Iterator[Event]:
+        """Every event with an id above ``after``, oldest first."""
+
+    def head(self) -> tuple[int, str]:
+        """(id of the last event, its hash) as stored; ``(0, GENESIS)`` when empty."""
+
+    def row_batches(self, upto: int | None = None, batch: int = 10_000) -> Iterator[Sequence[tuple]]:
+        """The stored event rows (``EVENT_COLUMNS``), oldest first, ids up to ``upto``, in batches."""
+
+    def canonical_row(self, event_id: int) -> tuple | None:
+        """The stored row of one event (``EVENT_COLUMNS``)."""
+
+    def request_event_ids(self, request_id: str) -> list[int]:
+        """Ids of the events whose data names ``request_id``, oldest first."""
+
+
+class CertificateReads(Protocol):
+    def by_serial(self, serial: int) -> CertificateRow | None: ...
+    def by_key_id(self, key_id: str) -> CertificateRow | None: ...
+    def unexpired_serials(self, *, cutoff: int, key_fingerprint: str | None = None,
+                          username: str | None = None) -> list[int]:
+        """Serials (ascending) with ``valid_before > cutoff``, of this key or this user."""
+    def usernames_of_key(self, key_fingerprint: str) -> list[str]:
+        """Every user a certificate for this key was issued to, sorted."""
+    def any_for_user(self, username: str) -> bool: ...
+    def signed_by(self, ca_fingerprint: str, cutoff: int) -> tuple[int, int]:
+        """(certificates signed by this CA key, how many of them have ``valid_before > cutoff``)."""
+
+
+class UserReads(Protocol):
+    def get(self, name: str) -> UserRow | None: ...
+    def all(self) -> list[UserRow]:
+        """Every user, by name."""
+    def keys(self, name: str) -> list[tuple[str, str, str, str]]:
+        """(fingerprint, algorithm, public, added) of each enrolled key, by added then fingerprint."""
+    def key_owner(self, fingerprint: str) -> str | None: ...
+    def enabled_key_public(self, name: str, fingerprint: str) -> str | None:
+        """The public key line of ``fingerprint`` if it is enrolled for ``name`` and ``name`` is enabled."""
+
+
+class UserWrites(UserReads, Protocol):
+    def insert(self, name: str, *, password_hash: str | None, totp_secret: str | None, created: str) -> None: ...
+    def insert_key(self, fingerprint: str, name: str, algorithm: str, public: str, added: str) -> None: ...
+    def delete_key(self, name: str, fingerprint: str) -> bool:
+        """Remove the key; False if ``name`` had no such key."""
+    def set_disabled(self, name: str, disabled: bool, reason: str | None = None) -> None: ...
+    def set_password_hash(self, name: str, password_hash: str, *, if_hash: str | None = None) -> bool:
+        """Set the hash (only if the stored one is ``if_hash``, when given); True if a row changed."""
+    def set_totp_secret(self, name: str, secret: str) -> None:
+        """A new secret; the last accepted step goes back to 0."""
+    def set_totp_last_step(self, name: str, step: int) -> None: ...
+
+
+class ThrottleReads(Protocol):
+    def get(self, key: str) -> tuple[int, float, float] | None:
+        """(failures, first_failure, blocked_until) of a counter."""
+
+
+class ThrottleWrites(ThrottleReads, Protocol):
+    def put(self, key: str, failures: int, first_failure: float, blocked_until: float) -> None: ...
+    def clear(self, keys: Sequence[str]) -> int:
+        """Delete these counters; return how many existed."""
+
+
+class RevocationReads(Protocol):
+    def is_revoked(self, kind: str, value: str) -> bool: ...
+    def find(self, kind: str, value: str) -> int | None:
+        """The row id of a revocation, or None."""
+    def all(self) -> list[tuple]:
+        """Every row (``REVOCATION_COLUMNS``), oldest first."""
+    def krl_state(self) -> tuple[int, str, int] | None:
+        """(version, content_sha256, generated) of the last KRL built."""
+    def revoked_serial_certificates(self, cutoff: int) -> list[tuple[int, str, str]]:
+        """(serial, ca_fingerprint, key_id) of certificates revoked by serial, unexpired at ``cutoff``."""
+    def revoked_user_certificates(self, cutoff: int) -> list[tuple[int, str, str]]:
+        """(serial, ca_fingerprint, key_id) of a revoked user's certificates valid no later than the revocation."""
+    def revoked_key_id_certificates(self, cutoff: int) -> list[tuple[str, str]]:
+        """(key_id, ca_fingerprint) of certificates revoked by key ID, unexpired at ``cutoff``."""
+    def revoked_keys(self) -> list[tuple[str, str | None]]:
+        """(fingerprint, public or None) of revoked keys and CA keys."""
+
+
+class RevocationWrites(RevocationReads, Protocol):
+    def insert(self, kind: str, value: str, *, serial: int | None, ca_fingerprint: str | None,
+               public: str | None, reason: str, actor: str | None, event_id: int, created: int,
+               if_new: bool = False) -> None:
+        """Add a row (with ``if_new``, do nothing when (kind, value) is there already)."""
+    def set_krl_state(self, version: int, content_sha256: str, generated: int) -> None: ...
+
+
+class RequestReads(Protocol):
+    def get(self, request_id: str) -> RequestRow | None: ...
+    def votes(self, request_id: str) -> list[tuple[str, str, str | None, int]]:
+        """(approver, decision, comment, ts), in the order they were cast."""
+    def approvers(self, request_id: str) -> list[str]:
+        """Who approved, in the order they did."""
+    def list(self, *, username: str | None = None, role: str | None = None,
+             statuses: Sequence[str] | None = None, limit: int | None = 100) -> list[RequestRow]:
+        """Newest first."""
+    def any_due(self, now: int) -> bool:
+        """Whether an open request has ``expires_at <= now``."""
+    def due(self, now: int) -> list[tuple[str, str, str, str, int]]:
+        """(id, username, role, status, expires_at) of each open request due, by expires_at then id."""
+
+
+class RequestWrites(RequestReads, Protocol):
+    def insert(self, request_id: str, username: str, role: str, ttl: int, reason: str, created: int,
+               expires_at: int) -> None:
+        """A new pending request."""
+    def set_status(self, request_id: str, status: str, *, decided: int | None = None,
+                   expires_at: int | None = None) -> None:
+        """Change the status (and ``decided`` / ``expires_at`` when given)."""
+    def mark_used(self, request_id: str, serial: int) -> bool:
+        """approved -> used with this serial; False if it was not approved."""
+    def add_vote(self, request_id: str, approver: str, decision: str, comment: str | None, ts: int) -> None: ...
+
+
+# -- the unit of work and the store ----------------------------------------------------------
+
+
+class UnitOfWork(ABC):
+    """One write transaction holding the chain lock (see the module docstring)."""
+
+    users: UserWrites
+    throttle: ThrottleWrites
+    revocations: RevocationWrites
+    requests: RequestWrites
+    certificates: CertificateReads
+
+    @abstractmethod
+    def append(self, kind: str, data: dict[str, Any], *, user: str | None = None, role: str | None = None,
+               serial: int | None = None, key_id: str | None = None, source: str | None = None) -> int:
+        """Append one event to the chain; return its id."""
+
+    @abstractmethod
+    def next_serial(self) -> int:
+        """The next certificate serial: unique, never 0 (KRLs ignore serial 0)."""
+
+    @abstractmethod
+    def add_certificate(self, *, serial: int, key_id: str, user: str, role: str, key_fingerprint: str,
+                        ca_fingerprint: str, valid_after: int, valid_before: int, event_id: int) -> None:
+        """Record an issued certificate (same transaction as its event)."""
+
+    # Checks the issuance path and the service gate make under the chain lock.
+
+    def is_revoked(self, kind: str, value: str) -> bool:
+        """Whether (kind, value) is revoked, e.g. ``("key", fingerprint)`` or ``("ca_key", fingerprint)``."""
+        return self.revocations.is_revoked(kind, value)
+
+    def user_enabled(self, name: str) -> bool | None:
+        """True if ``name`` is an enabled user, False if disabled, None if unknown."""
+        row = self.users.get(name)
+        return None if row is None else not row.disabled
+
+    def key_enrolled(self, name: str, fingerprint: str) -> bool:
+        """Whether the key with this fingerprint is enrolled for ``name``."""
+        return self.users.key_owner(fingerprint) == name
+
+
+class Store(ABC):
+    """One CA database: the event log (:class:`EventReads`) and the repositories beside it."""
+
+    path: Path | str
+    clock: Callable[[], float]
+    users: UserReads
+    throttle: ThrottleReads
+    revocations: RevocationReads
+    requests: RequestReads
+    certificates: CertificateReads
+
+    @abstractmethod
+    def transaction(self) -> AbstractContextManager[UnitOfWork]:
+        """One durable write transaction holding the chain lock."""
+
+    @abstractmethod
+    def close(self) -> None: ...
+
+    def record(self, kind: str, data: dict[str, Any], **columns: Any) -> int:
+        """Append one event in its own transaction; return its id once committed."""
+        with self.transaction() as tx:
+            return tx.append(kind, data, **columns)
+
+    # -- event reads (each backend implements these) ----------------------------------
+
+    @abstractmethod
+    def get(self, event_id: int) -> Event | None: ...
+
+    @abstractmethod
+    def issued_by_serial(self, serial: int) -> Event | None: ...
+
+    @abstractmethod
+    def events(self, *, user: str | None = None, role: str | None = None, kind: str | None = None,
+               serial: int | None = None, since: str | None = None, until: str | None = None,
+               limit: int | None = 100) -> list[Event]: ...
+
+    @abstractmethod
+    def stream(self, after: int = 0, batch: int = 10_000) -> Iterator[Event]: ...
+
+    @abstractmethod
+    def head(self) -> tuple[int, str]: ...
+
+    @abstractmethod
+    def row_batches(self, upto: int | None = None, batch: int = 10_000) -> Iterator[Sequence[tuple]]: ...
+
+    @abstractmethod
+    def canonical_row(self, event_id: int) -> tuple | None: ...
+
+    @abstractmethod
+    def request_event_ids(self, request_id: str) -> list[int]: ...
+
+    # -- verification, the same for every backend (pure code over the rows) ---------------
+
+    def verify(self, *, checkpoint_count: int | None = None, checkpoint_head: str | None = None,
+               checkpoint_root: str | None = None, progress: Callable[[int], None] | None = None) -> VerifyReport:
+        """Walk the whole chain; raise :class:`ca.errors.ChainBroken` naming the first bad event
+        (see :func:`ca.audit.verify.verify_rows`)."""
+        return verify_rows(self.row_batches(), checkpoint_count=checkpoint_count, checkpoint_head=checkpoint_head,
+                           checkpoint_root=checkpoint_root, progress=progress)
+
+    def leaf_hashes(self, upto: int) -> Iterator[bytes]:
+        """The Merkle leaf hashes of events 1..``upto``, in order (raises if any is missing)."""
+        return leaf_hashes(self.row_batches(upto), upto)
+
+    def canonical_of(self, event_id: int) -> bytes | None:
+        """The exact bytes event ``event_id`` contributes to the chain and the tree."""
+        row = self.canonical_row(event_id)
+        return canonical(row) if row else None
+
+    def request_events(self, request_id: str) -> list[Event]:
+        """Every event about ``request_id``, oldest first."""
+        return [e for e in (self.get(i) for i in self.request_event_ids(request_id)) if e is not None]
+
+
+__all__ = [
+    "CertificateReads", "CertificateRow", "EventReads", "RequestReads", "RequestRow", "RequestWrites",
+    "RevocationReads", "RevocationWrites", "Store", "ThrottleReads", "ThrottleWrites", "UnitOfWork",
+    "UserReads", "UserRow", "UserWrites", "VerifyReport",
+]

@@ -1,0 +1,279 @@
+"""The schema of ``ca.db``: every table, index and trigger, its version, and the numbered migrations.
+
+One owner for the whole schema: no other module creates a table or names a
+column in SQL. The statements here are SQLite's; a second engine keeps the
+same table and column names and the same version numbers, and translates
+the statements (its own package holds the translation).
+
+Engine-neutral choices, so that a PostgreSQL backend needs no rename later:
+
+* no column is called ``user`` (a reserved word in PostgreSQL): the user
+  name column is ``username`` everywhere (``Event.user`` keeps its name in
+  Python);
+* ``events.id`` is assigned by the writer from the chain head it read
+  under the chain lock (never an engine serial or ``AUTOINCREMENT``), and
+  the certificate serial is ``max(serial) + 1`` read in the same write
+  transaction: both are correct on any engine whose write transaction
+  holds the chain lock (SQLite: ``BEGIN IMMEDIATE``; PostgreSQL: an
+  advisory lock or a locked chain-head row, see :mod:`ca.store.base`).
+
+The hash chain covers the column *values* of an event in a fixed order
+(``EVENT_COLUMNS[:9]``, see :func:`ca.audit.chain.canonical`), not their
+names, so renaming a column changes no hash and no checkpoint.
+
+Versions:
+
+1. ``events`` and ``certificates`` (the first schema);
+2. ``events(user, ts)`` index, for a user's events in a time window;
+3. ``user`` columns renamed ``username`` (events, certificates, user_keys,
+   requests), and every module table (users, user_keys, auth_throttle,
+   revocations, krl_state, requests, approvals) created with the schema
+   instead of lazily by its module. ``logins`` stays created on demand
+   (by the first ``correlate``): its presence tells the report that sshd
+   logs were ever correlated.
+"""
+
+from __future__ import annotations
+
+SCHEMA_VERSION = 3
+
+# The columns of an event row, in the order the chain hashes them (the first
+# nine; see ca.audit.chain.canonical) and every reader reads them.
+EVENT_COLUMNS = ("id", "ts", "kind", "username", "role", "serial", "key_id", "source", "data", "prev_hash", "hash")
+CERTIFICATE_COLUMNS = ("serial", "key_id", "username", "role", "key_fingerprint", "ca_fingerprint",
+                       "valid_after", "valid_before", "event_id")
+USER_COLUMNS = ("name", "disabled", "disabled_reason", "password_hash", "totp_secret", "totp_last_step", "created")
+REQUEST_COLUMNS = ("id", "username", "role", "ttl", "reason", "status", "created", "decided", "expires_at",
+                   "used_serial")
+REVOCATION_COLUMNS = ("id", "kind", "value", "serial", "ca_fingerprint", "public", "reason", "actor", "event_id",
+                      "created")
+REQUEST_STATUSES = ("pending", "approved", "denied", "cancelled", "expired", "used")
+REVOCATION_KINDS = ("serial", "key_id", "key", "ca_key", "user")
+
+# -- the schema as it is now (a new database gets exactly this) ----------------------
+
+EVENTS = (
+    """CREATE TABLE IF NOT EXISTS events (
+        id INTEGER PRIMARY KEY,
+        ts TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        username TEXT,
+        role TEXT,
+        serial INTEGER,
+        key_id TEXT,
+        source TEXT,
+        data TEXT NOT NULL,
+        prev_hash TEXT NOT NULL,
+        hash TEXT NOT NULL
+    )""",
+    # Index names are kept from version 2 (a rename keeps them), so plans name the same indexes.
+    "CREATE INDEX IF NOT EXISTS events_user ON events(username, id)",
+    "CREATE INDEX IF NOT EXISTS events_kind ON events(kind, id)",
+    "CREATE INDEX IF NOT EXISTS events_role ON events(role, id)",
+    "CREATE INDEX IF NOT EXISTS events_serial ON events(serial) WHERE serial IS NOT NULL",
+    "CREATE INDEX IF NOT EXISTS events_ts ON events(ts)",
+    "CREATE INDEX IF NOT EXISTS events_user_ts ON events(username, ts)",
+    # Append-only: the database itself refuses edits. This stops accidents, not
+    # an attacker with the file (who can drop the triggers): the hash chain and
+    # signed checkpoints are what catch that.
+    """CREATE TRIGGER IF NOT EXISTS events_no_update BEFORE UPDATE ON events
+       BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END""",
+    """CREATE TRIGGER IF NOT EXISTS events_no_delete BEFORE DELETE ON events
+       BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END""",
+)
+
+# One row per issued certificate, written in the same transaction as its
+# 'issued' event. Derived data (it can be rebuilt from the log); it makes
+# serial allocation, revocation and lookups cheap.
+CERTIFICATES = (
+    """CREATE TABLE IF NOT EXISTS certificates (
+        serial INTEGER PRIMARY KEY,
+        key_id TEXT NOT NULL UNIQUE,
+        username TEXT NOT NULL,
+        role TEXT NOT NULL,
+        key_fingerprint TEXT NOT NULL,
+        ca_fingerprint TEXT NOT NULL,
+        valid_after INTEGER NOT NULL,
+        valid_before INTEGER NOT NULL,
+        event_id INTEGER NOT NULL REFERENCES events(id)
+    )""",
+    "CREATE INDEX IF NOT EXISTS certificates_user ON certificates(username, valid_before)",
+    "CREATE INDEX IF NOT EXISTS certificates_key ON certificates(key_fingerprint)",
+)
+
+# The users of the CA service (ca.auth.users): password hashes and TOTP secrets never leave these rows.
+USERS = (
+    """CREATE TABLE IF NOT EXISTS users (
+        name TEXT PRIMARY KEY,
+        disabled INTEGER NOT NULL DEFAULT 0,
+        disabled_reason TEXT,
+        password_hash TEXT,
+        totp_secret TEXT,
+        totp_last_step INTEGER NOT NULL DEFAULT 0,
+        created TEXT NOT NULL
+    )""",
+    """CREATE TABLE IF NOT EXISTS user_keys (
+        fingerprint TEXT PRIMARY KEY,
+        username TEXT NOT NULL REFERENCES users(name),
+        algorithm TEXT NOT NULL,
+        public TEXT NOT NULL,
+        added TEXT NOT NULL
+    )""",
+    "CREATE INDEX IF NOT EXISTS user_keys_user ON user_keys(username)",
+)
+
+# Failed-login counters (ca.auth.throttle); not part of the hash chain.
+THROTTLE = (
+    """CREATE TABLE IF NOT EXISTS auth_throttle (
+        key TEXT PRIMARY KEY,          -- 'user:NAME' or 'addr:ADDRESS'
+        failures INTEGER NOT NULL,
+        first_failure REAL NOT NULL,
+        blocked_until REAL NOT NULL
+    )""",
+)
+
+# Revocations and the KRL version (ca.access.revocation).
+REVOCATIONS = (
+    f"""CREATE TABLE IF NOT EXISTS revocations (
+        id INTEGER PRIMARY KEY,
+        kind TEXT NOT NULL CHECK (kind IN ({", ".join(repr(k) for k in REVOCATION_KINDS)})),
+        value TEXT NOT NULL,
+        serial INTEGER,              -- kind 'serial' only: the serial as a number
+        ca_fingerprint TEXT,         -- the CA that signed the certificate (serial, key_id), or the CA key (ca_key)
+        public TEXT,                 -- kind 'key'/'ca_key': the public key 'TYPE BASE64', when known
+        reason TEXT NOT NULL,
+        actor TEXT,
+        event_id INTEGER NOT NULL REFERENCES events(id),
+        created INTEGER NOT NULL,    -- unix seconds
+        UNIQUE (kind, value)
+    )""",
+    "CREATE INDEX IF NOT EXISTS revocations_serial ON revocations(serial) WHERE serial IS NOT NULL",
+    # Revocations are never undone by editing the table; like the event log it refuses edits.
+    """CREATE TRIGGER IF NOT EXISTS revocations_no_update BEFORE UPDATE ON revocations
+       BEGIN SELECT RAISE(ABORT, 'revocations cannot be changed'); END""",
+    """CREATE TRIGGER IF NOT EXISTS revocations_no_delete BEFORE DELETE ON revocations
+       BEGIN SELECT RAISE(ABORT, 'revocations cannot be deleted'); END""",
+    """CREATE TABLE IF NOT EXISTS krl_state (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        version INTEGER NOT NULL CHECK (version >= 1),
+        content_sha256 TEXT NOT NULL,
+        generated INTEGER NOT NULL
+    )""",
+    """CREATE TRIGGER IF NOT EXISTS krl_version_only_increases BEFORE UPDATE ON krl_state
+       WHEN NEW.version < OLD.version
+       BEGIN SELECT RAISE(ABORT, 'the KRL version only increases'); END""",
+    """CREATE TRIGGER IF NOT EXISTS krl_state_no_delete BEFORE DELETE ON krl_state
+       BEGIN SELECT RAISE(ABORT, 'the KRL version only increases'); END""",
+)
+
+# Access requests and their votes (ca.access.approvals).
+REQUESTS = (
+    f"""CREATE TABLE IF NOT EXISTS requests (
+        id TEXT PRIMARY KEY,
+        username TEXT NOT NULL,
+        role TEXT NOT NULL,
+        ttl INTEGER NOT NULL,
+        reason TEXT NOT NULL,
+        status TEXT NOT NULL CHECK (status IN ({", ".join(repr(s) for s in REQUEST_STATUSES)})),
+        created INTEGER NOT NULL,
+        decided INTEGER,
+        expires_at INTEGER NOT NULL,
+        used_serial INTEGER
+    )""",
+    "CREATE INDEX IF NOT EXISTS requests_open ON requests(status, expires_at)",
+    "CREATE INDEX IF NOT EXISTS requests_user ON requests(username, role, created)",
+    """CREATE TABLE IF NOT EXISTS approvals (
+        request_id TEXT NOT NULL REFERENCES requests(id),
+        approver TEXT NOT NULL,
+        decision TEXT NOT NULL CHECK (decision IN ('approve', 'deny')),
+        comment TEXT,
+        ts INTEGER NOT NULL,
+        UNIQUE (request_id, approver)
+    )""",
+)
+
+# sshd logins correlated with issuances (ca.review.correlate). Created on demand, by the first
+# correlate run, not with the schema: whether it exists tells the report that logs were correlated.
+LOGINS = (
+    """CREATE TABLE IF NOT EXISTS logins (
+        id INTEGER PRIMARY KEY,
+        line_hash TEXT NOT NULL UNIQUE,   -- sha256(host "\\n" line): a line is recorded once
+        host TEXT NOT NULL,
+        logged_time TEXT,                 -- the time as written in the log, if any
+        ts TEXT,                          -- that time in UTC (the events.ts form), if it could be read
+        account TEXT,                     -- the account logged in to (NULL: not in the line)
+        source TEXT,
+        port INTEGER,
+        serial INTEGER,                   -- NULL if the logged serial does not fit in 63 bits
+        serial_text TEXT,                 -- the serial as logged
+        ca_fingerprint TEXT,
+        key_id TEXT NOT NULL,
+        key_fingerprint TEXT,
+        issued_event_id INTEGER,          -- the issuance it joins to, or NULL
+        outcome TEXT NOT NULL CHECK (outcome IN ('accepted', 'partial', 'refused')),
+        reason TEXT,                      -- why sshd refused it, when it said so
+        severity TEXT,                    -- the worst finding, or NULL
+        findings TEXT NOT NULL,           -- JSON list of {severity, code, message}
+        correlated_event_id INTEGER NOT NULL,  -- the 'correlated' event of the run that recorded it
+        line TEXT NOT NULL
+    )""",
+    "CREATE INDEX IF NOT EXISTS logins_serial ON logins(serial, ca_fingerprint)",
+    "CREATE INDEX IF NOT EXISTS logins_ts ON logins(ts)",
+    "CREATE INDEX IF NOT EXISTS logins_run ON logins(correlated_event_id)",
+    "CREATE INDEX IF NOT EXISTS logins_severity ON logins(severity) WHERE severity IS NOT NULL",
+    """CREATE TRIGGER IF NOT EXISTS logins_no_update BEFORE UPDATE ON logins
+       BEGIN SELECT RAISE(ABORT, 'recorded logins cannot be changed'); END""",
+    """CREATE TRIGGER IF NOT EXISTS logins_no_delete BEFORE DELETE ON logins
+       BEGIN SELECT RAISE(ABORT, 'recorded logins cannot be deleted'); END""",
+)
+LOGINS_OBJECTS = frozenset({"logins", "logins_serial", "logins_ts", "logins_run", "logins_severity",
+                            "logins_no_update", "logins_no_delete"})
+
+# Everything a database at SCHEMA_VERSION has (LOGINS comes on demand).
+CURRENT = EVENTS + CERTIFICATES + USERS + THROTTLE + REVOCATIONS + REQUESTS
+
+# -- migrations ------------------------------------------------------------------------
+#
+# MIGRATIONS[n] takes a database at version n - 1 to version n. Each step is an SQL
+# statement, or a (table, old column, new column) rename applied only if the table has
+# the old column (the module tables of versions 1-2 were created lazily, so a table
+# may be missing, and a missing one is then created in its current form). The store
+# runs them, in order, in one write transaction, and then sets ``user_version``.
+
+RENAME = "rename"
+
+# Version 1 as it created the two first tables (before any rename).
+_V1 = (
+    """CREATE TABLE IF NOT EXISTS events (
+        id INTEGER PRIMARY KEY, ts TEXT NOT NULL, kind TEXT NOT NULL, user TEXT, role TEXT, serial INTEGER,
+        key_id TEXT, source TEXT, data TEXT NOT NULL, prev_hash TEXT NOT NULL, hash TEXT NOT NULL
+    )""",
+    "CREATE INDEX IF NOT EXISTS events_user ON events(user, id)",
+    "CREATE INDEX IF NOT EXISTS events_kind ON events(kind, id)",
+    "CREATE INDEX IF NOT EXISTS events_role ON events(role, id)",
+    "CREATE INDEX IF NOT EXISTS events_serial ON events(serial) WHERE serial IS NOT NULL",
+    "CREATE INDEX IF NOT EXISTS events_ts ON events(ts)",
+    EVENTS[7],
+    EVENTS[8],
+    """CREATE TABLE IF NOT EXISTS certificates (
+        serial INTEGER PRIMARY KEY, key_id TEXT NOT NULL UNIQUE, user TEXT NOT NULL, role TEXT NOT NULL,
+        key_fingerprint TEXT NOT NULL, ca_fingerprint TEXT NOT NULL, valid_after INTEGER NOT NULL,
+        valid_before INTEGER NOT NULL, event_id INTEGER NOT NULL REFERENCES events(id)
+    )""",
+    "CREATE INDEX IF NOT EXISTS certificates_user ON certificates(user, valid_before)",
+    "CREATE INDEX IF NOT EXISTS certificates_key ON certificates(key_fingerprint)",
+)
+
+MIGRATIONS: dict[int, tuple] = {
+    1: _V1,
+    2: ("CREATE INDEX IF NOT EXISTS events_user_ts ON events(user, ts)",),
+    3: (
+        # ALTER TABLE ... RENAME COLUMN (SQLite >= 3.25) rewrites the indexes that use the column.
+        (RENAME, "events", "user", "username"),
+        (RENAME, "certificates", "user", "username"),
+        (RENAME, "user_keys", "user", "username"),
+        (RENAME, "requests", "user", "username"),
+        *CURRENT,
+    ),
+}
+assert sorted(MIGRATIONS) == list(range(1, SCHEMA_VERSION + 1))

@@ -1,0 +1,291 @@
+"""The store: its contract (any backend), the SQLite schema version and the migration from version 2."""
+
+from __future__ import annotations
+
+import multiprocessing
+import sqlite3
+import threading
+
+import asyncssh
+import pytest
+
+from ca.audit import merkle
+from ca.audit.chain import GENESIS, canonical, chain_hash, encode_data
+from ca.audit.checkpoint import make_checkpoint, read_checkpoint
+from ca.errors import ChainBroken
+from ca.store import BACKENDS, open_store, schema
+
+# -- the contract, for every backend ------------------------------------------------------
+#
+# A second backend (PostgreSQL) joins by adding its name to BACKENDS and a way to
+# give each test a fresh database in ``store_path``.
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request) -> str:
+    return request.param
+
+
+@pytest.fixture
+def store_path(tmp_path, backend):
+    return tmp_path / "ca.db"
+
+
+@pytest.fixture
+def store(store_path, backend):
+    s = open_store(store_path, backend=backend)
+    yield s
+    s.close()
+
+
+def test_append_and_read(store):
+    first = store.record("test", {"n": 1}, user="alice", role="dev", source="192.0.2.1")
+    second = store.record("test", {"n": 2}, user="bob")
+    assert (first, second) == (1, 2)
+    e = store.get(1)
+    assert (e.user, e.role, e.source, e.data) == ("alice", "dev", "192.0.2.1", {"n": 1})
+    assert [x.id for x in store.events(user="bob")] == [2]
+    assert [x.id for x in store.stream()] == [1, 2]
+    assert store.head() == (2, store.get(2).hash)
+    assert store.verify().count == 2
+    assert store.canonical_of(2) == canonical(store.canonical_row(2))
+
+
+def test_a_write_that_raises_leaves_nothing(store):
+    store.record("before", {})
+    head = store.head()
+    with pytest.raises(RuntimeError, match="boom"):
+        with store.transaction() as tx:
+            event_id = tx.append("issued", {"x": 1}, user="alice", serial=tx.next_serial())
+            tx.add_certificate(serial=1, key_id="iast:alice:dev:1", user="alice", role="dev",
+                               key_fingerprint="SHA256:k", ca_fingerprint="SHA256:ca", valid_after=0,
+                               valid_before=10, event_id=event_id)
+            tx.users.insert("alice", password_hash=None, totp_secret=None, created="now")
+            tx.throttle.put("user:alice", 1, 0.0, 1.0)
+            tx.revocations.insert("key", "SHA256:k", serial=None, ca_fingerprint=None, public=None, reason="r",
+                                  actor=None, event_id=event_id, created=0)
+            tx.requests.insert("req-aaaaaaaaaa", "alice", "dev", 60, "why", 0, 100)
+            raise RuntimeError("boom")
+    assert store.head() == head
+    assert store.certificates.by_serial(1) is None
+    assert store.users.get("alice") is None
+    assert store.throttle.get("user:alice") is None
+    assert not store.revocations.is_revoked("key", "SHA256:k")
+    assert store.requests.get("req-aaaaaaaaaa") is None
+    store.verify()
+
+
+def test_unit_of_work_checks(store):
+    with store.transaction() as tx:
+        assert tx.user_enabled("alice") is None
+        tx.users.insert("alice", password_hash=None, totp_secret=None, created="now")
+        tx.users.insert_key("SHA256:a", "alice", "ssh-ed25519", "ssh-ed25519 AAAA", "now")
+        assert tx.user_enabled("alice") is True
+        assert tx.key_enrolled("alice", "SHA256:a") and not tx.key_enrolled("bob", "SHA256:a")
+        tx.users.set_disabled("alice", True, "gone")
+        assert tx.user_enabled("alice") is False
+        event_id = tx.append("revoked", {})
+        tx.revocations.insert("key", "SHA256:a", serial=None, ca_fingerprint=None, public=None, reason="r",
+                              actor=None, event_id=event_id, created=0)
+        assert tx.is_revoked("key", "SHA256:a") and not tx.is_revoked("ca_key", "SHA256:a")
+
+
+def _append_many(path, backend, n, who, errors):
+    try:
+        s = open_store(path, backend=backend)
+        try:
+            for i in range(n):
+                with s.transaction() as tx:
+                    serial = tx.next_serial()
+                    event_id = tx.append("issued", {"i": i, "who": who}, user=who, serial=serial)
+                    tx.add_certificate(serial=serial, key_id=f"iast:{who}:dev:{serial}", user=who, role="dev",
+                                       key_fingerprint="SHA256:k", ca_fingerprint="SHA256:ca", valid_after=0,
+                                       valid_before=10, event_id=event_id)
+        finally:
+            s.close()
+    except BaseException as e:  # reported to the test, which fails on it
+        errors.append(repr(e))
+
+
+def _check_chain(store, total):
+    assert store.verify().count == total
+    serials = [e.serial for e in store.events(kind="issued", limit=None)]
+    assert sorted(serials) == list(range(1, total + 1))  # unique, no gap, never 0
+
+
+def test_two_threads_append_one_chain(store, store_path, backend):
+    errors: list[str] = []
+    threads = [threading.Thread(target=_append_many, args=(store_path, backend, 40, who, errors))
+               for who in ("alice", "bob")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    _check_chain(store, 80)
+
+
+def _process(path, backend, n, who, queue):
+    errors: list[str] = []
+    _append_many(path, backend, n, who, errors)
+    queue.put(errors)
+
+
+def test_two_processes_append_one_chain(store, store_path, backend):
+    ctx = multiprocessing.get_context("spawn")
+    queue = ctx.Queue()
+    procs = [ctx.Process(target=_process, args=(store_path, backend, 40, who, queue)) for who in ("alice", "bob")]
+    for p in procs:
+        p.start()
+    results = [queue.get(timeout=120) for _ in procs]
+    for p in procs:
+        p.join(60)
+    assert results == [[], []]
+    _check_chain(store, 80)
+
+
+# -- SQLite: the schema version and the migration from version 2 ----------------------------
+
+# What version 2 created, as the modules of that time did (events and certificates at
+# open, the module tables lazily, each with a column named ``user``).
+V2_SCHEMA = [
+    """CREATE TABLE events (id INTEGER PRIMARY KEY, ts TEXT NOT NULL, kind TEXT NOT NULL, user TEXT, role TEXT,
+       serial INTEGER, key_id TEXT, source TEXT, data TEXT NOT NULL, prev_hash TEXT NOT NULL, hash TEXT NOT NULL)""",
+    "CREATE INDEX events_user ON events(user, id)",
+    "CREATE INDEX events_kind ON events(kind, id)",
+    "CREATE INDEX events_role ON events(role, id)",
+    "CREATE INDEX events_serial ON events(serial) WHERE serial IS NOT NULL",
+    "CREATE INDEX events_ts ON events(ts)",
+    "CREATE INDEX events_user_ts ON events(user, ts)",
+    "CREATE TRIGGER events_no_update BEFORE UPDATE ON events BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END",
+    "CREATE TRIGGER events_no_delete BEFORE DELETE ON events BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END",
+    """CREATE TABLE certificates (serial INTEGER PRIMARY KEY, key_id TEXT NOT NULL UNIQUE, user TEXT NOT NULL,
+       role TEXT NOT NULL, key_fingerprint TEXT NOT NULL, ca_fingerprint TEXT NOT NULL,
+       valid_after INTEGER NOT NULL, valid_before INTEGER NOT NULL, event_id INTEGER NOT NULL REFERENCES events(id))""",
+    "CREATE INDEX certificates_user ON certificates(user, valid_before)",
+    "CREATE INDEX certificates_key ON certificates(key_fingerprint)",
+    "PRAGMA user_version=2",
+]
+V2_MODULE_TABLES = [
+    """CREATE TABLE users (name TEXT PRIMARY KEY, disabled INTEGER NOT NULL DEFAULT 0, disabled_reason TEXT,
+       password_hash TEXT, totp_secret TEXT, totp_last_step INTEGER NOT NULL DEFAULT 0, created TEXT NOT NULL)""",
+    """CREATE TABLE user_keys (fingerprint TEXT PRIMARY KEY, user TEXT NOT NULL REFERENCES users(name),
+       algorithm TEXT NOT NULL, public TEXT NOT NULL, added TEXT NOT NULL)""",
+    "CREATE INDEX user_keys_user ON user_keys(user)",
+    """CREATE TABLE auth_throttle (key TEXT PRIMARY KEY, failures INTEGER NOT NULL, first_failure REAL NOT NULL,
+       blocked_until REAL NOT NULL)""",
+    """CREATE TABLE requests (id TEXT PRIMARY KEY, user TEXT NOT NULL, role TEXT NOT NULL, ttl INTEGER NOT NULL,
+       reason TEXT NOT NULL, status TEXT NOT NULL CHECK (status IN ('pending', 'approved', 'denied', 'cancelled',
+       'expired', 'used')), created INTEGER NOT NULL, decided INTEGER, expires_at INTEGER NOT NULL,
+       used_serial INTEGER)""",
+    "CREATE INDEX requests_open ON requests(status, expires_at)",
+    "CREATE INDEX requests_user ON requests(user, role, created)",
+]
+
+
+def _old_database(path, *, module_tables: bool, n: int = 12) -> list[tuple]:
+    """A version-2 database with ``n`` chained events (one an issuance), written as version 2 did."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    for statement in V2_SCHEMA + (V2_MODULE_TABLES if module_tables else []):
+        conn.execute(statement)
+    prev, rows = GENESIS, []
+    for i in range(1, n + 1):
+        row = (i, f"2025-01-01T00:00:{i:02d}.000000Z", "issued" if i == 3 else "test", "alice", "dev",
+               1 if i == 3 else None, "iast:alice:dev:1" if i == 3 else None, None, encode_data({"n": i, "é": "ü"}))
+        digest = chain_hash(prev, row)
+        conn.execute("INSERT INTO events VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", row + (prev, digest))
+        rows.append(row + (prev, digest))
+        prev = digest
+    conn.execute("INSERT INTO certificates VALUES (1, 'iast:alice:dev:1', 'alice', 'dev', 'SHA256:k', 'SHA256:ca',"
+                 " 0, 99, 3)")
+    if module_tables:
+        conn.execute("INSERT INTO users (name, created) VALUES ('alice', '2025-01-01T00:00:00Z')")
+        conn.execute("INSERT INTO user_keys VALUES ('SHA256:a', 'alice', 'ssh-ed25519', 'ssh-ed25519 AAAA', 'x')")
+        conn.execute("INSERT INTO requests VALUES ('req-aaaaaaaaaa', 'alice', 'dev', 60, 'why', 'pending', 0,"
+                     " NULL, 100, NULL)")
+    conn.close()
+    return rows
+
+
+def _shape(conn: sqlite3.Connection) -> dict:
+    """Tables with their columns, and indexes with their columns (what a migration must match)."""
+    out = {}
+    for name, type_ in conn.execute("SELECT name, type FROM sqlite_master WHERE name NOT LIKE 'sqlite_%'"):
+        if type_ == "table":
+            out[name] = [(r[1], r[2], r[3], r[5]) for r in conn.execute(f"PRAGMA table_info({name})")]
+        elif type_ == "index":
+            out[name] = [r[2] for r in conn.execute(f"PRAGMA index_info({name})")]
+        else:
+            out[name] = type_
+    return out
+
+
+def test_new_database_is_at_the_schema_version(tmp_path):
+    s = open_store(tmp_path / "ca.db")
+    assert s.conn.execute("PRAGMA user_version").fetchone() == (schema.SCHEMA_VERSION,)
+    assert s.conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+    assert s.conn.execute("PRAGMA synchronous").fetchone() == (2,)
+    columns = {t: [r[1] for r in s.conn.execute(f"PRAGMA table_info({t})")] for (t,) in s.conn.execute(
+        "SELECT name FROM sqlite_master WHERE type = 'table'")}
+    assert not [t for t, cols in columns.items() if "user" in cols]  # reserved in PostgreSQL
+    assert tuple(columns["events"]) == schema.EVENT_COLUMNS
+
+
+@pytest.mark.parametrize("module_tables", [True, False], ids=["with-module-tables", "events-only"])
+def test_migration_from_version_2(tmp_path, module_tables):
+    path = tmp_path / "ca.db"
+    rows = _old_database(path, module_tables=module_tables)
+    # A checkpoint signed over the version-2 rows.
+    key = asyncssh.generate_private_key("ssh-ed25519")
+    old_root = merkle.root(merkle.leaf_hash(canonical(r)) for r in rows[:10]).hex()
+    text = make_checkpoint(key, 10, rows[9][10], "2025-01-02T00:00:00Z", old_root)
+    cp = read_checkpoint(text, key.public_data)
+
+    s = open_store(path)
+    assert s.conn.execute("PRAGMA user_version").fetchone() == (schema.SCHEMA_VERSION,)
+    report = s.verify(checkpoint_count=cp.count, checkpoint_head=cp.head, checkpoint_root=cp.root)
+    assert (report.count, report.head) == (12, rows[-1][10])
+    assert list(s.leaf_hashes(10)) == [merkle.leaf_hash(canonical(r)) for r in rows[:10]]
+    assert s.get(3).user == "alice" and s.issued_by_serial(1).id == 3
+    assert [e.id for e in s.events(user="alice", limit=3)] == [12, 11, 10]
+    assert s.certificates.by_serial(1).username == "alice"
+    if module_tables:
+        assert s.users.get("alice").name == "alice" and s.users.key_owner("SHA256:a") == "alice"
+        assert s.requests.get("req-aaaaaaaaaa").username == "alice"
+    # New events chain on from the old ones, and the old checkpoint still holds.
+    s.record("after_migration", {}, user="bob")
+    s.verify(checkpoint_count=cp.count, checkpoint_head=cp.head, checkpoint_root=cp.root)
+    # The migrated schema is the schema a new database gets (columns, types, indexes).
+    fresh = open_store(tmp_path / "fresh.db")
+    assert _shape(s.conn) == _shape(fresh.conn)
+    s.close()
+    # Opened again: nothing to do, nothing written (a read-only copy opens too).
+    path.chmod(0o444)
+    try:
+        again = open_store(path)
+        assert again.verify().count == 13
+        again.close()
+    finally:
+        path.chmod(0o644)
+
+
+def test_a_rewrite_still_fails_after_migration(tmp_path):
+    path = tmp_path / "ca.db"
+    _old_database(path, module_tables=False)
+    open_store(path).close()
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("DROP TRIGGER events_no_update")
+    conn.execute("UPDATE events SET username = 'mallory' WHERE id = 4")
+    conn.close()
+    with pytest.raises(ChainBroken, match="event 4"):
+        open_store(path).verify()
+
+
+def test_a_newer_schema_is_refused(tmp_path):
+    path = tmp_path / "ca.db"
+    open_store(path).close()
+    conn = sqlite3.connect(path)
+    conn.execute(f"PRAGMA user_version={schema.SCHEMA_VERSION + 1}")
+    conn.close()
+    with pytest.raises(Exception, match="schema version"):
+        open_store(path)
