@@ -18,19 +18,10 @@ from ca.cli.context import Env, pass_env
 from ca.durations import parse_time
 from ca.errors import StateError, UsageError
 from ca.files import write_atomic
-from ca.keys.keyring import Keyring
 from ca.review.correlate import correlate as run_correlate
 from ca.review.render import render_html, render_json, render_text
 from ca.review.report import ReportOptions, build_report, parse_hours, parse_weekdays
-from ca.state import StatePaths, os_user
-from ca.store import AuditLog
-
-
-def _open(env: Env) -> AuditLog:
-    paths = StatePaths(env.config.state_dir)
-    if not paths.db.exists():
-        raise StateError(f"no audit database at {paths.db}: run 'iast-ca init' first")
-    return AuditLog(paths.db)
+from ca.state import os_user
 
 
 def _names(text: str) -> tuple[str, ...]:
@@ -117,15 +108,13 @@ def correlate(env: Env, files: tuple[str, ...], host: str | None, privileged: st
     """
     names = _names(privileged)
     zone = _zone(tz)
-    keyring = Keyring.load(env.config.state_dir)
-    log = _open(env)
-    try:
+    with env.open_ca() as ca:
+        keyring = ca.keyring  # first: with no CA here, the error says to run 'iast-ca init'
+        ca.require_db()
         result = run_correlate(
-            log, _lines(files), our_ca_fingerprints=[k.fingerprint for k in keyring.keys], host=host,
+            ca.audit, _lines(files), our_ca_fingerprints=[k.fingerprint for k in keyring.keys], host=host,
             privileged=names, tz=zone, inputs=list(files), actor=os_user(),
         )
-    finally:
-        log.close()
     c = result.counts()
     if fmt == "json":
         echo_json({**result.as_dict(), "exit_status": 1 if result.critical else 0})
@@ -199,11 +188,8 @@ def report(env: Env, since, until, fmt, output, privileged, hours, weekdays, top
                              hours=parse_hours(hours), weekdays=parse_weekdays(weekdays), top=top, now=now)
     except ValueError as e:
         raise UsageError(str(e)) from None
-    log = _open(env)
-    try:
-        rep = build_report(log, opts)
-    finally:
-        log.close()
+    with env.open_ca(require_db=True) as ca:
+        rep = build_report(ca.audit, opts)
     text = {"text": render_text, "json": render_json, "html": render_html}[fmt](rep)
     if output == "-":
         click.echo(text, nl=False)

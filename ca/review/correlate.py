@@ -48,7 +48,6 @@ from typing import Any
 from ca.audit.chain import iso
 from ca.review.sshdlog import SshdLogin, SshdLogParser
 from ca.store import AuditLog
-from ca.store.sqlite import review as queries
 
 SEVERITIES = ("critical", "warning", "info")
 _RANK = {s: i for i, s in enumerate(SEVERITIES)}
@@ -113,11 +112,11 @@ class Judge:
 
     def __init__(self, log: AuditLog, our_ca_fingerprints: Iterable[str],
                  privileged: Iterable[str] = DEFAULT_PRIVILEGED):
-        self.conn = log.conn
+        self.rq = log.review
         self.privileged = frozenset(privileged)
         ours = set(our_ca_fingerprints)
         # Every CA key that ever signed a certificate recorded here is ours too.
-        ours.update(queries.certificate_ca_fingerprints(self.conn))
+        ours.update(self.rq.certificate_ca_fingerprints())
         self.ours = frozenset(ours)
         self.revocations = self._load_revocations()
         self._by_value: dict[tuple[str, str], list[_Revocation]] = {}
@@ -127,7 +126,7 @@ class Judge:
 
     def _load_revocations(self) -> list[_Revocation]:
         out = []
-        for event_id, ts, d in queries.revocation_events(self.conn):
+        for event_id, ts, d in self.rq.revocation_events():
             try:
                 kind, value = str(d["kind"]), str(d["value"])
             except (ValueError, KeyError, TypeError):  # d is None when the data could not be decoded
@@ -139,7 +138,7 @@ class Judge:
 
     def _certificate(self, serial: int) -> tuple | None:
         if serial not in self._certs:
-            self._certs[serial] = queries.certificate_by_serial(self.conn, serial)
+            self._certs[serial] = self.rq.certificate_by_serial(serial)
         return self._certs[serial]
 
     def _covering(self, lg: SshdLogin, cert: tuple | None) -> list[_Revocation]:
@@ -237,7 +236,7 @@ def _epoch(ts: str) -> float:
 
 def ensure_schema(log: AuditLog) -> None:
     """Create the ``logins`` table if it is missing (writes nothing when it exists)."""
-    queries.ensure_logins_schema(log.conn)
+    log.review.ensure_logins_schema()
 
 
 # -- one run ---------------------------------------------------------------------------
@@ -329,18 +328,18 @@ def correlate(
         parsed.setdefault(lg.line_hash, lg)
     result = CorrelationResult(event_id=0, lines=parser.lines, sshd_lines=parser.sshd_lines, logins=count)
     result.already_recorded = count - len(parsed)
-    known = queries.existing_line_hashes(log.conn, list(parsed))
+    known = log.review.existing_line_hashes(list(parsed))
     judge = Judge(log, our_ca_fingerprints, privileged)
     candidates = {h: judge.judge(lg) for h, lg in parsed.items() if h not in known}
     with log.transaction() as tx:
         # Again under the write lock: another run may have recorded some of them meanwhile.
-        late = queries.existing_line_hashes(log.conn, list(candidates))
+        late = log.review.existing_line_hashes(list(candidates))
         result.new = [j for h, j in candidates.items() if h not in late]
         result.already_recorded += len(known) + len(late)
         result.hosts = sorted({j.login.host for j in result.new} | ({host} if host else set()))
         data = {"inputs": list(inputs), "host": host, "privileged": sorted(set(privileged)), **result.counts()}
         result.event_id = tx.append("correlated", data, user=actor)
-        queries.insert_logins(log.conn, [
+        log.review.insert_logins([
             (j.login.line_hash, j.login.host, j.login.logged_time, j.login.ts, j.login.account, j.login.source,
              j.login.port, j.login.serial, j.login.serial_text, j.login.ca_fingerprint, j.login.key_id,
              j.login.key_fingerprint, j.issued_event_id, j.login.outcome, j.login.reason, j.severity,

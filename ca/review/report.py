@@ -29,7 +29,7 @@ from typing import Any
 from ca.audit.chain import iso
 from ca.review.correlate import DEFAULT_PRIVILEGED, SEVERITIES
 from ca.store import AuditLog
-from ca.store.sqlite import review as queries
+from ca.store.sqlite.review import EventWindow  # a plain value: which events a report covers
 
 WEEKDAYS = ("sun", "mon", "tue", "wed", "thu", "fri", "sat")  # index = SQLite strftime('%w')
 DEFAULT_HOURS = ("08:00", "18:00")
@@ -108,9 +108,9 @@ class ReportOptions:
 
 def build_report(log: AuditLog, opts: ReportOptions) -> dict[str, Any]:
     """Aggregate the audit log into the report's sections (a JSON-ready dict)."""
-    conn = log.conn
+    rq = log.review
     now = log.clock() if opts.now is None else opts.now
-    win = queries.event_window(conn, opts.since, opts.until)
+    win = rq.event_window(opts.since, opts.until)
     top = opts.top
 
     rep: dict[str, Any] = {
@@ -121,20 +121,20 @@ def build_report(log: AuditLog, opts: ReportOptions) -> dict[str, Any]:
     }
 
     # Events by kind.
-    by_kind = queries.events_by_kind(conn, win)
+    by_kind = rq.events_by_kind(win)
     rep["events"] = {"total": sum(by_kind.values()), "by_kind": by_kind}
 
     # Issuances.
     by_role = [
         {"role": r, "count": n, "users": u, "max_ttl": mx, "avg_ttl": round((avg or 0) / 60) * 60}
-        for r, n, u, mx, avg in queries.issued_by_role(conn, win)
+        for r, n, u, mx, avg in rq.issued_by_role(win)
     ]
-    users_total = queries.issued_users_total(conn, win)
+    users_total = rq.issued_users_total(win)
     by_user = [
         {"user": u, "count": n, "roles": sorted(roles), "last": last}
-        for u, n, roles, last in queries.issued_by_user(conn, win, top)
+        for u, n, roles, last in rq.issued_by_user(win, top)
     ]
-    per_day = [{"day": d, "count": n} for d, n in queries.issued_per_day(conn, win)]
+    per_day = [{"day": d, "count": n} for d, n in rq.issued_per_day(win)]
     rep["issuances"] = {"total": sum(r["count"] for r in by_role), "users_total": users_total,
                         "by_role": by_role, "by_user": by_user, "per_day": per_day}
 
@@ -143,35 +143,35 @@ def build_report(log: AuditLog, opts: ReportOptions) -> dict[str, Any]:
     if priv:
         by_principal = [
             {"principal": p, "count": n, "users": u}
-            for p, n, u in queries.issued_by_principal(conn, win, priv)
+            for p, n, u in rq.issued_by_principal(win, priv)
         ]
-        priv_total = queries.issued_with_principal_total(conn, win, priv)
+        priv_total = rq.issued_with_principal_total(win, priv)
         priv_users = [{"user": u, "count": n}
-                      for u, n in queries.issued_with_principal_by_user(conn, win, priv, top)]
-        priv_recent = _issued_rows(queries.issued_with_principal_recent(conn, win, priv, top))
+                      for u, n in rq.issued_with_principal_by_user(win, priv, top)]
+        priv_recent = _issued_rows(rq.issued_with_principal_recent(win, priv, top))
     else:
         by_principal, priv_total, priv_users, priv_recent = [], 0, [], []
     rep["privileged"] = {"principals": priv, "total": priv_total, "by_principal": by_principal,
                          "by_user": priv_users, "recent": priv_recent}
 
     # Longest lifetimes.
-    rep["longest"] = _issued_rows(queries.issued_longest(conn, win, top))
+    rep["longest"] = _issued_rows(rq.issued_longest(win, top))
 
     # Outside working hours (UTC).
     start, end = opts.hours
-    out_total = queries.issued_outside_hours_total(conn, win, opts.hours, opts.weekdays)
+    out_total = rq.issued_outside_hours_total(win, opts.hours, opts.weekdays)
     out_users = [{"user": u, "count": n}
-                 for u, n in queries.issued_outside_hours_by_user(conn, win, opts.hours, opts.weekdays, top)]
-    out_recent = _issued_rows(queries.issued_outside_hours_recent(conn, win, opts.hours, opts.weekdays, top))
+                 for u, n in rq.issued_outside_hours_by_user(win, opts.hours, opts.weekdays, top)]
+    out_recent = _issued_rows(rq.issued_outside_hours_recent(win, opts.hours, opts.weekdays, top))
     rep["outside_hours"] = {"hours": f"{start}-{end}", "weekdays": weekdays_text(opts.weekdays),
                             "total": out_total, "by_user": out_users, "recent": out_recent}
 
     # Denials and failures, messages grouped.
-    den_by_kind = queries.denials_by_kind(conn, win, DENIAL_KINDS)
-    den_groups_total = queries.denial_groups_total(conn, win, DENIAL_KINDS)
+    den_by_kind = rq.denials_by_kind(win, DENIAL_KINDS)
+    den_groups_total = rq.denial_groups_total(win, DENIAL_KINDS)
     den_groups = [
         {"kind": k, "code": c, "message": m, "count": n, "users": u, "first": first, "last": last}
-        for k, c, m, n, u, first, last in queries.denial_groups(conn, win, DENIAL_KINDS, top)
+        for k, c, m, n, u, first, last in rq.denial_groups(win, DENIAL_KINDS, top)
     ]
     rep["denials"] = {"total": sum(den_by_kind.values()), "by_kind": den_by_kind,
                       "groups_total": den_groups_total, "groups": den_groups}
@@ -179,32 +179,32 @@ def build_report(log: AuditLog, opts: ReportOptions) -> dict[str, Any]:
     # Authentication failures at the CA service, grouped by why.
     af_groups = [
         {"method": m, "why": y, "count": n, "users": u, "sources": s}
-        for m, y, n, u, s in queries.auth_failure_groups(conn, win, top)
+        for m, y, n, u, s in rq.auth_failure_groups(win, top)
     ]
     rep["auth_failures"] = {"total": by_kind.get("auth_failed", 0), "groups": af_groups}
 
     # Lockouts.
     lock_recent = [
         {"id": i, "ts": ts, "user": u, "source": s, "key": k, "failures": f, "seconds": sec}
-        for i, ts, u, s, k, f, sec in queries.lockouts_recent(conn, win, top)
+        for i, ts, u, s, k, f, sec in rq.lockouts_recent(win, top)
     ]
-    lock_users = [{"user": u, "count": n} for u, n in queries.lockouts_by_user(conn, win, top)]
+    lock_users = [{"user": u, "count": n} for u, n in rq.lockouts_by_user(win, top)]
     rep["lockouts"] = {"total": by_kind.get("lockout", 0), "by_user": lock_users, "recent": lock_recent}
 
     # Approvals: every kind starting with "request_".
-    appr = queries.approvals_by_kind(conn, win)
+    appr = rq.approvals_by_kind(win)
     rep["approvals"] = {"total": sum(appr.values()), "by_kind": appr}
 
     # Revocations.
-    rv_by_kind = queries.revocations_by_kind(conn, win)
+    rv_by_kind = rq.revocations_by_kind(win)
     rv_recent = [
         {"id": i, "ts": ts, "kind": k, "value": v, "reason": r, "actor": a}
-        for i, ts, k, v, r, a in queries.revocations_recent(conn, win, top)
+        for i, ts, k, v, r, a in rq.revocations_recent(win, top)
     ]
     rep["revocations"] = {"total": sum(rv_by_kind.values()), "by_kind": rv_by_kind, "recent": rv_recent}
 
-    rep["correlation"] = _correlation(conn, win, opts)
-    rep["unused"] = _unused(conn, win, opts, now, rep["correlation"]["available"])
+    rep["correlation"] = _correlation(rq, win, opts)
+    rep["unused"] = _unused(rq, win, opts, now, rep["correlation"]["available"])
     return rep
 
 
@@ -213,14 +213,14 @@ def _issued_rows(rows: list[tuple]) -> list[dict[str, Any]]:
              "reason": reason} for i, ts, u, r, s, ttl, p, reason in rows]
 
 
-def _correlation(conn: Any, win: queries.EventWindow, opts: ReportOptions) -> dict[str, Any]:
-    if not queries.has_logins(conn):
+def _correlation(rq: Any, win: EventWindow, opts: ReportOptions) -> dict[str, Any]:
+    if not rq.has_logins():
         return {"available": False, "runs": 0, "logins": 0, "by_outcome": {}, "hosts": 0, "joined": 0,
                 "findings": dict.fromkeys(SEVERITIES, 0), "by_code": [], "list": []}
-    runs = queries.correlate_runs(conn, win)
-    by_outcome = queries.logins_by_outcome(conn, win)
-    hosts, joined = queries.logins_hosts_and_joined(conn, win)
-    by_code = [{"severity": s, "code": c, "count": n} for s, c, n in queries.login_findings_by_code(conn, win)]
+    runs = rq.correlate_runs(win)
+    by_outcome = rq.logins_by_outcome(win)
+    hosts, joined = rq.logins_hosts_and_joined(win)
+    by_code = [{"severity": s, "code": c, "count": n} for s, c, n in rq.login_findings_by_code(win)]
     by_code.sort(key=lambda r: (SEVERITIES.index(r["severity"]) if r["severity"] in SEVERITIES else 9, -r["count"]))
     findings = dict.fromkeys(SEVERITIES, 0)
     for r in by_code:
@@ -229,22 +229,22 @@ def _correlation(conn: Any, win: queries.EventWindow, opts: ReportOptions) -> di
     listed = [
         {"severity": s, "code": c, "message": m, "host": h, "ts": ts, "logged_time": lt, "account": a,
          "source": src, "serial": ser, "key_id": k, "issued_event_id": ev, "outcome": o}
-        for s, c, m, h, ts, lt, a, src, ser, k, ev, o in queries.login_findings_serious(conn, win,
+        for s, c, m, h, ts, lt, a, src, ser, k, ev, o in rq.login_findings_serious(win,
                                                                                           max(opts.top, 100))
     ]
     return {"available": True, "runs": runs, "logins": sum(by_outcome.values()), "by_outcome": by_outcome,
             "hosts": hosts, "joined": joined, "findings": findings, "by_code": by_code, "list": listed}
 
 
-def _unused(conn: Any, win: queries.EventWindow, opts: ReportOptions, now: float,
+def _unused(rq: Any, win: EventWindow, opts: ReportOptions, now: float,
             correlated: bool) -> dict[str, Any]:
-    expired_total = queries.expired_certificates_total(conn, win, now)
-    total = queries.unused_certificates_total(conn, win, now, correlated)
+    expired_total = rq.expired_certificates_total(win, now)
+    total = rq.unused_certificates_total(win, now, correlated)
     by_role = [{"role": r, "unused": n, "expired": m}
-               for r, n, m in queries.unused_certificates_by_role(conn, win, now, correlated)]
+               for r, n, m in rq.unused_certificates_by_role(win, now, correlated)]
     recent = [
         {"serial": s, "key_id": k, "user": u, "role": r, "issued": ts, "valid_before": iso(vb), "ttl": vb - va}
-        for s, k, u, r, ts, va, vb in queries.unused_certificates_recent(conn, win, now, correlated, opts.top)
+        for s, k, u, r, ts, va, vb in rq.unused_certificates_recent(win, now, correlated, opts.top)
     ]
     return {"available": correlated, "expired_total": expired_total, "total": total, "by_role": by_role,
             "recent": recent}

@@ -23,6 +23,7 @@ from ca.store.base import Store, UnitOfWork
 from ca.store.sqlite.connection import connect, ensure_tables, has_table, migrate
 from ca.store.sqlite.events import Certificates, EventRows
 from ca.store.sqlite.requests import Requests
+from ca.store.sqlite.review import ReviewQueries
 from ca.store.sqlite.revocations import Revocations
 from ca.store.sqlite.throttle import ThrottleCounters
 from ca.store.sqlite.users import Users
@@ -96,6 +97,7 @@ class SQLiteStore(Store):
         self.throttle = ThrottleCounters(self.conn)
         self.revocations = Revocations(self.conn, self.db)
         self.requests = Requests(self.conn, self.path)
+        self.review = ReviewQueries(self.conn)
 
     def close(self) -> None:
         self.conn.close()

@@ -16,6 +16,7 @@ index (tests/test_report.py checks the query plans on 100,000 events).
 
 from __future__ import annotations
 
+import functools
 import json
 import sqlite3
 from collections.abc import Iterable, Sequence
@@ -501,3 +502,12 @@ def insert_logins(conn: sqlite3.Connection, rows: Iterable[Sequence[Any]]) -> No
 def ensure_logins_schema(conn: sqlite3.Connection) -> None:
     """Create the ``logins`` table (``schema.LOGINS``) if it is missing."""
     ensure_tables(conn, schema.LOGINS_OBJECTS, schema.LOGINS, "logins")
+
+
+class ReviewQueries:
+    """The queries above bound to one store's connection: ``store.review``, which report and
+    correlate call without ever holding a connection. A second backend provides the same names."""
+
+    def __init__(self, conn: sqlite3.Connection):
+        for fn in (event_window, events_by_kind, issued_by_role, issued_users_total, issued_by_user, issued_per_day, issued_longest, issued_by_principal, issued_with_principal_total, issued_with_principal_by_user, issued_with_principal_recent, issued_outside_hours_total, issued_outside_hours_by_user, issued_outside_hours_recent, denials_by_kind, denial_groups_total, denial_groups, auth_failure_groups, lockouts_recent, lockouts_by_user, approvals_by_kind, revocations_by_kind, revocations_recent, has_logins, correlate_runs, logins_by_outcome, logins_hosts_and_joined, login_findings_by_code, login_findings_serious, expired_certificates_total, unused_certificates_total, unused_certificates_by_role, unused_certificates_recent, certificate_ca_fingerprints, revocation_events, certificate_by_serial, existing_line_hashes, insert_logins, ensure_logins_schema):
+            setattr(self, fn.__name__, functools.partial(fn, conn))
