@@ -35,19 +35,19 @@ BUCKETS = {
     "SSH user auth (asyncssh auth, signature check)": r"\(asyncssh/auth\.py|_validate_client_public_key",
     "asyncssh options rebuilt at auth (reload_config)": r"reload_config|ConnectionOptions\.(prepare|construct)",
     "SSH channel/session (asyncssh channel, process, stream)": r"\(asyncssh/(channel|process|stream)\.py",
-    "our connection callbacks (validate_public_key, auth_completed)": r"_Connection\.\w+ \(ca/server\.py",
-    "our request handling (Service._handle/_run/_sign)": r"Service\._(handle|run|sign|read_stdin) \(ca/server\.py",
+    "our connection callbacks (validate_public_key, auth_completed)": r"Connection\.\w+ \(ca/service/connection\.py",
+    "our request handling (Service._handle/_run, handlers)": r"Service\._(handle|run) \(ca/service/server\.py|\(ca/service/handlers\.py",
     "thread hand-offs (run_in_executor, futures, wake-ups)":
         r"run_in_executor|ThreadPoolExecutor\.submit|_chain_future|call_soon_threadsafe|_read_from_self|"
         r"_write_to_self|Future\.set_result",
-    "JSON log lines (event(), logging)": r"^event \(ca/server\.py|JSONFormatter|\(logging/__init__\.py",
-    "auth lookups (Backend.key_ok: throttle + key)": r"Backend\.key_ok",
-    "issuance (Backend.issue)": r"Backend\.issue",
+    "JSON log lines (event(), logging)": r"^event \(ca/service/observe\.py|JSONFormatter|\(logging/__init__\.py",
+    "auth lookups (Guard.check: throttle + key)": r"Guard\.check|PublicKeyAuthenticator\.check_key",
+    "issuance (sign handler)": r"^sign \(ca/service/handlers\.py",
     "  UserStore.get (disabled check)": r"UserStore\.get",
     "  Authority.issue": r"Authority\.issue",
-    "    Signer.sign (asyncssh sign + re-check)": r"Signer\.sign",
+    "    Signer.sign (to-be-signed bytes, backend signature, re-check)": r"Signer\.sign",
     "      Signer._check (re-parse + pyca verify)": r"Signer\._check",
-    "    audit transaction": r"\(ca/audit\.py",
+    "    audit transaction": r"\(ca/store/",
     "socket I/O and selector (leaf)": None,  # computed on leaf frames below
 }
 _IO_LEAF = re.compile(r"_SelectorSocketTransport\.(write|_read_ready\w*)|EpollSelector\.select|socket\.")

@@ -1,4 +1,4 @@
-"""A real OpenSSH ``sshd`` on loopback, and a CA to sign keys for it (security.md, "Test harness").
+"""A real OpenSSH ``sshd`` on loopback, and a CA to sign keys for it (docs/security.md, "Test harness").
 
 The end-to-end tests log in with the real ``ssh`` client to a real ``sshd``
 that trusts the CA under test, and assert on what both of them say. Nothing

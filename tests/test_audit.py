@@ -1,5 +1,5 @@
 """The audit log: committed before any certificate leaves, tamper-evident,
-checkpointed (security.md rules 10-13)."""
+checkpointed (docs/security.md rules 10-13)."""
 
 from __future__ import annotations
 

@@ -411,7 +411,7 @@ def test_wrong_password_through_the_library(ca, cfg, users, tmp_path):
 
 
 # --------------------------------------------------------------------------
-# host key pinning (security.md rule 18)
+# host key pinning (docs/security.md rule 18)
 
 
 def test_a_changed_host_key_stops_login_before_anything_is_sent(ca, cfg, users, env):

@@ -1,4 +1,4 @@
-"""Every parser is fuzzed (security.md rule 21): Hypothesis and byte mutation
+"""Every parser is fuzzed (docs/security.md rule 21): Hypothesis and byte mutation
 of real inputs. A malformed input gets our own error, never a crash, and a
 changed certificate never verifies."""
 

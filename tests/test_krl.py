@@ -7,7 +7,7 @@
   exact minimum of its cost model (checked against a brute-force search);
 * ``parse_krl`` round-trips ``build_krl``, reads what ``ssh-keygen -k``
   writes, and on mutated or random bytes raises only its own error -- and
-  whatever it accepts, ``ssh-keygen`` can load too (security.md rule 21).
+  whatever it accepts, ``ssh-keygen`` can load too (docs/security.md rule 21).
 """
 
 from __future__ import annotations

@@ -261,7 +261,7 @@ def test_each_mistake_is_a_policy_error_naming_file_and_field(text, where, reaso
 
 def test_verify_required_is_an_unknown_key():
     # The OpenSSH verify-required critical option was removed: the signer
-    # cannot encode it, so a role asking for it must not load (security.md:
+    # cannot encode it, so a role asking for it must not load (docs/security.md:
     # unknown critical options are a load error), not load and then fail
     # every request.
     with pytest.raises(PolicyError) as e:
@@ -327,7 +327,7 @@ def test_empty_extension_list_grants_none():
 def test_builtin_defaults_when_defaults_section_is_absent():
     p = policy("[roles.dev]\n" + GOOD_ROLE)
     assert (p.default_ttl, p.max_ttl, p.default_extensions, p.default_role) == (3600, 8 * 3600, ("permit-pty",), None)
-    assert p.roles["dev"].extensions == ("permit-pty",)  # security.md rule 5
+    assert p.roles["dev"].extensions == ("permit-pty",)  # docs/security.md rule 5
     # The built-in 1h default ttl is capped by a smaller max_ttl.
     assert policy('[defaults]\nmax_ttl = "20m"\n[roles.dev]\n' + GOOD_ROLE).default_ttl == 1200
 
@@ -767,7 +767,7 @@ def test_property_decisions_stay_within_the_role(document, identity, data, now, 
     assert request.role in (None, d.role)
     assert p.is_member(role, identity)
     expanded = {t.replace("{user}", identity.user) for t in role.principals}
-    assert d.principals, "security.md rule 1: never an empty principal list"
+    assert d.principals, "docs/security.md rule 1: never an empty principal list"
     assert set(d.principals) <= expanded
     assert len(set(d.principals)) == len(d.principals)
     for principal in d.principals:
@@ -791,7 +791,7 @@ def test_property_decisions_stay_within_the_role(document, identity, data, now, 
 
 
 # --------------------------------------------------------------------------
-# Fuzzing the parser (security.md rule 21): PolicyError or a Policy, nothing else.
+# Fuzzing the parser (docs/security.md rule 21): PolicyError or a Policy, nothing else.
 
 
 def toml_string(s: str) -> str:

@@ -1,6 +1,6 @@
 """Revocation end to end: ``iast-ca revoke`` / ``iast-ca krl`` over the audit
 database, with real certificates checked by the real ``ssh-keygen -Q`` and a
-real ``sshd`` with ``RevokedKeys`` (security.md rule 20)."""
+real ``sshd`` with ``RevokedKeys`` (docs/security.md rule 20)."""
 
 from __future__ import annotations
 

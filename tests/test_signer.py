@@ -1,5 +1,5 @@
 """Certificates, checked field by field with OpenSSH's own ``ssh-keygen -L``
-against what policy decided and what the audit row says (security.md 1-9)."""
+against what policy decided and what the audit row says (docs/security.md 1-9)."""
 
 from __future__ import annotations
 

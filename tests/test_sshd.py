@@ -5,7 +5,7 @@ sshd logs (LogLevel VERBOSE), so that a test passes only for the reason it
 claims. Every refusal is paired with a control that would log in, so a
 refusal cannot pass by accident (a broken harness refuses everything).
 
-One sshd and one CA serve the whole module (security.md, "Test harness").
+One sshd and one CA serve the whole module (docs/security.md, "Test harness").
 """
 
 from __future__ import annotations
@@ -118,7 +118,7 @@ def _refused(sshd: SshdHarness, r, mark: int) -> str:
 def test_listed_principal_logs_in_and_the_log_joins_the_audit_row(sshd, iast_ca, tmp_path):
     cert = iast_ca.sign(make_user_key(tmp_path / "alice"), user="alice", role="shell")
     assert cert.principals == ("alice",)
-    assert cert.serial > 0  # KRLs ignore serial 0 (security.md rule 9)
+    assert cert.serial > 0  # KRLs ignore serial 0 (docs/security.md rule 9)
     assert cert.key_id == f"iast:alice:shell:{cert.serial}"
 
     token = secrets.token_hex(6)
@@ -139,7 +139,7 @@ def test_listed_principal_logs_in_and_the_log_joins_the_audit_row(sshd, iast_ca,
         rf"ED25519-CERT (?P<fp>\S+) ID (?P<key_id>\S+) \(serial (?P<serial>\d+)\) CA ED25519 (?P<ca>\S+)$",
         mark,
     )
-    # security.md rule 9: the sshd line joins to exactly one 'issued' audit row.
+    # docs/security.md rule 9: the sshd line joins to exactly one 'issued' audit row.
     assert m["key_id"] == cert.key_id and int(m["serial"]) == cert.serial
     assert m["fp"] == cert.key_fingerprint and m["ca"] == cert.ca_fingerprint
     row = iast_ca.audit_issued(int(m["serial"]))

@@ -1,7 +1,7 @@
 """The audit database: one append-only, hash-chained event log in SQLite.
 
 Every issuance, denial and failure is an event, committed before the answer
-leaves the CA (security.md rule 10). Each event row carries the hash of the
+leaves the CA (docs/security.md rule 10). Each event row carries the hash of the
 row before it, so that changing, removing or inserting a row breaks the
 chain at that row; a signed checkpoint (:mod:`ca.audit.checkpoint`) pins the
 head of the chain outside the database, which also catches truncation and a

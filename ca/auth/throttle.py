@@ -1,4 +1,4 @@
-"""Brute-force throttling, per account name and per client address (security.md rule 15).
+"""Brute-force throttling, per account name and per client address (docs/security.md rule 15).
 
 Each failed password or one-time code adds to two counters: one for the
 account name (known or not: an unknown name is throttled exactly like a

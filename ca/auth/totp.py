@@ -1,7 +1,7 @@
 """Time-based one-time passwords (RFC 6238, built on HOTP, RFC 4226).
 
 The service uses the profile every authenticator app understands: HMAC-SHA1,
-6 digits, a 30 s step (security.md rule 16). SHA-256 and SHA-512 exist here
+6 digits, a 30 s step (docs/security.md rule 16). SHA-256 and SHA-512 exist here
 only so that the RFC 6238 Appendix B test vectors can be checked in full.
 
 Secrets are base32 text without padding (what ``otpauth://`` URIs carry).
@@ -23,7 +23,7 @@ from urllib.parse import quote, urlencode
 STEP = 30
 DIGITS = 6
 SECRET_BYTES = 20  # 160 bits: the HMAC-SHA1 key length RFC 4226 section 4 recommends
-MAX_DRIFT = 1  # security.md rule 16: at most one step either way
+MAX_DRIFT = 1  # docs/security.md rule 16: at most one step either way
 
 _ALGORITHMS = {"sha1": hashlib.sha1, "sha256": hashlib.sha256, "sha512": hashlib.sha512}
 _CODE = re.compile(r"[0-9]{6}")

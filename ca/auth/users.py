@@ -8,7 +8,7 @@ A user logs in with an enrolled public key, or with a password followed by
 a TOTP code (keyboard-interactive). The rules this module keeps:
 
 * passwords are stored as argon2id hashes only, and rehashed on the next
-  successful login when the parameters change (security.md rule 17);
+  successful login when the parameters change (docs/security.md rule 17);
 * an unknown, disabled or password-less user is checked against a dummy
   hash with the same parameters: same code path, same timing (rule 14);
 * a TOTP code is accepted once only: the last accepted step is stored, and
@@ -49,7 +49,7 @@ DEFAULT_PARALLELISM = 1
 
 
 def default_hasher() -> PasswordHasher:
-    """The argon2id hasher new passwords are hashed with (security.md rule 17)."""
+    """The argon2id hasher new passwords are hashed with (docs/security.md rule 17)."""
     return PasswordHasher(time_cost=DEFAULT_TIME_COST, memory_cost=DEFAULT_MEMORY_COST,
                           parallelism=DEFAULT_PARALLELISM)
 

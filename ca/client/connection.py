@@ -1,8 +1,8 @@
 """The connection to the CA: pin its host key, authenticate, run protocol commands, get a certificate.
 
-The flow of ``login`` (architecture.md, "The one path every certificate takes"):
+The flow of ``login`` (docs/architecture.md, "The one path every certificate takes"):
 
-1. Pin the CA's host key (security.md rule 18): fetch the key the server
+1. Pin the CA's host key (docs/security.md rule 18): fetch the key the server
    presents, compare its SHA256 fingerprint with the pin *before* any
    credential is sent, then connect accepting exactly that key, so that the
    key checked is the key used (no time-of-check/time-of-use gap).

@@ -14,7 +14,7 @@ from typing import Any
 __all__ = ["KEY_ID_PREFIX", "HeldCertificate", "LoginResult", "LogoutResult", "Status", "held_certificate"]
 
 
-KEY_ID_PREFIX = "iast:"  # the CA builds every key ID as iast:USER:ROLE:SERIAL (security.md rule 9)
+KEY_ID_PREFIX = "iast:"  # the CA builds every key ID as iast:USER:ROLE:SERIAL (docs/security.md rule 9)
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,7 @@
 :meth:`Authority.issue` is the one choke point every certificate request
 goes through, from the offline ``iast-ca sign`` and from the SSH service
 alike. Every outcome is audited: an issued certificate is returned only
-after the transaction holding its ``issued`` event has committed (security.md
+after the transaction holding its ``issued`` event has committed (docs/security.md
 rule 10); a denial or a failure is committed as a ``denied`` or ``failed``
 event before the error is raised to the caller.
 

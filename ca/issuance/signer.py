@@ -7,7 +7,7 @@ principal). It asks the CA key backend (:mod:`ca.keys.base`) for one
 signature over those bytes. The result is then re-read by our own parser
 (:mod:`ca.sshcert.certificates`) and checked field by field against the
 decision, with the signature verified by pyca/cryptography against the CA
-public key (security.md rules 1-9), whatever backend made it.
+public key (docs/security.md rules 1-9), whatever backend made it.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ from ca.sshcert.wire import Reader, WireError
 
 # A key ID is built by the server only, from this character set: no spaces or
 # quotes, so that sshd's log line "... ID <key-id> (serial N)" parses without
-# ambiguity (security.md rule 9).
+# ambiguity (docs/security.md rule 9).
 KEY_ID_PATTERN = re.compile(r"[A-Za-z0-9_.:@+=-]{1,200}")
 
 _EXTENSIONS = frozenset({

@@ -25,7 +25,7 @@ __all__ = ["EXTENSIONS", "Approval", "Policy", "Role", "RoleVerdict"]
 
 
 # The user extensions OpenSSH defines (PROTOCOL.certkeys, "Extensions").
-# A role grants exactly those it lists (security.md rule 5).
+# A role grants exactly those it lists (docs/security.md rule 5).
 EXTENSIONS = frozenset(
     {
         "permit-X11-forwarding",
@@ -37,7 +37,7 @@ EXTENSIONS = frozenset(
     }
 )
 
-# Clock skew the caller may pass to decide() (security.md rule 3: max 300 s).
+# Clock skew the caller may pass to decide() (docs/security.md rule 3: max 300 s).
 _MAX_SKEW = 300
 
 # The one template a principal may contain (expanded per user by decide()).
@@ -242,7 +242,7 @@ class Policy:
 
         principals = self._expand(role, identity.user)
 
-        # Options and extensions come from the role only (security.md rules 4
+        # Options and extensions come from the role only (docs/security.md rules 4
         # and 5); SignRequest has no field through which to change them.
         return Decision(
             user=identity.user,
@@ -290,7 +290,7 @@ class Policy:
         return role
 
     def _expand(self, role: Role, user: str) -> tuple[str, ...]:
-        """Expand ``{user}`` and check every result (security.md rules 1 and 2)."""
+        """Expand ``{user}`` and check every result (docs/security.md rules 1 and 2)."""
         out: list[str] = []
         for template in role.principals:
             principal = template.replace(USER_TEMPLATE, user)

@@ -70,12 +70,12 @@ from ca.rules import (
 __all__ = ["load_policy", "parse_policy"]
 
 
-_FALLBACK_EXTENSIONS = ("permit-pty",)  # security.md rule 5: the default is permit-pty only
+_FALLBACK_EXTENSIONS = ("permit-pty",)  # docs/security.md rule 5: the default is permit-pty only
 
 _DEFAULT_TTL = "1h"
 _DEFAULT_MAX_TTL = "8h"
 # A hard ceiling on every duration in the file. Certificates are meant to be
-# short-lived (security.md rule 3); a year is already far beyond any sane role,
+# short-lived (docs/security.md rule 3); a year is already far beyond any sane role,
 # and the bound keeps now + ttl comfortably inside the uint64 fields of a cert.
 _CEILING = 366 * 86400
 
@@ -125,7 +125,7 @@ def parse_policy(
     """Parse and validate policy ``data`` (the file's bytes); ``path`` is used in messages.
 
     Raises :class:`~ca.errors.PolicyError` and nothing else, whatever the
-    input (security.md rule 21: every parser is fuzzed).
+    input (docs/security.md rule 21: every parser is fuzzed).
     """
     return _Parser(str(path), principal_pattern).parse(data)
 
@@ -353,7 +353,7 @@ class _Parser:
     def check_keys(self, doc: dict[str, Any], allowed: tuple[str, ...], section: str, prefix: str) -> None:
         # Unknown keys are errors, not ignored: a misspelt "require_mfa" or an
         # invented critical option ("permit_open") must not silently grant
-        # more than the author meant (security.md rule 4).
+        # more than the author meant (docs/security.md rule 4).
         for key in doc:
             if key in allowed:
                 continue

@@ -30,7 +30,7 @@ SIGNATURE_ALGORITHMS = {
     "ssh-rsa": "rsa-sha2-512",
 }
 
-# The key types a certificate may certify (DSA is never certified: security.md rule 7).
+# The key types a certificate may certify (DSA is never certified: docs/security.md rule 7).
 _CERTIFIABLE = {base: cert for base, cert in CERT_TYPE_FOR_KEY.items() if base != "ssh-dss"}
 _FIELD_KINDS = {base: _CERT_KEY_FIELDS[cert][1] for base, cert in _CERTIFIABLE.items()}
 _EMPTY = string(b"")

@@ -183,7 +183,7 @@ def verify_signature(cert: Certificate, ca_key_blob: bytes) -> None:
 
     Raises :class:`WireError` if the signature does not verify, if it was
     made by another key, or if it uses SHA-1 ``ssh-rsa`` (never accepted:
-    security.md rule 8).
+    docs/security.md rule 8).
     """
     if cert.signature_key != ca_key_blob:
         raise WireError(f"signed by {fingerprint(cert.signature_key)}, not by {fingerprint(ca_key_blob)}")

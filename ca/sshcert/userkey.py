@@ -14,7 +14,7 @@ from ca.sshcert.certificates import fingerprint
 from ca.sshcert.wire import Reader, WireError
 
 # The user key types we certify. DSA is refused (weak, removed from OpenSSH),
-# and so is any certificate (security.md rule 7).
+# and so is any certificate (docs/security.md rule 7).
 USER_KEY_TYPES = frozenset(
     {
         "ssh-ed25519",
