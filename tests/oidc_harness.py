@@ -25,6 +25,7 @@ import json
 import os
 import shutil
 import socket
+import ssl
 import subprocess
 import threading
 import time
@@ -216,7 +217,7 @@ class OpenIDProvider:
         """Open ``url`` (verification_uri or verification_uri_complete), enter the code if asked,
         sign in as ``login``; return the last page's text."""
         password = password if password is not None else ACCOUNTS[login]["password"]
-        with httpx.Client(verify=str(self.ca_file), follow_redirects=True, timeout=10) as http:
+        with httpx.Client(verify=ssl.create_default_context(cafile=str(self.ca_file)), follow_redirects=True, timeout=10) as http:
             r = http.get(url)
             for _ in range(8):
                 forms = forms_of(r.text)
