@@ -195,3 +195,156 @@ def test_max_auth_age_refuses_a_stale_sign_in_and_accepts_a_fresh_one(ca, idp, t
     rc, out, err = _ssh_sso(ca, pub, "sign --role prod-admin --json", lambda url, code: idp.approve(url, "alice"))
     assert rc == 0, err
     assert json.loads(out)["principals"] == ["root"]
+
+
+# -- token checks, against the provider's own JWKS over HTTPS ------------------------------
+
+
+def _check(idp: OpenIDProvider, token: str, *, client: IssuerClient | None = None, now: float | None = None):
+    client = client or IssuerClient(idp.issuer, ca_file=idp.ca_file, timeout=5)
+
+    async def run():
+        try:
+            return await verify_token(token, client, CLIENT_ID, now=now or time.time(), skew=60)
+        finally:
+            await client.aclose()
+
+    return asyncio.run(run())
+
+
+def test_a_good_token_from_the_providers_keys_verifies(idp):
+    claims = _check(idp, idp.mint({"sub": "alice"}))
+    assert claims["sub"] == "alice" and claims["iss"] == idp.issuer
+    assert _check(idp, idp.mint({"sub": "alice"}, kid="ec-1", alg="ES256"))["sub"] == "alice"
+
+
+@pytest.mark.parametrize("case, reason", [
+    ("wrong_aud", "wrong_audience"),
+    ("several_aud_no_azp", "wrong_audience"),
+    ("wrong_iss", "wrong_issuer"),
+    ("expired", "expired"),
+    ("future_iat", "not_yet_valid"),
+    ("alg_none", "algorithm"),
+    ("hs256_with_public_key", "algorithm"),
+    ("unknown_kid", "unknown_kid"),
+    ("other_key_same_kid", "bad_signature"),
+    ("rsa_kid_with_es256", "algorithm"),
+    ("embedded_jwk", "algorithm"),
+])
+def test_bad_tokens_are_refused_with_their_reason(idp, case, reason):
+    now = int(time.time())
+    other = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    token = {
+        "wrong_aud": lambda: idp.mint({"sub": "alice", "aud": "someone-else"}),
+        "several_aud_no_azp": lambda: idp.mint({"sub": "alice", "aud": [CLIENT_ID, "other"]}),
+        "wrong_iss": lambda: idp.mint({"sub": "alice", "iss": idp.issuer + "/evil"}),
+        "expired": lambda: idp.mint({"sub": "alice", "iat": now - 900, "exp": now - 600}),
+        "future_iat": lambda: idp.mint({"sub": "alice", "iat": now + 600, "exp": now + 900}),
+        "alg_none": lambda: unsigned({"alg": "none", "kid": "rsa-1"},
+                                     {"sub": "alice", "iss": idp.issuer, "aud": CLIENT_ID, "iat": now, "exp": now + 60}),
+        # The classic confusion: HMAC keyed with the provider's public key (PEM) as the secret.
+        "hs256_with_public_key": lambda: _hmac_with_public_key(idp, now),
+        "unknown_kid": lambda: idp.mint({"sub": "alice"}, key=other, kid="never-published"),
+        "other_key_same_kid": lambda: idp.mint({"sub": "alice"}, key=other, kid="rsa-1"),
+        "rsa_kid_with_es256": lambda: idp.mint({"sub": "alice"}, key=idp.ec_key, kid="rsa-1", alg="ES256"),
+        "embedded_jwk": lambda: idp.mint({"sub": "alice"}, key=other, headers={"jwk": {"kty": "RSA"}}),
+    }[case]()
+    with pytest.raises(TokenRefused) as e:
+        _check(idp, token)
+    assert e.value.reason == reason, str(e.value)
+
+
+def _hmac_with_public_key(idp: OpenIDProvider, now: int) -> str:
+    import base64
+    import hashlib
+    import hmac
+
+    from cryptography.hazmat.primitives import serialization
+
+    pem = idp.rsa_key.public_key().public_bytes(serialization.Encoding.PEM,
+                                                 serialization.PublicFormat.SubjectPublicKeyInfo)
+    head = unsigned({"alg": "HS256", "kid": "rsa-1"},
+                    {"sub": "alice", "iss": idp.issuer, "aud": CLIENT_ID, "iat": now, "exp": now + 60})
+    signing_input = head.rsplit(".", 1)[0]
+    sig = hmac.new(pem, signing_input.encode(), hashlib.sha256).digest()
+    return signing_input + "." + base64.urlsafe_b64encode(sig).decode().rstrip("=")
+
+
+def test_an_unknown_kid_refreshes_the_jwks_at_most_once_a_minute(idp):
+    clock = [1000.0]
+    client = IssuerClient(idp.issuer, ca_file=idp.ca_file, timeout=5, clock=lambda: clock[0])
+    fetched = []
+    real = client._fetch_keys
+
+    async def counting():
+        fetched.append(clock[0])
+        return await real()
+
+    client._fetch_keys = counting  # count the real fetches (the provider is real)
+
+    async def run():
+        for _ in range(5):
+            assert await client.key("never-published") is None
+        clock[0] += 61
+        assert await client.key("never-published") is None
+        assert await client.key("rsa-1") is not None
+        await client.aclose()
+
+    asyncio.run(run())
+    assert fetched == [1000.0, 1061.0]
+
+
+def test_html_instead_of_json_and_no_answer_are_one_line_errors(idp, tmp_path):
+    # The login page is HTML: pointing discovery at it must give one line, not a traceback.
+    client = IssuerClient(idp.issuer, ca_file=idp.ca_file, timeout=5)
+
+    async def html():
+        try:
+            return await client.request_json("GET", idp.issuer + "/interaction/nothing-here", ok_statuses=(200, 500))
+        finally:
+            await client.aclose()
+
+    with pytest.raises(IdentityProviderError) as e:
+        asyncio.run(html())
+    assert "expected JSON, got text/html" in e.value.message and "\n" not in e.value.message
+    # A port nobody listens on: a clean one-line error quickly.
+    dead = IssuerClient("https://127.0.0.1:9", ca_file=idp.ca_file, timeout=2)
+    t0 = time.monotonic()
+    with pytest.raises(IdentityProviderError):
+        asyncio.run(dead.metadata())
+    assert time.monotonic() - t0 < 5
+
+
+def test_a_replayed_id_token_is_refused(ca, idp):
+    from ca.app import open_ca
+
+    cfg = load_config(ca.config_path)
+    with open_ca(cfg) as c:
+        authn = next(a for a in c.authenticators if getattr(a, "name", None) == "test")
+        token = idp.mint({"sub": "alice", "email": "alice@example.test", "email_verified": True})
+        claims = _check(idp, token)
+        assert authn.remember(claims, token, time.time()) is True
+        assert authn.remember(claims, token, time.time()) is False
+
+
+@pytest.mark.slow
+def test_idp_stopped_sso_fails_fast_and_key_logins_still_work(tmp_path):
+    idp = OpenIDProvider(tmp_path / "idp2").start()
+    ca = _state(tmp_path, idp).start()
+    try:
+        from ca.app import open_ca
+
+        key = make_user_key(tmp_path / "id_bob")
+        with open_ca(load_config(ca.config_path)) as c:
+            c.users.add("bob", keys=key.with_suffix(".pub").read_text())
+        idp.stop()
+        t0 = time.monotonic()
+        rc, out, err = _ssh_sso(ca, key.with_suffix(".pub"), "sign", None)
+        assert rc == 255 and time.monotonic() - t0 < 10, err
+        why = [e.data["why"] for e in events(ca, "auth_failed") if e.data["method"] == "oidc"]
+        assert why and "identity provider unavailable" in why[0]
+        r = ca.ssh("bob", key, "whoami --json")
+        assert r.returncode == 0 and json.loads(r.stdout)["user"] == "bob", r.stderr
+    finally:
+        ca.stop()
+        idp.stop()
