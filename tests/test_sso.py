@@ -348,3 +348,21 @@ def test_idp_stopped_sso_fails_fast_and_key_logins_still_work(tmp_path):
     finally:
         ca.stop()
         idp.stop()
+
+
+def test_policy_explain_with_idp_groups(tmp_path):
+    from click.testing import CliRunner
+
+    from ca.cli.admin import cli
+
+    policy = tmp_path / "policy.toml"
+    policy.write_text(SSO_POLICY)
+    runner = CliRunner()
+    r = runner.invoke(cli, ["--state-dir", str(tmp_path / "s"), "--policy", str(policy), "policy", "explain",
+                            "alice", "--groups", "idp:test:sre", "--json"])
+    assert r.exit_code == 0, r.output
+    allowed = {v["role"] for v in json.loads(r.output) if v["allowed"]}
+    assert allowed == {"prod", "prod-admin"}
+    r = runner.invoke(cli, ["--state-dir", str(tmp_path / "s"), "--policy", str(policy), "policy", "explain",
+                            "alice", "--json"])
+    assert not any(v["allowed"] for v in json.loads(r.output))
