@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.installed
 
-.PHONY: run test venv sshd bench bench-quick clean
+.PHONY: run test venv sshd oidc bench bench-quick clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,10 +26,25 @@ sshd:
 	  fi; \
 	fi
 
+# The SSO tests run a real OpenID Provider: npm oidc-provider (tests/oidc/package-lock.json)
+# under Debian's Node.js. As root on Debian we install nodejs and npm with apt; then npm ci.
+oidc:
+	@if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing nodejs and npm"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm >/dev/null; \
+	  else \
+	    echo "node/npm not found and cannot install them (not root or no apt): SSO tests will be skipped"; \
+	  fi; \
+	fi
+	@if command -v npm >/dev/null 2>&1 && [ ! -d tests/oidc/node_modules/oidc-provider ]; then \
+	  cd tests/oidc && npm ci --no-audit --no-fund --loglevel=error; \
+	fi
+
 run: $(STAMP)
 	$(BIN)/iast-ca run
 
-test: $(STAMP) sshd
+test: $(STAMP) sshd oidc
 	$(BIN)/python -m pytest -q
 
 # Speed is measured here, never asserted in a test: figures next to same-run baselines.

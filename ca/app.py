@@ -35,6 +35,7 @@ from ca.access.approvals import Approvals
 from ca.access.revocation import build_current_krl
 from ca.auth.base import Authenticator
 from ca.auth.guard import Guard
+from ca.auth.oidc import OIDCAuthenticator
 from ca.auth.password_totp import PasswordTotpAuthenticator
 from ca.auth.pubkey import PublicKeyAuthenticator
 from ca.auth.throttle import Throttle
@@ -210,9 +211,19 @@ class CA:
 
     @cached_property
     def authenticators(self) -> tuple[Authenticator, ...]:
-        """Every way to log in, in the order they are offered. A new provider is one line here."""
+        """Every way to log in, in the order they are offered. A new provider is one line here.
+
+        With identity providers configured, plain keyboard-interactive is SSO (the first
+        ``[oidc.NAME]``): a person with only an IdP account needs no option at all, and the
+        choice never depends on the user name, so it tells nothing about which accounts have
+        a password (docs/security.md rule 14). Password + code is the ``password`` submethod
+        (``ssh -o KbdInteractiveDevices=password``; ``iast-ssh`` asks for it itself)."""
+        sso = tuple(OIDCAuthenticator(p, self.auth_audit, skew=self.cfg.clock_skew,
+                                      login_timeout=self.cfg.login_timeout, clock=self.clock)
+                    for p in self.cfg.oidc)
         return (
             PublicKeyAuthenticator(self.auth_users, key_revoked(self.auth_audit)),
+            *sso,
             PasswordTotpAuthenticator(self.auth_users),
         )
 

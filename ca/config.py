@@ -34,6 +34,44 @@ class ThrottleSettings:
     max_backoff: int = 30
 
 
+@dataclass(frozen=True)
+class OIDCProvider:
+    """One ``[oidc.NAME]`` identity provider: people log in through its device flow (RFC 8628)."""
+
+    name: str
+    issuer: str
+    client_id: str
+    client_secret_file: Path | None = None
+    ca_file: Path | None = None  # CA bundle for its HTTPS (default: the system's)
+    scopes: tuple[str, ...] = ("openid", "email", "profile")
+    username_claim: str = "email"  # "email": the local part of a verified email in allowed_domains
+    groups_claim: str = "groups"
+    allowed_domains: tuple[str, ...] = ()
+    max_age: int | None = None  # sent as max_age: the IdP must re-authenticate older sign-ins
+    timeout: int = 5  # seconds, for every HTTP call to it
+
+    def client_secret(self) -> str | None:
+        if self.client_secret_file is None:
+            return None
+        try:
+            return self.client_secret_file.read_text().strip()
+        except OSError as e:
+            raise ConfigError(f"oidc.{self.name}.client_secret_file: cannot read {self.client_secret_file}: "
+                              f"{e.strerror}") from None
+
+
+@dataclass(frozen=True)
+class WorkloadIssuer:
+    """One ``[workload.NAME]``: services trade their platform's signed token (a JWT) for a certificate."""
+
+    name: str
+    issuer: str
+    audience: str
+    claims: tuple[tuple[str, str], ...]  # each must equal the token's claim exactly
+    user: str  # the user name certificates are issued to (and {user} expands to)
+    ca_file: Path | None = None
+    ttl: int = 300  # the default ttl of its certificates
+    timeout: int = 5
 
 
 @dataclass(frozen=True)
@@ -56,6 +94,8 @@ class Config:
     throttle: ThrottleSettings = ThrottleSettings()
     # Run (never through a shell) when an access request is created; {id}, {user}, {role} are substituted.
     on_request: tuple[str, ...] | None = None
+    oidc: tuple[OIDCProvider, ...] = ()
+    workloads: tuple[WorkloadIssuer, ...] = ()
 
     def with_overrides(self, state_dir: str | None = None, policy: str | None = None) -> Config:
         """Apply ``--state-dir``/``--policy`` (or their env vars). A new state dir
@@ -79,7 +119,7 @@ def default_config() -> Config:
 
 
 _KEYS = {
-    "": {"state_dir", "policy", "signing", "server", "throttle", "on_request"},
+    "": {"state_dir", "policy", "signing", "server", "throttle", "on_request", "oidc", "workload"},
     "signing": {"clock_skew", "min_rsa_bits", "principal_pattern", "passphrase_file"},
     "server": {"listen", "login_timeout", "max_unauthenticated", "max_request_bytes", "drain_timeout"},
     "throttle": {"user_failures", "address_failures", "window", "lockout", "max_backoff"},
@@ -180,7 +220,102 @@ def parse_config(data: bytes, path: str | Path) -> Config:
         values["on_request"] = tuple(hook)
     if "listen" in server:
         values["listen_host"], values["listen_port"] = parse_listen(server["listen"], f"{where}: server.listen")
+    values["oidc"] = tuple(_oidc(n, sec, where, base) for n, sec in _named(doc, "oidc", where))
+    values["workloads"] = tuple(_workload(n, sec, where, base) for n, sec in _named(doc, "workload", where))
     return replace(cfg, **values)
+
+
+_OIDC_KEYS = {"issuer", "client_id", "client_secret_file", "ca_file", "scopes", "username_claim", "groups_claim",
+              "allowed_domains", "max_age", "timeout"}
+_WORKLOAD_KEYS = {"issuer", "audience", "claims", "user", "ca_file", "ttl", "timeout"}
+_SECTION_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}")
+_CLAIM_NAME = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
+
+
+def _named(doc: dict, kind: str, where: str) -> list[tuple[str, dict]]:
+    tables = doc.get(kind, {})
+    _expect(isinstance(tables, dict), where, f"[{kind}]", f"tables [{kind}.NAME]")
+    out = []
+    for name, sec in tables.items():
+        _expect(bool(_SECTION_NAME.fullmatch(name)), where, f"{kind}.{name[:40]}",
+                "a name matching [a-z0-9][a-z0-9_-]{0,31}")
+        _expect(isinstance(sec, dict), where, f"{kind}.{name}", "a table")
+        extra = set(sec) - (_OIDC_KEYS if kind == "oidc" else _WORKLOAD_KEYS)
+        if extra:
+            raise ConfigError(f"{where}: {kind}.{name}.{sorted(extra)[0]}: unknown field")
+        out.append((name, sec))
+    return out
+
+
+def _https(sec: dict, key: str, where: str, field: str) -> str:
+    v = sec.get(key)
+    # Exact, as tokens must name it (iss is compared as a string); https only (Discovery 4).
+    _expect(isinstance(v, str) and re.fullmatch(r"https://[^\s/?#]+(/[^\s?#]*)?", v) is not None, where, field,
+            "an https:// URL")
+    return v
+
+
+def _text(sec: dict, key: str, where: str, field: str, default: str | None = None) -> str:
+    v = sec.get(key, default)
+    _expect(isinstance(v, str) and 0 < len(v) <= 256 and v.isprintable(), where, field, "a string")
+    return v
+
+
+def _strings(sec: dict, key: str, where: str, field: str, default: tuple[str, ...]) -> tuple[str, ...]:
+    v = sec.get(key, list(default))
+    _expect(isinstance(v, list) and all(isinstance(x, str) and x and x.isprintable() for x in v), where, field,
+            "a list of strings")
+    return tuple(v)
+
+
+def _path(sec: dict, key: str, where: str, field: str, base: Path) -> Path | None:
+    if key not in sec:
+        return None
+    _expect(isinstance(sec[key], str) and sec[key], where, field, "a path")
+    return base / sec[key]
+
+
+def _oidc(name: str, sec: dict, where: str, base: Path) -> OIDCProvider:
+    at = f"oidc.{name}."
+    scopes = _strings(sec, "scopes", where, at + "scopes", ("openid", "email", "profile"))
+    _expect("openid" in scopes, where, at + "scopes", 'a list containing "openid"')
+    username_claim = _text(sec, "username_claim", where, at + "username_claim", "email")
+    _expect(bool(_CLAIM_NAME.fullmatch(username_claim)), where, at + "username_claim", "a claim name")
+    domains = tuple(d.lower() for d in _strings(sec, "allowed_domains", where, at + "allowed_domains", ()))
+    if username_claim == "email":
+        # Anyone can have an email at some domain: without a list, "alice@evil.example" would be alice.
+        _expect(bool(domains), where, at + "allowed_domains", "at least one domain when username_claim is email")
+    groups_claim = _text(sec, "groups_claim", where, at + "groups_claim", "groups")
+    _expect(bool(_CLAIM_NAME.fullmatch(groups_claim)), where, at + "groups_claim", "a claim name")
+    return OIDCProvider(
+        name=name, issuer=_https(sec, "issuer", where, at + "issuer"),
+        client_id=_text(sec, "client_id", where, at + "client_id"),
+        client_secret_file=_path(sec, "client_secret_file", where, at + "client_secret_file", base),
+        ca_file=_path(sec, "ca_file", where, at + "ca_file", base),
+        scopes=scopes, username_claim=username_claim, groups_claim=groups_claim, allowed_domains=domains,
+        max_age=_dur(sec, "max_age", where, at + "max_age", 366 * 86400),
+        timeout=_dur(sec, "timeout", where, at + "timeout", 60) or 5,
+    )
+
+
+def _workload(name: str, sec: dict, where: str, base: Path) -> WorkloadIssuer:
+    from ca.rules import is_user_name
+
+    at = f"workload.{name}."
+    claims = sec.get("claims", {})
+    _expect(isinstance(claims, dict) and claims and all(
+        isinstance(k, str) and _CLAIM_NAME.fullmatch(k) and isinstance(v, str) and v for k, v in claims.items()),
+        where, at + "claims", 'a table of claim = "exact value" (at least one: which workloads, not any)')
+    user = sec.get("user", name)
+    _expect(is_user_name(user), where, at + "user", "a user name (^[a-z_][a-z0-9_.-]{0,31}$)")
+    return WorkloadIssuer(
+        name=name, issuer=_https(sec, "issuer", where, at + "issuer"),
+        audience=_text(sec, "audience", where, at + "audience"),
+        claims=tuple(sorted(claims.items())), user=user,
+        ca_file=_path(sec, "ca_file", where, at + "ca_file", base),
+        ttl=_dur(sec, "ttl", where, at + "ttl", 86400) or 300,
+        timeout=_dur(sec, "timeout", where, at + "timeout", 60) or 5,
+    )
 
 
 def parse_listen(text: Any, where: str = "--listen") -> tuple[str, int]:

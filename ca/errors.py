@@ -83,6 +83,19 @@ class MFARequired(AuthenticationFailed):
     code = "mfa_required"
 
 
+class ReauthenticationRequired(AuthenticationFailed):
+    """The role needs a sign-in at the identity provider more recent than the one shown
+    (``max_auth_age``; exit 4, code ``reauthentication_required``): log in again with SSO."""
+
+    code = "reauthentication_required"
+
+
+class IdentityProviderError(CAError):
+    """An identity provider could not be reached or answered nonsense (one line; code ``idp``)."""
+
+    code = "idp"
+
+
 class HostKeyChanged(CAError):
     """The CA presented a host key other than the pinned one; nothing was sent to it.
 

@@ -24,6 +24,10 @@ class Identity:
     ``auth_time`` are for providers that vouch for someone else's login
     (an OIDC issuer, a workload token): who vouched, their name for the
     subject, and when that login happened (unix seconds). None otherwise.
+    Their ``groups`` are qualified, ``idp:NAME:GROUP`` and ``workload:NAME``,
+    so an IdP's group can never pass for a ``[groups]`` entry of the policy.
+    ``amr`` is the IdP's authentication methods; ``token_hash`` the sha256 of
+    the token that proved it (the audit log keeps the hash, never the token).
     """
 
     user: str
@@ -36,6 +40,10 @@ class Identity:
     issuer: str | None = None
     subject: str | None = None
     auth_time: int | None = None
+    amr: tuple[str, ...] = ()
+    token_hash: str | None = None
+    # A workload token authenticates one request only: this identity was made for it.
+    single_request: bool = False
 
 
 @dataclass(frozen=True)

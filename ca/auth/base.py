@@ -62,6 +62,10 @@ class Guarding:
     guessable: bool
     audit_failures: bool = True
     clear_on_success: bool = True
+    # A signed token refused (OIDC, workload): not guessable, so no account lock, but each
+    # refusal counts toward the source address's limit (the SSH user name is not who the
+    # token names, so counting it against that account would let anyone lock anyone out).
+    count_address: bool = False
 
 
 class Authenticator(ABC):
@@ -124,6 +128,9 @@ class InteractiveAuthenticator(Authenticator):
     """SSH ``keyboard-interactive``: rounds of prompts and answers, then a check."""
 
     ssh_method = "keyboard-interactive"
+    #: the keyboard-interactive submethods (RFC 4256 section 3.1) that ask for this one
+    #: (``ssh -o KbdInteractiveDevices=password``); with none asked for, the CA's first is used
+    submethods: tuple[str, ...] = ()
 
     @abstractmethod
     def begin(self, user: str, address: str) -> Conversation:

@@ -56,15 +56,20 @@ class Guard:
         outcome = verify(now)
         if isinstance(outcome, Refusal):
             if rule.audit_failures:
-                self.failure(rule, user, address, outcome.why, count=outcome.count and rule.guessable)
+                if outcome.count and rule.count_address and not rule.guessable:
+                    self.failure(rule, user, address, outcome.why, count=True, count_user=False)
+                else:
+                    self.failure(rule, user, address, outcome.why, count=outcome.count and rule.guessable)
             return None
         if rule.guessable and rule.clear_on_success:
             self.throttle.success(user)
         return outcome
 
-    def failure(self, rule: Guarding, user: str, address: str, why: str, count: bool = True) -> None:
-        """Count (if ``count``) and audit one failure; audit the locks it sets."""
-        verdict = self.throttle.failure(user, address, self.clock()) if count else None
+    def failure(self, rule: Guarding, user: str, address: str, why: str, count: bool = True,
+                count_user: bool = True) -> None:
+        """Count (if ``count``; toward the account too if ``count_user``) and audit one failure;
+        audit the locks it sets."""
+        verdict = self.throttle.failure(user if count_user else None, address, self.clock()) if count else None
         self.audit.record("auth_failed", {"method": rule.method, "why": why,
                                           "failures": verdict.failures if verdict else None},
                           user=user, source=address)

@@ -33,6 +33,7 @@ class PasswordTotpAuthenticator(InteractiveAuthenticator, StepUp):
     """Password (argon2id) then TOTP code, both of an enabled user."""
 
     guarding = Guarding("keyboard-interactive", guessable=True)
+    submethods = ("password",)
     # A one-time code sent with a request (``sign --otp``): throttled and audited like a
     # login, but a right code does not clear the account's failures.
     step_up_guarding = Guarding("otp-step-up", guessable=True, clear_on_success=False)

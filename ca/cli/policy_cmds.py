@@ -44,17 +44,20 @@ def check(env: Env, file: str | None, fmt: str) -> None:
 @policy.command()
 @click.argument("user")
 @click.option("--role", "-r", help="Explain this role only.")
+@click.option("--groups", "groups", default="",
+              help="Comma-separated groups an identity provider would vouch for: idp:NAME:GROUP, workload:NAME.")
 @output_options(csv_ok=False)
 @pass_env
-def explain(env: Env, user: str, role: str | None, fmt: str) -> None:
+def explain(env: Env, user: str, role: str | None, groups: str, fmt: str) -> None:
     """Show which roles USER may request, with what, and why not for the others.
 
     \b
-    Example:
+    Examples:
       iast-ca policy explain alice --role prod-readonly
+      iast-ca policy explain alice --groups idp:corp:sre,idp:corp:dev
     """
     pol = load_policy(env.config.policy_path, principal_pattern=env.config.principal_pattern)
-    verdicts = pol.explain(user, role)
+    verdicts = pol.explain(user, role, groups=tuple(g.strip() for g in groups.split(",") if g.strip()))
     if fmt == "json":
         echo_json([v.as_json() for v in verdicts])
         return

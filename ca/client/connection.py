@@ -256,7 +256,8 @@ class Client:
                 self.answered = 0
 
             def kbdint_auth_requested(self):
-                return "" if prompter.can_log_in else None
+                # "password": the CA's password + code (with SSO configured, plain keyboard-interactive is SSO)
+                return "password" if prompter.can_log_in else None
 
             def kbdint_challenge_received(self, name, instructions, lang, prompts):
                 if not prompts:

@@ -155,6 +155,7 @@ class Authority:
                     "policy_sha256": decision.policy_sha256,
                     "ca_fingerprint": self.ca_fingerprint,
                     "request_id": request.request_id,
+                    **vouched_for(identity),
                     **extra,
                 }
                 event_id = tx.append(
@@ -203,16 +204,29 @@ class Authority:
             "operator": identity.operator,
             "policy_sha256": policy.sha256,
             "request_id": request.request_id,
+            **vouched_for(identity),
         }
         return self.audit.record(kind, data, user=_shown(identity.user, 64), role=_shown(request.role, 64),
                                  source=identity.source_address)
 
 
+def vouched_for(identity: Identity) -> dict[str, Any]:
+    """What the audit log records of an identity an IdP or a workload platform vouched for."""
+    if identity.issuer is None:
+        return {}
+    return {"issuer": identity.issuer, "subject": identity.subject, "groups": list(identity.groups),
+            "auth_time": identity.auth_time, "amr": list(identity.amr), "token_sha256": identity.token_hash}
+
+
 def still_allowed(tx: Transaction, identity: Identity) -> None:
     """The gate of an online authority, inside the issuing transaction: the user is still enabled,
     and the key they logged in with is still enrolled and not revoked (a disable, a key-remove or
-    a revoke that commits first stops even an open connection)."""
-    if not tx.user_enabled(identity.user):  # None (unknown) or False (disabled)
+    a revoke that commits first stops even an open connection).
+
+    A person an identity provider vouched for needs no local account (the IdP is their
+    directory), but a local account of that name that is disabled still stops them."""
+    enabled = tx.user_enabled(identity.user)  # None (unknown), False (disabled)
+    if enabled is False or (enabled is None and identity.issuer is None):
         raise AuthenticationFailed(f"user {identity.user} is disabled")
     if identity.login_key is not None and (
             not tx.key_enrolled(identity.user, identity.login_key) or tx.is_revoked("key", identity.login_key)):

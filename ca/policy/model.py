@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ca.durations import format_duration
-from ca.errors import ConfigError, MFARequired, PolicyDenied
+from ca.errors import ConfigError, MFARequired, PolicyDenied, ReauthenticationRequired
 from ca.models import Decision, Identity, SignRequest
 from ca.rules import free_text, principal_ok
 
@@ -39,6 +39,9 @@ EXTENSIONS = frozenset(
 
 # Clock skew the caller may pass to decide() (docs/security.md rule 3: max 300 s).
 _MAX_SKEW = 300
+
+# Members an identity provider or a workload issuer fills (through Identity.groups).
+VOUCHED_PREFIXES = ("idp:", "workload:")
 
 # The one template a principal may contain (expanded per user by decide()).
 USER_TEMPLATE = "{user}"
@@ -84,6 +87,8 @@ class Role:
     require_reason: bool
     require_mfa: bool
     approval: Approval | None = None  # None: no approval needed
+    # The IdP sign-in (Identity.auth_time) must be at most this old (seconds); None: any age.
+    max_auth_age: int | None = None
 
 
 @dataclass(frozen=True)
@@ -156,14 +161,20 @@ class Policy:
         """Whether ``identity`` may use ``role``.
 
         ``"*"`` admits any authenticated user; ``group:NAME`` admits members
-        of the ``[groups]`` entry NAME and identities whose ``groups`` (e.g.
-        from an identity provider) contain NAME; anything else is a user name.
+        of the ``[groups]`` entry NAME and identities whose ``groups`` contain
+        NAME; ``idp:NAME:GROUP`` and ``workload:NAME`` admit identities an
+        identity provider or a workload issuer vouched for with that group
+        (qualified, so no IdP can name itself into a ``[groups]`` entry);
+        anything else is a user name.
         """
         groups = set(self.groups_of(identity.user)) | set(identity.groups)
         for member in role.members:
             if member == "*":
                 return True
-            if member.startswith("group:"):
+            if member.startswith(VOUCHED_PREFIXES):
+                if member in identity.groups:
+                    return True
+            elif member.startswith("group:"):
                 if member[len("group:") :] in groups:
                     return True
             elif member == identity.user:
@@ -224,6 +235,13 @@ class Policy:
         reason = free_text(request.reason, error=PolicyDenied)
         if role.require_reason and reason is None:
             raise PolicyDenied(f"role {role.name} requires a reason")
+        if role.max_auth_age is not None and (
+                identity.auth_time is None or now - identity.auth_time > role.max_auth_age):
+            # Exit 4: the requester can fix it by signing in at the IdP again (SSO's step-up).
+            age = "no IdP sign-in" if identity.auth_time is None else f"signed in {format_duration(max(0, now - identity.auth_time))} ago"
+            raise ReauthenticationRequired(
+                f"role {role.name} needs an identity-provider sign-in within {format_duration(role.max_auth_age)} "
+                f"({age}): log in again with iast-ssh login --sso")
         if role.require_mfa and not identity.mfa:
             # Exit 4, "authentication insufficient": the requester can fix it
             # by authenticating again with a one-time code.
@@ -258,16 +276,17 @@ class Policy:
             policy_sha256=self.sha256,
         )
 
-    def explain(self, user: str, role: str | None = None) -> list[RoleVerdict]:
+    def explain(self, user: str, role: str | None = None, groups: tuple[str, ...] = ()) -> list[RoleVerdict]:
         """For each role (or only ``role``), may ``user`` use it, and with what.
 
-        Only ``[groups]`` count here (there is no identity provider offline).
+        ``[groups]`` count, and ``groups`` stands for what an identity provider
+        would vouch for (``idp:NAME:GROUP``, ``workload:NAME``; ``policy explain --groups``).
         An unknown ``role`` gives one verdict that is not allowed, saying so.
         """
         if role is not None and role not in self.roles:
             return [RoleVerdict(role=role, allowed=False, reasons=(f"no such role {quote(role)}",))]
         names = [role] if role is not None else list(self.roles)
-        identity = Identity(user=user, auth_methods=())
+        identity = Identity(user=user, auth_methods=(), groups=tuple(groups))
         return [self._verdict(self.roles[name], identity) for name in names]
 
     # -- helpers -----------------------------------------------------------

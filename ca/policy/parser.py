@@ -81,6 +81,8 @@ _CEILING = 366 * 86400
 
 _NAME_RE = re.compile(r"[a-z0-9][a-z0-9_.-]{0,63}")  # role and group names
 _NAME_TEXT = "^[a-z0-9][a-z0-9_.-]{0,63}$"
+# idp:PROVIDER:GROUP (an IdP's group names are its own: letters, digits and a few marks) and workload:NAME.
+_VOUCHED_RE = re.compile(r"idp:[a-z0-9][a-z0-9_-]{0,31}:[A-Za-z0-9_.@/ -]{1,128}|workload:[a-z0-9][a-z0-9_-]{0,31}")
 
 _TOP_KEYS = ("defaults", "groups", "roles")
 _DEFAULTS_KEYS = ("ttl", "max_ttl", "extensions", "role")
@@ -96,6 +98,7 @@ _ROLE_KEYS = (
     "require_reason",
     "require_mfa",
     "approval",
+    "max_auth_age",
 )
 # Keys a future version will understand: refused with a message saying so,
 # so that a policy never appears to demand something the CA does not enforce.
@@ -245,6 +248,10 @@ class _Parser:
         for m in members:
             if m == "*":
                 continue
+            if m.startswith("idp:") or m.startswith("workload:"):
+                if not _VOUCHED_RE.fullmatch(m):
+                    raise self.fail(at + "members", f"{show(m)}: expected idp:PROVIDER:GROUP or workload:NAME")
+                continue
             if m.startswith("group:"):
                 if m[len("group:") :] not in groups:
                     raise self.fail(at + "members", f"{show(m)}: no such group in [groups]")
@@ -314,6 +321,8 @@ class _Parser:
             require_reason=self.boolean(doc.get("require_reason", False), at + "require_reason"),
             require_mfa=self.boolean(doc.get("require_mfa", False), at + "require_mfa"),
             approval=approval,
+            max_auth_age=(self.duration(doc["max_auth_age"], at + "max_auth_age")
+                          if "max_auth_age" in doc else None),
         )
 
     def approval(self, value: Any, where: str, groups: Mapping[str, tuple[str, ...]]) -> Approval:

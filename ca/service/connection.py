@@ -114,8 +114,17 @@ class Connection(asyncssh.SSHServer):
     def kbdint_auth_supported(self) -> bool:
         return bool(self._interactive)
 
+    def _choose(self, submethods: str) -> InteractiveAuthenticator:
+        """The authenticator the client's submethods ask for (``sso:NAME``, ``sso``, ``password``),
+        else the first: SSO when an identity provider is configured (see ca.app)."""
+        for wanted in (s.strip() for s in submethods.split(",")):
+            for authn in self._interactive:
+                if wanted and wanted in authn.submethods:
+                    return authn
+        return self._interactive[0]
+
     async def get_kbdint_challenge(self, username: str, lang: str, submethods: str):
-        authn = self._interactive[0]
+        authn = self._choose(submethods)
         conversation = authn.begin(username, self.address)
         self._conversation = (authn, conversation)
         return (await conversation.start()).as_asyncssh()

@@ -220,6 +220,17 @@ class RequestWrites(RequestReads, Protocol):
     def add_vote(self, request_id: str, approver: str, decision: str, comment: str | None, ts: int) -> None: ...
 
 
+class UsedTokenReads(Protocol):
+    def seen(self, token_key: str, now: int) -> bool:
+        """Whether this token was used and has not expired yet."""
+
+
+class UsedTokenWrites(UsedTokenReads, Protocol):
+    def use(self, token_key: str, issuer: str, expires_at: int, now: int) -> bool:
+        """Remember a token until ``expires_at``; False if it was already used (a replay).
+        Also forgets tokens expired before ``now``."""
+
+
 # -- the unit of work and the store ----------------------------------------------------------
 
 
@@ -231,6 +242,7 @@ class UnitOfWork(ABC):
     revocations: RevocationWrites
     requests: RequestWrites
     certificates: CertificateReads
+    tokens: UsedTokenWrites
 
     @abstractmethod
     def append(self, kind: str, data: dict[str, Any], *, user: str | None = None, role: str | None = None,
@@ -272,6 +284,7 @@ class Store(ABC):
     revocations: RevocationReads
     requests: RequestReads
     certificates: CertificateReads
+    tokens: UsedTokenReads
 
     @abstractmethod
     def transaction(self) -> AbstractContextManager[UnitOfWork]:
@@ -339,5 +352,6 @@ class Store(ABC):
 __all__ = [
     "CertificateReads", "CertificateRow", "EventReads", "RequestReads", "RequestRow", "RequestWrites",
     "RevocationReads", "RevocationWrites", "Store", "ThrottleReads", "ThrottleWrites", "UnitOfWork",
+    "UsedTokenReads", "UsedTokenWrites",
     "UserReads", "UserRow", "UserWrites", "VerifyReport",
 ]

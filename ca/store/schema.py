@@ -31,11 +31,14 @@ Versions:
    instead of lazily by its module. ``logins`` stays created on demand
    (by the first ``correlate``): its presence tells the report that sshd
    logs were ever correlated.
+4. ``used_tokens``: identity-provider and workload tokens already accepted
+   (by ``jti`` or hash), kept until they expire, so that a token is used
+   once across every replica sharing the database (docs/security.md, SSO rules).
 """
 
 from __future__ import annotations
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 # The columns of an event row, in the order the chain hashes them (the first
 # nine; see ca.audit.chain.canonical) and every reader reads them.
@@ -229,8 +232,18 @@ LOGINS = (
 LOGINS_OBJECTS = frozenset({"logins", "logins_serial", "logins_ts", "logins_run", "logins_severity",
                             "logins_no_update", "logins_no_delete"})
 
+# Signed tokens (OIDC ID tokens, workload JWTs) already used, until they expire.
+USED_TOKENS = (
+    """CREATE TABLE IF NOT EXISTS used_tokens (
+        token_key TEXT PRIMARY KEY,       -- sha256 of (issuer, jti), or of the token when it has no jti
+        issuer TEXT NOT NULL,
+        expires_at INTEGER NOT NULL       -- unix seconds: the row may go once the token is dead
+    )""",
+    "CREATE INDEX IF NOT EXISTS used_tokens_expiry ON used_tokens(expires_at)",
+)
+
 # Everything a database at SCHEMA_VERSION has (LOGINS comes on demand).
-CURRENT = EVENTS + CERTIFICATES + USERS + THROTTLE + REVOCATIONS + REQUESTS
+CURRENT = EVENTS + CERTIFICATES + USERS + THROTTLE + REVOCATIONS + REQUESTS + USED_TOKENS
 
 # -- migrations ------------------------------------------------------------------------
 #
@@ -273,7 +286,8 @@ MIGRATIONS: dict[int, tuple] = {
         (RENAME, "certificates", "user", "username"),
         (RENAME, "user_keys", "user", "username"),
         (RENAME, "requests", "user", "username"),
-        *CURRENT,
+        *(EVENTS + CERTIFICATES + USERS + THROTTLE + REVOCATIONS + REQUESTS),
     ),
+    4: USED_TOKENS,
 }
 assert sorted(MIGRATIONS) == list(range(1, SCHEMA_VERSION + 1))

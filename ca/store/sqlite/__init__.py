@@ -26,6 +26,7 @@ from ca.store.sqlite.requests import Requests
 from ca.store.sqlite.review import ReviewQueries
 from ca.store.sqlite.revocations import Revocations
 from ca.store.sqlite.throttle import ThrottleCounters
+from ca.store.sqlite.tokens import UsedTokens
 from ca.store.sqlite.users import Users
 
 SCHEMA_VERSION = schema.SCHEMA_VERSION
@@ -47,6 +48,7 @@ class SQLiteUnitOfWork(UnitOfWork):
         self.revocations = store.revocations
         self.requests = store.requests
         self.certificates = store.certificates
+        self.tokens = store.tokens
         self._head: tuple[int, str] | None = None
 
     @property
@@ -98,6 +100,7 @@ class SQLiteStore(Store):
         self.revocations = Revocations(self.conn, self.db)
         self.requests = Requests(self.conn, self.path)
         self.review = ReviewQueries(self.conn)
+        self.tokens = UsedTokens(self.conn)
 
     def close(self) -> None:
         self.conn.close()
