@@ -78,6 +78,8 @@ def test_uri_round_trip_and_percent_encoding():
     ("pkcs11:token=iast;object=ca;type=secret-key", "private key"),
     ("file:/etc/key", "not a PKCS#11 URI"),
     ("pkcs11:token=iast;object=c a", "no spaces"),
+    ("pkcs11:token=%ff;object=ca", "not UTF-8"),
+    ("pkcs11:token=iast;object", "has no value"),
 ])
 def test_bad_uris_are_one_line_errors(uri, message):
     with pytest.raises(UsageError, match=message) as e:
@@ -257,3 +259,43 @@ def test_the_service_fails_cleanly_while_the_token_is_gone_and_recovers_by_itsel
         service.stop()
     assert len(events(ca, "failed")) == 1 and signed_count(ca, fp) == 2
     assert os.environ.get("SOFTHSM2_CONF")  # the service found the token through the same config
+
+
+# --------------------------------------------------------------------------
+# The URI parser takes operator input: fuzzed (docs/security.md rule 21)
+
+from hypothesis import given  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+_URI_PARTS = st.sampled_from(["token=", "object=", "id=", "serial=", ";", "?", "&", "%", "%ff", "%41", "=",
+                              "module-path=", "pin-source=", "type=private", "a", "/"])
+
+
+@given(st.one_of(st.text(max_size=200), st.text(max_size=200).map(lambda t: "pkcs11:" + t),
+                 st.lists(_URI_PARTS, max_size=12).map(lambda p: "pkcs11:" + "".join(p))))
+def test_uri_parser_on_arbitrary_text(text):
+    try:
+        u = Pkcs11URI.parse(text)
+    except UsageError as e:
+        assert "\n" not in str(e)
+        return
+    assert Pkcs11URI.parse(u.text()) == u  # whatever it accepts, it writes back the same
+
+
+def test_module_and_pin_come_from_the_config_when_the_uri_has_neither(tmp_path, softhsm):
+    from ca.config import parse_config
+
+    cfg = parse_config(f'[signing]\npkcs11_module = "{softhsm.module}"\npkcs11_pin_file = "{softhsm.pin_file}"\n'
+                       .encode(), tmp_path / "ca.toml")
+    assert (str(cfg.pkcs11_module), cfg.pkcs11_pin_file) == (softhsm.module, softhsm.pin_file)
+    from ca.app import pkcs11_settings
+
+    backend = generate_in_token(softhsm.uri(softhsm.label(), module=False, pin_source=False), "ecdsa-p256",
+                                settings=pkcs11_settings(cfg))
+    assert backend.algorithm == "ecdsa-sha2-nistp256" and backend.sign(b"x")
+    backend.close()
+    with pytest.raises(UsageError, match="no PKCS#11 module"):
+        Pkcs11KeyBackend(softhsm.uri("x", module=False), settings=Pkcs11Settings())
+    with pytest.raises(SigningError, match="no token PIN"):
+        Pkcs11KeyBackend(backend.uri, settings=Pkcs11Settings(module_path=softhsm.module))

@@ -331,3 +331,21 @@ def test_install_trust_refuses_a_set_with_no_key_in_common_unless_replace(tmp_pa
     update = install_trust(_line(b) + "\n", out, replace=True)
     assert update.changed and out.read_text().split()[1] == _line(b).split()[1]
     assert install_trust(_line(b) + "\n", out).changed is False
+
+
+# The trust file parser reads what the network gave: fuzzed (docs/security.md rule 21).
+
+from hypothesis import given  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from ca.client.trust import parse_trust_lines  # noqa: E402
+
+
+@given(st.text(max_size=400))
+def test_trust_parser_on_arbitrary_text(text):
+    try:
+        keys = parse_trust_lines(text)
+    except CAError as e:
+        assert "\n" not in str(e)
+        return
+    assert keys and all(fp.startswith("SHA256:") for fp in keys)

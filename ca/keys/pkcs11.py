@@ -102,7 +102,10 @@ class Pkcs11URI:
                     raise UsageError(f"unsupported PKCS#11 URI attribute {name[:40]!r}")
                 if name in values or any(n == name for n, _ in extra):
                     raise UsageError(f"PKCS#11 URI attribute {name!r} given twice")
-                raw = unquote(value, errors="strict") if name != "id" else None
+                try:
+                    raw = unquote(value, errors="strict") if name != "id" else None
+                except UnicodeDecodeError:
+                    raise UsageError(f"PKCS#11 URI attribute {name!r} is not UTF-8 once percent-decoded") from None
                 if name == "id":
                     values["id"] = bytes(_unquote_bytes(value))
                 elif name == "type":
