@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.installed
 
-.PHONY: run test venv sshd oidc bench bench-quick clean
+.PHONY: run test venv sshd oidc bench bench-quick clean softhsm
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -40,11 +40,22 @@ oidc:
 	@if command -v npm >/dev/null 2>&1 && [ ! -d tests/oidc/node_modules/oidc-provider ]; then \
 	  cd tests/oidc && npm ci --no-audit --no-fund --loglevel=error; \
 	fi
+# The PKCS#11 tests keep a CA key in a SoftHSM2 token (Debian's softhsm2: the module and
+# softhsm2-util). Installed the same way as sshd; missing, those tests skip loudly (fail under CI=true).
+softhsm:
+	@if ! command -v softhsm2-util >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing softhsm2"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq softhsm2 >/dev/null; \
+	  else \
+	    echo "softhsm2 not found and cannot install it (not root or no apt): PKCS#11 tests will be skipped"; \
+	  fi; \
+	fi
 
 run: $(STAMP)
 	$(BIN)/iast-ca run
 
-test: $(STAMP) sshd oidc
+test: $(STAMP) sshd oidc softhsm
 	$(BIN)/python -m pytest -q
 
 # Speed is measured here, never asserted in a test: figures next to same-run baselines.

@@ -45,6 +45,7 @@ from ca.errors import CAError, StateError
 from ca.issuance.authority import Authority
 from ca.issuance.signer import Signer
 from ca.keys.keyring import Keyring, read_passphrase
+from ca.keys.pkcs11 import Pkcs11Settings
 from ca.policy import Policy, load_policy
 from ca.state import StatePaths
 from ca.store import AuditLog
@@ -78,9 +79,16 @@ def load_keyring(paths: StatePaths) -> Keyring:
     return Keyring.load(paths.root)
 
 
-def load_signer(keyring: Keyring, passphrase: bytes | None) -> Signer:
-    """Unlock the active CA key: the one place the CA's private key is loaded."""
-    return Signer(keyring.open_signer(passphrase))
+def pkcs11_settings(cfg: Config) -> Pkcs11Settings:
+    """The config's defaults for keys held in a PKCS#11 token (module, PIN file)."""
+    return Pkcs11Settings(module_path=cfg.pkcs11_module, pin_file=cfg.pkcs11_pin_file)
+
+
+def load_signer(keyring: Keyring, passphrase: bytes | None, cfg: Config | None = None) -> Signer:
+    """Open the active CA key (a file unlocked now, or a token key opened on first use):
+    the one place the CA's private key is loaded."""
+    settings = pkcs11_settings(cfg) if cfg is not None else None
+    return Signer(keyring.open_signer(passphrase, settings))
 
 
 def read_policy(cfg: Config) -> Policy:
@@ -149,8 +157,7 @@ class CA:
 
     def _authority(self, *, approvals: Approvals | None, online: bool) -> Authority:
         keyring = self.keyring
-        passphrase = self._passphrase if self._passphrase is not None else read_passphrase(self.cfg.passphrase_file)
-        signer = load_signer(keyring, passphrase)
+        signer = load_signer(keyring, self._ca_passphrase(), self.cfg)
         policy = self._policy
         audit = self.audit
         return Authority(
@@ -165,14 +172,36 @@ class CA:
             online=online,
         )
 
+    def _ca_passphrase(self) -> bytes | None:
+        return self._passphrase if self._passphrase is not None else read_passphrase(self.cfg.passphrase_file)
+
     def krl(self) -> bytes:
         """The current KRL, built from the database (its version moves only when its content does)."""
         return build_current_krl(self.audit, self.keyring).data
 
-    def reload_keyring(self) -> None:
-        """SIGHUP: read ``keyring.json`` again (trust lines, KRL). Raises StateError, keeping the old one,
-        if it cannot be read. The signing key stays the one unlocked at start."""
-        self.keyring = load_keyring(self.paths)
+    def reload_keyring(self) -> str | None:
+        """SIGHUP: read ``keyring.json`` again (trust lines, KRL), and if another key was activated
+        ('iast-ca key activate'), open it and sign with it from the next request on.
+
+        All or nothing: if the file cannot be read, or the new active key cannot be opened (a wrong
+        passphrase, a token that is absent or refuses the PIN), CAError is raised and the old keyring
+        and signer stay. Returns the new active fingerprint when the signer changed, else None."""
+        new = load_keyring(self.paths)
+        authority = self.__dict__.get("authority")
+        changed = None
+        if authority is not None and new.active.fingerprint != authority.ca_fingerprint:
+            signer = load_signer(new, self._ca_passphrase(), self.cfg)
+            check = getattr(signer.backend, "check", None)
+            if check is not None:
+                check()  # a token key: log in and compare its public key now, not at the next request
+            old = authority.signer
+            authority.signer, authority.ca_fingerprint = signer, new.active.fingerprint
+            old.backend.close()
+            changed = new.active.fingerprint
+            authority.audit.record("ca_key_reloaded", {"active": changed, "name": new.active.name,
+                                                       "backend": new.active.backend})
+        self.keyring = new
+        return changed
 
     def reload_policy(self) -> str:
         """SIGHUP: read the policy file again; swap it in only if it is valid. Audited either way
@@ -231,6 +260,9 @@ class CA:
 
     def close(self) -> None:
         """Close the database connections opened so far (the parts built on them go with them)."""
+        authority = self.__dict__.get("authority")
+        if authority is not None:
+            authority.signer.backend.close()  # a token session (a file key holds nothing)
         closed = []
         for name in ("auth_audit", "audit"):
             part = self.__dict__.get(name)

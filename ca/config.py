@@ -85,6 +85,10 @@ class Config:
     min_rsa_bits: int = DEFAULT_MIN_RSA_BITS
     principal_pattern: str = DEFAULT_PRINCIPAL_PATTERN
     passphrase_file: Path | None = None
+    # A CA key in a PKCS#11 token (ca.keys.pkcs11): the module, unless the key's URI names one,
+    # and the file holding the token PIN (else the systemd credential 'pkcs11-pin').
+    pkcs11_module: Path | None = None
+    pkcs11_pin_file: Path | None = None
     listen_host: str = "127.0.0.1"
     listen_port: int = 2222
     login_timeout: int = 30
@@ -120,7 +124,8 @@ def default_config() -> Config:
 
 _KEYS = {
     "": {"state_dir", "policy", "signing", "server", "throttle", "on_request", "oidc", "workload"},
-    "signing": {"clock_skew", "min_rsa_bits", "principal_pattern", "passphrase_file"},
+    "signing": {"clock_skew", "min_rsa_bits", "principal_pattern", "passphrase_file", "pkcs11_module",
+                "pkcs11_pin_file"},
     "server": {"listen", "login_timeout", "max_unauthenticated", "max_request_bytes", "drain_timeout"},
     "throttle": {"user_failures", "address_failures", "window", "lockout", "max_backoff"},
 }
@@ -212,6 +217,10 @@ def parse_config(data: bytes, path: str | Path) -> Config:
     if "passphrase_file" in signing:
         _expect(isinstance(signing["passphrase_file"], str), where, "signing.passphrase_file", "a path")
         values["passphrase_file"] = base / signing["passphrase_file"]
+    for name in ("pkcs11_module", "pkcs11_pin_file"):
+        if name in signing:
+            _expect(isinstance(signing[name], str) and signing[name], where, f"signing.{name}", "a path")
+            values[name] = base / signing[name]
     if "on_request" in top:
         hook = top["on_request"]
         _expect(isinstance(hook, list) and hook and all(isinstance(a, str) and a for a in hook)

@@ -2,7 +2,8 @@
 
     STATE/                 mode 0700
       keyring.json         which CA keys exist, which one signs (written last by init)
-      ca-keys/NAME         CA private keys (OpenSSH format, 0600, encrypted with a passphrase)
+      ca-keys/NAME         CA private keys held in files (OpenSSH format, 0600, encrypted with a
+                           passphrase); a key held in a PKCS#11 token has no file, only its URI
       audit-key, .pub      signs audit checkpoints; never the CA key
       host-key, .pub       the CA service's own SSH host key (clients pin it)
       ca.db                the audit database

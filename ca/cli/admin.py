@@ -17,6 +17,7 @@ from ca import __version__
 from ca.cli.audit_cmds import audit
 from ca.cli.common import Group, echo_json, output_options
 from ca.cli.context import DURATION, Env, pass_env
+from ca.cli.key_cmds import key
 from ca.cli.policy_cmds import policy
 from ca.cli.requests_cmds import requests
 from ca.cli.review_cmds import correlate, report
@@ -87,10 +88,12 @@ def init(env: Env, key_type: str, fmt: str) -> None:
 @click.option("--host-pattern", default="*", show_default=True, help="Host pattern for --format known-hosts.")
 @pass_env
 def trust(env: Env, fmt: str, host_pattern: str) -> None:
-    """Print the trusted CA public keys.
+    """Print every trusted CA public key: the active key, a 'next' key being rolled in,
+    and previous keys not yet retired ('iast-ca key list' shows which is which).
 
     The default output is a TrustedUserCAKeys file for sshd; known-hosts
-    prints '@cert-authority PATTERN KEY' lines for clients.
+    prints '@cert-authority PATTERN KEY' lines for clients. Hosts can fetch
+    it from the service on a timer: 'iast-ssh host fetch-trust'.
 
     \b
     Example:
@@ -161,6 +164,7 @@ def sign(env: Env, user: str, role: str | None, ttl: int | None, reason: str | N
         )
 
 
+cli.add_command(key)
 cli.add_command(policy)
 cli.add_command(audit)
 audit.add_command(correlate)

@@ -430,6 +430,8 @@ def host() -> None:
     Example:
       iast-ssh host fetch-krl --ca ca.example.com:2222 --ca-fingerprint SHA256:... \\
         -l krl-web1 -i /etc/ssh/ssh_host_ed25519_key --out /etc/ssh/iast-revoked.krl
+      iast-ssh host fetch-trust --ca ca.example.com:2222 --ca-fingerprint SHA256:... \\
+        -l krl-web1 -i /etc/ssh/ssh_host_ed25519_key --out /etc/ssh/iast-user-ca.pub
     """
 
 
@@ -461,6 +463,40 @@ def fetch_krl(make_client, out: str, fmt: str) -> None:
         echo_json({"path": out, "version": new, "previous_version": old})
     else:
         click.echo(f"{out}: KRL version {new}" + (f" (was {old})" if old is not None else " (new file)"))
+
+
+@host.command("fetch-trust")
+@ca_options
+@click.option("--out", "out", required=True, type=click.Path(dir_okay=False),
+              help="The file sshd reads as TrustedUserCAKeys.")
+@click.option("--replace", is_flag=True, help="Accept a set of CA keys that shares no key with the installed one.")
+@output_options(csv_ok=False)
+def fetch_trust(make_client, out: str, replace: bool, fmt: str) -> None:
+    """Fetch the CA keys to trust and install them for sshd, keeping the last good file on any failure.
+
+    The CA publishes every key hosts must trust: the active one, a new one
+    about to sign, and old ones whose certificates are still valid (see
+    'iast-ca key'). Run it on a timer (systemd/iast-trust-refresh.timer) so a
+    rotation reaches every host before the new key signs. A fetched set that
+    is empty, malformed, or shares no key with the installed one is refused
+    (exit 1) and the installed file stays.
+
+    \b
+    Example:
+      iast-ssh host fetch-trust --ca ca:2222 --ca-fingerprint SHA256:... -l krl-web1 \\
+        -i /etc/ssh/ssh_host_ed25519_key --out /etc/ssh/iast-user-ca.pub
+    """
+    from ca.client import install_trust
+
+    client = make_client()
+    update = install_trust("\n".join(client.ca_keys()) + "\n", out, replace=replace)
+    if fmt == "json":
+        echo_json(update.as_json())
+        return
+    click.echo(f"{out}: {len(update.keys)} trusted CA key(s)"
+               + (f", added {', '.join(update.added)}" if update.added else "")
+               + (f", removed {', '.join(update.removed)}" if update.removed else "")
+               + ("" if update.changed else " (unchanged)"))
 
 
 def main() -> None:

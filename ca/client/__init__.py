@@ -22,9 +22,10 @@ from ca.client.files import (
     install_krl,
     write_files,
 )
+from ca.client.trust import TrustUpdate, install_trust
 from ca.client.results import HeldCertificate, LoginResult, LogoutResult, Status
 
 __all__ = ["AUTH_FAILED_MESSAGE", "CERT_FILE", "DEFAULT_CA", "KEY_FILE", "Client", "ClientConfig", "HeldCertificate",
            "LoginResult", "LogoutResult", "Prompter", "Status", "agent_socket", "check_fingerprint", "config_path",
-           "default_out_dir", "install_krl", "load_config", "logout", "parse_address", "save_config", "status",
+           "default_out_dir", "install_krl", "install_trust", "TrustUpdate", "load_config", "logout", "parse_address", "save_config", "status",
            "write_files"]

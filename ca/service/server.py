@@ -127,7 +127,9 @@ class Service:
     async def reload(self) -> None:
         """SIGHUP: the keyring (trust lines, KRL) and the policy, read again."""
         try:
-            await self.executors.on_issue(self.ca.reload_keyring)
+            active = await self.executors.on_issue(self.ca.reload_keyring)
+            if active:
+                event("signing with a new CA key", fingerprint=active)
         except CAError as e:
             event("keyring reload refused; keeping the old keyring", error=e.message)
         try:

@@ -130,6 +130,8 @@ class CertificateReads(Protocol):
     def any_for_user(self, username: str) -> bool: ...
     def signed_by(self, ca_fingerprint: str, cutoff: int) -> tuple[int, int]:
         """(certificates signed by this CA key, how many of them have ``valid_before > cutoff``)."""
+    def last_expiry(self, ca_fingerprint: str) -> int | None:
+        """The latest ``valid_before`` of a certificate this CA key signed (None if it signed none)."""
 
 
 class UserReads(Protocol):

@@ -138,3 +138,7 @@ class Certificates:
             "SELECT count(*), sum(valid_before > ?) FROM certificates WHERE ca_fingerprint = ?",
             (cutoff, ca_fingerprint)).fetchone()
         return count, unexpired or 0
+
+    def last_expiry(self, ca_fingerprint: str) -> int | None:
+        return self.conn.execute("SELECT max(valid_before) FROM certificates WHERE ca_fingerprint = ?",
+                                 (ca_fingerprint,)).fetchone()[0]
