@@ -5,9 +5,9 @@ in ten revoked, scattered: what revoking users and keys over a long life
 leaves behind), all under one CA key. Ours: ``CertRevocations.of(serials)``
 + ``build_krl`` (ca/krl.py), in-process. Theirs: ``ssh-keygen -k -s CA.pub``
 on a spec file of ``serial: N`` lines (written beforehand, not timed), as
-a process. Targets: size <= 1.1x and time <= 2x ssh-keygen's. Each KRL is
-then read back with ``ssh-keygen -Q -l`` (a KRL sshd cannot read would
-lock everyone out).
+a process. Both sides: the best of 3 runs up to 100k, one run at 1M.
+Targets: size <= 1.1x and time <= 2x ssh-keygen's. Each KRL is then read
+back with ``ssh-keygen -Q -l`` (a KRL sshd cannot read would lock everyone out).
 
 ca/krl.py is being written alongside this suite: if it cannot be imported,
 the scenario is skipped with a note.
@@ -46,11 +46,15 @@ def run(quick: bool, profile: bool = False, results_dir: Path | None = None) -> 
             spec = work / f"spec-{n}"
             spec.write_text("".join(f"serial: {s}\n" for s in serials))
             theirs_path = work / f"keygen-{n}.krl"
-            t0 = time.perf_counter()
-            subprocess.run([keygen, "-q", "-k", "-f", str(theirs_path), "-s", str(ca_pub), str(spec)], check=True,
-                           stdin=subprocess.DEVNULL, capture_output=True)
-            theirs_t = time.perf_counter() - t0
-            reps = 3 if n <= 100_000 else 1
+            reps = 3 if n <= 100_000 else 1  # the best of as many runs for both sides
+            theirs_t = None
+            for _ in range(reps):
+                theirs_path.unlink(missing_ok=True)
+                t0 = time.perf_counter()
+                subprocess.run([keygen, "-q", "-k", "-f", str(theirs_path), "-s", str(ca_pub), str(spec)],
+                               check=True, stdin=subprocess.DEVNULL, capture_output=True)
+                t = time.perf_counter() - t0
+                theirs_t = t if theirs_t is None else min(theirs_t, t)
             best = None
             for _ in range(reps):
                 t0 = time.perf_counter()

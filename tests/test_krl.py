@@ -428,6 +428,45 @@ def test_large_sets_round_trip_and_bitmaps_stay_readable(width, density, seed):
     assert parse_krl(data).certs[CA_BLOB] == CertRevocations.of(serials)
 
 
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.one_of(st.integers(1, 400), st.integers(MAX_SERIAL - 50, MAX_SERIAL)), max_size=60))
+def test_the_fast_path_of_of_matches_the_checked_one(serials):
+    # CertRevocations.of takes plain int serials through a C-level path (no per-serial checks);
+    # unsorted, duplicated or not, it must mean exactly what the range-by-range path means.
+    fast = CertRevocations.of(serials)
+    slow = CertRevocations(tuple((s, s) for s in serials))
+    assert fast == slow and fast.ranges == slow.ranges and hash(fast) == hash(slow)
+    assert fast.serial_count == len(set(serials)) and bool(fast) == bool(serials)
+    assert all(fast.revokes_serial(s) for s in serials)
+    assert not any(fast.revokes_serial(s) for s in range(0, 402) if s not in serials)
+
+
+def test_the_fast_path_keeps_every_refusal():
+    for bad in ([0], [5, 0, 3], [MAX_SERIAL + 1], [1, MAX_SERIAL + 1], [-1]):
+        with pytest.raises(KRLError, match="serial 0 cannot be revoked"):
+            CertRevocations.of(bad)
+    for bad in ([1, True], [1, 2.0], ["3"]):
+        with pytest.raises(KRLError, match="integers"):
+            CertRevocations.of(bad)
+    with pytest.raises(KRLError, match="key ID"):
+        CertRevocations.of([1], key_ids=["a\x00b"])
+    rc = CertRevocations.of([1, 2])
+    with pytest.raises(AttributeError):
+        rc.key_ids = frozenset({"x"})  # type: ignore[misc]
+
+
+def test_a_run_too_long_for_a_bitmap_among_dense_serials(work):
+    # A run longer than a bitmap may span, between dense stretches that want bitmaps:
+    # no bitmap may reach over it, and OpenSSH must read every bitmap back.
+    rnd = random.Random(7)
+    serials = [s for s in range(1, 30_000) if rnd.random() < 0.3] + list(range(30_000, 50_000)) + \
+              [s for s in range(50_001, 90_000) if rnd.random() < 0.3]
+    data = build_krl(1, certs={CA_BLOB: CertRevocations.of(serials)}, generated=0)
+    assert parse_krl(data).certs[CA_BLOB] == CertRevocations.of(serials)
+    r = keygen_loads(data, work)
+    assert r.returncode == 0, r.stderr
+
+
 # --------------------------------------------------------------------------
 # Round trips and fuzzing (rule 21)
 
