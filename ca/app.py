@@ -35,6 +35,7 @@ from ca.access.approvals import Approvals
 from ca.access.revocation import build_current_krl
 from ca.auth.base import Authenticator
 from ca.auth.guard import Guard
+from ca.auth.hosts import HostKeyAuthenticator, JoinTokenAuthenticator
 from ca.auth.password_totp import PasswordTotpAuthenticator
 from ca.auth.pubkey import PublicKeyAuthenticator
 from ca.auth.throttle import Throttle
@@ -43,6 +44,7 @@ from ca.config import Config
 from ca.errors import CAError, StateError
 from ca.issuance.authority import Authority
 from ca.issuance.signer import Signer
+from ca.keys.hostca import host_ca_public, open_host_ca
 from ca.keys.keyring import Keyring, read_passphrase
 from ca.policy import Policy, load_policy
 from ca.state import StatePaths
@@ -80,6 +82,15 @@ def load_keyring(paths: StatePaths) -> Keyring:
 def load_signer(keyring: Keyring, passphrase: bytes | None) -> Signer:
     """Unlock the active CA key: the one place the CA's private key is loaded."""
     return Signer(keyring.open_signer(passphrase))
+
+
+def load_host_signer(paths: StatePaths, passphrase: bytes | None, audit: AuditLog) -> tuple[Signer, str]:
+    """Unlock the host CA key (a key of its own: ca.keys.hostca); a CA made before host
+    certificates gets one here, on first use, and the audit log says so (``host_ca_created``)."""
+    host_ca = open_host_ca(paths.root, passphrase, create=True)
+    if host_ca.created:
+        audit.record("host_ca_created", {"fingerprint": host_ca.fingerprint, "public": host_ca.public})
+    return Signer(host_ca.backend), host_ca.fingerprint
 
 
 def read_policy(cfg: Config) -> Policy:
@@ -152,6 +163,7 @@ class CA:
         signer = load_signer(keyring, passphrase)
         policy = self._policy
         audit = self.audit
+        paths = self.paths
         return Authority(
             policy=policy,
             signer=signer,
@@ -162,11 +174,26 @@ class CA:
             clock=self.clock,
             approvals=approvals,
             online=online,
+            host_ca=lambda: load_host_signer(paths, passphrase, audit),
         )
+
+    @property
+    def host_ca_public(self) -> str | None:
+        """The host CA's public key line (None before it exists); needs no passphrase."""
+        return host_ca_public(self.paths.root)
+
+    def host_known_hosts_lines(self) -> list[str]:
+        """``@cert-authority PATTERNS KEY``: the host CA, trusted for the names the host policy
+        certifies, and for no other (one line; none without a host CA key or a host role)."""
+        public, patterns = self.host_ca_public, self.policy.known_hosts_patterns()
+        if not public or not patterns:
+            return []
+        return [f"@cert-authority {','.join(patterns)} {' '.join(public.split()[:2])}"]
 
     def krl(self) -> bytes:
         """The current KRL, built from the database (its version moves only when its content does)."""
-        return build_current_krl(self.audit, self.keyring).data
+        extra = (self.host_ca_public,) if self.host_ca_public else ()
+        return build_current_krl(self.audit, self.keyring, extra_ca_keys=extra).data
 
     def reload_keyring(self) -> None:
         """SIGHUP: read ``keyring.json`` again (trust lines, KRL). Raises StateError, keeping the old one,
@@ -213,6 +240,8 @@ class CA:
         """Every way to log in, in the order they are offered. A new provider is one line here."""
         return (
             PublicKeyAuthenticator(self.auth_users, key_revoked(self.auth_audit)),
+            HostKeyAuthenticator(self.auth_audit),  # host:NAME accounts only (host renew)
+            JoinTokenAuthenticator(self.auth_audit),  # host:NAME accounts only (host enroll); before passwords
             PasswordTotpAuthenticator(self.auth_users),
         )
 

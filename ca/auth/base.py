@@ -125,6 +125,11 @@ class InteractiveAuthenticator(Authenticator):
 
     ssh_method = "keyboard-interactive"
 
+    def accepts(self, user: str) -> bool:
+        """Whether this authenticator answers for ``user`` (the service asks the first that does).
+        Every name by default; a host's join token answers for ``host:NAME`` accounts only."""
+        return True
+
     @abstractmethod
     def begin(self, user: str, address: str) -> Conversation:
         """A new conversation for ``user`` (any name: unknown names take the same path, rule 14)."""

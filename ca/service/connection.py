@@ -115,7 +115,7 @@ class Connection(asyncssh.SSHServer):
         return bool(self._interactive)
 
     async def get_kbdint_challenge(self, username: str, lang: str, submethods: str):
-        authn = self._interactive[0]
+        authn = next((a for a in self._interactive if a.accepts(username)), self._interactive[0])
         conversation = authn.begin(username, self.address)
         self._conversation = (authn, conversation)
         return (await conversation.start()).as_asyncssh()

@@ -30,12 +30,14 @@ Versions:
    revocations, krl_state, requests, approvals) created with the schema
    instead of lazily by its module. ``logins`` stays created on demand
    (by the first ``correlate``): its presence tells the report that sshd
-   logs were ever correlated.
+   logs were ever correlated;
+4. ``join_tokens``: one-time host join tokens (``iast-ca host token``), kept
+   as the SHA-256 of their secret, used at most once.
 """
 
 from __future__ import annotations
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 # The columns of an event row, in the order the chain hashes them (the first
 # nine; see ca.audit.chain.canonical) and every reader reads them.
@@ -47,6 +49,8 @@ REQUEST_COLUMNS = ("id", "username", "role", "ttl", "reason", "status", "created
                    "used_serial")
 REVOCATION_COLUMNS = ("id", "kind", "value", "serial", "ca_fingerprint", "public", "reason", "actor", "event_id",
                       "created")
+JOIN_TOKEN_COLUMNS = ("id", "secret_sha256", "host", "role", "created", "expires_at", "used_at", "used_serial",
+                      "event_id")
 REQUEST_STATUSES = ("pending", "approved", "denied", "cancelled", "expired", "used")
 REVOCATION_KINDS = ("serial", "key_id", "key", "ca_key", "user")
 
@@ -192,6 +196,29 @@ REQUESTS = (
     )""",
 )
 
+# One-time host join tokens (ca.issuance.authority, iast-ca host token). Only the SHA-256 of the
+# secret is kept: the database alone cannot enrol a host. A token is used at most once (used_at is
+# set, in the issuing transaction, only while it is NULL) and never changes otherwise.
+JOIN_TOKENS = (
+    """CREATE TABLE IF NOT EXISTS join_tokens (
+        id TEXT PRIMARY KEY,
+        secret_sha256 TEXT NOT NULL,
+        host TEXT NOT NULL,
+        role TEXT NOT NULL,
+        created INTEGER NOT NULL,
+        expires_at INTEGER NOT NULL,
+        used_at INTEGER,
+        used_serial INTEGER,
+        event_id INTEGER NOT NULL REFERENCES events(id)
+    )""",
+    """CREATE TRIGGER IF NOT EXISTS join_tokens_once BEFORE UPDATE ON join_tokens
+       WHEN OLD.used_at IS NOT NULL OR NEW.id IS NOT OLD.id OR NEW.secret_sha256 IS NOT OLD.secret_sha256
+            OR NEW.host IS NOT OLD.host OR NEW.role IS NOT OLD.role OR NEW.expires_at IS NOT OLD.expires_at
+       BEGIN SELECT RAISE(ABORT, 'a join token is used once and never changed'); END""",
+    """CREATE TRIGGER IF NOT EXISTS join_tokens_no_delete BEFORE DELETE ON join_tokens
+       BEGIN SELECT RAISE(ABORT, 'join tokens cannot be deleted'); END""",
+)
+
 # sshd logins correlated with issuances (ca.review.correlate). Created on demand, by the first
 # correlate run, not with the schema: whether it exists tells the report that logs were correlated.
 LOGINS = (
@@ -230,7 +257,7 @@ LOGINS_OBJECTS = frozenset({"logins", "logins_serial", "logins_ts", "logins_run"
                             "logins_no_update", "logins_no_delete"})
 
 # Everything a database at SCHEMA_VERSION has (LOGINS comes on demand).
-CURRENT = EVENTS + CERTIFICATES + USERS + THROTTLE + REVOCATIONS + REQUESTS
+CURRENT = EVENTS + CERTIFICATES + USERS + THROTTLE + REVOCATIONS + REQUESTS + JOIN_TOKENS
 
 # -- migrations ------------------------------------------------------------------------
 #
@@ -273,7 +300,8 @@ MIGRATIONS: dict[int, tuple] = {
         (RENAME, "certificates", "user", "username"),
         (RENAME, "user_keys", "user", "username"),
         (RENAME, "requests", "user", "username"),
-        *CURRENT,
+        *EVENTS, *CERTIFICATES, *USERS, *THROTTLE, *REVOCATIONS, *REQUESTS,
     ),
+    4: JOIN_TOKENS,
 }
 assert sorted(MIGRATIONS) == list(range(1, SCHEMA_VERSION + 1))
