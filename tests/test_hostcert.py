@@ -10,6 +10,7 @@ a name the policy gives it, and refuses it under any other name.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -186,6 +187,9 @@ def test_enrolled_host_is_verified_by_plain_ssh_under_its_policy_names_only(env)
     line = kh.read_text()
     assert line.startswith("@cert-authority web-*.prod.example.com,web-* ssh-ed25519 ")
     assert len(line.strip().splitlines()) == 1
+    # The host CA is a key of its own: not one the hosts trust for user certificates.
+    host_ca = line.split()[3]
+    assert host_ca not in " ".join(env["ca"].trust_lines())
     # Before enrolment the host presents a plain key: with only the CA line, ssh refuses it.
     before = sshd.ssh_as(KNOWN_NAME, key, kh)
     assert before.returncode == 255 and "Host key verification failed" in before.stderr, before.stderr
@@ -225,6 +229,10 @@ def test_a_token_works_once(env):
     first = enroll(env, token, pub, out)
     assert first.exit_code == 0, first.output
     kept = out.read_bytes()
+    # Only the SHA-256 of the secret is stored: the database alone enrols nothing.
+    secret = token.read_text().strip().split(".")[3]
+    db = b"".join(p.read_bytes() for p in env["ca"].state_dir.glob("ca.db*"))
+    assert secret.encode() not in db and hashlib.sha256(secret.encode()).hexdigest().encode() in db
     again = enroll(env, token, pub, out)
     assert again.exit_code == 4, again.output
     assert len([ln for ln in again.output.splitlines() if ln.strip()]) == 1 and "refused the join token" in again.output
@@ -371,11 +379,16 @@ def test_host_logins_run_host_commands_only(env):
         async with asyncssh.connect("127.0.0.1", service.port, username="host:web-10",
                                     known_hosts=str(service.known_hosts()), client_factory=Token, client_keys=None,
                                     agent_path=None, preferred_auth=["keyboard-interactive"]) as conn:
-            return await conn.run("sign --role dev", input=env["user_key"].with_suffix(".pub").read_text(),
-                                  check=False)
+            return await conn.run("sign --role dev", check=False)  # refused before stdin is read
 
     result = asyncio.run(run())
     assert result.exit_status == 4 and "sign is a command for users" in result.stderr
+    # And a user's login runs no host command, whatever it sends.
+    bob = make_user_key(env["work"] / "bob")
+    assert env["ca"].cli("user", "add", "bob", "--key", str(bob.with_suffix(".pub"))).exit_code == 0
+    r = service.ssh("bob", bob, "host-enroll --json")
+    assert r.returncode == 4 and "host-enroll is a command for hosts" in r.stderr, r.stderr
+    assert not [e for e in events(env, "host_issued") if e["user"] in ("bob", "host:bob")]
 
 
 # -- revocation reaches the client's KRL ----------------------------------------------------------
