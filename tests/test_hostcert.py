@@ -408,3 +408,79 @@ def test_revoked_host_is_refused_by_ssh_with_the_krl(env):
     r = renew(env, sshd.host_key, sshd.dropin_dir / "host_ed25519_key-cert.pub")
     assert r.exit_code == 3 and "revoked" in r.output, r.output
     assert os.path.exists(krl)
+
+
+# -- the token is used inside the issuing transaction; parsers never crash ------------------------
+
+
+def test_two_enrolments_racing_with_one_token_get_one_certificate(tmp_path):
+    """Both pass the check made before the transaction; the one made inside it lets only one through."""
+    import threading
+
+    from ca.app import open_ca
+    from ca.auth.hosts import parse_join_token
+    from ca.config import default_config
+    from ca.issuance.hosts import create_join_token
+    from ca.models import HostRequest, Identity
+
+    (tmp_path / "policy.toml").write_text(POLICY)
+    ca = IastCA.create(tmp_path / "state", tmp_path / "policy.toml")
+    cfg = default_config().with_overrides(state_dir=str(ca.state_dir), policy=str(ca.policy_path))
+    with open_ca(cfg) as one:
+        made = create_join_token(one.audit, one.policy, host="web-1", role="prod", ttl=600, operator="t",
+                                 now=int(time.time()))
+    token = parse_join_token(made.token.text)
+    identity = Identity(user="host:web-1", auth_methods=("join-token",), subject=token.token_id)
+    pub = make_user_key(tmp_path / "k").with_suffix(".pub").read_text()
+    barrier, outcomes = threading.Barrier(2), []
+
+    def enrol():
+        with open_ca(cfg) as mine:
+            authority = mine.authority
+            authority.host_ca()  # unlock first, so both race on the transaction alone
+            barrier.wait()
+            try:
+                outcomes.append(authority.issue_host(identity, HostRequest(
+                    public_key=pub, host="web-1", proof="token", token_id=token.token_id)).serial)
+            except PolicyDenied as e:
+                outcomes.append(e.message)
+
+    threads = [threading.Thread(target=enrol) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    serials = [o for o in outcomes if isinstance(o, int)]
+    assert len(serials) == 1 and len(outcomes) == 2, outcomes
+    assert "already used" in next(o for o in outcomes if isinstance(o, str))
+    with open_ca(cfg) as after:
+        assert after.audit.join_tokens.get(token.token_id).used_serial == serials[0]
+
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(max_size=120))
+def test_join_token_parser_refuses_cleanly(text):
+    from ca.auth.hosts import parse_join_token
+    from ca.errors import UsageError
+
+    try:
+        token = parse_join_token(text)
+    except UsageError:
+        return
+    assert parse_join_token(token.text) == token
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(max_size=80), st.one_of(st.none(), st.text(max_size=20)), st.one_of(st.none(), st.integers()))
+def test_decide_host_refuses_cleanly(host, role, ttl):
+    p = parse_policy(POLICY.encode())
+    try:
+        d = p.decide_host(host, role, ttl, 1_000_000, 60)
+    except PolicyDenied:
+        return
+    assert all(name.endswith(".prod.example.com") or name == host for name in d.principals)
+    assert host.startswith("web-") and d.ttl <= 30 * 86400

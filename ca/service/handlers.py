@@ -40,6 +40,8 @@ from ca.models import HostRequest, Identity, SignRequest
 from ca.rules import host_of_account
 from ca.service.observe import event
 from ca.service.protocol import COMMANDS, HELP, HOST_COMMANDS, SHARED_COMMANDS, Command
+from ca.sshcert.certificates import parse_certificate_line
+from ca.sshcert.wire import WireError
 
 if TYPE_CHECKING:
     from ca.service.server import Service
@@ -150,9 +152,6 @@ async def host_renew(c: Call) -> int:
     key_line = ""
     if len(parts) >= 2 and parts[0].endswith("-cert-v01@openssh.com"):
         # The certified key, from the certificate itself (the authority checks it is the login key).
-        from ca.sshcert.certificates import parse_certificate_line
-        from ca.sshcert.wire import WireError
-
         try:
             cert = parse_certificate_line(cert_line)
             key_line = f"{cert.key_type} {base64.b64encode(cert.public_key_blob).decode()}"

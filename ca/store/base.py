@@ -367,7 +367,8 @@ class Store(ABC):
 
 
 __all__ = [
-    "CertificateReads", "CertificateRow", "EventReads", "JoinTokenReads", "JoinTokenRow", "JoinTokenWrites", "RequestReads", "RequestRow", "RequestWrites",
+    "CertificateReads", "CertificateRow", "EventReads", "JoinTokenReads", "JoinTokenRow", "JoinTokenWrites",
+    "RequestReads", "RequestRow", "RequestWrites",
     "RevocationReads", "RevocationWrites", "Store", "ThrottleReads", "ThrottleWrites", "UnitOfWork",
     "UserReads", "UserRow", "UserWrites", "VerifyReport",
 ]

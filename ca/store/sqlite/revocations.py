@@ -33,7 +33,8 @@ class Revocations:
         return row[0] if row else None
 
     def revoked_at(self, kind: str, value: str) -> int | None:
-        row = self.conn.execute("SELECT created FROM revocations WHERE kind = ? AND value = ?", (kind, value)).fetchone()
+        row = self.conn.execute("SELECT created FROM revocations WHERE kind = ? AND value = ?",
+                                (kind, value)).fetchone()
         return row[0] if row else None
 
     def all(self) -> list[tuple]:
