@@ -36,6 +36,7 @@ from ca.access.revocation import build_current_krl
 from ca.auth.base import Authenticator
 from ca.auth.guard import Guard
 from ca.auth.oidc import OIDCAuthenticator
+from ca.auth.hosts import HostKeyAuthenticator, JoinTokenAuthenticator
 from ca.auth.password_totp import PasswordTotpAuthenticator
 from ca.auth.pubkey import PublicKeyAuthenticator
 from ca.auth.throttle import Throttle
@@ -44,6 +45,7 @@ from ca.config import Config
 from ca.errors import CAError, StateError
 from ca.issuance.authority import Authority
 from ca.issuance.signer import Signer
+from ca.keys.hostca import host_ca_public, open_host_ca
 from ca.keys.keyring import Keyring, read_passphrase
 from ca.keys.pkcs11 import Pkcs11Settings
 from ca.policy import Policy, load_policy
@@ -89,6 +91,15 @@ def load_signer(keyring: Keyring, passphrase: bytes | None, cfg: Config | None =
     the one place the CA's private key is loaded."""
     settings = pkcs11_settings(cfg) if cfg is not None else None
     return Signer(keyring.open_signer(passphrase, settings))
+
+
+def load_host_signer(paths: StatePaths, passphrase: bytes | None, audit: AuditLog) -> tuple[Signer, str]:
+    """Unlock the host CA key (a key of its own: ca.keys.hostca); a CA made before host
+    certificates gets one here, on first use, and the audit log says so (``host_ca_created``)."""
+    host_ca = open_host_ca(paths.root, passphrase, create=True)
+    if host_ca.created:
+        audit.record("host_ca_created", {"fingerprint": host_ca.fingerprint, "public": host_ca.public})
+    return Signer(host_ca.backend), host_ca.fingerprint
 
 
 def read_policy(cfg: Config) -> Policy:
@@ -157,9 +168,11 @@ class CA:
 
     def _authority(self, *, approvals: Approvals | None, online: bool) -> Authority:
         keyring = self.keyring
-        signer = load_signer(keyring, self._ca_passphrase(), self.cfg)
+        passphrase = self._ca_passphrase()
+        signer = load_signer(keyring, passphrase, self.cfg)
         policy = self._policy
         audit = self.audit
+        paths = self.paths
         return Authority(
             policy=policy,
             signer=signer,
@@ -170,14 +183,29 @@ class CA:
             clock=self.clock,
             approvals=approvals,
             online=online,
+            host_ca=lambda: load_host_signer(paths, passphrase, audit),
         )
 
     def _ca_passphrase(self) -> bytes | None:
         return self._passphrase if self._passphrase is not None else read_passphrase(self.cfg.passphrase_file)
 
+    @property
+    def host_ca_public(self) -> str | None:
+        """The host CA's public key line (None before it exists); needs no passphrase."""
+        return host_ca_public(self.paths.root)
+
+    def host_known_hosts_lines(self) -> list[str]:
+        """``@cert-authority PATTERNS KEY``: the host CA, trusted for the names the host policy
+        certifies, and for no other (one line; none without a host CA key or a host role)."""
+        public, patterns = self.host_ca_public, self.policy.known_hosts_patterns()
+        if not public or not patterns:
+            return []
+        return [f"@cert-authority {','.join(patterns)} {' '.join(public.split()[:2])}"]
+
     def krl(self) -> bytes:
         """The current KRL, built from the database (its version moves only when its content does)."""
-        return build_current_krl(self.audit, self.keyring).data
+        extra = (self.host_ca_public,) if self.host_ca_public else ()
+        return build_current_krl(self.audit, self.keyring, extra_ca_keys=extra).data
 
     def reload_keyring(self) -> str | None:
         """SIGHUP: read ``keyring.json`` again (trust lines, KRL), and if another key was activated
@@ -253,6 +281,8 @@ class CA:
         return (
             PublicKeyAuthenticator(self.auth_users, key_revoked(self.auth_audit)),
             *sso,
+            HostKeyAuthenticator(self.auth_audit),  # host:NAME accounts only (host renew)
+            JoinTokenAuthenticator(self.auth_audit),  # host:NAME accounts only (host enroll); before passwords
             PasswordTotpAuthenticator(self.auth_users),
         )
 

@@ -125,3 +125,69 @@ class Event:
     data: dict[str, Any] = field(default_factory=dict)
     prev_hash: str = ""
     hash: str = ""
+
+
+# -- host certificates ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class HostRequest:
+    """A request for a host certificate. Nothing here is trusted: the host policy decides.
+
+    ``proof`` says how the requester showed it may have one, and the
+    authority checks that proof inside the issuing transaction:
+    ``"operator"`` (offline ``iast-ca host sign``), ``"token"`` (a one-time
+    join token, ``token_id``; its role is the token's) or ``"renewal"``
+    (``certificate``: the host's current certificate, for the key it logged in with).
+    """
+
+    public_key: str  # the host's OpenSSH public key line
+    host: str
+    role: str | None = None
+    ttl: int | None = None
+    proof: str = "operator"
+    token_id: str | None = None
+    certificate: str | None = None  # renewal: the current certificate line
+
+
+@dataclass(frozen=True)
+class HostDecision:
+    """The final parameters of a host certificate, as the host policy approved them."""
+
+    host: str
+    role: str
+    principals: tuple[str, ...]  # the DNS names the host is certified for
+    valid_after: int
+    valid_before: int
+    ttl: int
+    policy_sha256: str
+
+
+@dataclass(frozen=True)
+class HostIssued:
+    """A signed, verified and audited host certificate."""
+
+    certificate: str
+    serial: int
+    key_id: str
+    decision: HostDecision
+    ca_fingerprint: str  # the host CA key that signed it
+    key_type: str
+    key_fingerprint: str
+    event_id: int
+
+    def as_json(self) -> dict[str, Any]:
+        d = self.decision
+        return {
+            "certificate": self.certificate,
+            "serial": self.serial,
+            "key_id": self.key_id,
+            "host": d.host,
+            "role": d.role,
+            "principals": list(d.principals),
+            "valid_after": d.valid_after,
+            "valid_before": d.valid_before,
+            "ca_fingerprint": self.ca_fingerprint,
+            "key_fingerprint": self.key_fingerprint,
+            "event_id": self.event_id,
+        }

@@ -83,3 +83,49 @@ def free_text(value: Any, what: str = "reason", *, limit: int = MAX_TEXT,
         if unicodedata.category(c) in _REFUSED_CATEGORIES:
             raise error(f"the {what} must be one line without control characters (found U+{ord(c):04X})")
     return text or None
+
+
+# -- host names -------------------------------------------------------------------
+# A host name (``--host web-1``) is one DNS label, lower case (RFC 1123: letters,
+# digits and inner hyphens, at most 63). It goes into key IDs, into the names a
+# host certificate is valid for (through ``{host}``), and into the CA's host
+# account ``host:NAME``; one rule keeps all three the same (docs/security.md,
+# "Host certificates").
+HOST_NAME_TEXT = "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"
+_HOST_LABEL = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
+# The account a host authenticates to the CA service as. ":" is never in a user
+# name (USER_NAME_TEXT), so no user can log in as a host, nor a host as a user.
+HOST_ACCOUNT_PREFIX = "host:"
+MAX_DNS_NAME = 253
+
+
+def is_host_name(name: Any) -> bool:
+    """True if ``name`` is an acceptable host name: one lower-case DNS label."""
+    return isinstance(name, str) and _HOST_LABEL.fullmatch(name) is not None
+
+
+def check_host_name(name: Any, error: type[CAError] = UsageError) -> str:
+    """``name`` if it is an acceptable host name, else ``error`` with a one-line message."""
+    if not is_host_name(name):
+        raise error(f"invalid host name {str(name)[:64]!r}: expected one DNS label, {HOST_NAME_TEXT}")
+    return name
+
+
+def is_dns_name(name: Any) -> bool:
+    """True if ``name`` is a lower-case DNS name (dot-separated host labels, at most 253
+    characters, no trailing dot): what a host certificate principal must be."""
+    return (isinstance(name, str) and 0 < len(name) <= MAX_DNS_NAME
+            and all(_HOST_LABEL.fullmatch(label) for label in name.split(".")))
+
+
+def host_account(host: str) -> str:
+    """The CA account of a host: ``host:NAME`` (also the ``username`` of its certificate rows)."""
+    return HOST_ACCOUNT_PREFIX + check_host_name(host)
+
+
+def host_of_account(account: Any) -> str | None:
+    """The host name of a ``host:NAME`` account, or None when ``account`` is not one."""
+    if isinstance(account, str) and account.startswith(HOST_ACCOUNT_PREFIX):
+        name = account[len(HOST_ACCOUNT_PREFIX):]
+        return name if is_host_name(name) else None
+    return None

@@ -6,6 +6,7 @@
                            passphrase); a key held in a PKCS#11 token has no file, only its URI
       audit-key, .pub      signs audit checkpoints; never the CA key
       host-key, .pub       the CA service's own SSH host key (clients pin it)
+      host-ca-key, .pub    signs host certificates; never a user CA key (ca.keys.hostca)
       ca.db                the audit database
       policy.toml          the policy, unless the config points elsewhere
 """
@@ -22,6 +23,7 @@ import asyncssh
 from ca.config import Config
 from ca.errors import StateError
 from ca.files import write_atomic
+from ca.keys.hostca import create_host_ca
 from ca.keys.keyring import (
     KEYRING_FILE,
     Keyring,
@@ -84,6 +86,7 @@ def init_state(cfg: Config, key_type: str, passphrase: bytes | None) -> dict:
     audit_key = generate_key("ed25519")
     write_atomic(paths.audit_key, export_private(audit_key, passphrase), 0o600)
     write_atomic(paths.audit_pub, public_line(audit_key, "iast-ca audit key") + "\n", 0o644)
+    host_ca_line = create_host_ca(paths.root, passphrase)
     host_key = generate_key("ed25519")
     write_atomic(paths.host_key, export_private(host_key, None), 0o600)
     write_atomic(paths.host_key.with_suffix(".pub"), public_line(host_key, "iast-ca host key") + "\n", 0o644)
@@ -101,6 +104,7 @@ def init_state(cfg: Config, key_type: str, passphrase: bytes | None) -> dict:
         "ca_encrypted": entry.encrypted,
         "audit_key_fingerprint": fingerprint(audit_key.public_data),
         "host_key_fingerprint": fingerprint(host_key.public_data),
+        "host_ca_fingerprint": fingerprint(_blob_of(host_ca_line)),
         "policy": str(cfg.policy_path),
         "policy_installed": installed_policy,
     }
@@ -111,6 +115,12 @@ def init_state(cfg: Config, key_type: str, passphrase: bytes | None) -> dict:
         log.close()
     Keyring(paths.root, (entry,)).save()  # last: its presence marks a complete CA
     return summary
+
+
+def _blob_of(line: str) -> bytes:
+    import base64
+
+    return base64.b64decode(line.split()[1])
 
 
 def load_audit_key(paths: StatePaths, passphrase: bytes | None) -> asyncssh.SSHKey:

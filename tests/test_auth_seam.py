@@ -8,6 +8,7 @@ from argon2 import PasswordHasher
 
 from ca.app import open_ca
 from ca.auth.base import Guarding, KeyAuthenticator, Refusal
+from ca.auth.hosts import HostKeyAuthenticator, JoinTokenAuthenticator
 from ca.auth.password_totp import PasswordTotpAuthenticator
 from ca.auth.pubkey import PublicKeyAuthenticator
 from ca.auth.totp import totp
@@ -30,7 +31,8 @@ def test_only_the_service_authority_is_online(cfg):
         assert service.authority.approvals is not None and offline.authority.approvals is not None
         assert service.auth_audit is not service.audit and offline.auth_audit is offline.audit
         kinds = {type(a) for a in service.authenticators}
-        assert kinds == {PublicKeyAuthenticator, PasswordTotpAuthenticator}
+        assert kinds == {PublicKeyAuthenticator, PasswordTotpAuthenticator, HostKeyAuthenticator,
+                         JoinTokenAuthenticator}
 
 
 def test_guard_counts_failures_once_and_keys_pass_a_locked_account(cfg, tmp_path):

@@ -18,7 +18,10 @@ What each kind revokes in the KRL (:func:`current_krl`):
 ``user``
     every certificate issued to the user and not yet expired, by serial (the
     serials are also recorded one by one), and the user is disabled in the
-    user store so that the service issues no new ones;
+    user store so that the service issues no new ones. A host
+    (``revoke --host web-1``) is revoked the same way under its account
+    ``host:web-1``: its certificates so far are in the KRL, none of them
+    renews, and only a new join token enrols it again;
 ``ca_key``
     a CA public key, in the explicit-keys section: sshd then refuses every
     certificate that key signed (it checks the signing key against the KRL
@@ -52,8 +55,8 @@ from typing import Any
 
 from ca.errors import BadKey, UsageError
 from ca.keys.keyring import Keyring
-from ca.rules import free_text, is_user_name
-from ca.sshcert.certificates import parse_certificate_line
+from ca.rules import check_host_name, free_text, host_account, is_user_name
+from ca.sshcert.certificates import fingerprint, parse_certificate_line
 from ca.sshcert.krl import (
     WILDCARD_CA,
     CertRevocations,
@@ -289,6 +292,49 @@ def revoke_user(log: Store, user: str, reason: str, actor: str | None = None) ->
     return RevokeResult("user", user, new, event_id, tuple(serials), tuple(notes))
 
 
+def revoke_host(log: Store, host: str, reason: str, actor: str | None = None) -> RevokeResult:
+    """Revoke every host certificate issued to ``host`` (``revoke --host``): a ``user`` revocation of
+    its account ``host:NAME``, so that its unexpired certificates go into the KRL by serial and none
+    of its current certificates can be renewed (docs/security.md, "Host certificates")."""
+    reason = check_reason(reason)
+    account = host_account(check_host_name(host))
+    if not log.certificates.any_for_user(account):
+        raise UsageError(f"no host certificate was ever issued to {host!r}")
+    now = _now(log)
+    with log.transaction() as tx:
+        serials = tx.certificates.unexpired_serials(cutoff=now - KRL_EXPIRY_GRACE, username=account)
+        new, event_id = _record(tx, log, "user", account, reason=reason, actor=actor, now=now,
+                                data={"host": host, **_serial_list(serials)}, columns={"user": account})
+        for serial in serials:
+            cert = tx.certificates.by_serial(serial)
+            tx.revocations.insert("serial", str(serial), serial=serial, ca_fingerprint=cert.ca_fingerprint,
+                                  public=None, reason=reason, actor=actor, event_id=event_id, created=now,
+                                  if_new=True)
+    return RevokeResult("host", host, new, event_id, tuple(serials))
+
+
+def certificate_revocation(source, cert) -> str | None:
+    """Why the certificate of row ``cert`` (a CertificateRow) is revoked, or None if it is not.
+
+    ``source`` is a store or a unit of work. Every kind counts: its serial,
+    its key ID, its key, the CA key that signed it, and its account (user or
+    host) when that was revoked no earlier than the certificate's start.
+    """
+    repo = source.revocations
+    if repo.is_revoked("serial", str(cert.serial)):
+        return f"serial {cert.serial} is revoked"
+    if repo.is_revoked("key_id", cert.key_id):
+        return f"key ID {cert.key_id} is revoked"
+    if repo.is_revoked("key", cert.key_fingerprint):
+        return f"key {cert.key_fingerprint} is revoked"
+    if repo.is_revoked("ca_key", cert.ca_fingerprint):
+        return f"CA key {cert.ca_fingerprint} is revoked"
+    at = repo.revoked_at("user", cert.username)
+    if at is not None and cert.valid_after <= at:
+        return f"{cert.username} is revoked"
+    return None
+
+
 def revoke_ca_key(log: Store, fingerprint: str, reason: str, actor: str | None = None, *,
                   keyring: Keyring | None = None) -> RevokeResult:
     """Revoke a CA key (by its ``SHA256:...`` fingerprint): sshd refuses every
@@ -358,9 +404,12 @@ class CurrentKRL:
         return d
 
 
-def _contents(repo, keyring: Keyring, now: int, grace: int):
+def _contents(repo, keyring: Keyring, now: int, grace: int, extra_ca_keys: tuple[str, ...] = ()):
     cutoff = now - grace
     ca_blobs = {k.fingerprint: k.blob for k in keyring.keys}
+    for line in extra_ca_keys:  # the host CA key: its certificates get a section of their own
+        blob = base64.b64decode(line.split()[1])
+        ca_blobs[fingerprint(blob)] = blob
     serials: dict[bytes, set[int]] = {}
     key_ids: dict[bytes, set[str]] = {}
 
@@ -392,7 +441,7 @@ def _contents(repo, keyring: Keyring, now: int, grace: int):
 
 
 def build_current_krl(log: Store, keyring: Keyring, now: float | None = None, *,
-                      grace: int = KRL_EXPIRY_GRACE) -> CurrentKRL:
+                      grace: int = KRL_EXPIRY_GRACE, extra_ca_keys: tuple[str, ...] = ()) -> CurrentKRL:
     """Build the KRL from the database (see the module docstring for what goes in),
     bumping ``krl_version`` if the content changed since the last build.
 
@@ -402,7 +451,7 @@ def build_current_krl(log: Store, keyring: Keyring, now: float | None = None, *,
     """
     now = int(log.clock() if now is None else now)
     with log.transaction() as tx:
-        certs, keys, sha256s = _contents(tx.revocations, keyring, now, grace)
+        certs, keys, sha256s = _contents(tx.revocations, keyring, now, grace, tuple(extra_ca_keys))
         canonical = build_krl(0, certs=certs, keys=keys, sha256s=sha256s, generated=0, comment=KRL_COMMENT)
         digest = hashlib.sha256(canonical).hexdigest()
         state = tx.revocations.krl_state()

@@ -132,6 +132,12 @@ class InteractiveAuthenticator(Authenticator):
     #: (``ssh -o KbdInteractiveDevices=password``); with none asked for, the CA's first is used
     submethods: tuple[str, ...] = ()
 
+    def accepts(self, user: str) -> bool:
+        """Whether this authenticator answers for ``user``. By default every name without a colon:
+        a colon marks another kind of account (``host:NAME``, which no user name can be), answered
+        by its own authenticator (a host's join token)."""
+        return ":" not in user
+
     @abstractmethod
     def begin(self, user: str, address: str) -> Conversation:
         """A new conversation for ``user`` (any name: unknown names take the same path, rule 14)."""

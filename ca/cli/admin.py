@@ -18,6 +18,7 @@ from ca.cli.audit_cmds import audit
 from ca.cli.common import Group, echo_json, output_options
 from ca.cli.context import DURATION, Env, pass_env
 from ca.cli.key_cmds import key
+from ca.cli.host_cmds import host
 from ca.cli.policy_cmds import policy
 from ca.cli.requests_cmds import requests
 from ca.cli.review_cmds import correlate, report
@@ -78,6 +79,7 @@ def init(env: Env, key_type: str, fmt: str) -> None:
     click.echo(f"  CA key      {summary['ca_algorithm']} {summary['ca_fingerprint']}  {enc}")
     click.echo(f"  audit key   {summary['audit_key_fingerprint']}  (signs audit checkpoints)")
     click.echo(f"  host key    {summary['host_key_fingerprint']}  (the CA service's SSH host key)")
+    click.echo(f"  host CA     {summary['host_ca_fingerprint']}  (signs host certificates: 'iast-ca trust --hosts')")
     click.echo(f"  policy      {summary['policy']}" + ("  (starter policy installed)" if summary["policy_installed"] else ""))
     click.echo("Next: 'iast-ca trust' prints the line hosts put in TrustedUserCAKeys.")
 
@@ -86,20 +88,36 @@ def init(env: Env, key_type: str, fmt: str) -> None:
 @click.option("--format", "fmt", type=click.Choice(["trusted-user-ca-keys", "known-hosts"]),
               default="trusted-user-ca-keys", show_default=True, help="Output format.")
 @click.option("--host-pattern", default="*", show_default=True, help="Host pattern for --format known-hosts.")
+@click.option("--hosts", "hosts", is_flag=True,
+              help="Print the host CA instead: '@cert-authority PATTERNS KEY' for users' known_hosts, "
+                   "the patterns from the host policy.")
 @pass_env
-def trust(env: Env, fmt: str, host_pattern: str) -> None:
+def trust(env: Env, fmt: str, host_pattern: str, hosts: bool) -> None:
     """Print every trusted CA public key: the active key, a 'next' key being rolled in,
     and previous keys not yet retired ('iast-ca key list' shows which is which).
 
     The default output is a TrustedUserCAKeys file for sshd; known-hosts
     prints '@cert-authority PATTERN KEY' lines for clients. Hosts can fetch
-    it from the service on a timer: 'iast-ssh host fetch-trust'.
+    it from the service on a timer: 'iast-ssh host fetch-trust'. --hosts
+    prints the line that makes users' ssh verify host certificates (the host
+    CA key, a key of its own, trusted only for the names the host policy gives).
 
     \b
     Example:
       iast-ca trust > /etc/ssh/iast-user-ca.pub
       # and in /etc/ssh/sshd_config:  TrustedUserCAKeys /etc/ssh/iast-user-ca.pub
+      iast-ca trust --hosts >> ~/.ssh/known_hosts
     """
+    if hosts:
+        with env.open_ca() as ca:
+            ca.keyring  # "no CA here" first
+            if ca.host_ca_public is None:
+                raise UsageError("this CA has no host CA key yet: 'iast-ca host sign' creates it")
+            lines = ca.host_known_hosts_lines()
+        if not lines:
+            raise UsageError("the policy has no host roles: add a [hosts.NAME] table")
+        click.echo("\n".join(lines))
+        return
     with env.open_ca() as ca:
         keyring = ca.keyring
     lines = keyring.trust_lines() if fmt == "trusted-user-ca-keys" else keyring.known_hosts_lines(host_pattern)
@@ -165,6 +183,7 @@ def sign(env: Env, user: str, role: str | None, ttl: int | None, reason: str | N
 
 
 cli.add_command(key)
+cli.add_command(host)
 cli.add_command(policy)
 cli.add_command(audit)
 audit.add_command(correlate)

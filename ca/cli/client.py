@@ -391,22 +391,26 @@ def config(make_client, out_dir, host_pattern, offline) -> None:
 
     With ssh-agent (what 'login' uses by default) ssh needs no settings:
     it offers the agent's certificate by itself. The block is for
-    'login --no-agent'. The @cert-authority lines (commented out) are for
-    when the CA also signs host keys.
+    'login --no-agent'. The '@cert-authority' lines are the CA's host CA,
+    for the names its host policy certifies: put them in ~/.ssh/known_hosts
+    and ssh verifies every enrolled host with no "authenticity of host"
+    prompt (and refuses a host whose certificate does not name it).
 
     \b
     Example:
       iast-ssh config --host '*.example.com' >> ~/.ssh/config
+      iast-ssh config | grep '^@cert-authority' >> ~/.ssh/known_hosts
     """
     from pathlib import Path
 
     from ca.client import CERT_FILE, KEY_FILE, default_out_dir
+    from ca.client.hostcert import fetch_known_hosts
 
     out = Path(out_dir).expanduser().absolute() if out_dir else default_out_dir()
-    keys: list[str] = []
+    known: list[str] = []
     if not offline:
         client = make_client()
-        keys = client.ca_keys()
+        known = fetch_known_hosts(client)
         _notes(client.notes)
     lines = [
         "# iast-ssh: short-lived certificates ('iast-ssh login').",
@@ -416,9 +420,10 @@ def config(make_client, out_dir, host_pattern, offline) -> None:
         f"    IdentityFile {out / KEY_FILE}",
         f"    CertificateFile {out / CERT_FILE}",
     ]
-    if keys:
-        lines += ["", "# known_hosts, once the CA also signs host keys (not yet: keep these commented out):"]
-        lines += [f"# @cert-authority {host_pattern} {' '.join(k.split()[:2])}" for k in keys]
+    if known:
+        lines += ["", "# For ~/.ssh/known_hosts: the CA's host CA, for the names its host policy certifies",
+                  "# (hosts enrolled with 'iast-ssh host enroll' are then verified with no prompt):"]
+        lines += known
     click.echo("\n".join(lines))
 
 
@@ -497,6 +502,80 @@ def fetch_trust(make_client, out: str, replace: bool, fmt: str) -> None:
                + (f", added {', '.join(update.added)}" if update.added else "")
                + (f", removed {', '.join(update.removed)}" if update.removed else "")
                + ("" if update.changed else " (unchanged)"))
+def _host_ca_options(f: Callable) -> Callable:
+    f = click.option("--ca-fingerprint", required=True, metavar="SHA256:...",
+                     help="The CA's SSH host key fingerprint ('iast-ca info' prints it).")(f)
+    return click.option("--ca", "ca", required=True, metavar="HOST[:PORT]", help="The CA service.")(f)
+
+
+@host.command("enroll")
+@_host_ca_options
+@click.option("--token-file", required=True, type=click.Path(dir_okay=False),
+              help="The one-time join token from 'iast-ca host token' (keep it 0600; it works once).")
+@click.option("--host-key", default="/etc/ssh/ssh_host_ed25519_key.pub", show_default=True,
+              type=click.Path(dir_okay=False), help="The host public key to certify.")
+@click.option("--cert", "cert_path", type=click.Path(dir_okay=False),
+              help="Where to install the certificate (default: beside the key, KEY-cert.pub).")
+@click.option("--sshd-config-dir", default="/etc/ssh/sshd_config.d", show_default=True,
+              type=click.Path(file_okay=False), help="Where to write the drop-in with HostCertificate.")
+@click.option("--host", "host_name", help="This host's name at the CA (default: the one in the token).")
+@output_options(csv_ok=False)
+def host_enroll(ca, ca_fingerprint, token_file, host_key, cert_path, sshd_config_dir, host_name, fmt) -> None:
+    """Enrol this host: send its public key with a one-time join token, install the host certificate.
+
+    The certificate is written 0644 by temp file and rename, with an
+    sshd_config.d drop-in naming it (HostCertificate); reload sshd
+    afterwards. A used, expired or another host's token is refused (one
+    line, exit non-zero) and nothing is written.
+
+    \b
+    Example:
+      iast-ssh host enroll --ca ca.example.com:2222 --ca-fingerprint SHA256:... \\
+        --token-file /root/web-1.token && systemctl reload ssh
+    """
+    from ca.client.hostcert import enroll, read_token
+
+    result = enroll(ca=ca, ca_fingerprint=ca_fingerprint, token=read_token(token_file), host_key=host_key,
+                    cert_path=cert_path, dropin_dir=sshd_config_dir, host=host_name)
+    if fmt == "json":
+        echo_json(result.as_json())
+        return
+    click.echo(f"{result.cert_path}: host certificate serial {result.serial} for {', '.join(result.principals)}, "
+               f"valid until {_until(result.valid_before)}")
+    click.echo(f"{result.dropin_path}: HostCertificate {result.cert_path} (reload sshd to use it)")
+
+
+@host.command("renew")
+@_host_ca_options
+@click.option("--host-key", default="/etc/ssh/ssh_host_ed25519_key", show_default=True,
+              type=click.Path(dir_okay=False), help="The host's private key (proves possession).")
+@click.option("--cert", "cert_path", type=click.Path(dir_okay=False),
+              help="The current certificate, replaced by the new one (default: KEY-cert.pub).")
+@click.option("--force", is_flag=True, help="Renew even if more than half of the lifetime is left.")
+@output_options(csv_ok=False)
+def host_renew(ca, ca_fingerprint, host_key, cert_path, force, fmt) -> None:
+    """Renew this host's certificate with its host key and current certificate (no token needed).
+
+    Does nothing while more than half of the current certificate's lifetime
+    is left (unless --force). A revoked or expired certificate is refused:
+    enrol again with a new token. Exits non-zero on any failure, keeping the
+    current certificate.
+
+    \b
+    Example:
+      iast-ssh host renew --ca ca.example.com:2222 --ca-fingerprint SHA256:... && systemctl reload ssh
+    """
+    from ca.client.hostcert import renew
+
+    result = renew(ca=ca, ca_fingerprint=ca_fingerprint, host_key=host_key, cert_path=cert_path, force=force)
+    if fmt == "json":
+        echo_json(result.as_json())
+        return
+    if not result.renewed:
+        click.echo(f"{result.cert_path}: serial {result.serial} is valid until {_until(result.valid_before)}; "
+                   "not renewed yet (--force to renew now)")
+        return
+    click.echo(f"{result.cert_path}: renewed, serial {result.serial}, valid until {_until(result.valid_before)}")
 
 
 def main() -> None:

@@ -12,6 +12,7 @@ import click
 from ca.access.revocation import (
     build_current_krl,
     revoke_ca_key,
+    revoke_host,
     revoke_key,
     revoke_key_id,
     revoke_serial,
@@ -43,12 +44,14 @@ def _serials_text(serials: tuple[int, ...]) -> str:
 @click.option("--user", help="Revoke every unexpired certificate of this user, and disable the user.")
 @click.option("--ca-key", metavar="FINGERPRINT",
               help="Revoke a CA key (SHA256:...): every certificate it signed.")
+@click.option("--host", "host_name", metavar="HOST",
+              help="Revoke every unexpired host certificate of this host; none of them renews.")
 @click.option("--reason", required=True, help="Why (recorded in the audit log).")
 @output_options(csv_ok=False)
 @pass_env
 def revoke(env: Env, serial: int | None, key_id: str | None, key_file, user: str | None, ca_key: str | None,
-           reason: str, fmt: str) -> None:
-    """Revoke certificates: give exactly one of --serial, --key-id, --key, --user, --ca-key.
+           host_name: str | None, reason: str, fmt: str) -> None:
+    """Revoke certificates: give exactly one of --serial, --key-id, --key, --user, --ca-key, --host.
 
     The revocation is recorded in the audit log; it reaches hosts with the
     next KRL ('iast-ca krl -o FILE', installed as sshd's RevokedKeys).
@@ -58,11 +61,12 @@ def revoke(env: Env, serial: int | None, key_id: str | None, key_file, user: str
     \b
     Example:
       iast-ca revoke --serial 1042 --reason "laptop stolen" && iast-ca krl -o /srv/iast/revoked_keys
+      iast-ca revoke --host web-1 --reason "decommissioned"
     """
     chosen = [name for name, v in (("--serial", serial), ("--key-id", key_id), ("--key", key_file),
-                                   ("--user", user), ("--ca-key", ca_key)) if v is not None]
+                                   ("--user", user), ("--ca-key", ca_key), ("--host", host_name)) if v is not None]
     if len(chosen) != 1:
-        raise UsageError("give exactly one of --serial, --key-id, --key, --user, --ca-key"
+        raise UsageError("give exactly one of --serial, --key-id, --key, --user, --ca-key, --host"
                          + (f" (got {', '.join(chosen)})" if chosen else ""))
     actor = os_user()
     with env.open_ca(require_db=True) as ca:
@@ -80,6 +84,9 @@ def revoke(env: Env, serial: int | None, key_id: str | None, key_file, user: str
         elif user is not None:
             result = revoke_user(log, user, reason, actor)
             what = f"user {user}: {_serials_text(result.serials)}"
+        elif host_name is not None:
+            result = revoke_host(log, host_name, reason, actor)
+            what = f"host {host_name}: {_serials_text(result.serials)}"
         else:
             result = revoke_ca_key(log, ca_key, reason, actor, keyring=ca.keyring)
             what = f"CA key {ca_key}: every certificate it signed"
@@ -116,7 +123,7 @@ def krl(env: Env, output: str | None, text: bool, fmt: str) -> None:
     with env.open_ca() as ca:
         keyring = ca.keyring  # first, as before: "no CA" comes before "no audit database"
         ca.require_db()
-        built = build_current_krl(ca.audit, keyring)
+        built = build_current_krl(ca.audit, keyring, extra_ca_keys=(ca.host_ca_public,) if ca.host_ca_public else ())
     if output:
         write_atomic(output, built.data, 0o644)
     elif not text and fmt != "json":

@@ -12,6 +12,14 @@ A role with an ``approval`` table is signed only with a ``consume`` hook
 signing, and marks the approved request used, so one approved request
 gives at most one certificate however many logins race for it.
 
+Host certificates take the same choke point's other door, :meth:`Authority.issue_host`:
+decided by the host policy, signed by the host CA key (never a user CA key),
+recorded as ``host_issued`` (or ``host_denied`` / ``host_failed``) with a
+certificate row and a serial from the same sequence, so revocation and the
+KRL cover them. Its proof (an operator, a one-time join token, or the host's
+current certificate) is checked, and a token used, inside the issuing
+transaction.
+
 The authority owns both hooks; callers just call ``issue(identity, request)``.
 What it does for a request is a property of the authority, decided once, in
 the composition root (:func:`ca.app.open_ca`): an ``online`` authority (the
@@ -36,12 +44,18 @@ from ca.errors import (
     PolicyDenied,
     SigningError,
 )
-from ca.issuance.signer import Signer, make_key_id
-from ca.models import Decision, Identity, Issued, SignRequest
+from ca.access.revocation import certificate_revocation
+from ca.auth.hosts import token_refusal
+from ca.issuance.signer import Signer, make_host_key_id, make_key_id
+from ca.models import Decision, HostIssued, HostRequest, Identity, Issued, SignRequest
 from ca.policy import Policy
-from ca.rules import is_user_name
-from ca.sshcert.userkey import UserKey, parse_user_key
+from ca.rules import host_account, host_of_account, is_host_name, is_user_name
+from ca.sshcert.certificates import HOST_CERT, parse_certificate_line, verify_signature
+from ca.sshcert.userkey import UserKey, parse_host_key, parse_user_key
+from ca.sshcert.wire import WireError
 from ca.store import AuditLog, Transaction
+
+HOST_PROOFS = ("operator", "token", "renewal")
 
 MAX_REASON_IN_AUDIT = 500
 
@@ -61,6 +75,7 @@ class Authority:
         clock: Callable[[], float] = time.time,
         approvals: Approvals | None = None,
         online: bool = False,
+        host_ca: Callable[[], tuple[Signer, str]] | None = None,
     ):
         self.policy = policy
         self.signer = signer
@@ -75,6 +90,17 @@ class Authority:
         # transaction the user and the key they logged in with are re-checked
         # (still_allowed), and every request goes through the approvals.
         self.online = online
+        # The host CA key (signer, fingerprint), opened on first use: see issue_host.
+        self._host_ca_loader = host_ca
+        self._host_ca: tuple[Signer, str] | None = None
+
+    def host_ca(self) -> tuple[Signer, str]:
+        """The host CA signer and its fingerprint (opened, or created and audited by the loader, once)."""
+        if self._host_ca is None:
+            if self._host_ca_loader is None:
+                raise SigningError("this CA signs no host certificates (no host CA key)")
+            self._host_ca = self._host_ca_loader()
+        return self._host_ca
 
     def close(self) -> None:
         self.audit.close()
@@ -208,6 +234,161 @@ class Authority:
         }
         return self.audit.record(kind, data, user=_shown(identity.user, 64), role=_shown(request.role, 64),
                                  source=identity.source_address)
+
+
+    # -- host certificates ------------------------------------------------------------
+
+    def issue_host(self, identity: Identity, request: HostRequest) -> HostIssued:
+        """Decide, sign and audit one host certificate; return it or raise (after a ``host_denied``
+        or ``host_failed`` event). Nothing is written but that event when it is refused.
+
+        The proof (:attr:`HostRequest.proof`) must match the identity: ``operator`` an
+        offline administrator; ``token`` a ``join-token`` login as ``host:NAME`` with that
+        token, which must be for the host, unused and unexpired; ``renewal`` a ``host-key``
+        login with the key of ``certificate``, a current, unrevoked host certificate of
+        this CA for that host (its role is kept).
+        """
+        now = int(self.clock())
+        policy = self.policy
+        host_key: UserKey | None = None
+        try:
+            if not is_host_name(request.host):
+                raise PolicyDenied(f"invalid host name {str(request.host)[:64]!r}")
+            host_key = parse_host_key(request.public_key, self.min_rsa_bits)
+            signer, host_ca_fp = self.host_ca()
+            role = self._host_role(identity, request, host_key, signer, host_ca_fp, now, self.audit)
+            decision = policy.decide_host(request.host, role, request.ttl, now, self.clock_skew)
+        except CAError as e:
+            if isinstance(e, AuditError):
+                raise
+            self.refuse_host(identity, request, e, host_key=host_key, policy=policy)
+            raise
+        account = host_account(decision.host)
+        try:
+            with self.audit.transaction() as tx:
+                # Again under the write lock: a revocation, or another use of the token, that
+                # commits first is never missed.
+                self._host_role(identity, request, host_key, signer, host_ca_fp, now, tx)
+                if tx.is_revoked("key", host_key.fingerprint):
+                    raise PolicyDenied(f"key {host_key.fingerprint} is revoked")
+                if tx.is_revoked("ca_key", host_ca_fp):
+                    raise SigningError(f"the host CA key {host_ca_fp} is revoked")
+                serial = tx.next_serial()
+                if request.proof == "token" and not tx.join_tokens.mark_used(request.token_id, now, serial):
+                    raise PolicyDenied("the join token was already used")
+                key_id = make_host_key_id(decision.host, decision.role, serial)
+                line, _ = signer.sign_host(decision, host_key, serial, key_id)
+                data = {
+                    "host": decision.host,
+                    "principals": list(decision.principals),
+                    "valid_after": decision.valid_after,
+                    "valid_before": decision.valid_before,
+                    "ttl": decision.ttl,
+                    "key_type": host_key.algorithm,
+                    "key_fingerprint": host_key.fingerprint,
+                    "cert_type": "host",
+                    "proof": request.proof,
+                    "token_id": request.token_id if request.proof == "token" else None,
+                    "renewed_serial": _serial_of(request.certificate) if request.proof == "renewal" else None,
+                    "auth_methods": list(identity.auth_methods),
+                    "operator": identity.operator,
+                    "policy_sha256": decision.policy_sha256,
+                    "ca_fingerprint": host_ca_fp,
+                }
+                event_id = tx.append("host_issued", data, user=account, role=decision.role, serial=serial,
+                                     key_id=key_id, source=identity.source_address)
+                tx.add_certificate(
+                    serial=serial, key_id=key_id, user=account, role=decision.role,
+                    key_fingerprint=host_key.fingerprint, ca_fingerprint=host_ca_fp,
+                    valid_after=decision.valid_after, valid_before=decision.valid_before, event_id=event_id,
+                )
+        except SigningError as e:
+            self.refuse_host(identity, request, e, host_key=host_key, policy=policy, kind="host_failed")
+            raise
+        except CAError as e:
+            if isinstance(e, AuditError):
+                raise
+            self.refuse_host(identity, request, e, host_key=host_key, policy=policy)
+            raise
+        return HostIssued(certificate=line, serial=serial, key_id=key_id, decision=decision,
+                          ca_fingerprint=host_ca_fp, key_type=host_key.algorithm,
+                          key_fingerprint=host_key.fingerprint, event_id=event_id)
+
+    def _host_role(self, identity: Identity, request: HostRequest, host_key: UserKey, signer: Signer,
+                   host_ca_fp: str, now: int, source: Any) -> str | None:
+        """Check the request's proof against ``source`` (the store, or the issuing transaction);
+        return the host role it entitles to (None: the policy's only host role)."""
+        host = request.host
+        if request.proof not in HOST_PROOFS:
+            raise PolicyDenied(f"unknown host proof {str(request.proof)[:20]!r}")
+        if request.proof == "operator":
+            if "admin-offline" not in identity.auth_methods:
+                raise AuthenticationFailed("only an administrator signs a host key without a token or a certificate")
+            return request.role
+        if host_of_account(identity.user) != host:
+            raise AuthenticationFailed(f"{identity.user[:70]} may not ask for a certificate of host {host}")
+        if request.proof == "token":
+            if "join-token" not in identity.auth_methods or not request.token_id \
+                    or identity.subject != request.token_id:
+                raise AuthenticationFailed("enrolment needs a login with the join token")
+            why = token_refusal(source, request.token_id, host, now)
+            if why is not None:
+                raise PolicyDenied(why)
+            return source.join_tokens.get(request.token_id).role
+        # renewal: the current certificate, for the key the host logged in with
+        if "host-key" not in identity.auth_methods or identity.login_key != host_key.fingerprint:
+            raise AuthenticationFailed("renewal needs a login with the host key being renewed")
+        try:
+            cert = parse_certificate_line(request.certificate or "")
+            if cert.cert_type != HOST_CERT:
+                raise PolicyDenied("the current certificate is not a host certificate")
+            if cert.signature_key != signer.ca_blob:
+                raise PolicyDenied("the current certificate was not signed by this CA's host CA key")
+            verify_signature(cert, signer.ca_blob)
+        except WireError as e:
+            raise PolicyDenied(f"the current certificate does not verify: {e}") from None
+        if cert.public_key_blob != host_key.blob:
+            raise PolicyDenied("the current certificate is for another key")
+        row = source.certificates.by_serial(cert.serial)
+        if (row is None or row.key_id != cert.key_id or row.username != identity.user
+                or row.key_fingerprint != host_key.fingerprint or row.ca_fingerprint != host_ca_fp):
+            raise PolicyDenied(f"serial {cert.serial} is not a certificate this CA issued to host {host}")
+        if min(cert.valid_before, row.valid_before) <= now:
+            raise PolicyDenied(f"the current certificate (serial {cert.serial}) has expired: enrol again with a "
+                               "new join token")
+        why = certificate_revocation(source, row)
+        if why is not None:
+            raise PolicyDenied(f"the current certificate (serial {cert.serial}) is revoked ({why}): enrol again "
+                               "with a new join token")
+        return row.role
+
+    def refuse_host(self, identity: Identity, request: HostRequest, error: CAError, *,
+                    host_key: UserKey | None = None, policy: Policy | None = None, kind: str = "host_denied") -> int:
+        """Record a refused (``host_denied``) or failed (``host_failed``) host request; return the event id."""
+        policy = policy or self.policy
+        data: dict[str, Any] = {
+            "code": error.code,
+            "message": error.message,
+            "host": _shown(request.host, 64),
+            "requested_role": _shown(request.role, 64),
+            "requested_ttl": request.ttl,
+            "proof": _shown(request.proof, 20),
+            "token_id": _shown(request.token_id, 32),
+            "key_fingerprint": host_key.fingerprint if host_key else None,
+            "key_type": host_key.algorithm if host_key else None,
+            "auth_methods": list(identity.auth_methods),
+            "operator": identity.operator,
+            "policy_sha256": policy.sha256,
+        }
+        return self.audit.record(kind, data, user=_shown(identity.user, 70), role=_shown(request.role, 64),
+                                 source=identity.source_address)
+
+
+def _serial_of(line: str | None) -> int | None:
+    try:
+        return parse_certificate_line(line or "").serial
+    except WireError:
+        return None
 
 
 def vouched_for(identity: Identity) -> dict[str, Any]:

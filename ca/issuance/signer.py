@@ -23,8 +23,8 @@ import asyncssh
 from ca.errors import CAError, SigningError
 from ca.keys.base import KeyBackend
 from ca.keys.file import FileKeyBackend
-from ca.models import Decision
-from ca.rules import principal_safe
+from ca.models import Decision, HostDecision
+from ca.rules import is_dns_name, principal_safe
 from ca.sshcert.build import (
     assemble_certificate,
     certificate_line,
@@ -33,6 +33,7 @@ from ca.sshcert.build import (
 )
 from ca.sshcert.certificates import (
     CERT_TYPE_FOR_KEY,
+    HOST_CERT,
     USER_CERT,
     Certificate,
     parse_certificate,
@@ -61,6 +62,14 @@ NONCE_BYTES = 32
 
 def _random_nonce() -> bytes:
     return os.urandom(NONCE_BYTES)
+
+
+def make_host_key_id(host: str, role: str, serial: int) -> str:
+    """A host certificate's key ID: ``iast-host:HOST:ROLE:SERIAL`` (never mistaken for a user's)."""
+    key_id = f"iast-host:{host}:{role}:{serial}"
+    if not KEY_ID_PATTERN.fullmatch(key_id):
+        raise SigningError(f"cannot build a safe key ID for host {host!r}, role {role!r}")
+    return key_id
 
 
 def make_key_id(user: str, role: str, serial: int) -> str:
@@ -144,6 +153,68 @@ class Signer:
         blob = assemble_certificate(tbs, signature)
         parsed = self._check(blob, decision, user_key, serial, key_id, is_sk)
         return certificate_line(blob, key_id), parsed
+
+    def sign_host(self, decision: HostDecision, host_key: UserKey, serial: int,
+                  key_id: str) -> tuple[str, Certificate]:
+        """Sign ``host_key`` as a host certificate (type 2) as ``decision`` says; return the line and its parse.
+
+        A host certificate carries no critical options and no extensions
+        (PROTOCOL.certkeys defines none for hosts); its principals are the DNS
+        names from the host policy. Re-read and verified like a user certificate.
+        """
+        if not decision.principals:
+            raise SigningError("refusing to sign a host certificate with no principals")
+        for p in decision.principals:
+            if not is_dns_name(p):  # whatever policy said (defence in depth)
+                raise SigningError(f"refusing host principal {p!r}: not a DNS name")
+        if host_key.algorithm in SK_KEY_TYPES:
+            raise SigningError("refusing to certify a FIDO key as a host key")
+        if not 0 < serial <= MAX_SERIAL:
+            raise SigningError(f"serial {serial} is out of range")
+        if not KEY_ID_PATTERN.fullmatch(key_id):
+            raise SigningError(f"unsafe key ID {key_id!r}")
+        if not 0 <= decision.valid_after < decision.valid_before:
+            raise SigningError("empty validity window")
+        try:
+            tbs = tbs_certificate(
+                public_key_blob=host_key.blob, nonce=self.nonce(), serial=serial, cert_type=HOST_CERT,
+                key_id=key_id, principals=decision.principals, valid_after=decision.valid_after,
+                valid_before=decision.valid_before, critical_options={}, extensions={}, signature_key=self.ca_blob,
+            )
+        except (ValueError, TypeError, OverflowError, struct.error) as e:
+            raise SigningError(f"signing failed: {e}") from None
+        blob = assemble_certificate(tbs, self._signature(tbs))
+        try:
+            c = parse_certificate(blob)
+            verify_signature(c, self.ca_blob)
+            if Reader(c.signature).text() != self.sig_alg:
+                raise WireError("unexpected signature algorithm")
+        except WireError as e:
+            raise SigningError(f"issued certificate does not verify: {e}") from None
+        checks = [
+            ("type", c.cert_type_name, CERT_TYPE_FOR_KEY[host_key.algorithm]),
+            ("key", c.public_key_blob, host_key.blob),
+            ("cert type", c.cert_type, HOST_CERT),
+            ("serial", c.serial, serial),
+            ("key id", c.key_id, key_id),
+            ("principals", c.principals, tuple(decision.principals)),
+            ("valid_after", c.valid_after, decision.valid_after),
+            ("valid_before", c.valid_before, decision.valid_before),
+            ("critical options", c.critical_options, {}),
+            ("extensions", c.extensions, {}),
+        ]
+        for name, got, want in checks:
+            if got != want:
+                raise SigningError(f"issued certificate has the wrong {name}")
+        return certificate_line(blob, key_id), c
+
+    def _signature(self, tbs: bytes) -> bytes:
+        try:
+            return self.backend.sign(tbs)
+        except CAError:
+            raise
+        except Exception as e:  # a backend must raise SigningError; anything else is audited as one
+            raise SigningError(f"CA key backend failed: {type(e).__name__}: {e}".replace("\n", " ")) from None
 
     def _check(self, blob: bytes, d: Decision, user_key: UserKey, serial: int, key_id: str, is_sk: bool) -> Certificate:
         """Re-read the certificate independently and compare every field with the decision."""

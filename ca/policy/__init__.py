@@ -4,9 +4,9 @@
 May import: ca core only.
 """
 
-from ca.policy.model import EXTENSIONS, Approval, Policy, Role, RoleVerdict
+from ca.policy.model import EXTENSIONS, Approval, HostRole, Policy, Role, RoleVerdict
 from ca.policy.parser import load_policy, parse_policy
 from ca.rules import DEFAULT_PRINCIPAL_PATTERN
 
-__all__ = ["DEFAULT_PRINCIPAL_PATTERN", "EXTENSIONS", "Approval", "Policy", "Role", "RoleVerdict", "load_policy",
-           "parse_policy"]
+__all__ = ["DEFAULT_PRINCIPAL_PATTERN", "EXTENSIONS", "Approval", "HostRole", "Policy", "Role", "RoleVerdict",
+           "load_policy", "parse_policy"]

@@ -11,17 +11,19 @@ It does no I/O and reads no clock, so it is easy to test and to reason about.
 
 from __future__ import annotations
 
+import fnmatch
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any
 
 from ca.durations import format_duration
 from ca.errors import ConfigError, MFARequired, PolicyDenied, ReauthenticationRequired
-from ca.models import Decision, Identity, SignRequest
-from ca.rules import free_text, principal_ok
+from ca.models import Decision, HostDecision, Identity, SignRequest
+from ca.rules import free_text, is_dns_name, is_host_name, principal_ok
 
-__all__ = ["EXTENSIONS", "Approval", "Policy", "Role", "RoleVerdict"]
+__all__ = ["EXTENSIONS", "Approval", "HostRole", "Policy", "Role", "RoleVerdict"]
 
 
 # The user extensions OpenSSH defines (PROTOCOL.certkeys, "Extensions").
@@ -45,6 +47,8 @@ VOUCHED_PREFIXES = ("idp:", "workload:")
 
 # The one template a principal may contain (expanded per user by decide()).
 USER_TEMPLATE = "{user}"
+# The one template a host principal may contain (expanded per host by decide_host()).
+HOST_TEMPLATE = "{host}"
 
 
 # --------------------------------------------------------------------------
@@ -89,6 +93,37 @@ class Role:
     approval: Approval | None = None  # None: no approval needed
     # The IdP sign-in (Identity.auth_time) must be at most this old (seconds); None: any age.
     max_auth_age: int | None = None
+
+
+@dataclass(frozen=True)
+class HostRole:
+    """One ``[hosts.NAME]`` table: the names a host of this role may claim, and for how long.
+
+    ``principals`` are DNS names and ``{host}`` templates (``"{host}.prod.example.com"``);
+    ``names`` are shell-style patterns a host name must match (empty: any valid
+    host name). Durations are seconds; ``ttl`` is the default, at most ``max_ttl``.
+    """
+
+    name: str
+    description: str
+    principals: tuple[str, ...]
+    names: tuple[str, ...]
+    ttl: int
+    max_ttl: int
+
+    def admits(self, host: str) -> bool:
+        return not self.names or any(fnmatch.fnmatchcase(host, pattern) for pattern in self.names)
+
+    def known_hosts_patterns(self) -> tuple[str, ...]:
+        """The known_hosts patterns of the names this role certifies (``{host}`` as each of
+        ``names``, or ``*``): where a client should trust the host CA, and nowhere else."""
+        out: list[str] = []
+        for template in self.principals:
+            for name in self.names or ("*",):
+                pattern = template.replace(HOST_TEMPLATE, name)
+                if pattern not in out:
+                    out.append(pattern)
+        return tuple(out)
 
 
 @dataclass(frozen=True)
@@ -152,6 +187,7 @@ class Policy:
     groups: Mapping[str, tuple[str, ...]]  # read-only (MappingProxyType)
     roles: Mapping[str, Role]  # read-only, in file order
     principal_pattern: str
+    hosts: Mapping[str, HostRole] = field(default_factory=lambda: MappingProxyType({}))  # [hosts.NAME]
 
     def groups_of(self, user: str) -> tuple[str, ...]:
         """The ``[groups]`` that list ``user``, sorted by name."""
@@ -275,6 +311,51 @@ class Policy:
             reason=reason,
             policy_sha256=self.sha256,
         )
+
+    def decide_host(self, host: str, role: str | None, ttl: int | None, now: int, skew: int) -> HostDecision:
+        """Judge a host certificate for ``host`` in host role ``role``, at ``now``.
+
+        Pure, like :meth:`decide`. The principals are the role's templates
+        with ``{host}`` expanded, each checked as a DNS name; a host name the
+        role's ``names`` do not admit, an unknown role, or a ttl above the
+        role's ``max_ttl`` raise :class:`~ca.errors.PolicyDenied`.
+        """
+        if type(skew) is not int or not 0 <= skew <= _MAX_SKEW:
+            raise ConfigError(f"clock skew must be 0..{_MAX_SKEW} seconds, got {skew!r}")
+        if type(now) is not int or now < skew:
+            raise ConfigError(f"now must be unix seconds, got {now!r}")
+        if not is_host_name(host):
+            raise PolicyDenied(f"invalid host name {quote(host)}")
+        if role is None and len(self.hosts) == 1:
+            role = next(iter(self.hosts))
+        hrole = self.hosts.get(role) if isinstance(role, str) else None
+        if hrole is None:
+            known = ", ".join(self.hosts) or "none (add a [hosts.NAME] table to the policy)"
+            raise PolicyDenied(f"no such host role {quote(role)} (host roles: {known})")
+        if not hrole.admits(host):
+            raise PolicyDenied(f"host {host} is outside host role {hrole.name} (names: {', '.join(hrole.names)})")
+        ttl = hrole.ttl if ttl is None else ttl
+        if type(ttl) is not int or ttl <= 0:
+            raise PolicyDenied(f"requested ttl must be a positive number of seconds, got {quote(ttl)}")
+        if ttl > hrole.max_ttl:
+            raise PolicyDenied(f"requested ttl {format_duration(ttl)} exceeds host role {hrole.name} "
+                               f"max_ttl {format_duration(hrole.max_ttl)}")
+        principals: list[str] = []
+        for template in hrole.principals:
+            name = template.replace(HOST_TEMPLATE, host)
+            if not is_dns_name(name):  # unreachable for a parsed policy and a valid host name
+                raise PolicyDenied(f"host role {hrole.name}: {show(name)} is not a DNS name")
+            if name not in principals:
+                principals.append(name)
+        return HostDecision(host=host, role=hrole.name, principals=tuple(principals), valid_after=now - skew,
+                            valid_before=now + ttl, ttl=ttl, policy_sha256=self.sha256)
+
+    def known_hosts_patterns(self) -> tuple[str, ...]:
+        """Every host role's known_hosts patterns, deduplicated, in file order."""
+        out: list[str] = []
+        for hrole in self.hosts.values():
+            out += [p for p in hrole.known_hosts_patterns() if p not in out]
+        return tuple(out)
 
     def explain(self, user: str, role: str | None = None, groups: tuple[str, ...] = ()) -> list[RoleVerdict]:
         """For each role (or only ``role``), may ``user`` use it, and with what.

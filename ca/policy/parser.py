@@ -36,6 +36,11 @@ The file looks like this (``config/policy.toml`` is a documented example)::
     max_ttl = "15m"
     require_reason = true
     approval = { approvers = ["group:security"], required = 1, expires = "1h" }
+
+    [hosts.prod]                # host certificates (iast-ca host sign / host token)
+    principals = ["{host}.prod.example.com", "{host}"]  # DNS names; {host} is the host name
+    names = ["web-*"]           # optional: which host names this role admits (default: any)
+    max_ttl = "30d"             # ttl defaults to max_ttl
 """
 
 from __future__ import annotations
@@ -53,8 +58,10 @@ from ca.durations import format_duration, parse_duration
 from ca.errors import PolicyError
 from ca.policy.model import (
     EXTENSIONS,
+    HOST_TEMPLATE,
     USER_TEMPLATE,
     Approval,
+    HostRole,
     Policy,
     Role,
     expand_users,
@@ -62,8 +69,10 @@ from ca.policy.model import (
 )
 from ca.rules import (
     DEFAULT_PRINCIPAL_PATTERN,
+    MAX_DNS_NAME,
     PRINCIPAL_FORBIDDEN,
     USER_NAME_TEXT,
+    is_dns_name,
     is_user_name,
 )
 
@@ -84,7 +93,11 @@ _NAME_TEXT = "^[a-z0-9][a-z0-9_.-]{0,63}$"
 # idp:PROVIDER:GROUP (an IdP's group names are its own: letters, digits and a few marks) and workload:NAME.
 _VOUCHED_RE = re.compile(r"idp:[a-z0-9][a-z0-9_-]{0,31}:[A-Za-z0-9_.@/ -]{1,128}|workload:[a-z0-9][a-z0-9_-]{0,31}")
 
-_TOP_KEYS = ("defaults", "groups", "roles")
+_TOP_KEYS = ("defaults", "groups", "roles", "hosts")
+_HOST_KEYS = ("description", "principals", "names", "ttl", "max_ttl")
+_DEFAULT_HOST_MAX_TTL = "30d"
+# A host name pattern: host-name characters and the shell wildcards * and ? (fnmatch).
+_HOST_PATTERN_RE = re.compile(r"[a-z0-9*?-]{1,63}")
 _DEFAULTS_KEYS = ("ttl", "max_ttl", "extensions", "role")
 _ROLE_KEYS = (
     "description",
@@ -203,6 +216,14 @@ class _Parser:
             if default_role not in roles:
                 raise self.fail("defaults.role", f"no such role {show(default_role)}")
 
+        hosts_doc = self.table(doc.get("hosts", {}), "hosts")
+        hosts: dict[str, HostRole] = {}
+        for name, body in hosts_doc.items():
+            where = f"hosts.{show(name)}"
+            if not _NAME_RE.fullmatch(name):
+                raise self.fail(where, f"invalid host role name (expected {_NAME_TEXT})")
+            hosts[name] = self.host_role(name, self.table(body, where))
+
         return Policy(
             path=self.path,
             sha256=hashlib.sha256(data).hexdigest(),
@@ -213,7 +234,43 @@ class _Parser:
             groups=MappingProxyType(groups),
             roles=MappingProxyType(roles),
             principal_pattern=self.pattern,
+            hosts=MappingProxyType(hosts),
         )
+
+    def host_role(self, name: str, doc: dict[str, Any]) -> HostRole:
+        """``[hosts.NAME]``: principals (DNS names and ``{host}`` templates), names, ttl, max_ttl.
+
+        Host certificates are not bound by ``[defaults].max_ttl`` (a user
+        session's limit); their own default is 30 days, under the same ceiling.
+        """
+        at = f"hosts.{name}."
+        self.check_keys(doc, _HOST_KEYS, f"host role {name}", at)
+        description = self.string(doc.get("description", ""), at + "description")
+        if "principals" not in doc:
+            raise self.fail(at + "principals", 'required (DNS names, or templates such as "{host}.example.com")')
+        principals = self.string_list(doc["principals"], at + "principals", non_empty=True)
+        for p in principals:
+            # The longest host name (63) must still give a DNS name, so check with one that long.
+            sample = p.replace(HOST_TEMPLATE, "a" * 63)
+            if "{" in sample or "}" in sample:
+                raise self.fail(at + "principals", f"{show(p)}: the only template is {HOST_TEMPLATE}")
+            if not is_dns_name(p.replace(HOST_TEMPLATE, "a")):
+                raise self.fail(at + "principals", f"{show(p)} is not a lower-case DNS name "
+                                                   "(letters, digits, inner hyphens, dot-separated)")
+            if len(sample) > MAX_DNS_NAME:
+                raise self.fail(at + "principals", f"{show(p)} would be longer than {MAX_DNS_NAME} characters")
+        names = self.string_list(doc.get("names", []), at + "names")
+        for n in names:
+            if not _HOST_PATTERN_RE.fullmatch(n):
+                raise self.fail(at + "names", f"{show(n)} is not a host name pattern (a-z, 0-9, '-', '*', '?')")
+        max_ttl = self.duration(doc.get("max_ttl", _DEFAULT_HOST_MAX_TTL), at + "max_ttl")
+        ttl = max_ttl
+        if "ttl" in doc:
+            ttl = self.duration(doc["ttl"], at + "ttl")
+            if ttl > max_ttl:
+                raise self.fail(at + "ttl", f"{format_duration(ttl)} exceeds {at}max_ttl {format_duration(max_ttl)}")
+        return HostRole(name=name, description=description, principals=principals, names=names, ttl=ttl,
+                        max_ttl=max_ttl)
 
     def groups(self, doc: dict[str, Any]) -> dict[str, tuple[str, ...]]:
         out: dict[str, tuple[str, ...]] = {}

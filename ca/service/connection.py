@@ -114,17 +114,20 @@ class Connection(asyncssh.SSHServer):
     def kbdint_auth_supported(self) -> bool:
         return bool(self._interactive)
 
-    def _choose(self, submethods: str) -> InteractiveAuthenticator:
-        """The authenticator the client's submethods ask for (``sso:NAME``, ``sso``, ``password``),
-        else the first: SSO when an identity provider is configured (see ca.app)."""
+    def _choose(self, submethods: str, username: str) -> InteractiveAuthenticator:
+        """Among the authenticators that answer for ``username`` (a host's join token for
+        ``host:NAME``, the people's ones for everyone else), the one the client's submethods ask
+        for (``sso:NAME``, ``sso``, ``password``), else the first: SSO when an identity provider
+        is configured (see ca.app)."""
+        pool = [a for a in self._interactive if a.accepts(username)] or self._interactive
         for wanted in (s.strip() for s in submethods.split(",")):
-            for authn in self._interactive:
+            for authn in pool:
                 if wanted and wanted in authn.submethods:
                     return authn
-        return self._interactive[0]
+        return pool[0]
 
     async def get_kbdint_challenge(self, username: str, lang: str, submethods: str):
-        authn = self._choose(submethods)
+        authn = self._choose(submethods, username)
         conversation = authn.begin(username, self.address)
         self._conversation = (authn, conversation)
         return (await conversation.start()).as_asyncssh()

@@ -36,9 +36,12 @@ from ca.errors import (
     CAError,
     UsageError,
 )
-from ca.models import Identity, SignRequest
+from ca.models import HostRequest, Identity, SignRequest
+from ca.rules import host_of_account
 from ca.service.observe import event
-from ca.service.protocol import COMMANDS, HELP, Command
+from ca.service.protocol import COMMANDS, HELP, HOST_COMMANDS, SHARED_COMMANDS, Command
+from ca.sshcert.certificates import parse_certificate_line
+from ca.sshcert.wire import WireError
 
 if TYPE_CHECKING:
     from ca.service.server import Service
@@ -125,6 +128,45 @@ async def help_(c: Call) -> int:
 async def ca_keys(c: Call) -> int:
     c.process.stdout.write("\n".join(c.ca.keyring.trust_lines()) + "\n")
     return EXIT_OK
+
+
+async def known_hosts(c: Call) -> int:
+    c.process.stdout.write("".join(line + "\n" for line in c.ca.host_known_hosts_lines()))
+    return EXIT_OK
+
+
+async def host_enroll(c: Call) -> int:
+    """``host-enroll``: the host key on stdin, signed once for the join token this connection logged in with."""
+    host = host_of_account(c.identity.user)
+    key_line = await c.read_stdin()
+    req = HostRequest(public_key=key_line, host=host or "", ttl=c.cmd.ttl, proof="token",
+                      token_id=c.identity.subject)
+    return await _host_issue(c, req)
+
+
+async def host_renew(c: Call) -> int:
+    """``host-renew``: the current certificate on stdin; a fresh one for the same key and role."""
+    host = host_of_account(c.identity.user)
+    cert_line = (await c.read_stdin()).strip()
+    parts = cert_line.split()
+    key_line = ""
+    if len(parts) >= 2 and parts[0].endswith("-cert-v01@openssh.com"):
+        # The certified key, from the certificate itself (the authority checks it is the login key).
+        try:
+            cert = parse_certificate_line(cert_line)
+            key_line = f"{cert.key_type} {base64.b64encode(cert.public_key_blob).decode()}"
+        except WireError:
+            key_line = ""
+    req = HostRequest(public_key=key_line, host=host or "", ttl=c.cmd.ttl, proof="renewal",
+                      certificate=cert_line)
+    return await _host_issue(c, req)
+
+
+async def _host_issue(c: Call, req: HostRequest) -> int:
+    issued = await c.on_issue(c.ca.authority.issue_host, c.identity, req)
+    event("host issued", host=issued.decision.host, role=issued.decision.role, serial=issued.serial,
+          key_id=issued.key_id, proof=req.proof, source=c.identity.source_address)
+    return c.reply(issued.as_json(), issued.certificate)
 
 
 async def krl(c: Call) -> int:
@@ -218,7 +260,26 @@ def _role_line(v) -> str:
             f"(max {format_duration(v.max_ttl or 0)})" + "".join(f"; {x}" for x in extra))
 
 
-HANDLERS: dict[str, Callable[[Call], Awaitable[int]]] = {
+def _for(kind: str, handler: Callable[[Call], Awaitable[int]]) -> Callable[[Call], Awaitable[int]]:
+    """Run ``handler`` only for a login of ``kind``: a host (``host:NAME``) or a user.
+    A host's login (a join token, its host key) proves nothing about any user, and no
+    user may ask for a host certificate through a host command."""
+
+    @functools.wraps(handler)
+    async def run(c: Call) -> int:
+        is_host = host_of_account(c.identity.user) is not None
+        if is_host != (kind == "host"):
+            raise AuthenticationFailed(f"{c.cmd.name} is a command for {'hosts' if kind == 'host' else 'users'}; "
+                                       f"you are logged in as {c.identity.user[:70]}")
+        return await handler(c)
+
+    return run
+
+
+_HANDLERS: dict[str, Callable[[Call], Awaitable[int]]] = {
+    "host-enroll": host_enroll,
+    "host-renew": host_renew,
+    "known-hosts": known_hosts,
     "sign": sign,
     "request": request,
     "requests": requests,
@@ -230,6 +291,10 @@ HANDLERS: dict[str, Callable[[Call], Awaitable[int]]] = {
     "ca-keys": ca_keys,
     "krl": krl,
     "help": help_,
+}
+HANDLERS: dict[str, Callable[[Call], Awaitable[int]]] = {
+    name: fn if name in SHARED_COMMANDS else _for("host" if name in HOST_COMMANDS else "user", fn)
+    for name, fn in _HANDLERS.items()
 }
 # The grammar and the table name the same commands: one cannot gain a command the other lacks.
 if set(HANDLERS) != set(COMMANDS):

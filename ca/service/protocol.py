@@ -36,9 +36,16 @@ COMMANDS: dict[str, dict[str, bool]] = {
     "roles": {"--json": True},
     "whoami": {"--json": True},
     "ca-keys": {},
+    "known-hosts": {},
     "krl": {},
     "help": {},
+    # Host commands: only for a host's login (host:NAME), see ca.auth.hosts.
+    "host-enroll": {"--ttl": False, "--json": True},
+    "host-renew": {"--ttl": False, "--json": True},
 }
+# Commands a host login may run; every other command is for users only (ca.service.handlers).
+HOST_COMMANDS = frozenset({"host-enroll", "host-renew"})
+SHARED_COMMANDS = frozenset({"ca-keys", "known-hosts", "krl", "help"})
 # Commands that take one request ID as their only positional argument.
 TAKES_ID = frozenset({"approve", "deny", "cancel"})
 # Options a command cannot do without.
@@ -58,7 +65,11 @@ iast-ssh certificate authority. Commands (run as: ssh -p PORT USER@CA COMMAND):
   roles [--json]       the roles you may request, with their limits
   whoami [--json]      who the CA thinks you are, and how you authenticated
   ca-keys              the CA public keys hosts trust (TrustedUserCAKeys)
+  known-hosts          '@cert-authority PATTERN KEY' lines for known_hosts (the host CA)
   krl                  the current KRL (sshd RevokedKeys), base64: ... krl | base64 -d > revoked.krl
+Host commands (log in as host:NAME; run by 'iast-ssh host enroll' and 'iast-ssh host renew'):
+  host-enroll [--ttl D] [--json] < ssh_host_ed25519_key.pub   (login: the one-time join token)
+  host-renew [--ttl D] [--json] < ssh_host_ed25519_key-cert.pub   (login: the host key)
 Exit status: 0 ok, 1 error, 2 usage, 3 denied by policy, 4 authentication insufficient.
 """
 

@@ -113,3 +113,19 @@ def parse_user_key(line: str, min_rsa_bits: int = DEFAULT_MIN_RSA_BITS) -> UserK
         raise BadKey("the Ed25519 key is all zeros")
     return UserKey(algorithm, blob, fingerprint(blob), bits, key)
 
+
+
+# A host key is served by sshd, which has no FIDO host keys: the sk-* types are refused.
+HOST_KEY_TYPES = USER_KEY_TYPES - {"sk-ssh-ed25519@openssh.com", "sk-ecdsa-sha2-nistp256@openssh.com"}
+
+
+def parse_host_key(line: str, min_rsa_bits: int = DEFAULT_MIN_RSA_BITS) -> UserKey:
+    """Check a host's OpenSSH public key line (``/etc/ssh/ssh_host_*_key.pub``) before certifying it.
+
+    The same rules as :func:`parse_user_key` (no certificate, no DSA, no short
+    RSA, no malformed key), and no ``sk-*`` key, which sshd cannot serve.
+    """
+    key = parse_user_key(line, min_rsa_bits)
+    if key.algorithm not in HOST_KEY_TYPES:
+        raise BadKey(f"key type {key.algorithm} cannot be a host key")
+    return key

@@ -74,6 +74,18 @@ class CertificateRow(NamedTuple):
     event_id: int
 
 
+class JoinTokenRow(NamedTuple):
+    id: str
+    secret_sha256: str
+    host: str
+    role: str
+    created: int
+    expires_at: int
+    used_at: int | None
+    used_serial: int | None
+    event_id: int
+
+
 class RequestRow(NamedTuple):
     id: str
     username: str
@@ -125,6 +137,8 @@ class CertificateReads(Protocol):
     def unexpired_serials(self, *, cutoff: int, key_fingerprint: str | None = None,
                           username: str | None = None) -> list[int]:
         """Serials (ascending) with ``valid_before > cutoff``, of this key or this user."""
+    def current_of(self, username: str, key_fingerprint: str, cutoff: int) -> list[CertificateRow]:
+        """Certificates of ``username`` for this key with ``valid_before > cutoff``, by serial."""
     def usernames_of_key(self, key_fingerprint: str) -> list[str]:
         """Every user a certificate for this key was issued to, sorted."""
     def any_for_user(self, username: str) -> bool: ...
@@ -173,6 +187,8 @@ class RevocationReads(Protocol):
     def is_revoked(self, kind: str, value: str) -> bool: ...
     def find(self, kind: str, value: str) -> int | None:
         """The row id of a revocation, or None."""
+    def revoked_at(self, kind: str, value: str) -> int | None:
+        """When (kind, value) was revoked (unix seconds), or None."""
     def all(self) -> list[tuple]:
         """Every row (``REVOCATION_COLUMNS``), oldest first."""
     def krl_state(self) -> tuple[int, str, int] | None:
@@ -231,6 +247,16 @@ class UsedTokenWrites(UsedTokenReads, Protocol):
     def use(self, token_key: str, issuer: str, expires_at: int, now: int) -> bool:
         """Remember a token until ``expires_at``; False if it was already used (a replay).
         Also forgets tokens expired before ``now``."""
+class JoinTokenReads(Protocol):
+    def get(self, token_id: str) -> JoinTokenRow | None: ...
+
+
+class JoinTokenWrites(JoinTokenReads, Protocol):
+    def insert(self, token_id: str, secret_sha256: str, host: str, role: str, created: int, expires_at: int,
+               event_id: int) -> None:
+        """A new, unused token (its ``host_token_created`` event is ``event_id``)."""
+    def mark_used(self, token_id: str, used_at: int, serial: int) -> bool:
+        """Use the token for the certificate ``serial``; False if it was used already."""
 
 
 # -- the unit of work and the store ----------------------------------------------------------
@@ -245,6 +271,7 @@ class UnitOfWork(ABC):
     requests: RequestWrites
     certificates: CertificateReads
     tokens: UsedTokenWrites
+    join_tokens: JoinTokenWrites
 
     @abstractmethod
     def append(self, kind: str, data: dict[str, Any], *, user: str | None = None, role: str | None = None,
@@ -287,6 +314,7 @@ class Store(ABC):
     requests: RequestReads
     certificates: CertificateReads
     tokens: UsedTokenReads
+    join_tokens: JoinTokenReads
 
     @abstractmethod
     def transaction(self) -> AbstractContextManager[UnitOfWork]:
@@ -352,7 +380,8 @@ class Store(ABC):
 
 
 __all__ = [
-    "CertificateReads", "CertificateRow", "EventReads", "RequestReads", "RequestRow", "RequestWrites",
+    "CertificateReads", "CertificateRow", "EventReads", "JoinTokenReads", "JoinTokenRow", "JoinTokenWrites",
+    "RequestReads", "RequestRow", "RequestWrites",
     "RevocationReads", "RevocationWrites", "Store", "ThrottleReads", "ThrottleWrites", "UnitOfWork",
     "UsedTokenReads", "UsedTokenWrites",
     "UserReads", "UserRow", "UserWrites", "VerifyReport",

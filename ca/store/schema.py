@@ -30,15 +30,17 @@ Versions:
    revocations, krl_state, requests, approvals) created with the schema
    instead of lazily by its module. ``logins`` stays created on demand
    (by the first ``correlate``): its presence tells the report that sshd
-   logs were ever correlated.
+   logs were ever correlated;
 4. ``used_tokens``: identity-provider and workload tokens already accepted
    (by ``jti`` or hash), kept until they expire, so that a token is used
-   once across every replica sharing the database (docs/security.md, SSO rules).
+   once across every replica sharing the database (docs/security.md, SSO rules);
+5. ``join_tokens``: one-time host join tokens (``iast-ca host token``), kept
+   as the SHA-256 of their secret, used at most once.
 """
 
 from __future__ import annotations
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 # The columns of an event row, in the order the chain hashes them (the first
 # nine; see ca.audit.chain.canonical) and every reader reads them.
@@ -50,6 +52,8 @@ REQUEST_COLUMNS = ("id", "username", "role", "ttl", "reason", "status", "created
                    "used_serial")
 REVOCATION_COLUMNS = ("id", "kind", "value", "serial", "ca_fingerprint", "public", "reason", "actor", "event_id",
                       "created")
+JOIN_TOKEN_COLUMNS = ("id", "secret_sha256", "host", "role", "created", "expires_at", "used_at", "used_serial",
+                      "event_id")
 REQUEST_STATUSES = ("pending", "approved", "denied", "cancelled", "expired", "used")
 REVOCATION_KINDS = ("serial", "key_id", "key", "ca_key", "user")
 
@@ -195,6 +199,29 @@ REQUESTS = (
     )""",
 )
 
+# One-time host join tokens (ca.issuance.authority, iast-ca host token). Only the SHA-256 of the
+# secret is kept: the database alone cannot enrol a host. A token is used at most once (used_at is
+# set, in the issuing transaction, only while it is NULL) and never changes otherwise.
+JOIN_TOKENS = (
+    """CREATE TABLE IF NOT EXISTS join_tokens (
+        id TEXT PRIMARY KEY,
+        secret_sha256 TEXT NOT NULL,
+        host TEXT NOT NULL,
+        role TEXT NOT NULL,
+        created INTEGER NOT NULL,
+        expires_at INTEGER NOT NULL,
+        used_at INTEGER,
+        used_serial INTEGER,
+        event_id INTEGER NOT NULL REFERENCES events(id)
+    )""",
+    """CREATE TRIGGER IF NOT EXISTS join_tokens_once BEFORE UPDATE ON join_tokens
+       WHEN OLD.used_at IS NOT NULL OR NEW.id IS NOT OLD.id OR NEW.secret_sha256 IS NOT OLD.secret_sha256
+            OR NEW.host IS NOT OLD.host OR NEW.role IS NOT OLD.role OR NEW.expires_at IS NOT OLD.expires_at
+       BEGIN SELECT RAISE(ABORT, 'a join token is used once and never changed'); END""",
+    """CREATE TRIGGER IF NOT EXISTS join_tokens_no_delete BEFORE DELETE ON join_tokens
+       BEGIN SELECT RAISE(ABORT, 'join tokens cannot be deleted'); END""",
+)
+
 # sshd logins correlated with issuances (ca.review.correlate). Created on demand, by the first
 # correlate run, not with the schema: whether it exists tells the report that logs were correlated.
 LOGINS = (
@@ -243,7 +270,7 @@ USED_TOKENS = (
 )
 
 # Everything a database at SCHEMA_VERSION has (LOGINS comes on demand).
-CURRENT = EVENTS + CERTIFICATES + USERS + THROTTLE + REVOCATIONS + REQUESTS + USED_TOKENS
+CURRENT = EVENTS + CERTIFICATES + USERS + THROTTLE + REVOCATIONS + REQUESTS + USED_TOKENS + JOIN_TOKENS
 
 # -- migrations ------------------------------------------------------------------------
 #
@@ -289,5 +316,6 @@ MIGRATIONS: dict[int, tuple] = {
         *(EVENTS + CERTIFICATES + USERS + THROTTLE + REVOCATIONS + REQUESTS),
     ),
     4: USED_TOKENS,
+    5: JOIN_TOKENS,
 }
 assert sorted(MIGRATIONS) == list(range(1, SCHEMA_VERSION + 1))

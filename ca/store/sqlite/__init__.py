@@ -22,6 +22,7 @@ from ca.store import schema
 from ca.store.base import Store, UnitOfWork
 from ca.store.sqlite.connection import connect, ensure_tables, has_table, migrate
 from ca.store.sqlite.events import Certificates, EventRows
+from ca.store.sqlite.join_tokens import JoinTokens
 from ca.store.sqlite.requests import Requests
 from ca.store.sqlite.review import ReviewQueries
 from ca.store.sqlite.revocations import Revocations
@@ -49,6 +50,7 @@ class SQLiteUnitOfWork(UnitOfWork):
         self.requests = store.requests
         self.certificates = store.certificates
         self.tokens = store.tokens
+        self.join_tokens = store.join_tokens
         self._head: tuple[int, str] | None = None
 
     @property
@@ -99,6 +101,7 @@ class SQLiteStore(Store):
         self.throttle = ThrottleCounters(self.conn)
         self.revocations = Revocations(self.conn, self.db)
         self.requests = Requests(self.conn, self.path)
+        self.join_tokens = JoinTokens(self.conn)
         self.review = ReviewQueries(self.conn)
         self.tokens = UsedTokens(self.conn)
 

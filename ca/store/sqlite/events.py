@@ -125,6 +125,11 @@ class Certificates:
         return [s for (s,) in self.conn.execute(
             f"SELECT serial FROM certificates WHERE {col} = ? AND valid_before > ? ORDER BY serial", (val, cutoff))]
 
+    def current_of(self, username: str, key_fingerprint: str, cutoff: int) -> list[CertificateRow]:
+        return [CertificateRow(*r) for r in self.conn.execute(
+            f"{_CERT} WHERE username = ? AND key_fingerprint = ? AND valid_before > ? ORDER BY serial",
+            (username, key_fingerprint, cutoff))]
+
     def usernames_of_key(self, key_fingerprint: str) -> list[str]:
         return sorted({u for (u,) in self.conn.execute(
             "SELECT DISTINCT username FROM certificates WHERE key_fingerprint = ?", (key_fingerprint,))})

@@ -32,6 +32,11 @@ class Revocations:
         row = self.conn.execute("SELECT id FROM revocations WHERE kind = ? AND value = ?", (kind, value)).fetchone()
         return row[0] if row else None
 
+    def revoked_at(self, kind: str, value: str) -> int | None:
+        row = self.conn.execute("SELECT created FROM revocations WHERE kind = ? AND value = ?",
+                                (kind, value)).fetchone()
+        return row[0] if row else None
+
     def all(self) -> list[tuple]:
         # A plain table read: sqlite-utils' rows_where, in the schema's column order.
         return [tuple(r[c] for c in REVOCATION_COLUMNS)
