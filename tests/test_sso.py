@@ -63,7 +63,7 @@ def idp(tmp_path_factory):
         yield p
 
 
-def _state(tmp_path: Path, idp: OpenIDProvider, login_timeout: str = "40s") -> CAProcess:
+def _state(tmp_path: Path, idp: OpenIDProvider, login_timeout: str = "40s", address_failures: int = 50) -> CAProcess:
     from ca.config import default_config
     from ca.state import init_state
 
@@ -73,7 +73,7 @@ def _state(tmp_path: Path, idp: OpenIDProvider, login_timeout: str = "40s") -> C
     init_state(c, "ed25519", None)
     workload = (f'[workload.deploy]\nissuer = "{idp.issuer}"\naudience = "iast-ca-deploy"\n'
                 f'ca_file = "{idp.ca_file}"\nclaims = {{ repository = "org/app", ref = "refs/heads/main" }}\n')
-    conf = (f'[server]\nlogin_timeout = "{login_timeout}"\n[throttle]\naddress_failures = 50\n'
+    conf = (f'[server]\nlogin_timeout = "{login_timeout}"\n[throttle]\naddress_failures = {address_failures}\n'
             + idp.ca_toml() + workload)
     return CAProcess(c.state_dir, policy, conf, workdir=tmp_path)
 
