@@ -2,7 +2,8 @@
 
 Through the real OpenSSH client (keyboard-interactive device flow) and
 ``iast-ssh login --sso``; token checks against the provider's own JWKS over
-HTTPS; workload tokens through ``sign --token -``; the IdP stopped mid-test.
+HTTPS; the IdP stopped mid-test. Workload tokens, ``iast-ssh login --sso`` and the fresh
+sign-in a role asks for are in tests/test_workload.py.
 """
 
 from __future__ import annotations
