@@ -1,9 +1,9 @@
 """Single sign-on against a real OpenID Provider (npm oidc-provider, tests/oidc_harness.py).
 
-Through the real OpenSSH client (keyboard-interactive device flow) and
-``iast-ssh login --sso``; token checks against the provider's own JWKS over
-HTTPS; the IdP stopped mid-test. Workload tokens, ``iast-ssh login --sso`` and the fresh
-sign-in a role asks for are in tests/test_workload.py.
+Through the real OpenSSH client (keyboard-interactive device flow); token
+checks against the provider's own JWKS over HTTPS; the IdP stopped mid-test.
+Workload tokens, ``iast-ssh login --sso``, the fresh sign-in a role asks for
+and refused tokens throttled are in tests/test_workload.py.
 """
 
 from __future__ import annotations
