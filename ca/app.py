@@ -37,6 +37,7 @@ from ca.auth.base import Authenticator
 from ca.auth.guard import Guard
 from ca.auth.oidc import OIDCAuthenticator
 from ca.auth.hosts import HostKeyAuthenticator, JoinTokenAuthenticator
+from ca.auth.workload import WorkloadAuthenticator
 from ca.auth.password_totp import PasswordTotpAuthenticator
 from ca.auth.pubkey import PublicKeyAuthenticator
 from ca.auth.throttle import Throttle
@@ -276,15 +277,25 @@ class CA:
         a password (docs/security.md rule 14). Password + code is the ``password`` submethod
         (``ssh -o KbdInteractiveDevices=password``; ``iast-ssh`` asks for it itself)."""
         sso = tuple(OIDCAuthenticator(p, self.auth_audit, skew=self.cfg.clock_skew,
-                                      login_timeout=self.cfg.login_timeout, clock=self.clock)
+                                      login_timeout=self.cfg.login_timeout, clock=self.clock,
+                                      role_auth_age=self._role_auth_age)
                     for p in self.cfg.oidc)
+        # Workload tokens authenticate one request each (sign --token -), not a login.
+        workload = ((WorkloadAuthenticator(self.cfg.workloads, self.auth_audit, skew=self.cfg.clock_skew,
+                                           clock=self.clock),) if self.cfg.workloads else ())
         return (
             PublicKeyAuthenticator(self.auth_users, key_revoked(self.auth_audit)),
             *sso,
             HostKeyAuthenticator(self.auth_audit),  # host:NAME accounts only (host renew)
             JoinTokenAuthenticator(self.auth_audit),  # host:NAME accounts only (host enroll); before passwords
             PasswordTotpAuthenticator(self.auth_users),
+            *workload,
         )
+
+    def _role_auth_age(self, role: str) -> int | None:
+        """A role's max_auth_age in the policy now served (for the IdP's max_age; None if none)."""
+        found = self.policy.roles.get(role)
+        return found.max_auth_age if found is not None else None
 
     # -- closing ------------------------------------------------------------------------
 

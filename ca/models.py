@@ -44,6 +44,9 @@ class Identity:
     token_hash: str | None = None
     # A workload token authenticates one request only: this identity was made for it.
     single_request: bool = False
+    # A workload's short default ttl ([workload.NAME] ttl): a request without --ttl gets this,
+    # or the role's ttl when that is shorter. None: the role's ttl.
+    default_ttl: int | None = None
 
 
 @dataclass(frozen=True)

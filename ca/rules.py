@@ -36,6 +36,11 @@ def check_user_name(name: Any, error: type[CAError] = UsageError) -> str:
 
 # -- principals -----------------------------------------------------------------
 # The default pattern a principal must match (the config can narrow or widen it).
+# The SSH user name a workload connects as (``ssh workload@CA sign --token -``): with a
+# [workload.*] section it is no account, and SSH "none" accepts it for one token-authenticated
+# request only (docs/security.md rule 14). The client and the service both need the name.
+WORKLOAD_USER = "workload"
+
 DEFAULT_PRINCIPAL_PATTERN = r"^[a-z_][a-z0-9_.-]{0,31}$"
 # Never allowed in a principal, whatever the configured pattern says: a comma
 # splits principal lists in asyncssh and in sshd's matching (CVE-2026-35414), "*", "?" and "!"

@@ -212,12 +212,23 @@ class OpenIDProvider:
 
     # -- the person at the browser -------------------------------------------------------
 
+    def browser(self) -> httpx.Client:
+        """A person's browser: keeps the provider's session cookie from one sign-in to the next
+        (so a later device login may skip the login page, as a real IdP session does)."""
+        return httpx.Client(verify=ssl.create_default_context(cafile=str(self.ca_file)), follow_redirects=True,
+                            timeout=10)
+
     def approve(self, url: str, login: str, password: str | None = None, *, auth_age: int = 0,
-                user_code: str | None = None) -> str:
+                user_code: str | None = None, browser: httpx.Client | None = None,
+                logins: list[int] | None = None) -> str:
         """Open ``url`` (verification_uri or verification_uri_complete), enter the code if asked,
-        sign in as ``login``; return the last page's text."""
+        sign in as ``login`` when the provider shows its login page (``auth_age``: back-date that
+        sign-in by so many seconds); return the last page's text. ``browser``: one kept across
+        sign-ins (:meth:`browser`); ``logins`` collects the auth_age of each login page shown."""
         password = password if password is not None else ACCOUNTS[login]["password"]
-        with httpx.Client(verify=ssl.create_default_context(cafile=str(self.ca_file)), follow_redirects=True, timeout=10) as http:
+        from contextlib import nullcontext
+
+        with (nullcontext(browser) if browser is not None else self.browser()) as http:
             r = http.get(url)
             for _ in range(8):
                 forms = forms_of(r.text)
@@ -227,6 +238,8 @@ class OpenIDProvider:
                 if "user_code" in fields and not fields["user_code"]:
                     fields["user_code"] = user_code or ""
                 if "login" in fields:
+                    if logins is not None:
+                        logins.append(auth_age)
                     fields.update(login=login, password=password, auth_age=str(auth_age))
                 target = urljoin(str(r.url), action) if action else str(r.url)
                 r = http.post(target, data=fields) if method == "post" else http.get(target, params=fields)

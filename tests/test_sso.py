@@ -1,8 +1,9 @@
 """Single sign-on against a real OpenID Provider (npm oidc-provider, tests/oidc_harness.py).
 
-Through the real OpenSSH client (keyboard-interactive device flow) and
-``iast-ssh login --sso``; token checks against the provider's own JWKS over
-HTTPS; workload tokens through ``sign --token -``; the IdP stopped mid-test.
+Through the real OpenSSH client (keyboard-interactive device flow); token
+checks against the provider's own JWKS over HTTPS; the IdP stopped mid-test.
+Workload tokens, ``iast-ssh login --sso``, the fresh sign-in a role asks for
+and refused tokens throttled are in tests/test_workload.py.
 """
 
 from __future__ import annotations
@@ -63,7 +64,7 @@ def idp(tmp_path_factory):
         yield p
 
 
-def _state(tmp_path: Path, idp: OpenIDProvider, login_timeout: str = "40s") -> CAProcess:
+def _state(tmp_path: Path, idp: OpenIDProvider, login_timeout: str = "40s", address_failures: int = 50) -> CAProcess:
     from ca.config import default_config
     from ca.state import init_state
 
@@ -73,7 +74,7 @@ def _state(tmp_path: Path, idp: OpenIDProvider, login_timeout: str = "40s") -> C
     init_state(c, "ed25519", None)
     workload = (f'[workload.deploy]\nissuer = "{idp.issuer}"\naudience = "iast-ca-deploy"\n'
                 f'ca_file = "{idp.ca_file}"\nclaims = {{ repository = "org/app", ref = "refs/heads/main" }}\n')
-    conf = (f'[server]\nlogin_timeout = "{login_timeout}"\n[throttle]\naddress_failures = 50\n'
+    conf = (f'[server]\nlogin_timeout = "{login_timeout}"\n[throttle]\naddress_failures = {address_failures}\n'
             + idp.ca_toml() + workload)
     return CAProcess(c.state_dir, policy, conf, workdir=tmp_path)
 

@@ -124,6 +124,20 @@ class StepUp(ABC):
         """The check, to run under the guard with :attr:`step_up_guarding` (blocking)."""
 
 
+class RequestAuthenticator(Authenticator):
+    """A credential sent *with one request*, not at SSH login (a workload's signed token:
+    ``sign --token -``, its first stdin line). The SSH connection itself is accepted by
+    ``none`` only for the reserved user name that asks for this (docs/security.md rule 14);
+    the credential then authenticates exactly that one request."""
+
+    ssh_method = "none"
+
+    @abstractmethod
+    async def check(self, credential: str, address: str) -> Callable[[float], Identity | Refusal]:
+        """On the event loop (may await its issuer, must not block): the blocking rest of the
+        check (replay, through the store), to run on the auth thread under the guard."""
+
+
 class InteractiveAuthenticator(Authenticator):
     """SSH ``keyboard-interactive``: rounds of prompts and answers, then a check."""
 
@@ -139,5 +153,6 @@ class InteractiveAuthenticator(Authenticator):
         return ":" not in user
 
     @abstractmethod
-    def begin(self, user: str, address: str) -> Conversation:
-        """A new conversation for ``user`` (any name: unknown names take the same path, rule 14)."""
+    def begin(self, user: str, address: str, hints: Sequence[str] = ()) -> Conversation:
+        """A new conversation for ``user`` (any name: unknown names take the same path, rule 14).
+        ``hints``: the client's other submethods (``role:NAME`` asks SSO for the sign-in that role needs)."""

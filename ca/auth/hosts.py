@@ -142,7 +142,7 @@ class JoinTokenAuthenticator(InteractiveAuthenticator):
     def accepts(self, user: str) -> bool:
         return user.startswith(HOST_ACCOUNT_PREFIX)
 
-    def begin(self, user: str, address: str) -> Conversation:
+    def begin(self, user: str, address: str, hints: Sequence[str] = ()) -> Conversation:
         return _TokenConversation(self, user, address)
 
 

@@ -46,13 +46,15 @@ class OIDCAuthenticator(InteractiveAuthenticator):
     guarding = Guarding("oidc", guessable=False, count_address=True)
 
     def __init__(self, provider: OIDCProvider, store: Store, *, skew: int, login_timeout: int,
-                 clock: Callable[[], float] = time.time, sleep=asyncio.sleep):
+                 clock: Callable[[], float] = time.time, sleep=asyncio.sleep,
+                 role_auth_age: Callable[[str], int | None] = lambda role: None):
         self.provider = provider
         self.store = store
         self.skew = skew
         self.login_timeout = login_timeout
         self.clock = clock
         self.sleep = sleep
+        self.role_auth_age = role_auth_age  # a role's max_auth_age in the current policy
         self.submethods = (f"sso:{provider.name}", "sso")
         self.issuer = IssuerClient(provider.issuer, ca_file=provider.ca_file, timeout=provider.timeout, clock=clock)
 
@@ -60,8 +62,24 @@ class OIDCAuthenticator(InteractiveAuthenticator):
     def name(self) -> str:
         return self.provider.name
 
-    def begin(self, user: str, address: str) -> Conversation:
-        return _DeviceLogin(self, address)
+    def begin(self, user: str, address: str, hints: Sequence[str] = ()) -> Conversation:
+        return _DeviceLogin(self, address, self.max_age_for(hints))
+
+    def max_age_for(self, hints: Sequence[str]) -> tuple[int | None, bool]:
+        """(max_age, prompt=login) for the device authorization request.
+
+        The role is in the exec command, which SSH sends only *after* authentication, so
+        the CA cannot know it here unless the login names it: a ``role:NAME`` submethod
+        (``ssh -o KbdInteractiveDevices=role:prod-admin``; ``iast-ssh login --sso --role``
+        sends it). For a role with ``max_auth_age`` the IdP is then asked for a sign-in that
+        recent (``max_age``) and a fresh one (``prompt=login``); the role's check at issue
+        time (docs/security.md rule 35) stays the one that decides."""
+        ages = [a for a in (self.role_auth_age(h[len("role:"):]) for h in hints if h.startswith("role:"))
+                if a is not None]
+        own = self.provider.max_age
+        if not ages:
+            return own, False
+        return min(ages + ([own] if own is not None else [])), True
 
     # -- claims -> identity (pure) -----------------------------------------------------
 
@@ -103,8 +121,9 @@ class OIDCAuthenticator(InteractiveAuthenticator):
 
 
 class _DeviceLogin(Conversation):
-    def __init__(self, authn: OIDCAuthenticator, address: str):
+    def __init__(self, authn: OIDCAuthenticator, address: str, max_age: tuple[int | None, bool] = (None, False)):
         self.authn, self.address = authn, address
+        self.max_age, self.fresh = max_age
         self.device: dict[str, Any] | None = None
         self.started = 0.0
         self.failure: str | None = None
@@ -115,8 +134,10 @@ class _DeviceLogin(Conversation):
         a, p = self.authn, self.authn.provider
         self.started = a.clock()
         data = {"client_id": p.client_id, "scope": " ".join(p.scopes)}
-        if p.max_age is not None:
-            data["max_age"] = str(p.max_age)
+        if self.max_age is not None:
+            data["max_age"] = str(self.max_age)
+        if self.fresh:
+            data["prompt"] = "login"
         try:
             url = await a.issuer.endpoint("device_authorization_endpoint")
             _, device = await a.issuer.request_json("POST", url, data=data, auth=_client_auth(p))

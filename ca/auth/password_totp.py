@@ -41,7 +41,7 @@ class PasswordTotpAuthenticator(InteractiveAuthenticator, StepUp):
     def __init__(self, users: UserStore):
         self.users = users
 
-    def begin(self, user: str, address: str) -> Conversation:
+    def begin(self, user: str, address: str, hints: Sequence[str] = ()) -> Conversation:
         return _PasswordThenCode(self, user, address)
 
     def check(self, user: str, password: str, code: str, address: str, now: float) -> Identity | Refusal:

@@ -32,11 +32,32 @@ def _interactive() -> bool:
     return sys.stdin.isatty()
 
 
+def _display() -> bool:
+    """Whether a browser can be opened here: a graphical session (not over plain ssh)."""
+    import os
+
+    return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")) or sys.platform in ("darwin", "win32")
+
+
+def _sign_in(text: str, url: str | None) -> None:
+    """Show the IdP's URL and code (stderr: stdout stays the answer); open a browser when there is one."""
+    click.echo(text, err=True)
+    if url and _display():
+        import webbrowser
+
+        try:
+            if webbrowser.open(url):
+                click.echo("(opened in your browser)", err=True)
+        except webbrowser.Error:
+            pass
+
+
 def _prompter(interactive: bool):
     from ca.client import Prompter
 
     if not interactive:
-        return Prompter()
+        # Nobody can type, but an SSO sign-in URL can still be shown (and opened).
+        return Prompter(sign_in=_sign_in)
 
     def secret(prompt: str) -> str:
         return click.prompt(prompt.rstrip().rstrip(":"), hide_input=True, err=True, prompt_suffix=": ")
@@ -49,7 +70,7 @@ def _prompter(interactive: bool):
                    "Compare it with what 'iast-ca info' prints on the CA (or ask its administrator).", err=True)
         return click.confirm("Trust this CA and remember its key?", default=False, err=True)
 
-    return Prompter(secret=secret, code=code, confirm_host_key=confirm)
+    return Prompter(secret=secret, code=code, confirm_host_key=confirm, sign_in=_sign_in)
 
 
 def ca_options(f: Callable) -> Callable:
@@ -70,9 +91,9 @@ def ca_options(f: Callable) -> Callable:
                 identity: str | None, **kw: Any) -> Any:
         from ca.client import Client
 
-        def make_client() -> Client:
+        def make_client(**more: Any) -> Client:
             return Client(ca, ca_fingerprint=ca_fingerprint, user=user, identity=identity,
-                          prompter=_prompter(_interactive()))
+                          prompter=_prompter(_interactive()), **more)
 
         return f(*args, make_client=make_client, **kw)
 
@@ -116,10 +137,18 @@ def cli() -> None:
 @click.option("--request", "request_id", metavar="ID",
               help="Use this approved access request (roles that need approval; see 'iast-ssh request'). "
                    "Role, ttl and reason default to the request's.")
+@click.option("--sso", "sso", is_flag=False, flag_value="", default=None, metavar="[NAME]",
+              help="Sign in through the CA's identity provider (NAME: one of its [oidc.NAME]; default its "
+                   "first): shows a URL and code (and opens a browser when there is a display).")
+@click.option("--token-file", type=click.Path(dir_okay=False), metavar="FILE",
+              help="A workload (CI job): authenticate with the platform's signed token in FILE.")
+@click.option("--token-env", metavar="VAR",
+              help="A workload: the token is in this environment variable (e.g. a CI job's ID token).")
 @click.option("--no-agent", is_flag=True, help="Write key and certificate files instead of using ssh-agent.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), metavar="DIR", help=_OUT_HELP)
 @output_options(csv_ok=False)
-def login(make_client, role, ttl, reason, otp, request_id, no_agent, out_dir, fmt) -> None:
+def login(make_client, role, ttl, reason, otp, request_id, sso, token_file, token_env, no_agent, out_dir,
+          fmt) -> None:
     """Get a certificate from the CA and hand it to ssh.
 
     The CA's host key is checked against the pinned fingerprint before
@@ -130,12 +159,25 @@ def login(make_client, role, ttl, reason, otp, request_id, no_agent, out_dir, fm
     that needs approval is signed once per approved request ('iast-ssh
     request'); '--role R' finds your approved request for R by itself.
 
+    With --sso the CA signs you in through its identity provider: open
+    the URL shown (a browser opens by itself when there is a display) and
+    approve; a role with max_auth_age asks the IdP for a fresh sign-in.
+    With --token-file or --token-env a workload (a CI job) trades its
+    platform's token for a short certificate, without any key of its own.
+
     \b
     Example:
       iast-ssh login --role prod-readonly --reason "INC-1234" --ttl 30m
       iast-ssh login --no-agent -i ~/.ssh/id_ed25519 && ssh -i ~/.ssh/iast-ssh/id_ed25519 alice@host
+      iast-ssh login --sso --role prod-admin
+      iast-ssh login --token-env ACTIONS_ID_TOKEN --role deploy --no-agent --out ./ssh
     """
-    client = make_client()
+    token = None
+    if token_file is not None or token_env is not None:
+        from ca.client.connection import read_token
+
+        token = read_token(file=token_file, env=token_env)
+    client = make_client(sso=sso, workload_token=token)
     result = client.login(role=role, ttl=ttl, reason=reason, otp=otp, no_agent=no_agent, out_dir=out_dir,
                           request_id=request_id)
     if fmt == "json":

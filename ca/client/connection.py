@@ -9,7 +9,11 @@ The flow of ``login`` (docs/architecture.md, "The one path every certificate tak
 2. Authenticate: ``-i KEY`` (an enrolled private key), else the keys in
    ssh-agent, else keyboard-interactive (password, then one-time code), all
    through caller-supplied prompt callbacks. The library never reads a
-   terminal itself.
+   terminal itself. With ``sso``: only keyboard-interactive, as the CA's
+   SSO (the device flow: the IdP's URL and code go to ``Prompter.sign_in``
+   while the CA waits for the approval). With ``workload_token``: as the
+   reserved user ``workload``, which the CA accepts for one ``sign --token -``
+   whose token (the first stdin line) authenticates it.
 3. Generate a fresh Ed25519 key, run ``sign --json`` with its public key on
    stdin (see :mod:`ca.service.protocol`); when a role needs a second factor and a
    code callback exists, ask for the code and retry once with ``--otp``.
@@ -59,6 +63,7 @@ from ca.errors import (
     PolicyDenied,
     UsageError,
 )
+from ca.rules import WORKLOAD_USER
 
 __all__ = ["AUTH_FAILED_MESSAGE", "CONNECT_TIMEOUT", "Client", "Prompter"]
 
@@ -86,6 +91,9 @@ class Prompter:
     secret: Callable[[str], str] | None = None
     code: Callable[[str], str] | None = None
     confirm_host_key: Callable[[str, str], bool] | None = None
+    #: ``sign_in(text, url)``: show the IdP's sign-in instructions (URL and code) during an
+    #: SSO login; ``url`` is the one to open in a browser (the complete one when the IdP gives it)
+    sign_in: Callable[[str, str | None], None] | None = None
 
     @property
     def can_log_in(self) -> bool:
@@ -152,12 +160,18 @@ class Client:
     key file; without one the keys in ssh-agent are used (unless
     ``use_agent`` is False), then keyboard-interactive if ``prompter`` can
     ask for a password and a code.
+
+    ``sso``: log in through the CA's identity provider instead (``""``: the CA's
+    first, else a ``[oidc.NAME]`` name); the prompter's ``sign_in`` shows the URL
+    and code. ``workload_token``: a workload's signed token (``login`` sends it
+    with ``sign --token -``); the connection is the reserved user ``workload``.
     """
 
     def __init__(self, ca: str | None = None, *, ca_fingerprint: str | None = None, user: str | None = None,
                  identity: str | os.PathLike | None = None, use_agent: bool = True,
                  agent_path: str | None = None, prompter: Prompter | None = None,
-                 config_file: str | os.PathLike | None = None, timeout: float = CONNECT_TIMEOUT):
+                 config_file: str | os.PathLike | None = None, timeout: float = CONNECT_TIMEOUT,
+                 sso: str | None = None, workload_token: str | None = None):
         self.config_file = Path(config_file) if config_file is not None else config_path()
         self.config = load_config(self.config_file)
         cfg_address = parse_address(self.config.ca or DEFAULT_CA)
@@ -169,7 +183,15 @@ class Client:
             self.pin = self.config.ca_fingerprint
         else:
             self.pin = None  # a pin belongs to one address
-        self.user = user or self.config.user or getpass.getuser()
+        if sso is not None and workload_token is not None:
+            raise UsageError("--sso and a workload token exclude each other")
+        if (sso is not None or workload_token is not None) and identity is not None:
+            raise UsageError("-i KEY and --sso/--token-file/--token-env exclude each other")
+        self.sso = sso
+        self.workload_token = workload_token
+        self.role_hint: str | None = None  # sent with --sso as a role:NAME submethod (max_auth_age)
+        self.user = (WORKLOAD_USER if workload_token is not None
+                     else user or self.config.user or getpass.getuser())
         self.identity = Path(identity) if identity is not None else None
         self.agent_path = (agent_path or agent_socket()) if use_agent else None
         self.prompter = prompter or Prompter()
@@ -247,6 +269,7 @@ class Client:
         import asyncssh
 
         prompter = self.prompter
+        client = self
 
         class Handler(asyncssh.SSHClient):
             """Answers keyboard-interactive: a password (hidden), then a one-time code. One try per login:
@@ -256,11 +279,19 @@ class Client:
                 self.answered = 0
 
             def kbdint_auth_requested(self):
+                if client.sso is not None:
+                    # "sso[:NAME]", and "role:R" so that the CA asks the IdP for the sign-in R needs
+                    wanted = [f"sso:{client.sso}" if client.sso else "sso"]
+                    if client.role_hint:
+                        wanted.append(f"role:{client.role_hint}")
+                    return ",".join(wanted)
                 # "password": the CA's password + code (with SSO configured, plain keyboard-interactive is SSO)
                 return "password" if prompter.can_log_in else None
 
             def kbdint_challenge_received(self, name, instructions, lang, prompts):
                 if not prompts:
+                    if client.sso is not None and instructions and prompter.sign_in is not None:
+                        prompter.sign_in(instructions.strip(), sign_in_url(instructions))
                     return []
                 answers = []
                 for text, echo in prompts:
@@ -283,7 +314,13 @@ class Client:
 
         agent_keys: list = []
         methods: list[str] = []
-        if self.identity is None and self.agent_path:
+        if self.workload_token is not None:
+            return await self._connect_as_workload(stack)
+        if self.sso is not None:
+            if self.prompter.sign_in is None:
+                raise UsageError("--sso needs somewhere to show the sign-in URL and code")
+            methods.append("keyboard-interactive")
+        elif self.identity is None and self.agent_path:
             try:
                 agent = await open_agent(self.agent_path)
             except CAError as e:
@@ -295,9 +332,9 @@ class Client:
                 # use up the CA's authentication attempts.
                 agent_keys = [kp for kp in await agent.get_keys()
                               if not kp.algorithm.endswith(b"-cert-v01@openssh.com")]
-        if self.identity is not None or agent_keys:
+        if self.sso is None and (self.identity is not None or agent_keys):
             methods.append("publickey")
-        if self.prompter.can_log_in:
+        if self.sso is None and self.prompter.can_log_in:
             methods.append("keyboard-interactive")
         if not methods:
             raise AuthenticationFailed(
@@ -314,6 +351,27 @@ class Client:
                 agent_forwarding=False, password=None, preferred_auth=methods,
                 connect_timeout=self.timeout, keepalive_interval=30,
             )
+        except (OSError, asyncio.TimeoutError, asyncssh.Error) as e:
+            raise _ca_error(self.address, e) from None
+        stack.push_async_callback(conn.wait_closed)
+        stack.callback(conn.close)
+        self._remember_pin()
+        return conn
+
+    async def _connect_as_workload(self, stack):
+        """As the reserved user ``workload``: SSH "none", which the CA accepts only for one
+        ``sign --token -`` (the token then authenticates that request)."""
+        import asyncssh
+
+        host_key = await self._host_key()
+        try:
+            conn = await asyncssh.connect(
+                self.host, self.port, username=WORKLOAD_USER, config=None, known_hosts=([host_key], [], []),
+                client_factory=self._handler(), client_keys=[], agent_path=None, agent_forwarding=False,
+                password=None, preferred_auth=["none"], connect_timeout=self.timeout)
+        except asyncssh.PermissionDenied:
+            raise AuthenticationFailed(f"the CA at {self.address} takes no workload tokens "
+                                       "(it has no [workload.*] section)") from None
         except (OSError, asyncio.TimeoutError, asyncssh.Error) as e:
             raise _ca_error(self.address, e) from None
         stack.push_async_callback(conn.wait_closed)
@@ -442,16 +500,23 @@ class Client:
             args += ["--ttl", str(_seconds(ttl))]
         if reason:
             args += ["--reason", reason]
+        if self.workload_token is not None:
+            if otp or request_id:
+                raise UsageError("a workload token takes no --otp or --request")
+            args += ["--token", "-"]
+        self.role_hint = role
         out = Path(out_dir) if out_dir is not None else default_out_dir()
         use_agent = self.agent_path if not no_agent else None
         key = asyncssh.generate_private_key("ssh-ed25519")
         public_line = key.export_public_key("openssh").decode().strip() + "\n"
+        if self.workload_token is not None:
+            public_line = self.workload_token + "\n" + public_line  # sign --token -: the token first
 
         async def work(conn):
             try:
                 return await self._json(conn, args + (["--otp", otp] if otp else []), public_line)
             except MFARequired:
-                if otp or self.prompter.code is None:
+                if otp or self.prompter.code is None or self.workload_token is not None:
                     raise
             code = self.prompter.code("One-time code: ")
             return await self._json(conn, args + ["--otp", code.strip()], public_line)
@@ -489,6 +554,37 @@ class Client:
                 notes.append(f"{e}; wrote files instead")
         key_path, cert_path = write_files(out, key, reply["certificate"], common["key_id"])
         return LoginResult(**common, where="files", key_path=key_path, cert_path=cert_path, notes=tuple(notes))
+
+
+def sign_in_url(instructions: str) -> str | None:
+    """The URL to open from the CA's SSO instructions: the complete one (``or open URL``), else the
+    verification URL."""
+    import re
+
+    urls = re.findall(r"https://\S+", instructions)
+    return urls[-1] if urls else None
+
+
+def read_token(*, file: str | os.PathLike | None = None, env: str | None = None) -> str:
+    """A workload's token from a file (``--token-file``) or an environment variable (``--token-env``):
+    one line, at most 16 KiB (UsageError otherwise)."""
+    if (file is None) == (env is None):
+        raise UsageError("give one of --token-file FILE and --token-env VAR")
+    if file is not None:
+        try:
+            text = Path(file).read_text(encoding="utf-8", errors="strict")
+        except (OSError, UnicodeError) as e:
+            raise UsageError(f"--token-file: cannot read {file}: {getattr(e, 'strerror', None) or e}") from None
+        where = f"--token-file {file}"
+    else:
+        text = os.environ.get(env or "", "")
+        where = f"--token-env {env}"
+        if not text:
+            raise UsageError(f"{where}: the variable is not set or empty")
+    token = text.strip()
+    if not token or "\n" in token or len(token) > 16 * 1024 or not token.isprintable():
+        raise UsageError(f"{where}: expected one line with a token (a JWT) of at most 16 KiB")
+    return token
 
 
 def _seconds(ttl: str | int) -> int:

@@ -277,7 +277,8 @@ class Policy:
             age = "no IdP sign-in" if identity.auth_time is None else f"signed in {format_duration(max(0, now - identity.auth_time))} ago"
             raise ReauthenticationRequired(
                 f"role {role.name} needs an identity-provider sign-in within {format_duration(role.max_auth_age)} "
-                f"({age}): log in again with iast-ssh login --sso")
+                f"({age}): sign in again naming the role, so that the IdP asks for a fresh sign-in: "
+                f"iast-ssh login --sso --role {role.name}, or ssh -o KbdInteractiveDevices=role:{role.name}")
         if role.require_mfa and not identity.mfa:
             # Exit 4, "authentication insufficient": the requester can fix it
             # by authenticating again with a one-time code.
@@ -286,6 +287,8 @@ class Policy:
             )
 
         ttl = role.ttl if request.ttl is None else request.ttl
+        if request.ttl is None and identity.default_ttl is not None:
+            ttl = min(ttl, identity.default_ttl)  # a workload's short default (5m unless the role says less)
         if type(ttl) is not int or ttl <= 0:
             raise PolicyDenied(f"requested ttl must be a positive number of seconds, got {quote(ttl)}")
         if ttl > role.max_ttl:

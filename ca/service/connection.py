@@ -6,16 +6,27 @@ then one-time code. Every connection must authenticate (``begin_auth``
 returns True for every name, known or not, and unknown names take the same
 path). Every check runs on the auth thread through the guard
 (:class:`ca.auth.guard.Guard`), which throttles, locks out and audits.
+
+The one exception is the reserved name :data:`ca.auth.workload.WORKLOAD_USER`
+when ``[workload.*]`` is configured: SSH ``none`` accepts it (a workload's
+token does not fit into SSH authentication), and the connection is
+*deferred* (:attr:`Connection.deferred`): it has no identity, may run one
+``sign --token -`` whose token authenticates it (:mod:`ca.service.server`
+refuses anything else), must do so within the login timeout, and keeps
+its place among the unauthenticated connections until it closes
+(docs/security.md rules 14 and 19).
 """
 
 from __future__ import annotations
 
+import asyncio
 import functools
 from typing import TYPE_CHECKING
 
 import asyncssh
 
-from ca.auth.base import Conversation, InteractiveAuthenticator, KeyAuthenticator
+from ca.auth.base import Conversation, InteractiveAuthenticator, KeyAuthenticator, RequestAuthenticator
+from ca.auth.workload import WORKLOAD_USER
 from ca.models import Identity
 from ca.service.observe import event
 from ca.sshcert.certificates import fingerprint
@@ -47,6 +58,10 @@ class Connection(asyncssh.SSHServer):
         authenticators = service.ca.authenticators
         self._keys = [a for a in authenticators if isinstance(a, KeyAuthenticator)]
         self._interactive = [a for a in authenticators if isinstance(a, InteractiveAuthenticator)]
+        self._workload = any(isinstance(a, RequestAuthenticator) for a in authenticators)
+        self.deferred = False  # accepted by "none" for one token-authenticated request (see the module doc)
+        self.used = False  # a deferred connection's one request has started
+        self._expiry = None
 
     def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
         self.conn = conn
@@ -62,16 +77,22 @@ class Connection(asyncssh.SSHServer):
         self.counted = True
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self.counted and not self.authenticated:
+        if self._expiry is not None:
+            self._expiry.cancel()
+        if self.counted and (not self.authenticated or self.deferred):
             self.service.unauthenticated -= 1
-            if self.user is not None:
+            if self.user is not None and not self.used:
                 svc = self.service
                 svc.spawn(svc.executors.on_auth(svc.ca.guard.connection_failed, self.user, self.address,
                                                 self.offered))
 
     def begin_auth(self, username: str) -> bool:
         self.user = username
-        return True  # every name must authenticate, known or not (docs/security.md rule 14)
+        if username == WORKLOAD_USER and self._workload:
+            # Accepted by "none", deferred: only a token-authenticated sign --token - may run.
+            self.deferred = True
+            return False
+        return True  # every other name must authenticate, known or not (docs/security.md rule 14)
 
     def _attempt(self) -> None:
         """Count an authentication attempt; past the cap, hang up on this connection."""
@@ -128,7 +149,8 @@ class Connection(asyncssh.SSHServer):
 
     async def get_kbdint_challenge(self, username: str, lang: str, submethods: str):
         authn = self._choose(submethods, username)
-        conversation = authn.begin(username, self.address)
+        hints = [s.strip() for s in submethods.split(",") if s.strip()]
+        conversation = authn.begin(username, self.address, hints)
         self._conversation = (authn, conversation)
         return (await conversation.start()).as_asyncssh()
 
@@ -148,7 +170,19 @@ class Connection(asyncssh.SSHServer):
 
     def auth_completed(self) -> None:
         self.authenticated = True
+        if self.deferred:
+            # Still unauthenticated in substance: counted until it closes, and given the login
+            # timeout to start its one request.
+            self._expiry = asyncio.get_running_loop().call_later(self.service.cfg.login_timeout, self._expire)
+            event("workload connection accepted; waiting for sign --token -", user=self.user,
+                  source=self.address)
+            return
         if self.counted:
             self.service.unauthenticated -= 1
         methods = list(self.identity.auth_methods) if self.identity else []
         event("authenticated", user=self.user, source=self.address, methods=methods)
+
+    def _expire(self) -> None:
+        if not self.used and self.conn is not None:
+            event("workload connection sent no request in time; closing", source=self.address)
+            self.conn.close()

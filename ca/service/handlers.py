@@ -24,7 +24,7 @@ import asyncssh
 
 from ca.access.approvals import AccessRequest, run_hook
 from ca.app import CA
-from ca.auth.base import StepUp
+from ca.auth.base import RequestAuthenticator, StepUp
 from ca.durations import format_duration
 from ca.errors import (
     EXIT_AUTH,
@@ -221,6 +221,11 @@ async def decide(c: Call) -> int:
 async def sign(c: Call) -> int:
     cmd, identity, authority = c.cmd, c.identity, c.ca.authority
     key_line = await c.read_stdin()
+    if cmd.token:
+        # A workload: the first line is its platform's token, the rest the public key. The token,
+        # not the connection, authenticates this request (docs/security.md rule 14, the workload rule).
+        token, _, key_line = key_line.partition("\n")
+        identity = await _workload_identity(c, token)
     req = SignRequest(public_key=key_line, role=cmd.role, ttl=cmd.ttl, reason=cmd.reason, request_id=cmd.request_id)
     if cmd.otp is not None:
         if not await _step_up(c, cmd.otp):
@@ -236,6 +241,26 @@ async def sign(c: Call) -> int:
     else:
         c.process.stdout.write(issued.certificate + "\n")
     return EXIT_OK
+
+
+WORKLOAD_REFUSED = "workload token refused (the CA's audit log records why)"
+
+
+async def _workload_identity(c: Call, token: str) -> Identity:
+    """The identity a workload token vouches for, checked through the guard (throttled per
+    address, every refusal audited with its reason); AuthenticationFailed (exit 4) if refused."""
+    authn = next((a for a in c.ca.authenticators if isinstance(a, RequestAuthenticator)), None)
+    if authn is None:
+        raise AuthenticationFailed("this CA accepts no workload tokens (no [workload.*] in its config)")
+    user = c.process.get_extra_info("username") or "?"
+    address = c.identity.source_address or "?"
+    verify = await authn.check(token, address)
+    identity = await c.on_auth(c.ca.guard.check, authn.guarding, user, address, verify)
+    if identity is None:
+        raise AuthenticationFailed(WORKLOAD_REFUSED)
+    event("workload token accepted", user=identity.user, subject=identity.subject, issuer=identity.issuer,
+          source=address)
+    return identity
 
 
 async def _step_up(c: Call, code: str) -> bool:

@@ -27,7 +27,7 @@ MAX_COMMAND_LINE = 4096
 # command -> the options it takes (flags are True, valued options False)
 COMMANDS: dict[str, dict[str, bool]] = {
     "sign": {"--role": False, "--ttl": False, "--reason": False, "--otp": False, "--request": False,
-             "--json": True},
+             "--token": False, "--json": True},
     "request": {"--role": False, "--ttl": False, "--reason": False, "--json": True},
     "requests": {"--json": True},
     "approve": {"--comment": False, "--json": True},
@@ -56,6 +56,9 @@ iast-ssh certificate authority. Commands (run as: ssh -p PORT USER@CA COMMAND):
   sign [--role R] [--ttl D] [--reason T] [--otp CODE] [--json] < key.pub
                        sign the public key on stdin; prints the certificate line
   sign ... --request ID  use an approved access request (roles with approval)
+  sign --token - [--role R] [--json] < token-then-key
+                       a workload (CI job): stdin is its platform's token (one line), then the
+                       public key; as user 'workload': cat token key.pub | ssh workload@CA sign --token -
   request --role R [--ttl D] --reason T [--json]
                        ask for temporary access to a role that needs approval; prints the request id
   requests [--json]    requests you may approve or deny, and your own
@@ -86,6 +89,7 @@ class Command:
     json: bool = False
     request_id: str | None = None  # sign --request ID, and the ID of approve/deny/cancel
     comment: str | None = None
+    token: bool = False  # sign --token -: the first line of stdin is a workload token
 
 
 def parse_command(line: str | None) -> Command:
@@ -144,6 +148,12 @@ def parse_command(line: str | None) -> Command:
         request_id = _request_id(name, positional[0])
     elif "--request" in values:
         request_id = _request_id(name, str(values["--request"]))
+    token = "--token" in values
+    if token:
+        if values["--token"] != "-":
+            raise UsageError(f"{name}: --token takes '-': the token is the first line of stdin, then the public key")
+        if "--otp" in values or "--request" in values:
+            raise UsageError(f"{name}: --token (a workload) takes no --otp or --request")
     ttl = None
     if "--ttl" in values:
         try:
@@ -159,6 +169,7 @@ def parse_command(line: str | None) -> Command:
         json=bool(values.get("--json", False)),
         request_id=request_id,
         comment=values.get("--comment"),  # type: ignore[arg-type]
+        token=token,
     )
 
 

@@ -16,7 +16,8 @@ from collections.abc import Callable
 import asyncssh
 
 from ca.app import CA
-from ca.errors import EXIT_ERROR, CAError
+from ca.auth.base import RequestAuthenticator
+from ca.errors import EXIT_ERROR, AuthenticationFailed, CAError
 from ca.models import Identity
 from ca.service.connection import MAX_AUTH_ATTEMPTS, Connection
 from ca.service.executors import Executors
@@ -107,6 +108,9 @@ class Service:
         except (OSError, asyncssh.Error, asyncio.TimeoutError):
             pass
         finally:
+            owner = process.get_extra_info("connection").get_owner()
+            if getattr(owner, "deferred", False) and owner.conn is not None:
+                owner.conn.close()  # one request per token connection: hang up once it is answered
             self.inflight -= 1
             if self.inflight == 0:
                 self._idle.set()
@@ -114,6 +118,8 @@ class Service:
     async def _run(self, process: asyncssh.SSHServerProcess) -> int:
         connection: Connection = process.get_extra_info("connection").get_owner()
         identity = connection.identity
+        if connection.deferred:
+            return await self._run_deferred(process, connection)
         if identity is None:  # asyncssh runs no channel before authentication; never reached
             identity = Identity(user=process.get_extra_info("username"), auth_methods=(),
                                 source_address=connection.address)
@@ -121,6 +127,32 @@ class Service:
         try:
             cmd = parse_command(process.command)
             return await HANDLERS[cmd.name](Call(self, process, cmd, identity))
+        except CAError as e:
+            return refused(process, cmd, e)
+
+    async def _run_deferred(self, process: asyncssh.SSHServerProcess, connection: Connection) -> int:
+        """A connection accepted for a workload token (ca.service.connection): one ``sign --token -``,
+        authenticated by its token, within the login timeout; anything else is refused, audited
+        and counted against the address (docs/security.md rule 14)."""
+        first = not connection.used
+        connection.used = True
+        # No identity yet: the token, checked by the handler, makes the one the request gets.
+        identity = Identity(user=connection.user or "?", auth_methods=(), source_address=connection.address)
+        cmd: Command | None = None
+        try:
+            cmd = parse_command(process.command)
+            if not first or cmd.name != "sign" or not cmd.token:
+                authn = next(a for a in self.ca.authenticators if isinstance(a, RequestAuthenticator))
+                why = ("workload: a second request on one token connection" if not first else
+                       f"workload: {cmd.name} without a token (the workload user runs only sign --token -)")
+                await self.executors.on_auth(self.ca.guard.failure, authn.guarding, connection.user or "?",
+                                             connection.address, why, True, False)
+                raise AuthenticationFailed(f"as {connection.user} the CA runs one 'sign --token -' only "
+                                           "(the token is the first line of stdin)")
+            return await asyncio.wait_for(HANDLERS[cmd.name](Call(self, process, cmd, identity)),
+                                          self.cfg.login_timeout)
+        except asyncio.TimeoutError:
+            return refused(process, cmd, CAError("the token request did not finish within the login timeout"))
         except CAError as e:
             return refused(process, cmd, e)
 
