@@ -458,7 +458,7 @@ def test_two_authorities_on_one_database_race_for_one_request(cfg, users, tmp_pa
             sreq = ap.prepare("alice", SignRequest(public_key=pub, role="prod-admin"), a.policy)
             go.wait()
             try:
-                return a.issue(alice, sreq, consume=ap.consumer("alice", sreq.request_id, a.policy))
+                return a.issue(alice, sreq, consume=ap.consumer("alice", sreq.request_id, a.policy), allow_unenrolled=True)
             except PolicyDenied as e:
                 return e
 
@@ -496,12 +496,12 @@ def test_windows_with_an_injected_clock(cfg, users, tmp_path):
         # One second left: still good; but not after the hour.
         second = ap.create(alice, role="prod-admin", ttl=600, reason="INC-2", policy=a.policy)
         ap.approve(second.id, carol, a.policy)
-        issued = a.issue(alice, sreq, consume=ap.consumer("alice", sreq.request_id, a.policy))
+        issued = a.issue(alice, sreq, consume=ap.consumer("alice", sreq.request_id, a.policy), allow_unenrolled=True)
         assert a.audit.get(issued.event_id).data["request_id"] == req.id
         now[0] += 3601
         sreq = ap.prepare("alice", SignRequest(public_key=pub, request_id=second.id), a.policy)
         with pytest.raises(PolicyDenied, match=f"request {second.id} was expired"):
-            a.issue(alice, sreq, consume=ap.consumer("alice", sreq.request_id, a.policy))
+            a.issue(alice, sreq, consume=ap.consumer("alice", sreq.request_id, a.policy), allow_unenrolled=True)
     finally:
         a.close()
 
@@ -517,7 +517,7 @@ def test_an_approval_that_the_policy_withdrew_no_longer_counts(cfg, users, tmp_p
         a.policy = load_policy(cfg.policy_path)  # as a SIGHUP reload does
         sreq = ap.prepare("alice", SignRequest(public_key=session_key(tmp_path), role="prod-admin"), a.policy)
         with pytest.raises(PolicyDenied, match=r"no longer has the approvals the policy asks for \(0 of 1\)"):
-            a.issue(alice, sreq, consume=ap.consumer("alice", sreq.request_id, a.policy))
+            a.issue(alice, sreq, consume=ap.consumer("alice", sreq.request_id, a.policy), allow_unenrolled=True)
         assert ap.get(req.id).status == "approved"
     finally:
         a.close()
@@ -528,10 +528,10 @@ def test_the_authority_never_signs_an_approval_role_without_the_hook(authority, 
     with pytest.raises(PolicyDenied, match="role prod-admin needs an approved request: iast-ssh request "
                                            "--role prod-admin"):
         authority.issue(Identity("alice", ("admin-offline",), mfa=True), SignRequest(pub, role="prod-admin",
-                                                                                    reason="INC-1"))
+                                                                                    reason="INC-1"), allow_unenrolled=True)
     with pytest.raises(PolicyDenied, match="role dev takes no access requests"):
         authority.issue(Identity("alice", ("publickey",)), SignRequest(pub, role="dev",
-                                                                      request_id="req-aaaaaaaaaa"))
+                                                                      request_id="req-aaaaaaaaaa"), allow_unenrolled=True)
     assert [e.data["requested_role"] for e in events(cfg, "denied")] == ["prod-admin", "dev"]
     assert events(cfg, "issued") == []
 
@@ -568,17 +568,17 @@ def test_admin_cli_lists_approves_denies_and_signs_offline(cfg, users, cli_run, 
     assert approved.data["operator"] == "carol" and approved.data["auth_methods"] == ["admin-offline"]
 
     # Offline signing of an approval role needs --request, and uses it up.
-    r = cli_run("sign", "--user", "alice", "--role", "prod-admin", "--reason", "INC-1", str(pub))
+    r = cli_run("sign", "--allow-unenrolled", "--user", "alice", "--role", "prod-admin", "--reason", "INC-1", str(pub))
     assert r.exit_code == 3 and "needs an approved request" in r.output
-    r = cli_run("sign", "--user", "bob", "--request", one, "--reason", "mine now", str(pub))
+    r = cli_run("sign", "--allow-unenrolled", "--user", "bob", "--request", one, "--reason", "mine now", str(pub))
     assert r.exit_code == 3 and f"no request {one} of bob" in r.output
-    r = cli_run("sign", "--user", "alice", "--request", two, str(pub))
+    r = cli_run("sign", "--allow-unenrolled", "--user", "alice", "--request", two, str(pub))
     assert r.exit_code == 3 and f"request {two} was denied" in r.output
-    r = cli_run("sign", "--user", "alice", "--request", one, "--json", str(pub))
+    r = cli_run("sign", "--allow-unenrolled", "--user", "alice", "--request", one, "--json", str(pub))
     assert r.exit_code == 0, r.output
     cert = json.loads(r.output)
     assert cert["role"] == "prod-admin" and cert["valid_before"] - cert["valid_after"] == 300 + 60
-    r = cli_run("sign", "--user", "alice", "--request", one, str(pub))
+    r = cli_run("sign", "--allow-unenrolled", "--user", "alice", "--request", one, str(pub))
     assert r.exit_code == 3 and "already used" in r.output
     (issued,) = events(cfg, "issued")
     assert issued.data["request_id"] == one and issued.data["approvers"] == ["carol"]

@@ -12,7 +12,7 @@ import click
 from ca.audit import merkle
 from ca.audit.chain import iso
 from ca.audit.checkpoint import make_checkpoint, read_checkpoint
-from ca.cli.common import echo_csv, echo_json, echo_table, output_options, stderr_is_tty
+from ca.cli.common import echo, echo_csv, echo_json, echo_table, output_options, stderr_is_tty, terminal_safe
 from ca.cli.context import Env, pass_env
 from ca.durations import format_duration, parse_time
 from ca.errors import AuditError, ChainBroken, StateError, UsageError
@@ -126,11 +126,13 @@ def show(env: Env, event_id: int | None, serial: int | None, request_id: str | N
         echo_json(_as_dict(event))
         return
     for k in ("id", "ts", "kind", "user", "role", "serial", "key_id", "source"):
-        click.echo(f"{k:16} {getattr(event, k) if getattr(event, k) is not None else '-'}")
+        value = getattr(event, k)
+        echo(f"{k:16} {terminal_safe(value) if value is not None else '-'}")
     for k, v in sorted(event.data.items()):
-        click.echo(f"{k:16} {', '.join(map(str, v)) if isinstance(v, list) else ('-' if v is None else v)}")
-    click.echo(f"{'prev_hash':16} {event.prev_hash}")
-    click.echo(f"{'hash':16} {event.hash}")
+        shown = ", ".join(map(str, v)) if isinstance(v, list) else ("-" if v is None else v)
+        echo(f"{terminal_safe(k):16} {terminal_safe(shown)}")
+    echo(f"{'prev_hash':16} {event.prev_hash}")
+    echo(f"{'hash':16} {event.hash}")
 
 
 def _show_request(env: Env, request_id: str, fmt: str) -> None:
@@ -147,7 +149,7 @@ def _show_request(env: Env, request_id: str, fmt: str) -> None:
         echo_json({"request": req.as_json() if req else None, "events": [_as_dict(e) for e in events]})
         return
     if req is not None:
-        click.echo(req.summary())
+        echo(req.summary())
     echo_table([[e.id, e.ts[:19] + "Z", e.kind, e.user, e.serial, _request_detail(e)] for e in events],
                ["ID", "TIME", "KIND", "USER", "SERIAL", "DETAIL"])
 
@@ -219,7 +221,7 @@ def verify(env: Env, checkpoint_file: str | None, audit_key: str | None, fmt: st
         msg = f"OK: {report.count} events, chain intact, head {report.head}"
         if cp:
             msg += f"; matches the checkpoint of {cp.count} events from {cp.time}"
-        click.echo(msg)
+        echo(msg)
 
 
 @audit.command()
@@ -250,7 +252,7 @@ def checkpoint(env: Env, output: str, fmt: str) -> None:
     if fmt == "json":
         echo_json({"events": report.count, "head": report.head, "root": report.root, "file": output})
     else:
-        click.echo(f"checkpoint of {report.count} events (head {report.head}) written to {output}")
+        echo(f"checkpoint of {report.count} events (head {report.head}) written to {output}")
 
 
 @audit.command()
@@ -283,7 +285,7 @@ def export(env: Env, fmt: str, after: int | None, cursor_file: str | None) -> No
     last = after or 0
     try:
         for e in log.stream(after or 0):
-            click.echo(json.dumps(_as_dict(e), ensure_ascii=False, separators=(",", ":")))
+            echo(json.dumps(_as_dict(e), separators=(",", ":")))  # ASCII: no control reaches a terminal
             last = e.id
         sys.stdout.flush()
     finally:

@@ -14,7 +14,7 @@ from contextlib import contextmanager
 import click
 
 from ca.access.approvals import OPEN, STATUSES, AccessRequest, Approvals
-from ca.cli.common import echo_csv, echo_json, echo_table, output_options
+from ca.cli.common import echo, echo_csv, echo_json, echo_table, output_options
 from ca.cli.context import Env, pass_env
 from ca.durations import format_duration
 from ca.models import Identity
@@ -50,7 +50,7 @@ def _show(r: AccessRequest, fmt: str) -> None:
     if fmt == "json":
         echo_json(r.as_json())
     else:
-        click.echo(r.summary())
+        echo(r.summary())
 
 
 @click.group()
@@ -92,7 +92,7 @@ def list_(env: Env, statuses, all_: bool, user, role, limit: int, fmt: str) -> N
     elif fmt == "csv":
         echo_csv((r.as_json() for r in found), _CSV_FIELDS)
     elif not found:
-        click.echo("No requests.")
+        echo("No requests.")
     else:
         echo_table([_row(r) for r in found], _HEADERS)
 

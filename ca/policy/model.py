@@ -19,7 +19,7 @@ from typing import Any
 from ca.durations import format_duration
 from ca.errors import ConfigError, MFARequired, PolicyDenied
 from ca.models import Decision, Identity, SignRequest
-from ca.rules import free_text, principal_ok
+from ca.rules import RESERVED_PRINCIPALS, free_text, principal_ok
 
 __all__ = ["EXTENSIONS", "Approval", "Policy", "Role", "RoleVerdict"]
 
@@ -147,6 +147,8 @@ class Policy:
     groups: Mapping[str, tuple[str, ...]]  # read-only (MappingProxyType)
     roles: Mapping[str, Role]  # read-only, in file order
     principal_pattern: str
+    # Names no {user} expansion may produce; a role that lists one literally still grants it.
+    reserved_principals: frozenset[str] = RESERVED_PRINCIPALS
 
     def groups_of(self, user: str) -> tuple[str, ...]:
         """The ``[groups]`` that list ``user``, sorted by name."""
@@ -294,6 +296,11 @@ class Policy:
         out: list[str] = []
         for template in role.principals:
             principal = template.replace(USER_TEMPLATE, user)
+            if USER_TEMPLATE in template and principal in self.reserved_principals:
+                raise PolicyDenied(
+                    f"role {role.name}: principal {show(principal)} (from {show(template)}) is reserved; "
+                    "only a role that lists it literally grants it"
+                )
             if not principal_ok(principal, self.principal_pattern):
                 raise PolicyDenied(
                     f"role {role.name}: principal {show(principal)} (from {show(template)}) "

@@ -63,6 +63,7 @@ from ca.policy.model import (
 from ca.rules import (
     DEFAULT_PRINCIPAL_PATTERN,
     PRINCIPAL_FORBIDDEN,
+    RESERVED_PRINCIPALS,
     USER_NAME_TEXT,
     is_user_name,
 )
@@ -83,7 +84,7 @@ _NAME_RE = re.compile(r"[a-z0-9][a-z0-9_.-]{0,63}")  # role and group names
 _NAME_TEXT = "^[a-z0-9][a-z0-9_.-]{0,63}$"
 
 _TOP_KEYS = ("defaults", "groups", "roles")
-_DEFAULTS_KEYS = ("ttl", "max_ttl", "extensions", "role")
+_DEFAULTS_KEYS = ("ttl", "max_ttl", "extensions", "role", "reserved_principals")
 _ROLE_KEYS = (
     "description",
     "members",
@@ -183,6 +184,11 @@ class _Parser:
             default_ext = _FALLBACK_EXTENSIONS
 
         groups = self.groups(self.table(doc.get("groups", {}), "groups"))
+        # docs/security.md "Reserved principals": the fixed list, plus the names the policy adds.
+        extra = self.string_list(defaults.get("reserved_principals", []), "defaults.reserved_principals")
+        for p in extra:
+            self.principal(p, "defaults.reserved_principals")
+        reserved = RESERVED_PRINCIPALS | frozenset(extra)
 
         roles_doc = self.table(doc.get("roles", {}), "roles")
         if not roles_doc:
@@ -210,6 +216,7 @@ class _Parser:
             groups=MappingProxyType(groups),
             roles=MappingProxyType(roles),
             principal_pattern=self.pattern,
+            reserved_principals=reserved,
         )
 
     def groups(self, doc: dict[str, Any]) -> dict[str, tuple[str, ...]]:
