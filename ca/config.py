@@ -53,7 +53,7 @@ class Config:
     max_unauthenticated: int = 32
     # docs/security.md "Limits per connection and per address": one address may hold only a few
     # of the unauthenticated slots; a channel, a connection and a user are bounded too.
-    max_unauthenticated_per_address: int = 4
+    max_unauthenticated_per_address: int = 8
     max_channels_per_connection: int = 4
     max_channels_per_user: int = 8
     request_timeout: int = 30

@@ -419,7 +419,9 @@ def test_the_protocol_parses_request_commands():
 
 
 def test_racing_logins_across_two_workers_get_one_certificate(cfg, users, tmp_path):
-    p = CAProcess(cfg.state_dir, cfg.policy_path, workdir=tmp_path, serve_args=("--workers", "2")).start()
+    # 12 logins at once from one address: above the default per-address share of the slots
+    p = CAProcess(cfg.state_dir, cfg.policy_path, "[server]\nmax_unauthenticated_per_address = 32\n",
+                  workdir=tmp_path, serve_args=("--workers", "2")).start()
     try:
         rid = ask(p, users, "alice")
         ok(p, users, "carol", f"approve {rid}")
@@ -536,7 +538,69 @@ def test_the_authority_never_signs_an_approval_role_without_the_hook(authority, 
     assert events(cfg, "issued") == []
 
 
-def test_admin_cli_lists_approves_denies_and_signs_offline(cfg, users, cli_run, tmp_path):
+@pytest.fixture
+def approver_agent(users):
+    """A real ssh-agent; approver_agent(NAME) loads only NAME's enrolled key and returns the
+    environment of NAME running iast-ca (SUDO_USER=NAME, SSH_AUTH_SOCK the agent)."""
+    import re
+    import signal
+    out = subprocess.run(["ssh-agent", "-s"], check=True, capture_output=True, text=True).stdout
+    sock = re.search(r"SSH_AUTH_SOCK=([^;]+);", out).group(1)
+    pid = int(re.search(r"SSH_AGENT_PID=(\d+);", out).group(1))
+
+    def load(name: str, key_of: str | None = None) -> dict:
+        env = {**os.environ, "SSH_AUTH_SOCK": sock}
+        subprocess.run(["ssh-add", "-D"], env=env, capture_output=True)
+        subprocess.run(["ssh-add", str(users[key_of or name])], env=env, check=True, capture_output=True)
+        return {"SSH_AUTH_SOCK": sock, "SUDO_USER": name}
+
+    load.sock = sock
+    yield load
+    os.kill(pid, signal.SIGTERM)
+
+
+def test_spoofed_sudo_user_cannot_approve(cfg, users, cli_run, approver_agent):
+    """docs/security.md "Approvers prove who they are": SUDO_USER=carol is only a claim."""
+    log = AuditLog(StatePaths(cfg.state_dir).db)
+    one = Approvals(log).create(Identity("alice", ("publickey",)), role="prod-admin", ttl=300, reason="INC-1",
+                                policy=load_policy(cfg.policy_path)).id
+    log.close()
+    # bob claims to be carol; his agent holds only his own key
+    env = approver_agent("carol", key_of="bob")
+    r = cli_run("requests", "approve", one, env=env)
+    assert r.exit_code == 4 and "none of your enrolled keys" in r.output
+    # no agent at all: refused too, with the way to do it
+    r = cli_run("requests", "approve", one, env={"SUDO_USER": "carol", "SSH_AUTH_SOCK": ""})
+    assert r.exit_code == 4 and "approve over the service" in r.output
+    r = cli_run("requests", "deny", one, "--comment", "no", env=env)
+    assert r.exit_code == 4
+    assert events(cfg, "request_approved") == [] and events(cfg, "request_denied") == []
+    refused = events(cfg, "request_refused")
+    assert len(refused) == 3 and {e.data["actor"] for e in refused} == {"carol"}
+    assert json.loads(cli_run("requests", "list", "--json").output)[0]["status"] == "pending"
+
+
+def test_approval_may_require_mfa(cfg, users, cli_run, approver_agent, tmp_path):
+    text = cfg.policy_path.read_text().replace('approvers = ["group:security"], required = 1, expires = "1h" }',
+                                               'approvers = ["group:security"], required = 1, expires = "1h", '
+                                               'require_mfa = true }')
+    cfg.policy_path.write_text(text)
+    policy = load_policy(cfg.policy_path)
+    assert policy.roles["prod-admin"].approval.require_mfa is True
+    log = AuditLog(StatePaths(cfg.state_dir).db)
+    ap = Approvals(log)
+    one = ap.create(Identity("alice", ("publickey",)), role="prod-admin", ttl=300, reason="INC-1", policy=policy).id
+    r = cli_run("requests", "approve", one, env=approver_agent("carol"))  # a key alone is one factor
+    assert r.exit_code == 4 and "second factor" in r.output
+    from ca.errors import MFARequired
+    with pytest.raises(MFARequired):
+        ap.approve(one, Identity("carol", ("publickey",), mfa=False), policy)
+    r = ap.approve(one, Identity("carol", ("password", "totp"), mfa=True), policy)
+    assert r.status == "approved"
+    log.close()
+
+
+def test_admin_cli_lists_approves_denies_and_signs_offline(cfg, users, cli_run, tmp_path, approver_agent):
     log = AuditLog(StatePaths(cfg.state_dir).db)
     ap = Approvals(log)
     policy = load_policy(cfg.policy_path)
@@ -551,21 +615,22 @@ def test_admin_cli_lists_approves_denies_and_signs_offline(cfg, users, cli_run, 
     assert r.exit_code == 0 and [x["id"] for x in json.loads(r.output)] == [two, one]
     assert one in cli_run("requests", "list").output
 
-    # The approver is the person running the command: SUDO_USER, else the OS user.
-    r = cli_run("requests", "approve", one, env={"SUDO_USER": "bob"})
+    # The approver is the person running the command (SUDO_USER, else the OS user), proven by
+    # a signature from their own ssh-agent with one of their enrolled keys.
+    r = cli_run("requests", "approve", one, env=approver_agent("bob"))
     assert r.exit_code == 3 and "bob is not an approver of role prod-admin" in r.output
-    r = cli_run("requests", "approve", one, env={"SUDO_USER": "alice"})
+    r = cli_run("requests", "approve", one, env=approver_agent("alice"))
     assert r.exit_code == 3 and "cannot approve your own request" in r.output
-    r = cli_run("requests", "approve", one, "--comment", "INC-1 ok", "--json", env={"SUDO_USER": "carol"})
+    r = cli_run("requests", "approve", one, "--comment", "INC-1 ok", "--json", env=approver_agent("carol"))
     assert r.exit_code == 0 and json.loads(r.output)["status"] == "approved"
-    r = cli_run("requests", "deny", two, env={"SUDO_USER": "dave"})
+    r = cli_run("requests", "deny", two, env=approver_agent("dave"))
     assert r.exit_code == 2  # --comment is required
-    r = cli_run("requests", "deny", two, "--comment", "one is enough", env={"SUDO_USER": "dave"})
+    r = cli_run("requests", "deny", two, "--comment", "one is enough", env=approver_agent("dave"))
     assert r.exit_code == 0 and "denied (by dave: one is enough)" in r.output
     assert [x["status"] for x in json.loads(cli_run("requests", "list", "--all", "--json").output)] == \
         ["denied", "approved"]
     (approved,) = events(cfg, "request_approved")
-    assert approved.data["operator"] == "carol" and approved.data["auth_methods"] == ["admin-offline"]
+    assert approved.data["operator"] == "carol" and approved.data["auth_methods"] == ["agent-signature"]
 
     # Offline signing of an approval role needs --request, and uses it up.
     r = cli_run("sign", "--allow-unenrolled", "--user", "alice", "--role", "prod-admin", "--reason", "INC-1", str(pub))

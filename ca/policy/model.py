@@ -62,9 +62,13 @@ class Approval:
     approvers: tuple[str, ...]
     required: int
     expires: int
+    # Approvers must have shown a second factor (a password + code login, or a fresh SSO);
+    # a key alone, on the service or through the CLI's agent proof, does not do.
+    require_mfa: bool = False
 
     def as_json(self) -> dict[str, Any]:
-        return {"approvers": list(self.approvers), "required": self.required, "expires": self.expires}
+        return {"approvers": list(self.approvers), "required": self.required, "expires": self.expires,
+                "require_mfa": self.require_mfa}
 
 
 @dataclass(frozen=True)

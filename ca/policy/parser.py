@@ -101,7 +101,7 @@ _ROLE_KEYS = (
 # Keys a future version will understand: refused with a message saying so,
 # so that a policy never appears to demand something the CA does not enforce.
 _RESERVED_KEYS: dict[str, str] = {}
-_APPROVAL_KEYS = ("approvers", "required", "expires")
+_APPROVAL_KEYS = ("approvers", "required", "expires", "require_mfa")
 _DEFAULT_APPROVAL_EXPIRES = "1h"
 
 
@@ -353,7 +353,8 @@ class _Parser:
                 + (f" ({', '.join(users)})" if users else ""),
             )
         expires = self.duration(doc.get("expires", _DEFAULT_APPROVAL_EXPIRES), where + ".expires")
-        return Approval(approvers=approvers, required=required, expires=expires)
+        require_mfa = self.boolean(doc.get("require_mfa", False), where + ".require_mfa")
+        return Approval(approvers=approvers, required=required, expires=expires, require_mfa=require_mfa)
 
     # -- fields --------------------------------------------------------------
 
