@@ -133,6 +133,16 @@ class Certificates:
         return self.conn.execute("SELECT 1 FROM certificates WHERE username = ? LIMIT 1",
                                  (username,)).fetchone() is not None
 
+    def rows(self, batch: int = 10_000) -> Iterator[CertificateRow]:
+        after = -(1 << 63)
+        while True:
+            got = self.conn.execute(f"{_CERT} WHERE serial > ? ORDER BY serial LIMIT ?", (after, batch)).fetchall()
+            if not got:
+                return
+            for row in got:
+                yield CertificateRow(*row)
+            after = got[-1][0]
+
     def signed_by(self, ca_fingerprint: str, cutoff: int) -> tuple[int, int]:
         count, unexpired = self.conn.execute(
             "SELECT count(*), sum(valid_before > ?) FROM certificates WHERE ca_fingerprint = ?",
