@@ -96,3 +96,16 @@ def test_changed_certificate_and_request_rows_are_caught(ca):
 def test_an_untouched_ca_verifies_and_publishes(ca):
     assert _verify(ca) == (0, [])
     assert ca("krl", "-o", str(ca.state / "revoked.krl")).exit_code == 0
+
+
+def test_sqlite_issued_rows_match_the_reference_replay(ca):
+    from ca.state import StatePaths
+    from ca.store import AuditLog
+    from ca.store.base import Store
+    log = AuditLog(StatePaths(ca.state).db)
+    try:
+        fast = list(log.issued_certificate_rows())
+        assert fast == list(Store.issued_certificate_rows(log)) and len(fast) == 3
+        assert fast == [tuple(r) for r in log.certificates.rows()]
+    finally:
+        log.close()

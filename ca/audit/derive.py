@@ -21,7 +21,13 @@ from dataclasses import dataclass, field
 
 from ca.models import Event
 
-__all__ = ["Derived", "Difference", "certificate_of", "derive", "revocations_of"]
+__all__ = ["DERIVED_KINDS", "Derived", "Difference", "apply_event", "certificate_of", "compare_certificates",
+           "derive", "revocations_of"]
+
+# The kinds of event that change a derived table other than ``certificates`` (which ``issued`` fills).
+DERIVED_KINDS = ("user_added", "user_disabled", "user_enabled", "key_added", "key_removed", "revoked",
+                 "request_created", "request_approved", "request_denied", "request_cancelled", "request_expired",
+                 "request_used")
 
 
 @dataclass(frozen=True)
@@ -67,7 +73,8 @@ def revocations_of(e: Event) -> tuple[set[tuple[str, str]], bool]:
     return rows, partial
 
 
-def _apply(state: Derived, e: Event) -> None:
+def apply_event(state: Derived, e: Event) -> None:
+    """Apply one event of :data:`DERIVED_KINDS` to ``state`` (others change nothing)."""
     d, k = e.data, e.kind
     if k == "user_added":
         state.users[e.user] = False
@@ -105,12 +112,25 @@ def derive(events: Iterable[Event], state: Derived) -> Iterator[tuple]:
         if e.kind == "issued":
             yield certificate_of(e)
         else:
-            _apply(state, e)
+            apply_event(state, e)
 
 
 def compare_certificates(expected: Iterator[tuple], stored: Iterator[tuple],
                          report: Callable[[Difference], None]) -> None:
-    """Merge two serial-ordered streams of certificate rows; report a missing, extra or changed row."""
+    """Merge two serial-ordered streams of certificate rows; report a missing, extra or changed row.
+    ``expected`` comes in event order, which is serial order; an issued event whose serial does not
+    increase is reported itself (and the merge goes on from it)."""
+    last = [0]
+
+    def ordered(rows: Iterator[tuple]) -> Iterator[tuple]:
+        for row in rows:
+            if row[0] is None or row[0] <= last[0]:
+                report(Difference("events", f"{row[8]}", f"issued serial {row[0]} does not increase"))
+                continue
+            last[0] = row[0]
+            yield row
+
+    expected = ordered(expected)
     a, b = next(expected, None), next(stored, None)
     while a is not None or b is not None:
         if b is None or (a is not None and a[0] < b[0]):

@@ -46,7 +46,15 @@ from pathlib import Path
 from typing import Any, NamedTuple, Protocol
 
 from ca.audit.chain import canonical
-from ca.audit.derive import Derived, Difference, compare_certificates, derive, revocations_of
+from ca.audit.derive import (
+    DERIVED_KINDS,
+    Derived,
+    Difference,
+    apply_event,
+    certificate_of,
+    compare_certificates,
+    revocations_of,
+)
 from ca.audit.verify import VerifyReport, leaf_hashes, verify_rows
 from ca.models import Event
 
@@ -335,7 +343,9 @@ class Store(ABC):
         "Derived tables are checked against the chain"). Memory: everything but the certificates,
         which are merged with the table in serial order."""
         state, diffs = Derived(), []
-        compare_certificates(derive(self.stream(), state), iter(self.certificates.rows()), diffs.append)
+        for e in sorted((e for k in DERIVED_KINDS for e in self.events(kind=k, limit=None)), key=lambda e: e.id):
+            apply_event(state, e)
+        compare_certificates(self.issued_certificate_rows(), iter(self.certificates.rows()), diffs.append)
         _compare(diffs, "users", state.users, {u.name: bool(u.disabled) for u in self.users.all()},
                  lambda name, want, got: f"disabled is {int(got)}, the events say {int(want)}",
                  "enrolled by the events", "has no user_added event")
@@ -358,6 +368,12 @@ class Store(ABC):
         for rid, who, what in sorted(votes - state.votes):
             diffs.append(Difference("approvals", f"{rid} {who}", f"{what} vote has no event"))
         return diffs
+
+    def issued_certificate_rows(self) -> Iterator[tuple]:
+        """The certificate row each ``issued`` event implies (:func:`ca.audit.derive.certificate_of`),
+        in event order (which is serial order: both are taken under the chain lock). A backend may
+        compute it in SQL (SQLite does); this is the reference."""
+        return (certificate_of(e) for e in self.stream() if e.kind == "issued")
 
     def revocations_disagree(self) -> list[Difference]:
         """The cheap check before a KRL is built: the revocations table against the ``revoked``
