@@ -93,6 +93,12 @@ class Config:
     listen_port: int = 2222
     login_timeout: int = 30
     max_unauthenticated: int = 32
+    # docs/security.md "Limits per connection and per address": one address may hold only a few
+    # of the unauthenticated slots; a channel, a connection and a user are bounded too.
+    max_unauthenticated_per_address: int = 8
+    max_channels_per_connection: int = 4
+    max_channels_per_user: int = 8
+    request_timeout: int = 30
     max_request_bytes: int = 16384
     drain_timeout: int = 30
     throttle: ThrottleSettings = ThrottleSettings()
@@ -126,7 +132,9 @@ _KEYS = {
     "": {"state_dir", "policy", "signing", "server", "throttle", "on_request", "oidc", "workload"},
     "signing": {"clock_skew", "min_rsa_bits", "principal_pattern", "passphrase_file", "pkcs11_module",
                 "pkcs11_pin_file"},
-    "server": {"listen", "login_timeout", "max_unauthenticated", "max_request_bytes", "drain_timeout"},
+    "server": {"listen", "login_timeout", "max_unauthenticated", "max_request_bytes", "drain_timeout",
+               "max_unauthenticated_per_address", "max_channels_per_connection", "max_channels_per_user",
+               "request_timeout"},
     "throttle": {"user_failures", "address_failures", "window", "lockout", "max_backoff"},
 }
 
@@ -192,6 +200,13 @@ def parse_config(data: bytes, path: str | Path) -> Config:
         "max_unauthenticated": _int(server, "max_unauthenticated", where, "server.max_unauthenticated", 1, 10000),
         "max_request_bytes": _int(server, "max_request_bytes", where, "server.max_request_bytes", 1024, 1 << 20),
         "drain_timeout": _dur(server, "drain_timeout", where, "server.drain_timeout", 3600),
+        "max_unauthenticated_per_address": _int(server, "max_unauthenticated_per_address", where,
+                                                "server.max_unauthenticated_per_address", 1, 10000),
+        "max_channels_per_connection": _int(server, "max_channels_per_connection", where,
+                                            "server.max_channels_per_connection", 1, 1000),
+        "max_channels_per_user": _int(server, "max_channels_per_user", where, "server.max_channels_per_user",
+                                      1, 10000),
+        "request_timeout": _dur(server, "request_timeout", where, "server.request_timeout", 3600),
     }
     values.update({k: v for k, v in found.items() if v is not None})
     limits = {

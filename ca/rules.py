@@ -64,6 +64,23 @@ def principal_safe(principal: Any) -> bool:
     return isinstance(principal, str) and bool(principal) and not PRINCIPAL_FORBIDDEN.search(principal)
 
 
+# Principals no ``{user}`` expansion may produce, and user names not enrolled without
+# ``--allow-reserved`` (docs/security.md, "Reserved principals"): hosts that map a principal
+# to the account of the same name would otherwise let a user enrolled as ``root`` log in as
+# root. A fixed list, never read from the CA host's own accounts; a policy may add names.
+RESERVED_PRINCIPALS = frozenset({"root", "admin", "administrator", "toor", "daemon", "bin", "sys", "sync",
+                                 "shutdown", "halt"})
+
+
+def check_not_reserved(name: str, reserved: frozenset[str] = RESERVED_PRINCIPALS, *, allow: bool = False,
+                       error: type[CAError] = UsageError) -> str:
+    """``name`` unless it is a reserved principal (and ``allow`` is false): then ``error``."""
+    if name in reserved and not allow:
+        raise error(f"{name} is a reserved name (a host would map it to its own {name} account): "
+                    "enrol it only on purpose, with --allow-reserved")
+    return name
+
+
 # -- free text --------------------------------------------------------------------
 MAX_TEXT = 500
 # Unicode categories refused in free text: controls (C0, DEL and C1), format

@@ -203,7 +203,7 @@ class IastCA:
                  ttl: str | None = None, reason: str | None = None):
         """``iast-ca sign --json ... -o KEY-cert.pub KEY.pub``; returns click's Result (any exit code)."""
         key = Path(key)
-        args = ["sign", "--json", "--user", user, "-o", str(cert_path_for(key))]
+        args = ["sign", "--allow-unenrolled", "--json", "--user", user, "-o", str(cert_path_for(key))]
         if role is not None:
             args += ["--role", role]
         if ttl is not None:
@@ -237,7 +237,7 @@ class IastCA:
             issued = authority.issue(
                 Identity(user=user, auth_methods=("admin-offline",), mfa=True, operator="sshd-harness"),
                 SignRequest(public_key=key.with_name(key.name + ".pub").read_text(), role=role, ttl=ttl),
-            )
+             allow_unenrolled=True)
         finally:
             authority.close()
         cert_path_for(key).write_text(issued.certificate + "\n")

@@ -419,7 +419,9 @@ def test_the_protocol_parses_request_commands():
 
 
 def test_racing_logins_across_two_workers_get_one_certificate(cfg, users, tmp_path):
-    p = CAProcess(cfg.state_dir, cfg.policy_path, workdir=tmp_path, serve_args=("--workers", "2")).start()
+    # 12 logins at once from one address: above the default per-address share of the slots
+    p = CAProcess(cfg.state_dir, cfg.policy_path, "[server]\nmax_unauthenticated_per_address = 32\n",
+                  workdir=tmp_path, serve_args=("--workers", "2")).start()
     try:
         rid = ask(p, users, "alice")
         ok(p, users, "carol", f"approve {rid}")
@@ -458,7 +460,7 @@ def test_two_authorities_on_one_database_race_for_one_request(cfg, users, tmp_pa
             sreq = ap.prepare("alice", SignRequest(public_key=pub, role="prod-admin"), a.policy)
             go.wait()
             try:
-                return a.issue(alice, sreq, consume=ap.consumer("alice", sreq.request_id, a.policy))
+                return a.issue(alice, sreq, consume=ap.consumer("alice", sreq.request_id, a.policy), allow_unenrolled=True)
             except PolicyDenied as e:
                 return e
 
@@ -496,12 +498,12 @@ def test_windows_with_an_injected_clock(cfg, users, tmp_path):
         # One second left: still good; but not after the hour.
         second = ap.create(alice, role="prod-admin", ttl=600, reason="INC-2", policy=a.policy)
         ap.approve(second.id, carol, a.policy)
-        issued = a.issue(alice, sreq, consume=ap.consumer("alice", sreq.request_id, a.policy))
+        issued = a.issue(alice, sreq, consume=ap.consumer("alice", sreq.request_id, a.policy), allow_unenrolled=True)
         assert a.audit.get(issued.event_id).data["request_id"] == req.id
         now[0] += 3601
         sreq = ap.prepare("alice", SignRequest(public_key=pub, request_id=second.id), a.policy)
         with pytest.raises(PolicyDenied, match=f"request {second.id} was expired"):
-            a.issue(alice, sreq, consume=ap.consumer("alice", sreq.request_id, a.policy))
+            a.issue(alice, sreq, consume=ap.consumer("alice", sreq.request_id, a.policy), allow_unenrolled=True)
     finally:
         a.close()
 
@@ -517,7 +519,7 @@ def test_an_approval_that_the_policy_withdrew_no_longer_counts(cfg, users, tmp_p
         a.policy = load_policy(cfg.policy_path)  # as a SIGHUP reload does
         sreq = ap.prepare("alice", SignRequest(public_key=session_key(tmp_path), role="prod-admin"), a.policy)
         with pytest.raises(PolicyDenied, match=r"no longer has the approvals the policy asks for \(0 of 1\)"):
-            a.issue(alice, sreq, consume=ap.consumer("alice", sreq.request_id, a.policy))
+            a.issue(alice, sreq, consume=ap.consumer("alice", sreq.request_id, a.policy), allow_unenrolled=True)
         assert ap.get(req.id).status == "approved"
     finally:
         a.close()
@@ -528,15 +530,77 @@ def test_the_authority_never_signs_an_approval_role_without_the_hook(authority, 
     with pytest.raises(PolicyDenied, match="role prod-admin needs an approved request: iast-ssh request "
                                            "--role prod-admin"):
         authority.issue(Identity("alice", ("admin-offline",), mfa=True), SignRequest(pub, role="prod-admin",
-                                                                                    reason="INC-1"))
+                                                                                    reason="INC-1"), allow_unenrolled=True)
     with pytest.raises(PolicyDenied, match="role dev takes no access requests"):
         authority.issue(Identity("alice", ("publickey",)), SignRequest(pub, role="dev",
-                                                                      request_id="req-aaaaaaaaaa"))
+                                                                      request_id="req-aaaaaaaaaa"), allow_unenrolled=True)
     assert [e.data["requested_role"] for e in events(cfg, "denied")] == ["prod-admin", "dev"]
     assert events(cfg, "issued") == []
 
 
-def test_admin_cli_lists_approves_denies_and_signs_offline(cfg, users, cli_run, tmp_path):
+@pytest.fixture
+def approver_agent(users):
+    """A real ssh-agent; approver_agent(NAME) loads only NAME's enrolled key and returns the
+    environment of NAME running iast-ca (SUDO_USER=NAME, SSH_AUTH_SOCK the agent)."""
+    import re
+    import signal
+    out = subprocess.run(["ssh-agent", "-s"], check=True, capture_output=True, text=True).stdout
+    sock = re.search(r"SSH_AUTH_SOCK=([^;]+);", out).group(1)
+    pid = int(re.search(r"SSH_AGENT_PID=(\d+);", out).group(1))
+
+    def load(name: str, key_of: str | None = None) -> dict:
+        env = {**os.environ, "SSH_AUTH_SOCK": sock}
+        subprocess.run(["ssh-add", "-D"], env=env, capture_output=True)
+        subprocess.run(["ssh-add", str(users[key_of or name])], env=env, check=True, capture_output=True)
+        return {"SSH_AUTH_SOCK": sock, "SUDO_USER": name}
+
+    load.sock = sock
+    yield load
+    os.kill(pid, signal.SIGTERM)
+
+
+def test_spoofed_sudo_user_cannot_approve(cfg, users, cli_run, approver_agent):
+    """docs/security.md "Approvers prove who they are": SUDO_USER=carol is only a claim."""
+    log = AuditLog(StatePaths(cfg.state_dir).db)
+    one = Approvals(log).create(Identity("alice", ("publickey",)), role="prod-admin", ttl=300, reason="INC-1",
+                                policy=load_policy(cfg.policy_path)).id
+    log.close()
+    # bob claims to be carol; his agent holds only his own key
+    env = approver_agent("carol", key_of="bob")
+    r = cli_run("requests", "approve", one, env=env)
+    assert r.exit_code == 4 and "none of your enrolled keys" in r.output
+    # no agent at all: refused too, with the way to do it
+    r = cli_run("requests", "approve", one, env={"SUDO_USER": "carol", "SSH_AUTH_SOCK": ""})
+    assert r.exit_code == 4 and "approve over the service" in r.output
+    r = cli_run("requests", "deny", one, "--comment", "no", env=env)
+    assert r.exit_code == 4
+    assert events(cfg, "request_approved") == [] and events(cfg, "request_denied") == []
+    refused = events(cfg, "request_refused")
+    assert len(refused) == 3 and {e.data["actor"] for e in refused} == {"carol"}
+    assert json.loads(cli_run("requests", "list", "--json").output)[0]["status"] == "pending"
+
+
+def test_approval_may_require_mfa(cfg, users, cli_run, approver_agent, tmp_path):
+    text = cfg.policy_path.read_text().replace('approvers = ["group:security"], required = 1, expires = "1h" }',
+                                               'approvers = ["group:security"], required = 1, expires = "1h", '
+                                               'require_mfa = true }')
+    cfg.policy_path.write_text(text)
+    policy = load_policy(cfg.policy_path)
+    assert policy.roles["prod-admin"].approval.require_mfa is True
+    log = AuditLog(StatePaths(cfg.state_dir).db)
+    ap = Approvals(log)
+    one = ap.create(Identity("alice", ("publickey",)), role="prod-admin", ttl=300, reason="INC-1", policy=policy).id
+    r = cli_run("requests", "approve", one, env=approver_agent("carol"))  # a key alone is one factor
+    assert r.exit_code == 4 and "second factor" in r.output
+    from ca.errors import MFARequired
+    with pytest.raises(MFARequired):
+        ap.approve(one, Identity("carol", ("publickey",), mfa=False), policy)
+    r = ap.approve(one, Identity("carol", ("password", "totp"), mfa=True), policy)
+    assert r.status == "approved"
+    log.close()
+
+
+def test_admin_cli_lists_approves_denies_and_signs_offline(cfg, users, cli_run, tmp_path, approver_agent):
     log = AuditLog(StatePaths(cfg.state_dir).db)
     ap = Approvals(log)
     policy = load_policy(cfg.policy_path)
@@ -551,34 +615,35 @@ def test_admin_cli_lists_approves_denies_and_signs_offline(cfg, users, cli_run, 
     assert r.exit_code == 0 and [x["id"] for x in json.loads(r.output)] == [two, one]
     assert one in cli_run("requests", "list").output
 
-    # The approver is the person running the command: SUDO_USER, else the OS user.
-    r = cli_run("requests", "approve", one, env={"SUDO_USER": "bob"})
+    # The approver is the person running the command (SUDO_USER, else the OS user), proven by
+    # a signature from their own ssh-agent with one of their enrolled keys.
+    r = cli_run("requests", "approve", one, env=approver_agent("bob"))
     assert r.exit_code == 3 and "bob is not an approver of role prod-admin" in r.output
-    r = cli_run("requests", "approve", one, env={"SUDO_USER": "alice"})
+    r = cli_run("requests", "approve", one, env=approver_agent("alice"))
     assert r.exit_code == 3 and "cannot approve your own request" in r.output
-    r = cli_run("requests", "approve", one, "--comment", "INC-1 ok", "--json", env={"SUDO_USER": "carol"})
+    r = cli_run("requests", "approve", one, "--comment", "INC-1 ok", "--json", env=approver_agent("carol"))
     assert r.exit_code == 0 and json.loads(r.output)["status"] == "approved"
-    r = cli_run("requests", "deny", two, env={"SUDO_USER": "dave"})
+    r = cli_run("requests", "deny", two, env=approver_agent("dave"))
     assert r.exit_code == 2  # --comment is required
-    r = cli_run("requests", "deny", two, "--comment", "one is enough", env={"SUDO_USER": "dave"})
+    r = cli_run("requests", "deny", two, "--comment", "one is enough", env=approver_agent("dave"))
     assert r.exit_code == 0 and "denied (by dave: one is enough)" in r.output
     assert [x["status"] for x in json.loads(cli_run("requests", "list", "--all", "--json").output)] == \
         ["denied", "approved"]
     (approved,) = events(cfg, "request_approved")
-    assert approved.data["operator"] == "carol" and approved.data["auth_methods"] == ["admin-offline"]
+    assert approved.data["operator"] == "carol" and approved.data["auth_methods"] == ["agent-signature"]
 
     # Offline signing of an approval role needs --request, and uses it up.
-    r = cli_run("sign", "--user", "alice", "--role", "prod-admin", "--reason", "INC-1", str(pub))
+    r = cli_run("sign", "--allow-unenrolled", "--user", "alice", "--role", "prod-admin", "--reason", "INC-1", str(pub))
     assert r.exit_code == 3 and "needs an approved request" in r.output
-    r = cli_run("sign", "--user", "bob", "--request", one, "--reason", "mine now", str(pub))
+    r = cli_run("sign", "--allow-unenrolled", "--user", "bob", "--request", one, "--reason", "mine now", str(pub))
     assert r.exit_code == 3 and f"no request {one} of bob" in r.output
-    r = cli_run("sign", "--user", "alice", "--request", two, str(pub))
+    r = cli_run("sign", "--allow-unenrolled", "--user", "alice", "--request", two, str(pub))
     assert r.exit_code == 3 and f"request {two} was denied" in r.output
-    r = cli_run("sign", "--user", "alice", "--request", one, "--json", str(pub))
+    r = cli_run("sign", "--allow-unenrolled", "--user", "alice", "--request", one, "--json", str(pub))
     assert r.exit_code == 0, r.output
     cert = json.loads(r.output)
     assert cert["role"] == "prod-admin" and cert["valid_before"] - cert["valid_after"] == 300 + 60
-    r = cli_run("sign", "--user", "alice", "--request", one, str(pub))
+    r = cli_run("sign", "--allow-unenrolled", "--user", "alice", "--request", one, str(pub))
     assert r.exit_code == 3 and "already used" in r.output
     (issued,) = events(cfg, "issued")
     assert issued.data["request_id"] == one and issued.data["approvers"] == ["carol"]

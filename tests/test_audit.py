@@ -28,7 +28,7 @@ ALICE = Identity(user="alice", auth_methods=("publickey",))
 def fill(authority, tmp_path, n=5):
     line = make_key(tmp_path).with_suffix(".pub").read_text()
     for _ in range(n):
-        authority.issue(ALICE, SignRequest(public_key=line, role="dev"))
+        authority.issue(ALICE, SignRequest(public_key=line, role="dev"), allow_unenrolled=True)
     return authority.audit.head()
 
 
@@ -173,7 +173,7 @@ def test_no_certificate_when_the_audit_commit_fails(authority, tmp_path, cfg):
     blocker.execute("BEGIN IMMEDIATE")
     try:
         with pytest.raises(AuditError, match="database is locked"):
-            authority.issue(ALICE, SignRequest(public_key=line, role="dev"))
+            authority.issue(ALICE, SignRequest(public_key=line, role="dev"), allow_unenrolled=True)
     finally:
         blocker.execute("ROLLBACK")
     assert authority.audit.events(kind="issued") == []
@@ -186,7 +186,7 @@ def test_event_and_certificate_row_commit_together(authority, tmp_path, cfg):
     conn.execute("CREATE TRIGGER boom BEFORE INSERT ON certificates BEGIN SELECT RAISE(ABORT, 'disk on fire'); END")
     line = make_key(tmp_path).with_suffix(".pub").read_text()
     with pytest.raises(AuditError, match="disk on fire"):
-        authority.issue(ALICE, SignRequest(public_key=line, role="dev"))
+        authority.issue(ALICE, SignRequest(public_key=line, role="dev"), allow_unenrolled=True)
     assert authority.audit.events(kind="issued") == []
     authority.audit.verify()
 
@@ -202,7 +202,7 @@ def test_rows_survive_kill_9(cfg, tmp_path):
         cfg = default_config().with_overrides(state_dir={str(cfg.state_dir)!r}, policy={str(cfg.policy_path)!r})
         a = open_authority(cfg)
         while True:
-            i = a.issue(Identity(user="alice", auth_methods=("publickey",)), SignRequest(public_key={line!r}))
+            i = a.issue(Identity(user="alice", auth_methods=("publickey",)), SignRequest(public_key={line!r}), allow_unenrolled=True)
             print(i.serial, flush=True)
     """)
     proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True,
@@ -230,7 +230,7 @@ def test_concurrent_writers_keep_one_chain_and_unique_serials(cfg, tmp_path):
         cfg = default_config().with_overrides(state_dir={str(cfg.state_dir)!r}, policy={str(cfg.policy_path)!r})
         a = open_authority(cfg)
         for _ in range(40):
-            print(a.issue(Identity(user="alice", auth_methods=("publickey",)), SignRequest(public_key={line!r})).serial)
+            print(a.issue(Identity(user="alice", auth_methods=("publickey",)), SignRequest(public_key={line!r}), allow_unenrolled=True).serial)
     """)
     procs = [subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True,
                               cwd=os.path.dirname(os.path.dirname(__file__))) for _ in range(3)]
@@ -257,9 +257,9 @@ def test_listing_uses_indexes(authority):
 def test_filters(authority, tmp_path):
     fill(authority, tmp_path, 3)
     line = make_key(tmp_path, name="k2").with_suffix(".pub").read_text()
-    authority.issue(Identity(user="bob", auth_methods=("publickey",)), SignRequest(public_key=line, role="dev"))
+    authority.issue(Identity(user="bob", auth_methods=("publickey",)), SignRequest(public_key=line, role="dev"), allow_unenrolled=True)
     with pytest.raises(Exception):
-        authority.issue(Identity(user="bob", auth_methods=("publickey",)), SignRequest(public_key=line, role="nope"))
+        authority.issue(Identity(user="bob", auth_methods=("publickey",)), SignRequest(public_key=line, role="nope"), allow_unenrolled=True)
     log = authority.audit
     assert [e.user for e in log.events(user="bob")] == ["bob", "bob"]
     assert [e.kind for e in log.events(user="bob")] == ["denied", "issued"]

@@ -67,7 +67,7 @@ def test_trust_formats(ca):
 def test_sign_writes_a_certificate(ca, tmp_path):
     key = make_key(tmp_path)
     out = tmp_path / "alice-cert.pub"
-    r = ca("sign", "--user", "alice", "--role", "dev", "--ttl", "2h", "-o", str(out), str(key) + ".pub")
+    r = ca("sign", "--allow-unenrolled", "--user", "alice", "--role", "dev", "--ttl", "2h", "-o", str(out), str(key) + ".pub")
     assert r.exit_code == 0, r.output
     assert "signed serial 1 (iast:alice:dev:1) for alice" in r.stderr
     L = keygen_L(out)
@@ -76,9 +76,9 @@ def test_sign_writes_a_certificate(ca, tmp_path):
 
 def test_sign_to_stdout_and_json(ca, tmp_path):
     key = make_key(tmp_path)
-    r = ca("sign", "--user", "alice", str(key) + ".pub")
+    r = ca("sign", "--allow-unenrolled", "--user", "alice", str(key) + ".pub")
     assert r.stdout.startswith("ssh-ed25519-cert-v01@openssh.com ")
-    r = ca("sign", "--user", "alice", "--json", "-o", str(tmp_path / "c.pub"), str(key) + ".pub")
+    r = ca("sign", "--allow-unenrolled", "--user", "alice", "--json", "-o", str(tmp_path / "c.pub"), str(key) + ".pub")
     data = json.loads(r.stdout)
     assert data["serial"] == 2 and data["principals"] == ["alice"] and data["role"] == "dev"
 
@@ -93,7 +93,7 @@ def test_sign_to_stdout_and_json(ca, tmp_path):
 def test_denials_exit_3_write_nothing_and_are_audited(ca, tmp_path, args, message):
     key = make_key(tmp_path)
     out = tmp_path / "out-cert.pub"
-    r = ca("sign", *args, "-o", str(out), str(key) + ".pub")
+    r = ca("sign", "--allow-unenrolled", *args, "-o", str(out), str(key) + ".pub")
     assert r.exit_code == 3, r.output
     assert message in r.stderr and len(r.stderr.strip().splitlines()) == 1
     assert r.stdout == ""
@@ -104,7 +104,7 @@ def test_denials_exit_3_write_nothing_and_are_audited(ca, tmp_path, args, messag
 
 def test_offline_mfa_role_is_recorded_as_the_administrators_decision(ca, tmp_path):
     key = make_key(tmp_path)
-    r = ca("sign", "--user", "carol", "--role", "breakglass", "--reason", "INC-9", str(key) + ".pub")
+    r = ca("sign", "--allow-unenrolled", "--user", "carol", "--role", "breakglass", "--reason", "INC-9", str(key) + ".pub")
     assert r.exit_code == 0, r.output
     (event,) = json.loads(ca("audit", "list", "--kind", "issued", "--json").stdout)
     assert event["data"]["auth_methods"] == ["admin-offline"]
@@ -115,22 +115,22 @@ def test_offline_mfa_role_is_recorded_as_the_administrators_decision(ca, tmp_pat
 @pytest.mark.parametrize("args", [["--ttl", "forever"], ["--ttl", "0s"]])
 def test_usage_errors_exit_2(ca, tmp_path, args):
     key = make_key(tmp_path)
-    r = ca("sign", "--user", "alice", *args, str(key) + ".pub")
+    r = ca("sign", "--allow-unenrolled", "--user", "alice", *args, str(key) + ".pub")
     assert r.exit_code == 2
 
 
 def test_bad_key_file_is_an_error(ca, tmp_path):
     bad = tmp_path / "bad.pub"
     bad.write_text("ssh-dss AAAAB3NzaC1kc3MAAACBAP")
-    r = ca("sign", "--user", "alice", str(bad))
+    r = ca("sign", "--allow-unenrolled", "--user", "alice", str(bad))
     assert r.exit_code == 1 and "DSA keys are refused" in r.stderr
-    r = ca("sign", "--user", "alice", str(tmp_path / "missing.pub"))
+    r = ca("sign", "--allow-unenrolled", "--user", "alice", str(tmp_path / "missing.pub"))
     assert r.exit_code == 2
 
 
 def test_sign_without_a_ca(cli_run, tmp_path):
     key = make_key(tmp_path)
-    r = cli_run("sign", "--user", "alice", str(key) + ".pub")
+    r = cli_run("sign", "--allow-unenrolled", "--user", "alice", str(key) + ".pub")
     assert r.exit_code == 1 and "run 'iast-ca init' first" in r.stderr
 
 
@@ -141,20 +141,20 @@ def test_encrypted_ca_key(cli_run, tmp_path, monkeypatch):
     keyfile = next((cli_run.state / "ca-keys").iterdir())
     assert b"aes256-ctr" in __import__("base64").b64decode("".join(keyfile.read_text().splitlines()[1:-1]))
     key = make_key(tmp_path)
-    r = cli_run("sign", "--user", "alice", str(key) + ".pub")
+    r = cli_run("sign", "--allow-unenrolled", "--user", "alice", str(key) + ".pub")
     assert r.exit_code == 1 and "is encrypted" in r.stderr
     wrong = tmp_path / "wrong"
     wrong.write_text("nope")
-    r = cli_run("--passphrase-file", str(wrong), "sign", "--user", "alice", str(key) + ".pub")
+    r = cli_run("--passphrase-file", str(wrong), "sign", "--allow-unenrolled", "--user", "alice", str(key) + ".pub")
     assert r.exit_code == 1 and "wrong passphrase" in r.stderr
     assert "correct horse" not in r.output
-    r = cli_run("--passphrase-file", str(pw), "sign", "--user", "alice", str(key) + ".pub")
+    r = cli_run("--passphrase-file", str(pw), "sign", "--allow-unenrolled", "--user", "alice", str(key) + ".pub")
     assert r.exit_code == 0, r.output
     # Under systemd the passphrase arrives as a credential.
     creds = tmp_path / "creds"
     creds.mkdir()
     (creds / "ca-passphrase").write_text("correct horse battery staple")
-    r = cli_run("sign", "--user", "alice", str(key) + ".pub", env={"CREDENTIALS_DIRECTORY": str(creds)})
+    r = cli_run("sign", "--allow-unenrolled", "--user", "alice", str(key) + ".pub", env={"CREDENTIALS_DIRECTORY": str(creds)})
     assert r.exit_code == 0, r.output
 
 
@@ -181,7 +181,7 @@ def test_policy_explain(ca):
 def test_audit_list_show_verify(ca, tmp_path):
     key = make_key(tmp_path)
     for user in ("alice", "bob"):
-        ca("sign", "--user", user, "-o", str(tmp_path / f"{user}-cert.pub"), str(key) + ".pub")
+        ca("sign", "--allow-unenrolled", "--user", user, "-o", str(tmp_path / f"{user}-cert.pub"), str(key) + ".pub")
     r = ca("audit", "list")
     assert r.exit_code == 0
     assert r.stdout.splitlines()[0].split() == ["ID", "TIME", "KIND", "USER", "ROLE", "SERIAL", "DETAIL"]
@@ -202,7 +202,7 @@ def test_audit_list_show_verify(ca, tmp_path):
 def test_audit_verify_and_checkpoint_catch_tampering(ca, tmp_path):
     key = make_key(tmp_path)
     for _ in range(3):
-        ca("sign", "--user", "alice", "-o", str(tmp_path / "c.pub"), str(key) + ".pub")
+        ca("sign", "--allow-unenrolled", "--user", "alice", "-o", str(tmp_path / "c.pub"), str(key) + ".pub")
     cp = tmp_path / "cp.txt"
     r = ca("audit", "checkpoint", "-o", str(cp))
     assert r.exit_code == 0 and "checkpoint of 4 events" in r.stdout
@@ -211,7 +211,8 @@ def test_audit_verify_and_checkpoint_catch_tampering(ca, tmp_path):
     conn = sqlite3.connect(ca.state / "ca.db", isolation_level=None)
     conn.execute("DROP TRIGGER events_no_delete")
     conn.execute("DELETE FROM events WHERE id >= 3")
-    assert ca("audit", "verify").exit_code == 0  # nothing inside the chain is wrong...
+    r = ca("audit", "verify")  # nothing inside the chain is wrong, but the certificates table outlived it
+    assert r.exit_code == 1 and "certificates serial 2: has no issued event" in r.stderr
     r = ca("audit", "verify", "--checkpoint", str(cp))
     assert r.exit_code == 1 and "truncated: the checkpoint covers 4 events, the log has 2" in r.stderr
     conn.execute("DROP TRIGGER events_no_update")
@@ -228,7 +229,7 @@ def test_config_file_and_env(tmp_path, policy_file):
     assert r.exit_code == 0, r.output
     assert (tmp_path / "st" / "keyring.json").exists()  # relative to the config file
     key = make_key(tmp_path)
-    r = runner.invoke(cli, ["sign", "--user", "alice", "--json", str(key) + ".pub"], env={"IAST_CA_CONFIG": str(conf)})
+    r = runner.invoke(cli, ["sign", "--allow-unenrolled", "--user", "alice", "--json", str(key) + ".pub"], env={"IAST_CA_CONFIG": str(conf)})
     cert = json.loads(r.stdout)
     assert cert["certificate"].startswith("ssh-ed25519-cert-v01@openssh.com ")
     assert cert["valid_before"] - cert["valid_after"] == 3600 + 30
@@ -284,14 +285,14 @@ def test_make_run_main_job(tmp_path):
 def test_audit_export_with_cursor(ca, tmp_path):
     key = make_key(tmp_path)
     for _ in range(2):
-        ca("sign", "--user", "alice", "-o", str(tmp_path / "c.pub"), str(key) + ".pub")
+        ca("sign", "--allow-unenrolled", "--user", "alice", "-o", str(tmp_path / "c.pub"), str(key) + ".pub")
     cursor = tmp_path / "siem.cursor"
     first = [json.loads(line) for line in ca("audit", "export", "--cursor-file", str(cursor)).stdout.splitlines()]
     assert [e["id"] for e in first] == [1, 2, 3] and first[1]["kind"] == "issued"
     assert first[2]["prev_hash"] == first[1]["hash"]
     assert cursor.read_text() == "3\n"
     assert ca("audit", "export", "--cursor-file", str(cursor)).stdout == ""  # nothing new, nothing twice
-    ca("sign", "--user", "bob", "-o", str(tmp_path / "c.pub"), str(key) + ".pub")
+    ca("sign", "--allow-unenrolled", "--user", "bob", "-o", str(tmp_path / "c.pub"), str(key) + ".pub")
     again = ca("audit", "export", "--cursor-file", str(cursor)).stdout.splitlines()
     assert [json.loads(line)["user"] for line in again] == ["bob"] and cursor.read_text() == "4\n"
     assert [json.loads(x)["id"] for x in ca("audit", "export", "--after", "2").stdout.splitlines()] == [3, 4]
@@ -303,11 +304,11 @@ def test_proofs_verify_with_the_standalone_verifier(ca, tmp_path):
 
     merkle_py = str(Path(__file__).resolve().parent.parent / "ca" / "audit" / "merkle.py")
     key = make_key(tmp_path)
-    ca("sign", "--user", "alice", "-o", str(tmp_path / "c.pub"), str(key) + ".pub")
+    ca("sign", "--allow-unenrolled", "--user", "alice", "-o", str(tmp_path / "c.pub"), str(key) + ".pub")
     old = tmp_path / "cp-old.txt"
     assert ca("audit", "checkpoint", "-o", str(old)).exit_code == 0
     for user in ("bob", "carol", "dave"):
-        ca("sign", "--user", user, "-o", str(tmp_path / "c.pub"), str(key) + ".pub")
+        ca("sign", "--allow-unenrolled", "--user", user, "-o", str(tmp_path / "c.pub"), str(key) + ".pub")
     new = tmp_path / "cp-new.txt"
     assert ca("audit", "checkpoint", "-o", str(new)).exit_code == 0
     assert "root: " in new.read_text() and ca("audit", "verify", "--checkpoint", str(new)).exit_code == 0
@@ -366,7 +367,7 @@ def test_on_request_hook_config(tmp_path, value, ok):
 
 def test_unwritable_output_is_refused_before_issuing(ca, tmp_path):
     key = make_key(tmp_path)
-    r = ca("sign", "--user", "alice", "-o", str(tmp_path / "missing" / "c.pub"), str(key) + ".pub")
+    r = ca("sign", "--allow-unenrolled", "--user", "alice", "-o", str(tmp_path / "missing" / "c.pub"), str(key) + ".pub")
     assert r.exit_code == 2 and "not a writable directory" in r.stderr
     assert json.loads(ca("audit", "list", "--kind", "issued", "--json").stdout) == []  # nothing issued
 

@@ -351,7 +351,7 @@ def test_refusal_reasons_and_refusing_lines():
 
 def _issue(authority: Authority, key: Path, user: str = "alice", role: str = "dev"):
     return authority.issue(Identity(user=user, auth_methods=("admin-offline",), mfa=True, operator="test"),
-                           SignRequest(public_key=key.with_name(key.name + ".pub").read_text(), role=role))
+                           SignRequest(public_key=key.with_name(key.name + ".pub").read_text(), role=role), allow_unenrolled=True)
 
 
 def _line(issued, *, port: int, account: str = "alice", key_id: str | None = None, key_fp: str | None = None,
@@ -415,7 +415,7 @@ def test_undated_logins_and_revocations_before_validity(cfg, authority, tmp_path
         new = _issue(fresh, make_key(tmp_path, name="new"))
         # The same key, certified again after the key was revoked: every use of it is after the revocation.
         again = fresh.issue(Identity(user="alice", auth_methods=("x",), mfa=True, operator="t"),
-                            SignRequest(public_key=(tmp_path / "old.pub").read_text(), role="dev"))
+                            SignRequest(public_key=(tmp_path / "old.pub").read_text(), role="dev"), allow_unenrolled=True)
     finally:
         fresh.close()
     got = correlate(log, [_line(old, port=1), _line(again, port=2), _line(new, port=3)], our_ca_fingerprints=ours,

@@ -595,7 +595,7 @@ def approval_doc(table: str) -> str:
 APPROVAL_ERRORS = [
     # (id, the approval table, the exact "where", a phrase of the reason)
     ("unknown key", '{ approvers = ["group:security"], quorum = 2 }', "roles.dev.approval.quorum",
-     "unknown key in approval (allowed: approvers, required, expires)"),
+     "unknown key in approval (allowed: approvers, required, expires, require_mfa)"),
     ("misspelt expires", '{ approvers = ["carol"], expire = "1h" }', "roles.dev.approval.expire", "unknown key"),
     ("missing approvers", '{ required = 1 }', "roles.dev.approval.approvers", "required"),
     ("empty approvers", '{ approvers = [] }', "roles.dev.approval.approvers", "must not be empty"),
@@ -672,7 +672,8 @@ def test_decide_stays_pure_approval_is_enforced_by_the_authority():
 def test_explain_shows_the_approval():
     [v] = policy(approval_doc('{ approvers = ["group:security"], required = 2, expires = "30m" }')).explain(
         "alice", role="dev")
-    assert v.as_json()["approval"] == {"approvers": ["group:security"], "required": 2, "expires": 1800}
+    assert v.as_json()["approval"] == {"approvers": ["group:security"], "required": 2, "expires": 1800,
+                                       "require_mfa": False}
 
 
 # --------------------------------------------------------------------------

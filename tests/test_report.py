@@ -359,10 +359,10 @@ def _hostile_log(cfg, authority, tmp_path) -> None:
     key = make_key(tmp_path, name="k")
     identity = Identity(user="alice", auth_methods=("admin-offline",), mfa=True, operator="t")
     authority.issue(identity, SignRequest(public_key=(tmp_path / "k.pub").read_text(), role="dev",
-                                          reason=HOSTILE_REASON))
+                                          reason=HOSTILE_REASON), allow_unenrolled=True)
     with pytest.raises(PolicyDenied):  # the name is refused, and recorded as given
         authority.issue(Identity(user=HOSTILE_USER, auth_methods=("x",), mfa=True, operator="t"),
-                        SignRequest(public_key=(tmp_path / "k.pub").read_text(), role="dev"))
+                        SignRequest(public_key=(tmp_path / "k.pub").read_text(), role="dev"), allow_unenrolled=True)
     authority.audit.record("revoked", {"kind": "user", "value": HOSTILE_USER, "reason": HOSTILE_REASON,
                                        "actor": "<b>admin</b>"}, user=HOSTILE_USER)
     authority.audit.record("lockout", {"key": f"user:{HOSTILE_USER}", "failures": 5, "seconds": 60},
@@ -433,11 +433,11 @@ def test_unused_certificates_are_the_expired_ones_never_logged_in_with(cfg, auth
     try:
         old = [past.issue(Identity(user=u, auth_methods=("x",), mfa=True, operator="t"),
                           SignRequest(public_key=(make_key(tmp_path, name=u)).with_suffix(".pub").read_text(),
-                                      role="dev", ttl=600)) for u in ("ann", "ben", "cat")]
+                                      role="dev", ttl=600), allow_unenrolled=True) for u in ("ann", "ben", "cat")]
     finally:
         past.close()
     authority.issue(Identity(user="dan", auth_methods=("x",), mfa=True, operator="t"),
-                    SignRequest(public_key=make_key(tmp_path, name="dan").with_suffix(".pub").read_text(), role="dev"))
+                    SignRequest(public_key=make_key(tmp_path, name="dan").with_suffix(".pub").read_text(), role="dev"), allow_unenrolled=True)
     fp = Keyring.load(cfg.state_dir).active.fingerprint
     used = old[0]
     correlate(authority.audit, [

@@ -91,7 +91,7 @@ class Issuer:
         key = key or self.key()
         issued = (authority or self.authority).issue(
             Identity(user=user, auth_methods=("admin-offline",), mfa=True, operator="test"),
-            SignRequest(public_key=key.with_name(key.name + ".pub").read_text(), role=role))
+            SignRequest(public_key=key.with_name(key.name + ".pub").read_text(), role=role), allow_unenrolled=True)
         cert = key.with_name(f"{key.name}-{issued.serial}-cert.pub")
         cert.write_text(issued.certificate + "\n")
         return cert, issued
@@ -247,10 +247,15 @@ def test_revoke_user_who_is_not_in_the_user_store(log, issuer, keyring, tmp_path
 def test_revoke_user_catches_a_certificate_issued_in_the_race_window(cfg, log, issuer, keyring, tmp_path):
     # The service checked "is alice enabled?" just before the disable, and its certificate is
     # committed just after the revocation: valid_after is backdated by the clock skew, so the
-    # 'user' row still covers it.
+    # 'user' row still covers it. (Offline, a revoked user gets nothing until re-enabled, so the
+    # racing certificate is the one signed right after an audited 'user enable'.)
+    from ca.auth.users import UserStore
     now = time.time()
+    users = UserStore(log)
+    users.add("alice", keys=[issuer.key().with_suffix(".pub").read_text()], actor="admin")
     issuer.issue("alice")
     res = revoke_user(log, "alice", "compromised", "admin")
+    users.enable("alice", actor="admin")
     late = open_authority(cfg, clock=lambda: now + 5)
     try:
         racing, racing_issued = issuer.issue("alice", authority=late)

@@ -59,7 +59,7 @@ def test_every_field_matches_policy_and_audit_row(tmp_path, authority, kind, bit
         line = (make_key(tmp_path, kind, bits).with_suffix(".pub")).read_text()
     issued = authority.issue(
         ALICE, SignRequest(public_key=line, role="prod-readonly", ttl=20 * 60, reason='INC-1 "quoted" reason')
-    )
+    , allow_unenrolled=True)
     L = keygen_L(write_cert(tmp_path, issued))
     row = authority.audit.issued_by_serial(issued.serial)
     d = issued.decision
@@ -115,7 +115,7 @@ def test_ca_key_types_sign_with_sha2(tmp_path, policy_file, ca_type, label, alg)
     a = open_authority(cfg)
     try:
         line = make_key(tmp_path).with_suffix(".pub").read_text()
-        issued = a.issue(ALICE, SignRequest(public_key=line, role="dev"))
+        issued = a.issue(ALICE, SignRequest(public_key=line, role="dev"), allow_unenrolled=True)
     finally:
         a.close()
     L = keygen_L(write_cert(tmp_path, issued))
@@ -126,7 +126,7 @@ def test_ca_key_types_sign_with_sha2(tmp_path, policy_file, ca_type, label, alg)
 
 def test_dev_role_defaults(tmp_path, authority):
     line = make_key(tmp_path).with_suffix(".pub").read_text()
-    issued = authority.issue(Identity(user="dave", auth_methods=("publickey",)), SignRequest(public_key=line))
+    issued = authority.issue(Identity(user="dave", auth_methods=("publickey",)), SignRequest(public_key=line), allow_unenrolled=True)
     L = keygen_L(write_cert(tmp_path, issued))
     assert issued.decision.role == "dev"  # the policy's default role
     assert L["principals"] == ["dave"]
@@ -144,7 +144,7 @@ def test_weak_keys_refused_and_audited(tmp_path, authority, kind, bits, message)
     except subprocess.CalledProcessError:
         pytest.skip(f"this ssh-keygen cannot make {kind} keys")
     with pytest.raises(BadKey, match=message):
-        authority.issue(ALICE, SignRequest(public_key=line, role="dev"))
+        authority.issue(ALICE, SignRequest(public_key=line, role="dev"), allow_unenrolled=True)
     (event,) = authority.audit.events(kind="denied")
     assert event.user == "alice" and message in event.data["message"]
     assert authority.audit.events(kind="issued") == []
@@ -152,9 +152,9 @@ def test_weak_keys_refused_and_audited(tmp_path, authority, kind, bits, message)
 
 def test_certificate_is_not_certified_again(tmp_path, authority):
     line = make_key(tmp_path).with_suffix(".pub").read_text()
-    issued = authority.issue(ALICE, SignRequest(public_key=line, role="dev"))
+    issued = authority.issue(ALICE, SignRequest(public_key=line, role="dev"), allow_unenrolled=True)
     with pytest.raises(BadKey, match="certificate cannot be certified"):
-        authority.issue(ALICE, SignRequest(public_key=issued.certificate, role="dev"))
+        authority.issue(ALICE, SignRequest(public_key=issued.certificate, role="dev"), allow_unenrolled=True)
 
 
 @pytest.mark.parametrize("line,message", [
@@ -178,7 +178,7 @@ def test_type_confusion_refused(tmp_path):
 
 def test_serials_unique_increasing_never_zero(tmp_path, authority):
     line = make_key(tmp_path).with_suffix(".pub").read_text()
-    serials = [authority.issue(ALICE, SignRequest(public_key=line, role="dev")).serial for _ in range(25)]
+    serials = [authority.issue(ALICE, SignRequest(public_key=line, role="dev"), allow_unenrolled=True).serial for _ in range(25)]
     assert serials == list(range(1, 26))
     rows = authority.audit.conn.execute("SELECT serial FROM certificates ORDER BY serial").fetchall()
     assert [r[0] for r in rows] == serials
@@ -186,7 +186,7 @@ def test_serials_unique_increasing_never_zero(tmp_path, authority):
 
 def test_requester_text_never_reaches_the_key_id(tmp_path, authority):
     line = make_key(tmp_path).with_suffix(".pub").read_text()
-    issued = authority.issue(ALICE, SignRequest(public_key=line, role="prod-readonly", reason='x" ID evil (serial 1)'))
+    issued = authority.issue(ALICE, SignRequest(public_key=line, role="prod-readonly", reason='x" ID evil (serial 1)'), allow_unenrolled=True)
     assert issued.key_id == f"iast:alice:prod-readonly:{issued.serial}"
     assert keygen_L(write_cert(tmp_path, issued))["Key ID"] == f'"{issued.key_id}"'
 
@@ -230,7 +230,7 @@ def test_key_id_refuses_unsafe_characters():
 
 def test_signature_checked_against_the_ca_key(tmp_path, authority):
     line = make_key(tmp_path).with_suffix(".pub").read_text()
-    cert = parse_certificate_line(authority.issue(ALICE, SignRequest(public_key=line, role="dev")).certificate)
+    cert = parse_certificate_line(authority.issue(ALICE, SignRequest(public_key=line, role="dev"), allow_unenrolled=True).certificate)
     verify_signature(cert, authority.signer.ca_blob)
     other = asyncssh.generate_private_key("ssh-ed25519").public_data
     with pytest.raises(WireError, match="signed by"):
@@ -255,7 +255,7 @@ def test_policy_denial_raises_and_issues_nothing(tmp_path, authority):
     line = make_key(tmp_path).with_suffix(".pub").read_text()
     with pytest.raises(PolicyDenied):
         authority.issue(Identity(user="dave", auth_methods=("publickey",)),
-                        SignRequest(public_key=line, role="prod-readonly", reason="x"))
+                        SignRequest(public_key=line, role="prod-readonly", reason="x"), allow_unenrolled=True)
     assert authority.audit.conn.execute("SELECT count(*) FROM certificates").fetchone() == (0,)
     (denied,) = authority.audit.events(kind="denied")
     assert denied.user == "dave" and denied.role == "prod-readonly" and denied.data["code"] == "denied"
@@ -265,7 +265,7 @@ def test_requester_text_in_a_denial_cannot_carry_escape_sequences(tmp_path, auth
     line = make_key(tmp_path).with_suffix(".pub").read_text()
     with pytest.raises(PolicyDenied):
         authority.issue(ALICE, SignRequest(public_key=line, role="dev\x1b[2K\x1b]0;owned\x07",
-                                           reason="x\x1b]0;owned\x07\u202e"))
+                                           reason="x\x1b]0;owned\x07\u202e"), allow_unenrolled=True)
     (event,) = authority.audit.events(kind="denied")
     stored = json.dumps([event.role, event.data["requested_role"], event.data["reason"], event.data["message"]],
                         ensure_ascii=False)

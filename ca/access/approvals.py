@@ -46,7 +46,7 @@ from typing import Any
 
 from ca.audit.chain import iso
 from ca.durations import format_duration
-from ca.errors import AuditError, CAError, PolicyDenied, UsageError
+from ca.errors import AuditError, CAError, MFARequired, PolicyDenied, UsageError
 from ca.models import Decision, Event, Identity, SignRequest
 from ca.policy import Policy, Role
 from ca.rules import free_text
@@ -235,6 +235,11 @@ class Approvals:
         }, user=request.user if request else actor.user, role=request.role if request else role,
             source=actor.source_address)
 
+    def refuse(self, action: str, request_id: str | None, actor: Identity, error: CAError) -> None:
+        """Audit an action refused before it reached this class (an approver who could not prove
+        who they are: docs/security.md, "Approvers prove who they are")."""
+        self._refused(action, request_id, actor, error)
+
     @contextmanager
     def _audited(self, action: str, request_id: str | None, actor: Identity) -> Iterator[dict]:
         """Run a change; if it is refused, record ``request_refused`` and re-raise."""
@@ -325,6 +330,9 @@ class Approvals:
             with self._transaction() as tx:
                 req, role = self._open_for_vote(request_id, actor, policy, seen, "approve")
                 assert role.approval is not None  # _open_for_vote made sure
+                if role.approval.require_mfa and not actor.mfa:
+                    raise MFARequired(f"approving role {role.name} needs a second factor: approve over the "
+                                      "service after a password and one-time code login")
                 now = self._now()
                 self._still_open(req, now, ("pending",))
                 tx.requests.add_vote(request_id, actor.user, "approve", comment, now)

@@ -53,7 +53,7 @@ import hashlib
 from dataclasses import dataclass
 from typing import Any
 
-from ca.errors import BadKey, UsageError
+from ca.errors import AuditError, BadKey, UsageError
 from ca.keys.keyring import Keyring
 from ca.rules import check_host_name, free_text, host_account, is_user_name
 from ca.sshcert.certificates import fingerprint, parse_certificate_line
@@ -451,6 +451,14 @@ def build_current_krl(log: Store, keyring: Keyring, now: float | None = None, *,
     """
     now = int(log.clock() if now is None else now)
     with log.transaction() as tx:
+        # Under the write lock: the revocations (and the certificates they name) must be what
+        # the events say, or no KRL is published (docs/security.md, "Derived tables are checked
+        # against the chain"): a deleted row must not quietly take a certificate out of it.
+        wrong = log.revocations_disagree()
+        if wrong:
+            raise AuditError(f"the KRL is not published: the database disagrees with the audit log "
+                             f"({'; '.join(map(str, wrong[:3]))}{'; ...' if len(wrong) > 3 else ''}); "
+                             "run 'iast-ca audit verify'")
         certs, keys, sha256s = _contents(tx.revocations, keyring, now, grace, tuple(extra_ca_keys))
         canonical = build_krl(0, certs=certs, keys=keys, sha256s=sha256s, generated=0, comment=KRL_COMMENT)
         digest = hashlib.sha256(canonical).hexdigest()

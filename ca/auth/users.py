@@ -34,7 +34,7 @@ from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatc
 
 from ca.auth.totp import generate_secret, matching_step, provisioning_uri
 from ca.errors import UsageError
-from ca.rules import check_user_name, free_text, is_user_name
+from ca.rules import RESERVED_PRINCIPALS, check_not_reserved, check_user_name, free_text, is_user_name
 from ca.sshcert.certificates import fingerprint
 from ca.sshcert.userkey import DEFAULT_MIN_RSA_BITS, parse_user_key
 from ca.store.base import Store, UserRow
@@ -217,15 +217,18 @@ class UserStore:
     # -- administration --------------------------------------------------------
 
     def add(self, name: str, *, keys: Iterable[str] = (), password: str | None = None, totp: bool = False,
-            actor: str | None = None) -> Enrolment:
+            actor: str | None = None, allow_reserved: bool = False,
+            reserved: frozenset[str] = RESERVED_PRINCIPALS) -> Enrolment:
         """Create a user with keys, and/or a password and a TOTP secret.
 
         A user needs a way to log in: at least one key, or a password with
         TOTP (the service asks for the password, then a code, so a password
         alone could never be used). The TOTP secret is returned in the
-        :class:`Enrolment`, this once.
+        :class:`Enrolment`, this once. A name in ``reserved`` (``root``, ...)
+        is refused unless ``allow_reserved`` (docs/security.md, "Reserved principals").
         """
         check_user_name(name)
+        check_not_reserved(name, reserved, allow=allow_reserved)
         if isinstance(keys, str):  # one key line, not an iterable of characters
             keys = (keys,)
         parsed = {}
@@ -252,6 +255,7 @@ class UserStore:
             for k in parsed.values():
                 tx.users.insert_key(k.fingerprint, name, k.algorithm, k.line, now)
             tx.append("user_added", {"actor": actor, "keys": list(parsed), "has_password": password is not None,
+                                     **({"allow_reserved": True} if name in reserved else {}),
                                      "has_totp": secret is not None}, user=name)
             user = self._user(self._row(name))
         return Enrolment(user, secret, provisioning_uri(secret, name) if secret else None)

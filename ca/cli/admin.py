@@ -15,7 +15,7 @@ import click
 
 from ca import __version__
 from ca.cli.audit_cmds import audit
-from ca.cli.common import Group, echo_json, output_options
+from ca.cli.common import Group, echo, echo_json, output_options
 from ca.cli.context import DURATION, Env, pass_env
 from ca.cli.key_cmds import key
 from ca.cli.host_cmds import host
@@ -75,13 +75,13 @@ def init(env: Env, key_type: str, fmt: str) -> None:
         echo_json(summary)
         return
     enc = "encrypted" if summary["ca_encrypted"] else "NOT encrypted (use --passphrase-file to encrypt it)"
-    click.echo(f"Created a CA in {summary['state_dir']}")
-    click.echo(f"  CA key      {summary['ca_algorithm']} {summary['ca_fingerprint']}  {enc}")
-    click.echo(f"  audit key   {summary['audit_key_fingerprint']}  (signs audit checkpoints)")
-    click.echo(f"  host key    {summary['host_key_fingerprint']}  (the CA service's SSH host key)")
-    click.echo(f"  host CA     {summary['host_ca_fingerprint']}  (signs host certificates: 'iast-ca trust --hosts')")
-    click.echo(f"  policy      {summary['policy']}" + ("  (starter policy installed)" if summary["policy_installed"] else ""))
-    click.echo("Next: 'iast-ca trust' prints the line hosts put in TrustedUserCAKeys.")
+    echo(f"Created a CA in {summary['state_dir']}")
+    echo(f"  CA key      {summary['ca_algorithm']} {summary['ca_fingerprint']}  {enc}")
+    echo(f"  audit key   {summary['audit_key_fingerprint']}  (signs audit checkpoints)")
+    echo(f"  host key    {summary['host_key_fingerprint']}  (the CA service's SSH host key)")
+    echo(f"  host CA     {summary['host_ca_fingerprint']}  (signs host certificates: 'iast-ca trust --hosts')")
+    echo(f"  policy      {summary['policy']}" + ("  (starter policy installed)" if summary["policy_installed"] else ""))
+    echo("Next: 'iast-ca trust' prints the line hosts put in TrustedUserCAKeys.")
 
 
 @cli.command()
@@ -121,7 +121,7 @@ def trust(env: Env, fmt: str, host_pattern: str, hosts: bool) -> None:
     with env.open_ca() as ca:
         keyring = ca.keyring
     lines = keyring.trust_lines() if fmt == "trusted-user-ca-keys" else keyring.known_hosts_lines(host_pattern)
-    click.echo("\n".join(lines))
+    echo("\n".join(lines))
 
 
 @cli.command()
@@ -134,11 +134,13 @@ def trust(env: Env, fmt: str, host_pattern: str, hosts: bool) -> None:
                    "role, ttl and reason default to the request's.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, allow_dash=True), default="-",
               help="Write the certificate here (default: stdout).")
+@click.option("--allow-unenrolled", is_flag=True,
+              help="Sign for a USER the user store does not hold (recorded in the audit log).")
 @output_options(csv_ok=False)
 @click.argument("pubkey_file", type=click.File("r"), metavar="PUBKEY_FILE")
 @pass_env
 def sign(env: Env, user: str, role: str | None, ttl: int | None, reason: str | None, request_id: str | None,
-         output: str, fmt: str, pubkey_file) -> None:
+         allow_unenrolled: bool, output: str, fmt: str, pubkey_file) -> None:
     """Sign a user's public key offline, through the same decide -> sign -> audit path as the service.
 
     The issuance is recorded as made by the administrator running this
@@ -147,12 +149,15 @@ def sign(env: Env, user: str, role: str | None, ttl: int | None, reason: str | N
     read the key from stdin. With --json and no -o, stdout is one JSON
     object whose 'certificate' field holds the certificate line. A role
     that needs approval is signed only with --request ID, a request of
-    USER's that its approvers approved; it is then used up.
+    USER's that its approvers approved; it is then used up. USER must be
+    enrolled ('iast-ca user add') and enabled: a disabled or revoked user is
+    refused; --allow-unenrolled signs for a name nobody enrolled.
 
     \b
     Example:
       iast-ca sign --user alice --role dev --ttl 2h -o alice-cert.pub alice.pub
       iast-ca sign --user alice --request req-abcdefghij -o alice-cert.pub alice.pub
+      iast-ca sign --user build-bot --allow-unenrolled --role ci -o bot-cert.pub bot.pub
     """
     if output != "-":  # fail before issuing, not after: a certificate must never be issued into the void
         parent = Path(output).resolve().parent
@@ -164,17 +169,17 @@ def sign(env: Env, user: str, role: str | None, ttl: int | None, reason: str | N
         # when one is named, and does not re-check a login (there was none): see ca.app.
         identity = Identity(user=user, auth_methods=("admin-offline",), mfa=True, operator=os_user())
         request = SignRequest(public_key=key_line, role=role, ttl=ttl, reason=reason, request_id=request_id)
-        issued = ca.authority.issue(identity, request)
+        issued = ca.authority.issue(identity, request, allow_unenrolled=allow_unenrolled)
     if output != "-":
         write_atomic(output, issued.certificate + "\n", 0o644)
     elif fmt != "json":  # with --json the certificate is a field of the object
-        click.echo(issued.certificate)
+        echo(issued.certificate)
     d = issued.decision
     if fmt == "json":
         echo_json(issued.as_json())
     else:
         until = dt.datetime.fromtimestamp(d.valid_before, dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ")
-        click.echo(
+        echo(
             f"signed serial {issued.serial} ({issued.key_id}) for {', '.join(d.principals)}, "
             f"role {d.role}, valid until {until} ({format_duration(d.ttl)})"
             + (f", written to {output}" if output != "-" else ""),

@@ -12,7 +12,7 @@ import click
 from ca.audit import merkle
 from ca.audit.chain import iso
 from ca.audit.checkpoint import make_checkpoint, read_checkpoint
-from ca.cli.common import echo_csv, echo_json, echo_table, output_options, stderr_is_tty
+from ca.cli.common import echo, echo_csv, echo_json, echo_table, output_options, stderr_is_tty, terminal_safe
 from ca.cli.context import Env, pass_env
 from ca.durations import format_duration, parse_time
 from ca.errors import AuditError, ChainBroken, StateError, UsageError
@@ -126,11 +126,13 @@ def show(env: Env, event_id: int | None, serial: int | None, request_id: str | N
         echo_json(_as_dict(event))
         return
     for k in ("id", "ts", "kind", "user", "role", "serial", "key_id", "source"):
-        click.echo(f"{k:16} {getattr(event, k) if getattr(event, k) is not None else '-'}")
+        value = getattr(event, k)
+        echo(f"{k:16} {terminal_safe(value) if value is not None else '-'}")
     for k, v in sorted(event.data.items()):
-        click.echo(f"{k:16} {', '.join(map(str, v)) if isinstance(v, list) else ('-' if v is None else v)}")
-    click.echo(f"{'prev_hash':16} {event.prev_hash}")
-    click.echo(f"{'hash':16} {event.hash}")
+        shown = ", ".join(map(str, v)) if isinstance(v, list) else ("-" if v is None else v)
+        echo(f"{terminal_safe(k):16} {terminal_safe(shown)}")
+    echo(f"{'prev_hash':16} {event.prev_hash}")
+    echo(f"{'hash':16} {event.hash}")
 
 
 def _show_request(env: Env, request_id: str, fmt: str) -> None:
@@ -147,7 +149,7 @@ def _show_request(env: Env, request_id: str, fmt: str) -> None:
         echo_json({"request": req.as_json() if req else None, "events": [_as_dict(e) for e in events]})
         return
     if req is not None:
-        click.echo(req.summary())
+        echo(req.summary())
     echo_table([[e.id, e.ts[:19] + "Z", e.kind, e.user, e.serial, _request_detail(e)] for e in events],
                ["ID", "TIME", "KIND", "USER", "SERIAL", "DETAIL"])
 
@@ -187,10 +189,13 @@ def _audit_pub_blob(env: Env, audit_key: str | None) -> bytes:
 @output_options(csv_ok=False)
 @pass_env
 def verify(env: Env, checkpoint_file: str | None, audit_key: str | None, fmt: str) -> None:
-    """Check the hash chain of the whole log; name the first bad event.
+    """Check the hash chain of the whole log, and the tables beside it; name what is wrong.
 
-    Exits 0 when every event is intact (and matches the checkpoint, if
-    given), 1 otherwise.
+    Then rebuild users, user keys, disabled flags, revocations, certificates,
+    requests and approvals from the events and compare them with the tables:
+    each difference (a missing revocation, an extra key, a flipped flag) is
+    named by table and row. Exits 0 when every event is intact, the tables
+    agree (and the log matches the checkpoint, if given), 1 otherwise.
 
     \b
     Example:
@@ -210,16 +215,26 @@ def verify(env: Env, checkpoint_file: str | None, audit_key: str | None, fmt: st
                 report = log.verify(progress=bar.update, **kwargs)
         else:
             report = log.verify(**kwargs)
+        differences = log.verify_derived()
     finally:
         log.close()
+    if differences:
+        if fmt == "json":
+            echo_json({"ok": False, "events": report.count, "head": report.head,
+                       "differences": [{"table": d.table, "row": d.row, "problem": d.problem} for d in differences]})
+        else:
+            for d in differences:
+                echo(f"TAMPERED: {d}", err=True)
+        raise ChainBroken(f"the chain is intact but {len(differences)} table row(s) disagree with it "
+                          f"(first: {differences[0]})")
     if fmt == "json":
         echo_json({"ok": True, "events": report.count, "head": report.head, "root": report.root,
-                   "checkpoint_events": report.checkpoint_count})
+                   "checkpoint_events": report.checkpoint_count, "differences": []})
     else:
-        msg = f"OK: {report.count} events, chain intact, head {report.head}"
+        msg = f"OK: {report.count} events, chain intact, tables agree, head {report.head}"
         if cp:
             msg += f"; matches the checkpoint of {cp.count} events from {cp.time}"
-        click.echo(msg)
+        echo(msg)
 
 
 @audit.command()
@@ -250,7 +265,7 @@ def checkpoint(env: Env, output: str, fmt: str) -> None:
     if fmt == "json":
         echo_json({"events": report.count, "head": report.head, "root": report.root, "file": output})
     else:
-        click.echo(f"checkpoint of {report.count} events (head {report.head}) written to {output}")
+        echo(f"checkpoint of {report.count} events (head {report.head}) written to {output}")
 
 
 @audit.command()
@@ -283,7 +298,7 @@ def export(env: Env, fmt: str, after: int | None, cursor_file: str | None) -> No
     last = after or 0
     try:
         for e in log.stream(after or 0):
-            click.echo(json.dumps(_as_dict(e), ensure_ascii=False, separators=(",", ":")))
+            echo(json.dumps(_as_dict(e), separators=(",", ":")))  # ASCII: no control reaches a terminal
             last = e.id
         sys.stdout.flush()
     finally:

@@ -21,7 +21,7 @@ from typing import Any
 import click
 
 from ca import __version__
-from ca.cli.common import Group, echo_json, echo_table, output_options
+from ca.cli.common import Group, echo, echo_json, echo_table, output_options
 from ca.durations import format_duration
 
 _OUT_HELP = "Directory for the key and certificate files (default: ~/.ssh/iast-ssh)."
@@ -66,7 +66,7 @@ def _prompter(interactive: bool):
         return click.prompt(prompt.rstrip().rstrip(":"), err=True, prompt_suffix=": ").strip()
 
     def confirm(address: str, fingerprint: str) -> bool:
-        click.echo(f"The CA at {address} presents the host key {fingerprint}.\n"
+        echo(f"The CA at {address} presents the host key {fingerprint}.\n"
                    "Compare it with what 'iast-ca info' prints on the CA (or ask its administrator).", err=True)
         return click.confirm("Trust this CA and remember its key?", default=False, err=True)
 
@@ -106,7 +106,7 @@ def _until(ts: int) -> str:
 
 def _notes(notes) -> None:
     for note in notes:
-        click.echo(f"note: {note}", err=True)
+        echo(f"note: {note}", err=True)
 
 
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -184,21 +184,21 @@ def login(make_client, role, ttl, reason, otp, request_id, sso, token_file, toke
         echo_json(result.as_json())
         _notes(result.notes)
         return
-    click.echo(f"Certificate {result.key_id} (serial {result.serial}): principals {', '.join(result.principals)}, "
+    echo(f"Certificate {result.key_id} (serial {result.serial}): principals {', '.join(result.principals)}, "
                f"role {result.role}, valid for {format_duration(result.seconds_left())} "
                f"(until {_until(result.valid_before)}).")
     if result.force_command:
-        click.echo(f"  force-command: {result.force_command}")
+        echo(f"  force-command: {result.force_command}")
     if result.source_address:
-        click.echo(f"  usable only from: {', '.join(result.source_address)}")
+        echo(f"  usable only from: {', '.join(result.source_address)}")
     login_name = result.principals[0] if result.principals else "USER"
     if result.where == "agent":
-        click.echo(f"Added to ssh-agent ({result.agent_socket}); the agent drops it when it expires.")
-        click.echo(f"Use ssh as usual:  ssh {login_name}@HOST")
+        echo(f"Added to ssh-agent ({result.agent_socket}); the agent drops it when it expires.")
+        echo(f"Use ssh as usual:  ssh {login_name}@HOST")
     else:
-        click.echo(f"Wrote {result.key_path} and {result.cert_path} (mode 0600).")
-        click.echo(f"Use them with:  ssh -i {result.key_path} {login_name}@HOST")
-        click.echo("(ssh reads the certificate from the -cert.pub file beside the key.)")
+        echo(f"Wrote {result.key_path} and {result.cert_path} (mode 0600).")
+        echo(f"Use them with:  ssh -i {result.key_path} {login_name}@HOST")
+        echo("(ssh reads the certificate from the -cert.pub file beside the key.)")
     _notes(result.notes)
 
 
@@ -218,7 +218,7 @@ def status(out_dir, fmt) -> None:
     if fmt == "json":
         echo_json(st.as_json())
     elif not st.held:
-        click.echo("No iast certificates held. Get one with 'iast-ssh login'.")
+        echo("No iast certificates held. Get one with 'iast-ssh login'.")
     else:
         rows = []
         for h in st.held:
@@ -246,11 +246,11 @@ def logout(out_dir, fmt) -> None:
         echo_json(result.as_json())
     else:
         for key_id in result.removed_from_agent:
-            click.echo(f"Removed {key_id} from ssh-agent.")
+            echo(f"Removed {key_id} from ssh-agent.")
         for path in result.deleted_files:
-            click.echo(f"Deleted {path}.")
+            echo(f"Deleted {path}.")
         if not result.removed_from_agent and not result.deleted_files:
-            click.echo("Nothing to remove.")
+            echo("Nothing to remove.")
     _notes(result.notes)
 
 
@@ -271,7 +271,7 @@ def roles(make_client, fmt) -> None:
         echo_json(verdicts)
         return
     if not verdicts:
-        click.echo("No roles.")
+        echo("No roles.")
         return
     rows = []
     for v in verdicts:
@@ -299,7 +299,7 @@ def whoami(make_client, fmt) -> None:
     if fmt == "json":
         echo_json(who)
         return
-    click.echo(f"{who.get('user')} from {who.get('source_address')}, authenticated by "
+    echo(f"{who.get('user')} from {who.get('source_address')}, authenticated by "
                f"{'+'.join(who.get('auth_methods') or ())}; groups: {', '.join(who.get('groups') or ()) or '-'}")
 
 
@@ -347,8 +347,8 @@ def request(make_client, role, ttl, reason, fmt) -> None:
     if fmt == "json":
         echo_json(r)
         return
-    click.echo(r["id"])
-    click.echo(f"Pending: needs {r.get('required') or '?'} approval(s) before {r.get('expires')}. "
+    echo(r["id"])
+    echo(f"Pending: needs {r.get('required') or '?'} approval(s) before {r.get('expires')}. "
                f"Once approved: iast-ssh login --request {r['id']}", err=True)
 
 
@@ -368,7 +368,7 @@ def requests_(make_client, fmt) -> None:
     if fmt == "json":
         echo_json(found)
     elif not found:
-        click.echo("No requests.")
+        echo("No requests.")
     else:
         echo_table([_request_line(r) for r in found], _REQUEST_HEADERS)
 
@@ -466,7 +466,7 @@ def config(make_client, out_dir, host_pattern, offline) -> None:
         lines += ["", "# For ~/.ssh/known_hosts: the CA's host CA, for the names its host policy certifies",
                   "# (hosts enrolled with 'iast-ssh host enroll' are then verified with no prompt):"]
         lines += known
-    click.echo("\n".join(lines))
+    echo("\n".join(lines))
 
 
 @cli.group()
@@ -509,7 +509,7 @@ def fetch_krl(make_client, out: str, fmt: str) -> None:
     if fmt == "json":
         echo_json({"path": out, "version": new, "previous_version": old})
     else:
-        click.echo(f"{out}: KRL version {new}" + (f" (was {old})" if old is not None else " (new file)"))
+        echo(f"{out}: KRL version {new}" + (f" (was {old})" if old is not None else " (new file)"))
 
 
 @host.command("fetch-trust")

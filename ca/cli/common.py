@@ -1,4 +1,9 @@
-"""What both command-line tools share: error mapping and output options."""
+"""What both command-line tools share: error mapping, output options, and the two output escapes.
+
+Output cannot attack its reader (docs/security.md, "Output cannot attack its reader"):
+every line a command prints goes through :func:`terminal_safe` (via :func:`echo`,
+:func:`echo_table` and the error line), and every CSV cell through :func:`csv_cell`.
+"""
 
 from __future__ import annotations
 
@@ -7,12 +12,65 @@ import functools
 import io
 import json
 import sys
+import unicodedata
 from collections.abc import Callable, Iterable
 from typing import Any
 
 import click
 
 from ca.errors import CAError
+
+
+# Unicode categories shown escaped on a terminal: controls (C0, DEL, C1), format characters
+# (bidi overrides and isolates, zero-width characters), surrogates, line and paragraph separators.
+_ESCAPED_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
+
+
+def _escape(c: str) -> str:
+    n = ord(c)
+    return f"\\x{n:02x}" if n <= 0xFF else f"\\u{n:04x}" if n <= 0xFFFF else f"\\U{n:08x}"
+
+
+def terminal_safe(value: Any, *, keep_newlines: bool = False) -> str:
+    """``value`` as text a terminal shows as written: every C0 and C1 control, DEL, bidi
+    override or isolate, other format character and line or paragraph separator becomes a
+    visible escape (``\\x1b``, ``\\u202e``). With ``keep_newlines``, ``\\n`` stays (for output the
+    command itself lays out on several lines)."""
+    text = "" if value is None else str(value)
+    if text.isprintable():
+        return text
+    out = []
+    for c in text:
+        if c == "\n" and keep_newlines:
+            out.append(c)
+        elif unicodedata.category(c) in _ESCAPED_CATEGORIES:
+            out.append(_escape(c))
+        else:
+            out.append(c)
+    return "".join(out)
+
+
+# A spreadsheet runs a cell that starts with one of these as a formula (OWASP "CSV Injection").
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_cell(value: Any) -> Any:
+    """One CSV cell a spreadsheet cannot run: text starting with ``=``, ``+``, ``-``, ``@``,
+    tab or CR is prefixed with ``'``; controls are escaped as on a terminal. Numbers and
+    None pass as they are."""
+    if value is None or isinstance(value, (bool, int, float)):
+        return value
+    text = str(value)
+    return ("'" if text.startswith(_FORMULA_START) else "") + terminal_safe(text)
+
+
+def echo(message: Any = None, nl: bool = True, err: bool = False, **kw: Any) -> None:
+    """``click.echo`` for every line a command prints: text through :func:`terminal_safe`
+    (the command's own line breaks kept); bytes (a KRL) pass untouched."""
+    if isinstance(message, (bytes, bytearray)):
+        click.echo(message, nl=nl, err=err, **kw)
+        return
+    click.echo(None if message is None else terminal_safe(message, keep_newlines=True), nl=nl, err=err, **kw)
 
 
 class CommandFailed(click.ClickException):
@@ -24,7 +82,7 @@ class CommandFailed(click.ClickException):
         self.code = error.code
 
     def show(self, file: Any = None) -> None:
-        click.echo(f"Error: {self.message}", err=True)
+        click.echo(f"Error: {terminal_safe(self.message)}", err=True)
 
 
 class Group(click.Group):
@@ -61,6 +119,7 @@ def output_options(*, csv_ok: bool = True) -> Callable:
 
 
 def echo_json(obj: Any) -> None:
+    # ensure_ascii: every control, C1 and bidi character is a \\u escape in the JSON text
     click.echo(json.dumps(obj, indent=2, sort_keys=False, default=str))
 
 
@@ -69,12 +128,12 @@ def echo_csv(rows: Iterable[dict[str, Any]], fields: list[str]) -> None:
     w = csv.DictWriter(buf, fieldnames=fields, extrasaction="ignore", lineterminator="\n")
     w.writeheader()
     for row in rows:
-        w.writerow({k: json.dumps(v) if isinstance(v, (list, dict)) else v for k, v in row.items()})
+        w.writerow({k: csv_cell(json.dumps(v) if isinstance(v, (list, dict)) else v) for k, v in row.items()})
     click.echo(buf.getvalue(), nl=False)
 
 
 def echo_table(rows: list[list[Any]], headers: list[str]) -> None:
-    cells = [[("" if c is None else str(c)) for c in r] for r in rows]
+    cells = [[terminal_safe(c) for c in r] for r in rows]
     widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(headers)]
     click.echo("  ".join(h.ljust(w) for h, w in zip(headers, widths)).rstrip())
     for r in cells:

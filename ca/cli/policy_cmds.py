@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import click
 
-from ca.cli.common import echo_json, output_options
+from ca.cli.common import echo, echo_json, output_options
 from ca.cli.context import Env, pass_env
 from ca.durations import format_duration
 from ca.policy import load_policy
+from ca.policy.model import USER_TEMPLATE
+from ca.rules import RESERVED_PRINCIPALS
 
 
 @click.group()
@@ -35,10 +37,24 @@ def check(env: Env, file: str | None, fmt: str) -> None:
       iast-ca policy check /etc/iast-ca/policy.toml
     """
     pol = load_policy(file or env.config.policy_path, principal_pattern=env.config.principal_pattern)
+    warnings = _warnings(pol)
     if fmt == "json":
-        echo_json({"path": pol.path, "ok": True, "sha256": pol.sha256, "roles": sorted(pol.roles)})
+        echo_json({"path": pol.path, "ok": True, "sha256": pol.sha256, "roles": sorted(pol.roles),
+                   "warnings": warnings})
     else:
-        click.echo(f"{pol.path}: OK, {len(pol.roles)} roles ({', '.join(sorted(pol.roles))}), sha256 {pol.sha256}")
+        echo(f"{pol.path}: OK, {len(pol.roles)} roles ({', '.join(sorted(pol.roles))}), sha256 {pol.sha256}")
+        for w in warnings:
+            echo(f"warning: {w}", err=True)
+
+
+def _warnings(pol) -> list[str]:  # noqa: ANN001 - a Policy
+    """Roles that expand {user} while the policy relies on the fixed reserved list alone
+    (docs/security.md, "Reserved principals")."""
+    if pol.reserved_principals != RESERVED_PRINCIPALS:
+        return []
+    return [f"role {r.name} expands {{user}}: only the fixed reserved names ({', '.join(sorted(RESERVED_PRINCIPALS))}) "
+            "are kept out of it; list your site's privileged accounts in [defaults].reserved_principals"
+            for r in pol.roles.values() if any(USER_TEMPLATE in p for p in r.principals)]
 
 
 @policy.command()
@@ -63,7 +79,7 @@ def explain(env: Env, user: str, role: str | None, groups: str, fmt: str) -> Non
         return
     for v in verdicts:
         if not v.allowed:
-            click.echo(f"{v.role}: no - {'; '.join(v.reasons)}")
+            echo(f"{v.role}: no - {'; '.join(v.reasons)}")
             continue
         extra = []
         if v.force_command:
@@ -77,7 +93,7 @@ def explain(env: Env, user: str, role: str | None, groups: str, fmt: str) -> Non
         if v.approval:
             a = v.approval
             extra.append(f"needs {a.required} approval(s) from {', '.join(a.approvers)}")
-        click.echo(
+        echo(
             f"{v.role}: yes{' (default)' if v.is_default else ''} - principals {', '.join(v.principals or ())}; "
             f"ttl {format_duration(v.ttl or 0)} (max {format_duration(v.max_ttl or 0)}); "
             f"extensions {', '.join(v.extensions or ()) or 'none'}" + "".join(f"; {e}" for e in extra)

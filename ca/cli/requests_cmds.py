@@ -1,20 +1,26 @@
 """``iast-ca requests``: list, approve and deny access requests on the CA host.
 
 A thin shell over :class:`ca.approvals.Approvals`, for administrators. The
-rules are the service's: the approver is the person running the command
-(``SUDO_USER``, else the OS user), who must be one of the role's approvers
-and not the requester; every action, and every refusal, is audited.
+rules are the service's: the approver (``--as NAME``, else ``SUDO_USER``, else
+the OS user) must be one of the role's approvers and not the requester, and
+must prove it: their ssh-agent signs a fresh challenge with one of their
+enrolled keys (:mod:`ca.auth.approver`; docs/security.md, "Approvers prove who
+they are"). Every action, and every refusal, is audited.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 import click
 
 from ca.access.approvals import OPEN, STATUSES, AccessRequest, Approvals
-from ca.cli.common import echo_csv, echo_json, echo_table, output_options
+from ca.app import CA
+from ca.auth.approver import AUTH_METHOD, proven_identity
+from ca.errors import AuthenticationFailed
+from ca.cli.common import echo, echo_csv, echo_json, echo_table, output_options
 from ca.cli.context import Env, pass_env
 from ca.durations import format_duration
 from ca.models import Identity
@@ -26,15 +32,22 @@ _CSV_FIELDS = ["id", "user", "role", "ttl", "reason", "status", "created", "deci
 
 
 @contextmanager
-def _open(env: Env) -> Iterator[tuple[Approvals, Policy]]:
+def _open(env: Env) -> Iterator[tuple[Approvals, Policy, CA]]:
     with env.open_ca(require_db=True) as ca:
         policy = ca.policy  # before the database: a bad policy opens nothing
-        yield ca.approvals, policy
+        yield ca.approvals, policy, ca
 
 
-def _admin() -> Identity:
-    name = os_user()
-    return Identity(user=name, auth_methods=("admin-offline",), operator=name)
+def _approver(ca: CA, action: str, request_id: str, name: str | None) -> Identity:
+    """The approver, proven by a signature from their ssh-agent (a name alone is never trusted)."""
+    name = name or os_user()
+    try:
+        return proven_identity(ca.authenticators, os.environ.get("SSH_AUTH_SOCK"), action, request_id, name,
+                               operator=os_user())
+    except AuthenticationFailed as e:
+        claimed = Identity(user=str(name)[:64], auth_methods=(AUTH_METHOD,), source_address="cli", operator=os_user())
+        ca.approvals.refuse(action, request_id, claimed, e)
+        raise
 
 
 def _row(r: AccessRequest) -> list:
@@ -50,7 +63,7 @@ def _show(r: AccessRequest, fmt: str) -> None:
     if fmt == "json":
         echo_json(r.as_json())
     else:
-        click.echo(r.summary())
+        echo(r.summary())
 
 
 @click.group()
@@ -83,7 +96,7 @@ def list_(env: Env, statuses, all_: bool, user, role, limit: int, fmt: str) -> N
     Example:
       iast-ca requests list --all --user alice --json
     """
-    with _open(env) as (approvals, policy):
+    with _open(env) as (approvals, policy, _ca):
         approvals.expire_due()  # looking is observing: overdue requests are expired (and audited) first
         chosen = None if all_ else (list(statuses) or list(OPEN))
         found = approvals.list(policy=policy, user=user, role=role, statuses=chosen, limit=limit)
@@ -92,40 +105,50 @@ def list_(env: Env, statuses, all_: bool, user, role, limit: int, fmt: str) -> N
     elif fmt == "csv":
         echo_csv((r.as_json() for r in found), _CSV_FIELDS)
     elif not found:
-        click.echo("No requests.")
+        echo("No requests.")
     else:
         echo_table([_row(r) for r in found], _HEADERS)
+
+
+_AS_HELP = "The approver (default: SUDO_USER, else you); proven by your ssh-agent, never taken on trust."
 
 
 @requests.command()
 @click.argument("request_id", metavar="ID")
 @click.option("--comment", help="A note for the requester and the audit log.")
+@click.option("--as", "as_user", metavar="NAME", help=_AS_HELP)
 @output_options(csv_ok=False)
 @pass_env
-def approve(env: Env, request_id: str, comment: str | None, fmt: str) -> None:
-    """Approve request ID as the user running this command (who must be one of its approvers).
+def approve(env: Env, request_id: str, comment: str | None, as_user: str | None, fmt: str) -> None:
+    """Approve request ID as one of its approvers, proven by a key in your ssh-agent.
+
+    Your ssh-agent (SSH_AUTH_SOCK) must hold one of your enrolled keys: it
+    signs a fresh challenge, checked like a login. Under sudo keep the agent:
+    sudo --preserve-env=SSH_AUTH_SOCK. A role whose approval needs MFA is
+    approved over the service only (ssh CA approve ID, after a code).
 
     \b
     Example:
-      sudo iast-ca requests approve req-abcdefghij --comment "ok for INC-4711"
+      sudo --preserve-env=SSH_AUTH_SOCK iast-ca requests approve req-abcdefghij --comment "ok for INC-4711"
     """
-    with _open(env) as (approvals, policy):
-        r = approvals.approve(request_id, _admin(), policy, comment)
+    with _open(env) as (approvals, policy, ca):
+        r = approvals.approve(request_id, _approver(ca, "approve", request_id, as_user), policy, comment)
     _show(r, fmt)
 
 
 @requests.command()
 @click.argument("request_id", metavar="ID")
 @click.option("--comment", required=True, help="Why (recorded in the audit log).")
+@click.option("--as", "as_user", metavar="NAME", help=_AS_HELP)
 @output_options(csv_ok=False)
 @pass_env
-def deny(env: Env, request_id: str, comment: str, fmt: str) -> None:
-    """Deny request ID as the user running this command; one denial closes it.
+def deny(env: Env, request_id: str, comment: str, as_user: str | None, fmt: str) -> None:
+    """Deny request ID as one of its approvers (proven as for approve); one denial closes it.
 
     \b
     Example:
-      sudo iast-ca requests deny req-abcdefghij --comment "use prod-readonly"
+      sudo --preserve-env=SSH_AUTH_SOCK iast-ca requests deny req-abcdefghij --comment "use prod-readonly"
     """
-    with _open(env) as (approvals, policy):
-        r = approvals.deny(request_id, _admin(), policy, comment)
+    with _open(env) as (approvals, policy, ca):
+        r = approvals.deny(request_id, _approver(ca, "deny", request_id, as_user), policy, comment)
     _show(r, fmt)

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 import click
 
 from ca.audit.chain import iso
-from ca.cli.common import echo_json, output_options
+from ca.cli.common import echo, echo_json, output_options
 from ca.cli.context import Env, pass_env
 from ca.durations import parse_time
 from ca.errors import StateError, UsageError
@@ -120,22 +120,22 @@ def correlate(env: Env, files: tuple[str, ...], host: str | None, privileged: st
         echo_json({**result.as_dict(), "exit_status": 1 if result.critical else 0})
     else:
         f = c["findings"]
-        click.echo(f"read {c['lines']} lines ({c['sshd_lines']} sshd certificate lines): "
+        echo(f"read {c['lines']} lines ({c['sshd_lines']} sshd certificate lines): "
                    f"{c['certificate_logins']} certificate logins, {c['new']} new, "
                    f"{c['already_recorded']} already recorded")
-        click.echo(f"new: {c['accepted']} accepted, {c['refused']} refused; {c['joined']} joined to an issuance, "
+        echo(f"new: {c['accepted']} accepted, {c['refused']} refused; {c['joined']} joined to an issuance, "
                    f"{c['ours_not_joined']} signed by our CA but not joined, {c['other_ca']} from other CAs")
-        click.echo(f"findings: {f['critical']} critical, {f['warning']} warning, {f['info']} info "
+        echo(f"findings: {f['critical']} critical, {f['warning']} warning, {f['info']} info "
                    f"(recorded as event {result.event_id})")
         for judged, finding in result.findings:
             lg = judged.login
             when = lg.logged_time or "(no time)"
-            click.echo(f"{finding.severity.upper():8}  {lg.host}  {when}  {lg.account or '-'}@{lg.source or '-'}  "
+            echo(f"{finding.severity.upper():8}  {lg.host}  {when}  {lg.account or '-'}@{lg.source or '-'}  "
                        f"{finding.message}")
         if show_all:
             for j in result.new:
                 lg = j.login
-                click.echo(f"login  {lg.host}  {lg.logged_time or '(no time)'}  {lg.outcome}  {lg.account or '-'}  "
+                echo(f"login  {lg.host}  {lg.logged_time or '(no time)'}  {lg.outcome}  {lg.account or '-'}  "
                            f"from {lg.source or '-'}  serial {lg.serial_text}  {lg.key_id}  "
                            f"issued event {j.issued_event_id or '-'}")
     if result.critical:
@@ -192,10 +192,10 @@ def report(env: Env, since, until, fmt, output, privileged, hours, weekdays, top
         rep = build_report(ca.audit, opts)
     text = {"text": render_text, "json": render_json, "html": render_html}[fmt](rep)
     if output == "-":
-        click.echo(text, nl=False)
+        echo(text, nl=False)
     else:
         write_atomic(output, text, 0o600)
-        click.echo(f"report written to {output}", err=True)
+        echo(f"report written to {output}", err=True)
 
 
 __all__ = ["correlate", "report"]

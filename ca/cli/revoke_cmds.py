@@ -18,7 +18,7 @@ from ca.access.revocation import (
     revoke_serial,
     revoke_user,
 )
-from ca.cli.common import echo_json, output_options
+from ca.cli.common import echo, echo_json, output_options
 from ca.cli.context import Env, pass_env
 from ca.errors import UsageError
 from ca.files import write_atomic
@@ -93,10 +93,10 @@ def revoke(env: Env, serial: int | None, key_id: str | None, key_file, user: str
     if fmt == "json":
         echo_json(result.as_json())
         return
-    click.echo(("revoked " if result.new else "already revoked (recorded again): ") + what)
+    echo(("revoked " if result.new else "already revoked (recorded again): ") + what)
     for note in result.notes:
-        click.echo(f"note: {note}", err=True)
-    click.echo("Publish it: iast-ca krl -o FILE (hosts read it as sshd's RevokedKeys)", err=True)
+        echo(f"note: {note}", err=True)
+    echo("Publish it: iast-ca krl -o FILE (hosts read it as sshd's RevokedKeys)", err=True)
 
 
 @click.command()
@@ -129,14 +129,14 @@ def krl(env: Env, output: str | None, text: bool, fmt: str) -> None:
     elif not text and fmt != "json":
         if sys.stdout.isatty():
             raise UsageError("the KRL is binary: give -o FILE, redirect stdout, or use --text")
-        click.echo(built.data, nl=False)  # bytes go to the binary stream
+        echo(built.data, nl=False)  # bytes go to the binary stream
     if fmt == "json":
         echo_json({**built.as_json(), "file": output})
         return
     if text:
         names = {k.blob: f"(CA key {k.name}, {k.state})" for k in keyring.keys}
-        click.echo(describe(parse_krl(built.data), names), nl=False)
+        echo(describe(parse_krl(built.data), names), nl=False)
     if output:
-        click.echo(f"KRL version {built.version} ({len(built.data)} bytes"
+        echo(f"KRL version {built.version} ({len(built.data)} bytes"
                    + (", changed" if built.changed else ", unchanged") + f") written to {output}", err=True)
 

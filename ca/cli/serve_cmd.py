@@ -8,7 +8,7 @@ import base64
 import click
 
 from ca.app import open_ca
-from ca.cli.common import echo_json, output_options
+from ca.cli.common import echo, echo_json, output_options
 from ca.cli.context import Env, pass_env
 from ca.config import parse_listen
 from ca.errors import StateError
@@ -73,12 +73,12 @@ def run(env: Env, listen: str | None) -> None:
     paths = open_ca(cfg).paths
     if not paths.keyring.exists():
         s = init_state(cfg, "ed25519", env.passphrase())
-        click.echo(f"Created a new CA in {s['state_dir']}: {s['ca_algorithm']} {s['ca_fingerprint']}", err=True)
+        echo(f"Created a new CA in {s['state_dir']}: {s['ca_algorithm']} {s['ca_fingerprint']}", err=True)
 
     def ready(service) -> None:
         fp = _host_key_fingerprint(paths)
         sd = f"--state-dir {cfg.state_dir} " if str(cfg.state_dir) != "var" else ""
-        click.echo(f"""
+        echo(f"""
 The CA is listening on {service.cfg.listen_host if not listen else listen.rsplit(':', 1)[0]}:{service.port}
 (host key {fp}). In another terminal, from this directory:
 
@@ -121,9 +121,9 @@ def info(env: Env, fmt: str) -> None:
     if fmt == "json":
         echo_json(data)
         return
-    click.echo(f"state dir        {data['state_dir']}")
-    click.echo(f"policy           {data['policy']}")
-    click.echo(f"listen           {data['listen']}")
+    echo(f"state dir        {data['state_dir']}")
+    echo(f"policy           {data['policy']}")
+    echo(f"listen           {data['listen']}")
     for k in data["ca_keys"]:
-        click.echo(f"CA key           {k['algorithm']} {k['fingerprint']} ({k['state']})")
-    click.echo(f"host key         {data['host_key_fingerprint']}  (clients pin this: --ca-fingerprint)")
+        echo(f"CA key           {k['algorithm']} {k['fingerprint']} ({k['state']})")
+    echo(f"host key         {data['host_key_fingerprint']}  (clients pin this: --ca-fingerprint)")

@@ -14,9 +14,10 @@ from contextlib import contextmanager
 import click
 
 from ca.auth.users import MIN_PASSWORD_LENGTH, Enrolment, User, UserStore
-from ca.cli.common import echo_csv, echo_json, echo_table, output_options
+from ca.cli.common import echo, echo_csv, echo_json, echo_table, output_options
 from ca.cli.context import Env, pass_env
-from ca.errors import UsageError
+from ca.errors import CAError, UsageError
+from ca.rules import RESERVED_PRINCIPALS
 from ca.state import os_user
 
 MAX_KEY_FILE = 64 * 1024
@@ -26,6 +27,14 @@ MAX_KEY_FILE = 64 * 1024
 def _store(env: Env) -> Iterator[UserStore]:
     with env.open_ca(require_db=True) as ca:
         yield ca.users
+
+
+def _reserved(ca) -> frozenset[str]:  # noqa: ANN001 - the open CA
+    """The policy's reserved names; the fixed list when the policy cannot be read (never fewer)."""
+    try:
+        return ca.policy.reserved_principals
+    except CAError:
+        return RESERVED_PRINCIPALS
 
 
 def _read_password() -> str:
@@ -61,9 +70,9 @@ def _show_secret(enrolment: Enrolment, fmt: str) -> None:
                    "keys": [k.fingerprint for k in u.keys], "has_password": u.has_password, "has_totp": u.has_totp})
         return
     if enrolment.totp_secret:
-        click.echo(f"TOTP secret: {enrolment.totp_secret}")
-        click.echo(f"TOTP URI:    {enrolment.totp_uri}")
-        click.echo("Give these to the user now, over a safe channel: they will not be shown again. "
+        echo(f"TOTP secret: {enrolment.totp_secret}")
+        echo(f"TOTP URI:    {enrolment.totp_uri}")
+        echo("Give these to the user now, over a safe channel: they will not be shown again. "
                    "Add the secret to an authenticator app, or show the URI as a QR code "
                    "(e.g. qrencode -t ANSIUTF8 'URI').")
 
@@ -96,14 +105,17 @@ def user() -> None:
               help=f"Read a password (at least {MIN_PASSWORD_LENGTH} characters) from standard input; "
                    "needs --totp.")
 @click.option("--totp", is_flag=True, help="Make a TOTP secret; it is printed once.")
+@click.option("--allow-reserved", is_flag=True,
+              help="Enrol a reserved name (root, admin, ...: the policy's reserved_principals); audited.")
 @output_options(csv_ok=False)
 @pass_env
-def add(env: Env, name: str, key_files, password_stdin: bool, totp: bool, fmt: str) -> None:
+def add(env: Env, name: str, key_files, password_stdin: bool, totp: bool, allow_reserved: bool, fmt: str) -> None:
     """Create user NAME with public keys, and/or a password and a TOTP secret.
 
     A user needs a way to log in: a key, or a password with --totp (the
     service asks for the password, then a code). The TOTP secret and its
-    otpauth:// URI are printed once, here.
+    otpauth:// URI are printed once, here. A reserved name (root, admin,
+    ... and the policy's reserved_principals) needs --allow-reserved.
 
     \b
     Example:
@@ -116,15 +128,16 @@ def add(env: Env, name: str, key_files, password_stdin: bool, totp: bool, fmt: s
         raise UsageError(f"user {name} needs a way to log in: give --key FILE, or --password-stdin with --totp")
     keys = [_read_key(f) for f in key_files]
     password = _read_password() if password_stdin else None
-    with _store(env) as store:
-        enrolment = store.add(name, keys=keys, password=password, totp=totp, actor=os_user())
+    with env.open_ca(require_db=True) as ca:
+        enrolment = ca.users.add(name, keys=keys, password=password, totp=totp, actor=os_user(),
+                                 allow_reserved=allow_reserved, reserved=_reserved(ca))
     u = enrolment.user
     if fmt != "json":
         ways = [f"{len(u.keys)} key{'s' if len(u.keys) != 1 else ''}"] if u.keys else []
         ways += ["password"] * u.has_password + ["TOTP"] * u.has_totp
-        click.echo(f"Created user {u.name} ({', '.join(ways)}).")
+        echo(f"Created user {u.name} ({', '.join(ways)}).")
         for k in u.keys:
-            click.echo(f"  key {k.algorithm} {k.fingerprint}")
+            echo(f"  key {k.algorithm} {k.fingerprint}")
     _show_secret(enrolment, fmt)
 
 
@@ -154,15 +167,15 @@ def _print_user(u: User, fmt: str) -> None:
     if fmt == "json":
         echo_json(u.as_json())
         return
-    click.echo(f"{'name':10} {u.name}")
-    click.echo(f"{'state':10} {_state(u)}" + (f" ({u.disabled_reason})" if u.disabled_reason else ""))
-    click.echo(f"{'password':10} {_yes_no(u.has_password)}")
-    click.echo(f"{'totp':10} {_yes_no(u.has_totp)}")
-    click.echo(f"{'created':10} {u.created}")
+    echo(f"{'name':10} {u.name}")
+    echo(f"{'state':10} {_state(u)}" + (f" ({u.disabled_reason})" if u.disabled_reason else ""))
+    echo(f"{'password':10} {_yes_no(u.has_password)}")
+    echo(f"{'totp':10} {_yes_no(u.has_totp)}")
+    echo(f"{'created':10} {u.created}")
     if not u.keys:
-        click.echo(f"{'keys':10} none")
+        echo(f"{'keys':10} none")
     for i, k in enumerate(u.keys):
-        click.echo(f"{'keys' if i == 0 else '':10} {k.fingerprint} {k.algorithm} (added {k.added})")
+        echo(f"{'keys' if i == 0 else '':10} {k.fingerprint} {k.algorithm} (added {k.added})")
 
 
 @user.command()
@@ -202,7 +215,7 @@ def disable(env: Env, name: str, reason: str | None, fmt: str) -> None:
     if fmt == "json":
         echo_json(u.as_json())
     else:
-        click.echo(f"user {name} disabled")
+        echo(f"user {name} disabled")
 
 
 @user.command()
@@ -222,7 +235,7 @@ def enable(env: Env, name: str, fmt: str) -> None:
     if fmt == "json":
         echo_json(u.as_json())
     else:
-        click.echo(f"user {name} enabled")
+        echo(f"user {name} enabled")
 
 
 @user.command()
@@ -246,7 +259,7 @@ def passwd(env: Env, name: str, password_stdin: bool) -> None:
     with _store(env) as store:
         _get(store, name)  # before asking for a password
         store.set_password(name, _read_password(), actor=os_user())
-    click.echo(f"password of user {name} changed")
+    echo(f"password of user {name} changed")
 
 
 @user.command()
@@ -263,7 +276,7 @@ def totp(env: Env, name: str, fmt: str) -> None:
     with _store(env) as store:
         enrolment = store.reset_totp(name, actor=os_user())
     if fmt != "json":
-        click.echo(f"New TOTP secret for user {name}; the old one no longer works.")
+        echo(f"New TOTP secret for user {name}; the old one no longer works.")
     _show_secret(enrolment, fmt)
 
 
@@ -285,7 +298,7 @@ def key_add(env: Env, name: str, file, fmt: str) -> None:  # noqa: ANN001 - a cl
     if fmt == "json":
         echo_json({"user": name, **key.as_json()})
     else:
-        click.echo(f"key {key.algorithm} {key.fingerprint} enrolled for user {name}")
+        echo(f"key {key.algorithm} {key.fingerprint} enrolled for user {name}")
 
 
 @user.command("key-remove")
@@ -304,7 +317,7 @@ def key_remove(env: Env, name: str, fingerprint: str) -> None:
     """
     with _store(env) as store:
         store.remove_key(name, fingerprint, actor=os_user())
-    click.echo(f"key {fingerprint} removed from user {name}")
+    echo(f"key {fingerprint} removed from user {name}")
 
 
 @user.command()
@@ -324,4 +337,4 @@ def unlock(env: Env, name: str | None, address: str | None) -> None:
         raise UsageError("give a user NAME, --address IP, or both")
     with env.open_ca(require_db=True) as ca:
         cleared = ca.throttle.unlock(name, address, log=ca.audit, actor=os_user())
-    click.echo(f"cleared {cleared} counter(s)" + ("" if cleared else " (nothing was locked)"))
+    echo(f"cleared {cleared} counter(s)" + ("" if cleared else " (nothing was locked)"))

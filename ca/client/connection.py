@@ -51,7 +51,7 @@ from ca.client.config import (
     parse_address,
     save_config,
 )
-from ca.client.files import default_out_dir, write_files
+from ca.client.files import check_out_dir, default_out_dir, write_files
 from ca.client.loop import run_async
 from ca.client.results import LoginResult
 from ca.errors import (
@@ -507,6 +507,8 @@ class Client:
         self.role_hint = role
         out = Path(out_dir) if out_dir is not None else default_out_dir()
         use_agent = self.agent_path if not no_agent else None
+        if not use_agent:  # before a certificate is asked for, not after: none issued into the void
+            check_out_dir(out)
         key = asyncssh.generate_private_key("ssh-ed25519")
         public_line = key.export_public_key("openssh").decode().strip() + "\n"
         if self.workload_token is not None:

@@ -13,7 +13,7 @@ from pathlib import Path
 from ca.client.results import HeldCertificate, held_certificate
 from ca.errors import CAError
 
-__all__ = ["CERT_FILE", "KEY_FILE", "default_out_dir", "file_held", "install_krl", "write_files"]
+__all__ = ["CERT_FILE", "KEY_FILE", "check_out_dir", "default_out_dir", "file_held", "install_krl", "write_files"]
 
 
 KEY_FILE = "id_ed25519"
@@ -25,11 +25,34 @@ def default_out_dir() -> Path:
     return Path(os.path.expanduser("~")) / ".ssh" / "iast-ssh"
 
 
+def check_out_dir(out_dir: Path) -> None:
+    """Refuse an existing output directory that someone else could write into or that is not
+    ours (docs/security.md, "The client's output directory is the user's own"): they could swap
+    the key the next ``ssh -i`` uses. A directory that does not exist yet is fine (it is made 0700)."""
+    out_dir = Path(out_dir)
+    try:
+        st = os.stat(out_dir)
+    except FileNotFoundError:
+        return
+    import stat
+
+    if not stat.S_ISDIR(st.st_mode):
+        raise CAError(f"{out_dir} is not a directory")
+    if st.st_uid != os.getuid():
+        raise CAError(f"{out_dir} is owned by uid {st.st_uid}, not you: use a directory of your own "
+                      f"(--out DIR), or 'sudo chown {os.getuid()} {out_dir}'")
+    if st.st_mode & 0o022:
+        raise CAError(f"{out_dir} is writable by others (mode {stat.S_IMODE(st.st_mode):04o}): "
+                      f"'chmod go-w {out_dir}' (or chmod 700), then try again")
+
+
 def write_files(out_dir: Path, key, certificate: str, key_id: str) -> tuple[Path, Path]:
-    """``OUT/id_ed25519`` and ``OUT/id_ed25519-cert.pub``, 0600 and atomic; ``OUT`` is created 0700."""
+    """``OUT/id_ed25519`` and ``OUT/id_ed25519-cert.pub``, 0600 and atomic; ``OUT`` is created 0700
+    (an existing ``OUT`` must pass :func:`check_out_dir`)."""
     from ca.files import write_atomic
 
     out_dir = Path(out_dir)
+    check_out_dir(out_dir)
     if not out_dir.exists():
         out_dir.mkdir(parents=True, mode=0o700)
         os.chmod(out_dir, 0o700)  # mkdir's mode is filtered by the umask

@@ -106,7 +106,8 @@ class Authority:
         self.audit.close()
 
     def issue(self, identity: Identity, request: SignRequest, *,
-              consume: Callable[[Transaction, Decision], dict[str, Any]] | None = None) -> Issued:
+              consume: Callable[[Transaction, Decision], dict[str, Any]] | None = None,
+              allow_unenrolled: bool = False) -> Issued:
         """Decide, sign and audit one request; return the certificate or raise.
 
         A role with ``approval`` needs ``consume``; without one, the
@@ -115,6 +116,11 @@ class Authority:
         approved request and returns fields merged into the ``issued``
         event; if it raises, nothing it wrote is kept and the refusal is
         audited like any other. ``consume`` is not called for other roles.
+
+        Offline, ``allow_unenrolled`` lets an operator sign for a name the
+        user store does not hold (recorded in the ``issued`` event); a
+        disabled or revoked user is refused whatever it says
+        (docs/security.md, "Revocations stick").
 
         Raises :class:`~ca.errors.PolicyDenied`, :class:`~ca.errors.BadKey`,
         :class:`~ca.errors.AuthenticationFailed` (after recording a
@@ -159,6 +165,8 @@ class Authority:
                     raise SigningError(f"the active CA key {self.ca_fingerprint} is revoked: rotate it")
                 if self.online:
                     still_allowed(tx, identity)
+                else:
+                    offline_allowed(tx, identity.user, allow_unenrolled)
                 extra = consume(tx, decision) if approval is not None and consume is not None else {}
                 serial = tx.next_serial()
                 key_id = make_key_id(decision.user, decision.role, serial)
@@ -182,6 +190,8 @@ class Authority:
                     "ca_fingerprint": self.ca_fingerprint,
                     "request_id": request.request_id,
                     **vouched_for(identity),
+                    "login_key": identity.login_key,
+                    **({"allow_unenrolled": True} if allow_unenrolled and not self.online else {}),
                     **extra,
                 }
                 event_id = tx.append(
@@ -413,6 +423,22 @@ def still_allowed(tx: Transaction, identity: Identity) -> None:
             not tx.key_enrolled(identity.user, identity.login_key) or tx.is_revoked("key", identity.login_key)):
         raise AuthenticationFailed(f"the key you logged in with ({identity.login_key}) is no longer "
                                    "enrolled, or was revoked")
+
+
+def offline_allowed(tx: Transaction, user: str, allow_unenrolled: bool) -> None:
+    """The gate of an offline authority, inside the issuing transaction: a disabled user gets
+    nothing until ``iast-ca user enable``; a name the user store does not hold gets nothing if it
+    was revoked (``revoke --user``), and otherwise only with ``allow_unenrolled``, so a typo does
+    not mint certificates for a name nobody owns (docs/security.md, "Revocations stick")."""
+    enabled = tx.user_enabled(user)
+    if enabled is False:
+        raise PolicyDenied(f"user {user} is disabled (or was revoked): 'iast-ca user enable {user}' first")
+    if enabled is None:
+        if tx.is_revoked("user", user):
+            raise PolicyDenied(f"user {user} was revoked and is not enrolled: enrol them with "
+                               f"'iast-ca user add {user}' before signing again")
+        if not allow_unenrolled:
+            raise PolicyDenied(f"user {user} is not enrolled: check the name, or sign with --allow-unenrolled")
 
 
 def _shown(text: str | None, limit: int) -> str | None:

@@ -21,7 +21,7 @@ from typing import Any
 from ca.durations import format_duration
 from ca.errors import ConfigError, MFARequired, PolicyDenied, ReauthenticationRequired
 from ca.models import Decision, HostDecision, Identity, SignRequest
-from ca.rules import free_text, is_dns_name, is_host_name, principal_ok
+from ca.rules import RESERVED_PRINCIPALS, free_text, is_dns_name, is_host_name, principal_ok
 
 __all__ = ["EXTENSIONS", "Approval", "HostRole", "Policy", "Role", "RoleVerdict"]
 
@@ -69,9 +69,13 @@ class Approval:
     approvers: tuple[str, ...]
     required: int
     expires: int
+    # Approvers must have shown a second factor (a password + code login, or a fresh SSO);
+    # a key alone, on the service or through the CLI's agent proof, does not do.
+    require_mfa: bool = False
 
     def as_json(self) -> dict[str, Any]:
-        return {"approvers": list(self.approvers), "required": self.required, "expires": self.expires}
+        return {"approvers": list(self.approvers), "required": self.required, "expires": self.expires,
+                "require_mfa": self.require_mfa}
 
 
 @dataclass(frozen=True)
@@ -188,6 +192,8 @@ class Policy:
     roles: Mapping[str, Role]  # read-only, in file order
     principal_pattern: str
     hosts: Mapping[str, HostRole] = field(default_factory=lambda: MappingProxyType({}))  # [hosts.NAME]
+    # Names no {user} expansion may produce; a role that lists one literally still grants it.
+    reserved_principals: frozenset[str] = RESERVED_PRINCIPALS
 
     def groups_of(self, user: str) -> tuple[str, ...]:
         """The ``[groups]`` that list ``user``, sorted by name."""
@@ -397,6 +403,11 @@ class Policy:
         out: list[str] = []
         for template in role.principals:
             principal = template.replace(USER_TEMPLATE, user)
+            if USER_TEMPLATE in template and principal in self.reserved_principals:
+                raise PolicyDenied(
+                    f"role {role.name}: principal {show(principal)} (from {show(template)}) is reserved; "
+                    "only a role that lists it literally grants it"
+                )
             if not principal_ok(principal, self.principal_pattern):
                 raise PolicyDenied(
                     f"role {role.name}: principal {show(principal)} (from {show(template)}) "

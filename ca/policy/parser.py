@@ -71,6 +71,7 @@ from ca.rules import (
     DEFAULT_PRINCIPAL_PATTERN,
     MAX_DNS_NAME,
     PRINCIPAL_FORBIDDEN,
+    RESERVED_PRINCIPALS,
     USER_NAME_TEXT,
     is_dns_name,
     is_user_name,
@@ -98,7 +99,7 @@ _HOST_KEYS = ("description", "principals", "names", "ttl", "max_ttl")
 _DEFAULT_HOST_MAX_TTL = "30d"
 # A host name pattern: host-name characters and the shell wildcards * and ? (fnmatch).
 _HOST_PATTERN_RE = re.compile(r"[a-z0-9*?-]{1,63}")
-_DEFAULTS_KEYS = ("ttl", "max_ttl", "extensions", "role")
+_DEFAULTS_KEYS = ("ttl", "max_ttl", "extensions", "role", "reserved_principals")
 _ROLE_KEYS = (
     "description",
     "members",
@@ -116,7 +117,7 @@ _ROLE_KEYS = (
 # Keys a future version will understand: refused with a message saying so,
 # so that a policy never appears to demand something the CA does not enforce.
 _RESERVED_KEYS: dict[str, str] = {}
-_APPROVAL_KEYS = ("approvers", "required", "expires")
+_APPROVAL_KEYS = ("approvers", "required", "expires", "require_mfa")
 _DEFAULT_APPROVAL_EXPIRES = "1h"
 
 
@@ -199,6 +200,11 @@ class _Parser:
             default_ext = _FALLBACK_EXTENSIONS
 
         groups = self.groups(self.table(doc.get("groups", {}), "groups"))
+        # docs/security.md "Reserved principals": the fixed list, plus the names the policy adds.
+        extra = self.string_list(defaults.get("reserved_principals", []), "defaults.reserved_principals")
+        for p in extra:
+            self.principal(p, "defaults.reserved_principals")
+        reserved = RESERVED_PRINCIPALS | frozenset(extra)
 
         roles_doc = self.table(doc.get("roles", {}), "roles")
         if not roles_doc:
@@ -235,6 +241,7 @@ class _Parser:
             roles=MappingProxyType(roles),
             principal_pattern=self.pattern,
             hosts=MappingProxyType(hosts),
+            reserved_principals=reserved,
         )
 
     def host_role(self, name: str, doc: dict[str, Any]) -> HostRole:
@@ -412,7 +419,8 @@ class _Parser:
                 + (f" ({', '.join(users)})" if users else ""),
             )
         expires = self.duration(doc.get("expires", _DEFAULT_APPROVAL_EXPIRES), where + ".expires")
-        return Approval(approvers=approvers, required=required, expires=expires)
+        require_mfa = self.boolean(doc.get("require_mfa", False), where + ".require_mfa")
+        return Approval(approvers=approvers, required=required, expires=expires, require_mfa=require_mfa)
 
     # -- fields --------------------------------------------------------------
 

@@ -15,12 +15,20 @@ token does not fit into SSH authentication), and the connection is
 refuses anything else), must do so within the login timeout, and keeps
 its place among the unauthenticated connections until it closes
 (docs/security.md rules 14 and 19).
+
+Limits (docs/security.md, "Limits per connection and per address"): one
+address holds at most ``server.max_unauthenticated_per_address`` of the
+unauthenticated slots; environment requests are refused and never kept
+(sshd's default ``AcceptEnv`` none); a connection has at most
+``server.max_channels_per_connection`` channels open and a user at most
+``server.max_channels_per_user`` over all their connections.
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import asyncssh
@@ -40,6 +48,25 @@ if TYPE_CHECKING:
 MAX_AUTH_ATTEMPTS = 10
 
 
+class LimitedChannel(asyncssh.SSHServerChannel):
+    """A session channel that refuses environment requests (nothing is kept) and gives its
+    slot back to its connection and its user when it is cleaned up."""
+
+    release: Callable[[], None] | None = None
+
+    def _process_env_request(self, packet) -> bool:  # noqa: ANN001 - asyncssh's SSHPacket
+        packet.get_string()
+        packet.get_string()
+        packet.check_end()
+        return False
+
+    def _cleanup(self, exc: Exception | None = None) -> None:
+        release, self.release = self.release, None
+        if release is not None:
+            release()
+        super()._cleanup(exc)
+
+
 class Connection(asyncssh.SSHServer):
     """Per-connection state; asyncssh makes one per client."""
 
@@ -54,6 +81,7 @@ class Connection(asyncssh.SSHServer):
         self._key_answers: dict[tuple[str, str], Identity | None] = {}
         self.attempts = 0
         self.counted = False
+        self.channels = 0
         self._conversation: tuple[InteractiveAuthenticator, Conversation] | None = None
         authenticators = service.ca.authenticators
         self._keys = [a for a in authenticators if isinstance(a, KeyAuthenticator)]
@@ -68,19 +96,63 @@ class Connection(asyncssh.SSHServer):
         peer = conn.get_extra_info("peername")
         self.address = peer[0] if peer else "?"
         svc = self.service
+        per_address = svc.unauthenticated_by_address
         if svc.unauthenticated >= svc.cfg.max_unauthenticated:
             event("refused: too many unauthenticated connections", source=self.address)
             conn.close()
             self.counted = False
             return
+        if per_address.get(self.address, 0) >= svc.cfg.max_unauthenticated_per_address:
+            event("refused: too many unauthenticated connections from this address", source=self.address)
+            conn.close()
+            self.counted = False
+            return
         svc.unauthenticated += 1
+        per_address[self.address] = per_address.get(self.address, 0) + 1
         self.counted = True
+        # Every session channel of this connection is a LimitedChannel, counted (see create_channel).
+        original = conn.create_server_channel
+        conn.create_server_channel = functools.partial(self._create_channel, original)  # type: ignore[method-assign]
+
+    def _uncount(self) -> None:
+        """This connection no longer waits to authenticate: give its slots back."""
+        svc = self.service
+        svc.unauthenticated -= 1
+        left = svc.unauthenticated_by_address.get(self.address, 1) - 1
+        if left > 0:
+            svc.unauthenticated_by_address[self.address] = left
+        else:
+            svc.unauthenticated_by_address.pop(self.address, None)
+
+    def _create_channel(self, original: Callable[..., asyncssh.SSHServerChannel], *args, **kw):
+        """A session channel, unless this connection or its user already has too many open."""
+        svc, user = self.service, self.user or "?"
+        per_user = svc.channels_by_user
+        if self.channels >= svc.cfg.max_channels_per_connection or \
+                per_user.get(user, 0) >= svc.cfg.max_channels_per_user:
+            event("refused: too many channels", user=user, source=self.address)
+            raise asyncssh.ChannelOpenError(asyncssh.OPEN_RESOURCE_SHORTAGE, "too many channels open")
+        chan = original(*args, **kw)
+        chan.__class__ = LimitedChannel  # same object, two methods changed (see LimitedChannel)
+        self.channels += 1
+        per_user[user] = per_user.get(user, 0) + 1
+
+        def release() -> None:
+            self.channels -= 1
+            left = per_user.get(user, 1) - 1
+            if left > 0:
+                per_user[user] = left
+            else:
+                per_user.pop(user, None)
+
+        chan.release = release
+        return chan
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self._expiry is not None:
             self._expiry.cancel()
         if self.counted and (not self.authenticated or self.deferred):
-            self.service.unauthenticated -= 1
+            self._uncount()
             if self.user is not None and not self.used:
                 svc = self.service
                 svc.spawn(svc.executors.on_auth(svc.ca.guard.connection_failed, self.user, self.address,
@@ -178,7 +250,7 @@ class Connection(asyncssh.SSHServer):
                   source=self.address)
             return
         if self.counted:
-            self.service.unauthenticated -= 1
+            self._uncount()
         methods = list(self.identity.auth_methods) if self.identity else []
         event("authenticated", user=self.user, source=self.address, methods=methods)
 

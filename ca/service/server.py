@@ -40,6 +40,8 @@ class Service:
         for part in ("authority", "users", "guard", "authenticators"):
             getattr(ca, part)
         self.unauthenticated = 0
+        self.unauthenticated_by_address: dict[str, int] = {}  # ca.service.connection's limits
+        self.channels_by_user: dict[str, int] = {}
         self.inflight = 0
         self.server: asyncssh.SSHAcceptor | None = None
         self._tasks: set[asyncio.Task] = set()
@@ -96,7 +98,13 @@ class Service:
         self._idle.clear()
         try:
             try:
-                status = await self._run(process)
+                # One deadline for the whole request: reading stdin, deciding, replying
+                # (docs/security.md, "Limits per connection and per address").
+                status = await asyncio.wait_for(self._run(process), self.cfg.request_timeout)
+            except asyncio.TimeoutError:
+                event("request timed out", user=process.get_extra_info("username"))
+                process.stderr.write(f"error: request not finished within {self.cfg.request_timeout}s\n")
+                status = EXIT_ERROR
             except Exception:  # a bug must not take the service down; the client gets an error
                 log.exception("request failed", extra={"fields": {"user": process.get_extra_info("username")}})
                 process.stderr.write("internal error\n")

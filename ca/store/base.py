@@ -46,6 +46,15 @@ from pathlib import Path
 from typing import Any, NamedTuple, Protocol
 
 from ca.audit.chain import canonical
+from ca.audit.derive import (
+    DERIVED_KINDS,
+    Derived,
+    Difference,
+    apply_event,
+    certificate_of,
+    compare_certificates,
+    revocations_of,
+)
 from ca.audit.verify import VerifyReport, leaf_hashes, verify_rows
 from ca.models import Event
 
@@ -146,6 +155,8 @@ class CertificateReads(Protocol):
         """(certificates signed by this CA key, how many of them have ``valid_before > cutoff``)."""
     def last_expiry(self, ca_fingerprint: str) -> int | None:
         """The latest ``valid_before`` of a certificate this CA key signed (None if it signed none)."""
+    def rows(self, batch: int = 10_000) -> Iterator[CertificateRow]:
+        """Every row, by serial (for the check against the issued events)."""
 
 
 class UserReads(Protocol):
@@ -157,6 +168,8 @@ class UserReads(Protocol):
     def key_owner(self, fingerprint: str) -> str | None: ...
     def enabled_key_public(self, name: str, fingerprint: str) -> str | None:
         """The public key line of ``fingerprint`` if it is enrolled for ``name`` and ``name`` is enabled."""
+    def all_keys(self) -> list[tuple[str, str]]:
+        """(fingerprint, user) of every enrolled key, by fingerprint."""
 
 
 class UserWrites(UserReads, Protocol):
@@ -224,6 +237,8 @@ class RequestReads(Protocol):
         """Whether an open request has ``expires_at <= now``."""
     def due(self, now: int) -> list[tuple[str, str, str, str, int]]:
         """(id, username, role, status, expires_at) of each open request due, by expires_at then id."""
+    def all_votes(self) -> list[tuple[str, str, str]]:
+        """(request id, approver, decision) of every vote cast."""
 
 
 class RequestWrites(RequestReads, Protocol):
@@ -365,6 +380,71 @@ class Store(ABC):
         return verify_rows(self.row_batches(), checkpoint_count=checkpoint_count, checkpoint_head=checkpoint_head,
                            checkpoint_root=checkpoint_root, progress=progress)
 
+    def verify_derived(self) -> list[Difference]:
+        """Rebuild users, user keys, disabled flags, revocations, certificates, requests and votes
+        from the events and return every row where a table disagrees (docs/security.md,
+        "Derived tables are checked against the chain"). Memory: everything but the certificates,
+        which are merged with the table in serial order."""
+        state, diffs = Derived(), []
+        for e in sorted((e for k in DERIVED_KINDS for e in self.events(kind=k, limit=None)), key=lambda e: e.id):
+            apply_event(state, e)
+        compare_certificates(self.issued_certificate_rows(), iter(self.certificates.rows()), diffs.append)
+        _compare(diffs, "users", state.users, {u.name: bool(u.disabled) for u in self.users.all()},
+                 lambda name, want, got: f"disabled is {int(got)}, the events say {int(want)}",
+                 "enrolled by the events", "has no user_added event")
+        _compare(diffs, "user_keys", state.keys, dict(self.users.all_keys()),
+                 lambda fp, want, got: f"belongs to {got}, the events say {want}",
+                 "enrolled by the events", "was never enrolled by an event")
+        stored = {(r[1], r[2]) for r in self.revocations.all()}
+        for kind, value in sorted(state.revocations - stored):
+            diffs.append(Difference("revocations", f"{kind} {value}", "missing (revoked by the events)"))
+        for kind, value in sorted(stored - state.revocations):
+            if not (kind == "serial" and state.revocations_partial):
+                diffs.append(Difference("revocations", f"{kind} {value}", "has no revoked event"))
+        requests = {r.id: (r.status, r.used_serial) for r in self.requests.list(limit=None)}
+        _compare(diffs, "requests", state.requests, requests,
+                 lambda rid, want, got: f"is {got[0]} (serial {got[1]}), the events say {want[0]} (serial {want[1]})",
+                 "created by the events", "has no request_created event")
+        votes = set(self.requests.all_votes())
+        for rid, who, what in sorted(state.votes - votes):
+            diffs.append(Difference("approvals", f"{rid} {who}", f"missing {what} vote"))
+        for rid, who, what in sorted(votes - state.votes):
+            diffs.append(Difference("approvals", f"{rid} {who}", f"{what} vote has no event"))
+        return diffs
+
+    def issued_certificate_rows(self) -> Iterator[tuple]:
+        """The certificate row each ``issued`` event implies (:func:`ca.audit.derive.certificate_of`),
+        in event order (which is serial order: both are taken under the chain lock). A backend may
+        compute it in SQL (SQLite does); this is the reference."""
+        return (certificate_of(e) for e in self.stream() if e.kind == "issued")
+
+    def revocations_disagree(self) -> list[Difference]:
+        """The cheap check before a KRL is built: the revocations table against the ``revoked``
+        events (through the kind index), and each certificate the KRL would name through a user
+        or a serial against its ``issued`` event. Empty when they agree."""
+        derived: set[tuple[str, str]] = set()
+        partial = False
+        for e in self.events(kind="revoked", limit=None):
+            rows, cut = revocations_of(e)
+            derived |= rows
+            partial |= cut
+        rows = self.revocations.all()
+        stored = {(r[1], r[2]) for r in rows}
+        diffs = [Difference("revocations", f"{k} {v}", "missing (revoked by the events)")
+                 for k, v in sorted(derived - stored)]
+        diffs += [Difference("revocations", f"{k} {v}", "has no revoked event")
+                  for k, v in sorted(stored - derived) if not (k == "serial" and partial)]
+        for kind, value in sorted(derived):
+            if kind == "user":
+                issued = {e.serial for e in self.events(kind="issued", user=value, limit=None)}
+                have = set(self.certificates.unexpired_serials(cutoff=-(1 << 62), username=value))
+                diffs += [Difference("certificates", f"serial {s}", f"of revoked user {value} is missing")
+                          for s in sorted(issued - have)]
+            elif kind == "serial" and self.issued_by_serial(int(value)) is not None \
+                    and self.certificates.by_serial(int(value)) is None:
+                diffs.append(Difference("certificates", f"serial {value}", "revoked, issued, and missing"))
+        return diffs
+
     def leaf_hashes(self, upto: int) -> Iterator[bytes]:
         """The Merkle leaf hashes of events 1..``upto``, in order (raises if any is missing)."""
         return leaf_hashes(self.row_batches(upto), upto)
@@ -377,6 +457,17 @@ class Store(ABC):
     def request_events(self, request_id: str) -> list[Event]:
         """Every event about ``request_id``, oldest first."""
         return [e for e in (self.get(i) for i in self.request_event_ids(request_id)) if e is not None]
+
+
+def _compare(diffs: list[Difference], table: str, want: dict, got: dict, changed: Callable[[Any, Any, Any], str],
+             missing: str, extra: str) -> None:
+    for key in sorted(set(want) | set(got), key=str):
+        if key not in got:
+            diffs.append(Difference(table, str(key), f"missing ({missing})"))
+        elif key not in want:
+            diffs.append(Difference(table, str(key), extra))
+        elif want[key] != got[key]:
+            diffs.append(Difference(table, str(key), changed(key, want[key], got[key])))
 
 
 __all__ = [

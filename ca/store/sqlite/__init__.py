@@ -157,6 +157,10 @@ class SQLiteStore(Store):
     def canonical_row(self, event_id: int) -> tuple | None:
         return self._events.row(event_id)
 
+    def issued_certificate_rows(self) -> Iterator[tuple]:
+        """As :meth:`Store.issued_certificate_rows`, with the data fields read by SQLite's JSON functions."""
+        return self._events.issued_certificate_rows()
+
     def request_event_ids(self, request_id: str) -> list[int]:
         try:
             return self._events.request_event_ids(request_id)

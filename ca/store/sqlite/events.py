@@ -71,6 +71,15 @@ class EventRows:
             sql += f" LIMIT {int(limit)}"
         return [event(r) for r in self.conn.execute(sql, args)]
 
+    def issued_certificate_rows(self, batch: int = 10_000) -> Iterator[tuple]:
+        after = 0
+        while True:
+            rows = self.conn.execute(_ISSUED_ROWS, (after, batch)).fetchall()
+            if not rows:
+                return
+            yield from rows
+            after = rows[-1][8]
+
     def stream(self, after: int = 0, batch: int = 10_000) -> Iterator[Event]:
         while True:
             rows = self.conn.execute(f"{_SELECT} WHERE id > ? ORDER BY id LIMIT ?", (after, batch)).fetchall()
@@ -94,6 +103,11 @@ class EventRows:
             "SELECT id FROM events WHERE data LIKE ? AND json_extract(data, '$.request_id') = ? ORDER BY id",
             (f'%"{request_id}"%', request_id))]
 
+
+_ISSUED_ROWS = ("SELECT serial, key_id, username, role, json_extract(data, '$.key_fingerprint'), "
+                "json_extract(data, '$.ca_fingerprint'), json_extract(data, '$.valid_after'), "
+                "json_extract(data, '$.valid_before'), id FROM events "
+                "WHERE kind = 'issued' AND id > ? ORDER BY id LIMIT ?")  # the events_kind (kind, id) index
 
 _CERT = f"SELECT {', '.join(CERTIFICATE_COLUMNS)} FROM certificates"
 
@@ -137,6 +151,16 @@ class Certificates:
     def any_for_user(self, username: str) -> bool:
         return self.conn.execute("SELECT 1 FROM certificates WHERE username = ? LIMIT 1",
                                  (username,)).fetchone() is not None
+
+    def rows(self, batch: int = 10_000) -> Iterator[CertificateRow]:
+        after = -(1 << 63)
+        while True:
+            got = self.conn.execute(f"{_CERT} WHERE serial > ? ORDER BY serial LIMIT ?", (after, batch)).fetchall()
+            if not got:
+                return
+            for row in got:
+                yield CertificateRow(*row)
+            after = got[-1][0]
 
     def signed_by(self, ca_fingerprint: str, cutoff: int) -> tuple[int, int]:
         count, unexpired = self.conn.execute(

@@ -51,6 +51,10 @@ class Requests:
         with reading(self._what):
             return [RequestRow(*r) for r in self.conn.execute(sql, args).fetchall()]
 
+    def all_votes(self) -> list[tuple[str, str, str]]:
+        with reading(self._what):
+            return self.conn.execute("SELECT request_id, approver, decision FROM approvals").fetchall()
+
     def any_due(self, now: int) -> bool:
         with reading(self._what):
             return self.conn.execute(

@@ -35,6 +35,10 @@ class Users:
                 "SELECT fingerprint, algorithm, public, added FROM user_keys WHERE username = ?"
                 " ORDER BY added, fingerprint", (name,)).fetchall()
 
+    def all_keys(self) -> list[tuple[str, str]]:
+        with reading(self._what):
+            return self.conn.execute("SELECT fingerprint, username FROM user_keys ORDER BY fingerprint").fetchall()
+
     def key_owner(self, fingerprint: str) -> str | None:
         with reading(self._what):
             row = self.conn.execute("SELECT username FROM user_keys WHERE fingerprint = ?", (fingerprint,)).fetchone()
