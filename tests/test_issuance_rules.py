@@ -45,7 +45,7 @@ def test_a_signing_failure_is_audited_as_failed_and_leaves_no_certificate(author
     """Rule 11: a failure of the CA key gives an error, a 'failed' event, and no certificate row."""
     authority.signer = Signer(UnpluggedToken(authority.signer.ca_blob))
     with pytest.raises(SigningError, match="token is not present"):
-        authority.issue(ALICE, SignRequest(public_key=_pub(tmp_path)))
+        authority.issue(ALICE, SignRequest(public_key=_pub(tmp_path)), allow_unenrolled=True)
     failed = authority.audit.events(kind="failed")
     assert len(failed) == 1 and failed[0].user == "alice"
     assert failed[0].data["code"] == "signing" and "token is not present" in failed[0].data["message"]
@@ -57,10 +57,10 @@ def test_a_signing_failure_is_audited_as_failed_and_leaves_no_certificate(author
 def test_no_certificate_while_the_active_ca_key_is_revoked(authority, tmp_path):
     """Rule 22: once the active CA key is revoked, it signs nothing more (rotate first)."""
     key = _pub(tmp_path)
-    first = authority.issue(ALICE, SignRequest(public_key=key))
+    first = authority.issue(ALICE, SignRequest(public_key=key), allow_unenrolled=True)
     revoke_ca_key(authority.audit, authority.ca_fingerprint, "key file copied off the host", "sec")
     with pytest.raises(SigningError, match="revoked: rotate it"):
-        authority.issue(ALICE, SignRequest(public_key=key))
+        authority.issue(ALICE, SignRequest(public_key=key), allow_unenrolled=True)
     assert [e.serial for e in authority.audit.events(kind="issued")] == [first.serial]
     assert authority.audit.events(kind="failed")[0].data["code"] == "signing"
 
@@ -71,13 +71,13 @@ def test_the_configured_minimum_rsa_size_is_the_one_applied(cfg, tmp_path):
     strict = open_authority(dataclasses.replace(cfg, min_rsa_bits=4096))
     try:
         with pytest.raises(BadKey, match="3072 bits; at least 4096"):
-            strict.issue(ALICE, SignRequest(public_key=rsa3072))
+            strict.issue(ALICE, SignRequest(public_key=rsa3072), allow_unenrolled=True)
         assert strict.audit.events(kind="denied")[0].data["code"] == "key"
     finally:
         strict.close()
     relaxed = open_authority(dataclasses.replace(cfg, min_rsa_bits=2048))
     try:
         rsa2048 = _pub(tmp_path, "rsa", 2048, name="id_rsa2048")
-        assert relaxed.issue(ALICE, SignRequest(public_key=rsa2048)).key_type == "ssh-rsa"
+        assert relaxed.issue(ALICE, SignRequest(public_key=rsa2048), allow_unenrolled=True).key_type == "ssh-rsa"
     finally:
         relaxed.close()

@@ -213,7 +213,8 @@ def test_wrong_pin_is_an_audited_failure_and_no_certificate(tmp_path, softhsm):
         # A process of its own: the PIN is presented at its first login to the token.
         key = make_user_key(tmp_path / name)
         return subprocess.run([IAST_CA, "--state-dir", str(ca.state_dir), "--policy", str(ca.policy_path), "sign",
-                               "--user", "alice", "--role", "dev", "-o", f"{key}-cert.pub", f"{key}.pub"],
+                               "--user", "alice", "--allow-unenrolled", "--role", "dev", "-o", f"{key}-cert.pub",
+                               f"{key}.pub"],
                               capture_output=True, text=True, timeout=60)
 
     try:
