@@ -41,6 +41,7 @@ class Identity:
     subject: str | None = None
     auth_time: int | None = None
     amr: tuple[str, ...] = ()
+    acr: str | None = None  # the IdP's authentication context class (ID token ``acr``)
     token_hash: str | None = None
     # A workload token authenticates one request only: this identity was made for it.
     single_request: bool = False

@@ -269,7 +269,7 @@ def test_verify_required_is_an_unknown_key():
     assert str(e.value) == (
         f"{PATH}: roles.dev.verify_required: unknown key in role dev (allowed: description, members, "
         "principals, ttl, max_ttl, extensions, force_command, source_address, require_reason, require_mfa, "
-            "approval, max_auth_age)"
+            "approval, max_auth_age, require_amr, require_acr)"
     )
 
 

@@ -104,12 +104,14 @@ class OIDCAuthenticator(InteractiveAuthenticator):
                           if isinstance(g, str) and 0 < len(g) <= 128 and g.isprintable())
         auth_time = claims.get("auth_time")
         amr = claims.get("amr")
+        acr = claims.get("acr")
         return Identity(
             user=raw, auth_methods=("oidc",), mfa=False, source_address=address, groups=qualified,
             issuer=p.issuer, subject=claims["sub"],
             auth_time=int(auth_time) if isinstance(auth_time, (int, float)) and not isinstance(auth_time, bool)
             else None,
             amr=tuple(a for a in amr if isinstance(a, str))[:16] if isinstance(amr, list) else (),
+            acr=acr[:128] if isinstance(acr, str) and acr.isprintable() else None,
             token_hash=token_hash(token),
         )
 

@@ -406,7 +406,7 @@ def vouched_for(identity: Identity) -> dict[str, Any]:
     if identity.issuer is None:
         return {}
     return {"issuer": identity.issuer, "subject": identity.subject, "groups": list(identity.groups),
-            "auth_time": identity.auth_time, "amr": list(identity.amr), "token_sha256": identity.token_hash}
+            "auth_time": identity.auth_time, "amr": list(identity.amr), "acr": identity.acr, "token_sha256": identity.token_hash}
 
 
 def still_allowed(tx: Transaction, identity: Identity) -> None:

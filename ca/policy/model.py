@@ -97,6 +97,10 @@ class Role:
     approval: Approval | None = None  # None: no approval needed
     # The IdP sign-in (Identity.auth_time) must be at most this old (seconds); None: any age.
     max_auth_age: int | None = None
+    # The IdP sign-in must have used every one of these methods (ID token ``amr``), e.g. ["mfa"] or
+    # ["hwk"], and/or be of one of these classes (``acr``); empty: no requirement.
+    require_amr: tuple[str, ...] = ()
+    require_acr: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -285,6 +289,16 @@ class Policy:
                 f"role {role.name} needs an identity-provider sign-in within {format_duration(role.max_auth_age)} "
                 f"({age}): sign in again naming the role, so that the IdP asks for a fresh sign-in: "
                 f"iast-ssh login --sso --role {role.name}, or ssh -o KbdInteractiveDevices=role:{role.name}")
+        missing = [m for m in role.require_amr if m not in identity.amr]
+        if missing:
+            raise ReauthenticationRequired(
+                f"role {role.name} needs an identity-provider sign-in with {', '.join(role.require_amr)} "
+                f"(this one used {', '.join(identity.amr) or 'no reported method'}): sign in again at the IdP "
+                f"with {', '.join(missing)}")
+        if role.require_acr and identity.acr not in role.require_acr:
+            raise ReauthenticationRequired(
+                f"role {role.name} needs an identity-provider sign-in of class {' or '.join(role.require_acr)} "
+                f"(this one: {identity.acr or 'none reported'})")
         if role.require_mfa and not identity.mfa:
             # Exit 4, "authentication insufficient": the requester can fix it
             # by authenticating again with a one-time code.

@@ -113,6 +113,8 @@ _ROLE_KEYS = (
     "require_mfa",
     "approval",
     "max_auth_age",
+    "require_amr",
+    "require_acr",
 )
 # Keys a future version will understand: refused with a message saying so,
 # so that a policy never appears to demand something the CA does not enforce.
@@ -387,6 +389,8 @@ class _Parser:
             approval=approval,
             max_auth_age=(self.duration(doc["max_auth_age"], at + "max_auth_age")
                           if "max_auth_age" in doc else None),
+            require_amr=self.idp_values(doc, "require_amr", at),
+            require_acr=self.idp_values(doc, "require_acr", at),
         )
 
     def approval(self, value: Any, where: str, groups: Mapping[str, tuple[str, ...]]) -> Approval:
@@ -451,6 +455,16 @@ class _Parser:
         if not isinstance(value, bool):
             raise self.fail(where, f"expected true or false, got {_type(value)}")
         return value
+
+    def idp_values(self, doc: dict[str, Any], key: str, at: str) -> tuple[str, ...]:
+        """``require_amr``/``require_acr``: a non-empty list of the IdP's short method or class names."""
+        if key not in doc:
+            return ()
+        values = self.string_list(doc[key], at + key, non_empty=True)
+        for v in values:
+            if not (0 < len(v) <= 128 and v.isprintable() and not v.isspace()):
+                raise self.fail(at + key, f"{show(v)} is not an IdP method or class name")
+        return values
 
     def string_list(self, value: Any, where: str, non_empty: bool = False) -> tuple[str, ...]:
         if not isinstance(value, list):
