@@ -18,7 +18,10 @@ from ca.durations import format_duration, parse_time
 from ca.errors import AuditError, ChainBroken, StateError, UsageError
 from ca.files import write_atomic
 from ca.models import Event
-from ca.state import load_audit_key, os_user
+from ca.app import pkcs11_settings
+from ca.keys.audit_key import known_publics, move_to_token, open_audit_signer
+from ca.keys.pkcs11 import PKCS11_KEY_TYPES, Pkcs11KeyBackend, Pkcs11URI, generate_in_token
+from ca.state import os_user
 from ca.store import AuditLog
 
 _CSV_FIELDS = ["id", "ts", "kind", "user", "role", "serial", "key_id", "source", "data", "prev_hash", "hash"]
@@ -180,6 +183,20 @@ def _audit_pub_blob(env: Env, audit_key: str | None) -> bytes:
         raise StateError(f"cannot read the audit public key {path}") from None
 
 
+def _read_checkpoint(env: Env, text: str, audit_key: str | None):
+    """A checkpoint checked with ``--audit-key``, else with the audit key of the state directory:
+    the current one, or an earlier one it had before it moved into a token."""
+    if audit_key:
+        return read_checkpoint(text, _audit_pub_blob(env, audit_key))
+    first: ChainBroken | None = None
+    for blob in known_publics(env.open_ca().paths.root):
+        try:
+            return read_checkpoint(text, blob)
+        except ChainBroken as e:
+            first = first or e
+    raise first  # type: ignore[misc]  # known_publics() has at least the current key
+
+
 @audit.command()
 @click.option("--checkpoint", "checkpoint_file", type=click.Path(dir_okay=False, exists=True),
               help="Also check the log against this signed checkpoint (catches truncation and rewrites).")
@@ -204,7 +221,7 @@ def verify(env: Env, checkpoint_file: str | None, audit_key: str | None, fmt: st
     cp = None
     if checkpoint_file:
         with open(checkpoint_file) as f:
-            cp = read_checkpoint(f.read(), _audit_pub_blob(env, audit_key))
+            cp = _read_checkpoint(env, f.read(), audit_key)
     log = _open(env)
     try:
         total, _ = log.head()
@@ -252,7 +269,8 @@ def checkpoint(env: Env, output: str, fmt: str) -> None:
     Example:
       iast-ca audit checkpoint -o /mnt/offsite/checkpoint-$(date +%F).txt
     """
-    key = load_audit_key(env.open_ca().paths, env.passphrase())
+    ca = env.open_ca()
+    key = open_audit_signer(ca.paths.root, env.passphrase(), pkcs11_settings(env.config))
     log = _open(env)
     try:
         report = log.verify()
@@ -309,7 +327,7 @@ def export(env: Env, fmt: str, after: int | None, cursor_file: str | None) -> No
 
 def _checkpoint(env: Env, path: str, audit_key: str | None):
     with open(path) as f:
-        cp = read_checkpoint(f.read(), _audit_pub_blob(env, audit_key))
+        cp = _read_checkpoint(env, f.read(), audit_key)
     if cp.root is None:
         raise UsageError(f"{path} is a v1 checkpoint (no Merkle root): proofs need a checkpoint made since")
     return cp
@@ -381,3 +399,49 @@ def consistency(env: Env, old: str, new: str, audit_key: str | None) -> None:
     echo_json(merkle.consistency_to_json(a.count, b.count, old_root, new_root, proof))
     if not merkle.verify_consistency(a.count, b.count, old_root, new_root, proof):
         raise ChainBroken(f"the log does not prove that {new} extends {old}")
+
+
+@audit.command("key-to-token")
+@click.option("--pkcs11", "uri", required=True, metavar="URI",
+              help="The token key, as an RFC 7512 URI: pkcs11:token=iast;object=audit?module-path=...")
+@click.option("--generate", is_flag=True, help="Create the key inside the token (sensitive, never extractable).")
+@click.option("--type", "key_type", default="ed25519", show_default=True, type=click.Choice(PKCS11_KEY_TYPES),
+              help="Key type for --generate.")
+@click.option("--pin-file", type=click.Path(dir_okay=False, exists=True),
+              help="The token PIN for this command (else pin-source= in the URI, signing.pkcs11_pin_file, "
+                   "or the systemd credential pkcs11-pin).")
+@output_options(csv_ok=False)
+@pass_env
+def key_to_token(env: Env, uri: str, generate: bool, key_type: str, pin_file: str | None, fmt: str) -> None:
+    """Move the audit key into a PKCS#11 token: checkpoints are signed there from now on.
+
+    The old public key is kept in the state directory, so checkpoints signed
+    before the move still verify ('audit verify --checkpoint' tries it); the
+    old key file is deleted once the move is recorded (audit_key_moved).
+    Keep a copy of the new STATE/audit-key.pub off the CA host.
+
+    \b
+    Example:
+      iast-ca audit key-to-token --generate \\
+        --pkcs11 'pkcs11:token=iast;object=audit?module-path=/usr/lib/softhsm/libsofthsm2.so' \\
+        --pin-file /etc/iast-ca/token.pin
+    """
+    import dataclasses
+
+    settings = pkcs11_settings(env.config)
+    if pin_file:
+        settings = dataclasses.replace(settings, pin_file=pin_file)
+    parsed = Pkcs11URI.parse(uri)
+    backend = (generate_in_token(parsed, key_type, settings=settings, what="audit key") if generate
+               else Pkcs11KeyBackend(parsed, settings=settings, what="audit key"))
+    with env.open_ca(require_db=True) as ca:
+        try:
+            data = move_to_token(ca.paths.root, backend,
+                                 lambda d: ca.audit.record("audit_key_moved", d, user=os_user()))
+        finally:
+            backend.close()
+    if fmt == "json":
+        echo_json(data)
+    else:
+        echo(f"the audit key is now {data['new_fingerprint']} in {parsed.display()} "
+             f"(was {data['old_fingerprint']}; its public key is kept for older checkpoints)")
