@@ -109,3 +109,42 @@ def test_sqlite_issued_rows_match_the_reference_replay(ca):
         assert fast == [tuple(r) for r in log.certificates.rows()]
     finally:
         log.close()
+
+
+def test_host_certificates_are_derived_from_their_events_too(tmp_path):
+    """A host certificate's row comes from its host_issued event: verify agrees, a deleted host row
+    is caught, and a revoked host still gets a KRL (user and host certificates share one table)."""
+    from click.testing import CliRunner
+
+    from ca.cli.admin import cli
+
+    policy = tmp_path / "policy.toml"
+    policy.write_text('[defaults]\nrole = "dev"\n[roles.dev]\nmembers = ["*"]\nprincipals = ["{user}"]\n'
+                      '[hosts.prod]\nprincipals = ["{host}.prod.example.com", "{host}"]\n')
+    state = tmp_path / "state"
+
+    def run(*args):
+        return CliRunner().invoke(cli, ["--state-dir", str(state), "--policy", str(policy), *args])
+
+    host_key = Path(str(make_key(tmp_path, name="ssh_host_ed25519_key")) + ".pub")
+    user_key = Path(str(make_key(tmp_path, name="alice")) + ".pub")
+    assert run("init").exit_code == 0
+    assert run("user", "add", "alice", "--key", str(user_key)).exit_code == 0
+    assert run("sign", "--user", "alice", str(user_key)).exit_code == 0
+    r = run("host", "sign", "--host", "web-1", "--role", "prod", "-o", str(tmp_path / "cert"), str(host_key))
+    assert r.exit_code == 0, r.output
+    assert run("sign", "--user", "alice", str(user_key)).exit_code == 0  # serials interleave: 1 user, 2 host, 3 user
+    assert run("revoke", "--host", "web-1", "--reason", "decommissioned").exit_code == 0
+    r = run("audit", "verify", "--json")
+    assert r.exit_code == 0 and json.loads(r.stdout)["differences"] == [], r.output
+    assert run("krl", "-o", str(tmp_path / "revoked.krl")).exit_code == 0
+    conn = sqlite3.connect(state / "ca.db", isolation_level=None)
+    for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'").fetchall():
+        conn.execute(f'DROP TRIGGER "{name}"')
+    conn.execute("DELETE FROM certificates WHERE serial = 2")
+    conn.close()
+    r = run("audit", "verify", "--json")
+    assert r.exit_code == 1 and ("certificates", "serial 2") in {
+        (d["table"], d["row"]) for d in json.loads(r.stdout)["differences"]}, r.output
+    r = run("krl", "-o", str(tmp_path / "revoked2.krl"))
+    assert r.exit_code == 1 and not (tmp_path / "revoked2.krl").exists(), r.output

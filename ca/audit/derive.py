@@ -21,9 +21,12 @@ from dataclasses import dataclass, field
 
 from ca.models import Event
 
-__all__ = ["DERIVED_KINDS", "Derived", "Difference", "apply_event", "certificate_of", "compare_certificates",
+__all__ = ["CERTIFICATE_KINDS", "DERIVED_KINDS", "Derived", "Difference", "apply_event", "certificate_of", "compare_certificates",
            "derive", "revocations_of"]
 
+# The kinds of event that add a ``certificates`` row: user and host certificates share one serial
+# sequence and one table.
+CERTIFICATE_KINDS = ("issued", "host_issued")
 # The kinds of event that change a derived table other than ``certificates`` (which ``issued`` fills).
 DERIVED_KINDS = ("user_added", "user_disabled", "user_enabled", "key_added", "key_removed", "revoked",
                  "request_created", "request_approved", "request_denied", "request_cancelled", "request_expired",
@@ -56,7 +59,7 @@ class Derived:
 
 
 def certificate_of(e: Event) -> tuple:
-    """The ``certificates`` row an ``issued`` event implies (``CERTIFICATE_COLUMNS`` order)."""
+    """The ``certificates`` row an ``issued`` or ``host_issued`` event implies (``CERTIFICATE_COLUMNS`` order)."""
     d = e.data
     return (e.serial, e.key_id, e.user, e.role, d.get("key_fingerprint"), d.get("ca_fingerprint"),
             d.get("valid_after"), d.get("valid_before"), e.id)
@@ -109,7 +112,7 @@ def apply_event(state: Derived, e: Event) -> None:
 def derive(events: Iterable[Event], state: Derived) -> Iterator[tuple]:
     """Replay ``events`` (oldest first) into ``state``; yield each issued certificate's row, in order."""
     for e in events:
-        if e.kind == "issued":
+        if e.kind in CERTIFICATE_KINDS:
             yield certificate_of(e)
         else:
             apply_event(state, e)

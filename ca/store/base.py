@@ -47,6 +47,7 @@ from typing import Any, NamedTuple, Protocol
 
 from ca.audit.chain import canonical
 from ca.audit.derive import (
+    CERTIFICATE_KINDS,
     DERIVED_KINDS,
     Derived,
     Difference,
@@ -416,7 +417,7 @@ class Store(ABC):
         """The certificate row each ``issued`` event implies (:func:`ca.audit.derive.certificate_of`),
         in event order (which is serial order: both are taken under the chain lock). A backend may
         compute it in SQL (SQLite does); this is the reference."""
-        return (certificate_of(e) for e in self.stream() if e.kind == "issued")
+        return (certificate_of(e) for e in self.stream() if e.kind in CERTIFICATE_KINDS)
 
     def revocations_disagree(self) -> list[Difference]:
         """The cheap check before a KRL is built: the revocations table against the ``revoked``
@@ -436,7 +437,7 @@ class Store(ABC):
                   for k, v in sorted(stored - derived) if not (k == "serial" and partial)]
         for kind, value in sorted(derived):
             if kind == "user":
-                issued = {e.serial for e in self.events(kind="issued", user=value, limit=None)}
+                issued = {e.serial for k in CERTIFICATE_KINDS for e in self.events(kind=k, user=value, limit=None)}
                 have = set(self.certificates.unexpired_serials(cutoff=-(1 << 62), username=value))
                 diffs += [Difference("certificates", f"serial {s}", f"of revoked user {value} is missing")
                           for s in sorted(issued - have)]

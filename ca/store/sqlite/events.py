@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import heapq
 import json
 import sqlite3
 from collections.abc import Iterator, Sequence
 
 from ca.audit.chain import GENESIS
+from ca.audit.derive import CERTIFICATE_KINDS
 from ca.models import Event
 from ca.store.base import CertificateRow
 from ca.store.schema import CERTIFICATE_COLUMNS, EVENT_COLUMNS
@@ -72,9 +74,15 @@ class EventRows:
         return [event(r) for r in self.conn.execute(sql, args)]
 
     def issued_certificate_rows(self, batch: int = 10_000) -> Iterator[tuple]:
+        # One ordered walk of the (kind, id) index per certificate kind, merged by event id:
+        # "kind IN (...) ORDER BY id" would sort the whole rest of the log for every batch.
+        return heapq.merge(*(self._certificate_rows(kind, batch) for kind in CERTIFICATE_KINDS),
+                           key=lambda row: row[8])
+
+    def _certificate_rows(self, kind: str, batch: int) -> Iterator[tuple]:
         after = 0
         while True:
-            rows = self.conn.execute(_ISSUED_ROWS, (after, batch)).fetchall()
+            rows = self.conn.execute(_ISSUED_ROWS, (kind, after, batch)).fetchall()
             if not rows:
                 return
             yield from rows
@@ -107,7 +115,7 @@ class EventRows:
 _ISSUED_ROWS = ("SELECT serial, key_id, username, role, json_extract(data, '$.key_fingerprint'), "
                 "json_extract(data, '$.ca_fingerprint'), json_extract(data, '$.valid_after'), "
                 "json_extract(data, '$.valid_before'), id FROM events "
-                "WHERE kind = 'issued' AND id > ? ORDER BY id LIMIT ?")  # the events_kind (kind, id) index
+                "WHERE kind = ? AND id > ? ORDER BY id LIMIT ?")  # the events_kind (kind, id) index
 
 _CERT = f"SELECT {', '.join(CERTIFICATE_COLUMNS)} FROM certificates"
 
