@@ -143,3 +143,36 @@ def keygen_L(cert_path: Path) -> dict:
     if m:
         fields["valid_from"], fields["valid_to"] = m.groups()
     return fields
+
+
+# -- PostgreSQL (tests/pg_harness.py) -------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """A real PostgreSQL server for the session (skipped loudly when missing; fails under CI=true)."""
+    from .pg_harness import start_server
+
+    server = start_server()
+    yield server
+    server.destroy()
+
+
+@pytest.fixture
+def pg_url(postgres) -> str:
+    """The URL of a fresh, empty PostgreSQL database."""
+    return postgres.create_database()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_backend(request) -> str:
+    """The storage backend a storage-dependent test runs on (both, one after the other)."""
+    return request.param
+
+
+@pytest.fixture
+def database(db_backend, request) -> str | None:
+    """The ``database`` setting for ``db_backend``: None (STATE/ca.db) or a fresh PostgreSQL URL."""
+    if db_backend == "sqlite":
+        return None
+    return request.getfixturevalue("postgres").create_database()
