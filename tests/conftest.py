@@ -64,9 +64,10 @@ def policy_file(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def cfg(tmp_path: Path, policy_file: Path):
-    """A freshly initialised CA (Ed25519, no passphrase) using the test policy."""
-    c = default_config().with_overrides(state_dir=str(tmp_path / "state"), policy=str(policy_file))
+def cfg(tmp_path: Path, policy_file: Path, database):
+    """A freshly initialised CA (Ed25519, no passphrase) using the test policy (on ``database``)."""
+    c = default_config().with_overrides(state_dir=str(tmp_path / "state"), policy=str(policy_file),
+                                        database=database)
     init_state(c, "ed25519", None)
     return c
 
@@ -79,15 +80,18 @@ def authority(cfg):
 
 
 @pytest.fixture
-def cli_run(tmp_path: Path, policy_file: Path):
-    """Run ``iast-ca`` in-process with the test state dir and policy; returns click's Result."""
+def cli_run(tmp_path: Path, policy_file: Path, database):
+    """Run ``iast-ca`` in-process with the test state dir and policy (and ``database``); returns click's Result."""
     state = tmp_path / "state"
 
     def run(*args: str, input: str | None = None, env: dict | None = None):
         base = ["--state-dir", str(state), "--policy", str(policy_file)]
+        if database:
+            env = {"IAST_CA_DATABASE": database, **(env or {})}
         return CliRunner().invoke(cli, base + list(args), input=input, env=env, catch_exceptions=False)
 
     run.state = state
+    run.database = database
     return run
 
 
@@ -164,15 +168,29 @@ def pg_url(postgres) -> str:
     return postgres.create_database()
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+BOTH = ("sqlite", "postgresql")
+
+
+def pytest_generate_tests(metafunc):
+    """A test marked ``both_backends`` (or in a module so marked) runs once per storage backend, unless
+    also marked ``sqlite_only`` (it opens the SQLite file itself): its ``cfg`` and ``cli_run`` use that backend."""
+    if metafunc.definition.get_closest_marker("sqlite_only"):
+        return
+    if metafunc.definition.get_closest_marker("both_backends") and "db_backend" not in metafunc.fixturenames:
+        metafunc.fixturenames.append("db_backend")
+    if "db_backend" in metafunc.fixturenames and metafunc.definition.get_closest_marker("both_backends"):
+        metafunc.parametrize("db_backend", BOTH, indirect=True)
+
+
+@pytest.fixture
 def db_backend(request) -> str:
-    """The storage backend a storage-dependent test runs on (both, one after the other)."""
-    return request.param
+    """The storage backend of this test: ``sqlite`` unless parametrized (``both_backends``)."""
+    return getattr(request, "param", "sqlite")
 
 
 @pytest.fixture
 def database(db_backend, request) -> str | None:
-    """The ``database`` setting for ``db_backend``: None (STATE/ca.db) or a fresh PostgreSQL URL."""
+    """The ``database`` setting for ``db_backend``: None (STATE/ca.db) or a fresh PostgreSQL database's URL."""
     if db_backend == "sqlite":
         return None
     return request.getfixturevalue("postgres").create_database()
