@@ -133,7 +133,10 @@ class CA:
 
     def require_db(self) -> None:
         if is_database_url(self.cfg.database_location):
-            return  # a shared database: opening it says whether it is there
+            # A shared database: opening it says whether it is there; its log says whether a CA made it.
+            if self.audit.head()[0] == 0:
+                raise StateError(f"the database {self.audit.path} holds no CA: run 'iast-ca init' first")
+            return
         if not self.paths.db.exists():
             raise StateError(f"no audit database at {self.paths.db}: run 'iast-ca init' first")
 

@@ -176,9 +176,8 @@ def pytest_generate_tests(metafunc):
     also marked ``sqlite_only`` (it opens the SQLite file itself): its ``cfg`` and ``cli_run`` use that backend."""
     if metafunc.definition.get_closest_marker("sqlite_only"):
         return
-    if metafunc.definition.get_closest_marker("both_backends") and "db_backend" not in metafunc.fixturenames:
-        metafunc.fixturenames.append("db_backend")
-    if "db_backend" in metafunc.fixturenames and metafunc.definition.get_closest_marker("both_backends"):
+    # Only tests that reach a database through the fixtures (cfg, cli_run, database) are doubled.
+    if "database" in metafunc.fixturenames and metafunc.definition.get_closest_marker("both_backends"):
         metafunc.parametrize("db_backend", BOTH, indirect=True)
 
 

@@ -308,7 +308,7 @@ def _pg_refuse(name: str, table: str, events: str, message: str, when: str = "")
     """A trigger function that raises ``message`` and the trigger that calls it."""
     return (
         f"""CREATE OR REPLACE FUNCTION {name}() RETURNS trigger LANGUAGE plpgsql AS $$
-        BEGIN {when}RAISE EXCEPTION '{message}'; END IF; RETURN NULL; END $$"""
+        BEGIN {when}RAISE EXCEPTION '{message}'; END IF; RETURN NEW; END $$"""
         if when else
         f"""CREATE OR REPLACE FUNCTION {name}() RETURNS trigger LANGUAGE plpgsql AS $$
         BEGIN RAISE EXCEPTION '{message}'; END $$""",
