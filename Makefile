@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.installed
 
-.PHONY: run test venv sshd bench bench-quick clean
+.PHONY: run test venv sshd postgres bench bench-quick clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,17 +26,30 @@ sshd:
 	  fi; \
 	fi
 
+# The PostgreSQL backend's tests start their own server (initdb + pg_ctl in a temp dir) from
+# Debian's binaries in /usr/lib/postgresql/VERSION/bin. As root on Debian we install them;
+# otherwise those tests skip loudly (and fail under CI=true).
+postgres:
+	@if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && ! command -v initdb >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing postgresql"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; \
+	  else \
+	    echo "PostgreSQL not found and cannot install it (not root or no apt): PostgreSQL tests will be skipped"; \
+	  fi; \
+	fi
+
 run: $(STAMP)
 	$(BIN)/iast-ca run
 
-test: $(STAMP) sshd
+test: $(STAMP) sshd postgres
 	$(BIN)/python -m pytest -q
 
 # Speed is measured here, never asserted in a test: figures next to same-run baselines.
-bench: $(STAMP) sshd
+bench: $(STAMP) sshd postgres
 	$(BIN)/python -m bench
 
-bench-quick: $(STAMP) sshd
+bench-quick: $(STAMP) sshd postgres
 	$(BIN)/python -m bench --quick
 
 clean:

@@ -117,6 +117,16 @@ class Connection:
     def execute(self, sql: str, args: Sequence[Any] = (), *, what: str = "use the audit database") -> psycopg.Cursor:
         """Run one statement (parameters bound by the server); the cursor holds its rows."""
         with self._lock:
+            fresh = self._conn is None or self._conn.closed or self._conn.broken
+            try:
+                return self.raw.execute(sql, tuple(args))
+            except psycopg.Error as e:
+                if fresh or self.in_transaction or not _unavailable(e):
+                    raise self._fail(e, what) from None
+                # The session died while idle (a database restart, a failover): outside a
+                # transaction a statement is a read or a BEGIN, so it is run once more on a new
+                # session instead of failing the first request after the database came back.
+                self._fail(e, what)
             try:
                 return self.raw.execute(sql, tuple(args))
             except psycopg.Error as e:
