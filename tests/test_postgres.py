@@ -185,3 +185,109 @@ def test_the_url_is_shown_without_its_password(pg_url):
         assert "password" not in str(store.path)
     finally:
         store.close()
+
+
+# -- schema versions and `iast-ca db migrate` ----------------------------------------------------
+
+
+def _set_version(url: str, version: int) -> None:
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("UPDATE schema_meta SET version = %s", (version,))
+
+
+def test_serve_refuses_another_schema_version_and_db_migrate_fixes_an_older_one(tmp_path, policy_file, pg_url):
+    cfg = make_ca(tmp_path, policy_file, pg_url)
+    conf = tmp_path / "ca.toml"
+    conf.write_text(f'state_dir = "{cfg.state_dir}"\npolicy = "{cfg.policy_path}"\ndatabase = "{pg_url}"\n')
+    serve = [IAST_CA, "--config", str(conf), "serve", "--listen", "127.0.0.1:0"]
+
+    _set_version(pg_url, 2)  # as if made by an older iast-ca
+    r = subprocess.run(serve, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1 and "run 'iast-ca db migrate'" in r.stderr, r.stderr
+    r = subprocess.run([IAST_CA, "--config", str(conf), "db", "migrate", "--json"], capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["schema_version"] == 3
+    store = open_store(pg_url, migrate=False)  # current now: opens without migrating
+    assert store.verify().count == 1
+    store.close()
+
+    _set_version(pg_url, 99)  # made by a newer iast-ca
+    r = subprocess.run(serve, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1 and "schema version 99" in r.stderr and "upgrade iast-ca" in r.stderr, r.stderr
+    with pytest.raises(AuditError, match="schema version 99"):
+        open_store(pg_url)  # db migrate never downgrades
+
+
+def test_init_refuses_a_database_that_holds_a_ca(tmp_path, policy_file, pg_url):
+    make_ca(tmp_path, policy_file, pg_url)
+    from ca.errors import StateError
+
+    with pytest.raises(StateError, match="already holds a CA"):
+        make_ca(tmp_path, policy_file, pg_url, name="other")
+
+
+# -- `iast-ca db copy`: SQLite -> PostgreSQL, history kept -------------------------------------------
+
+
+def test_db_copy_keeps_the_chain_checkpoints_and_proofs(tmp_path, policy_file, pg_url, postgres):
+    from click.testing import CliRunner
+
+    from ca.app import open_authority
+    from ca.cli.admin import cli
+    from ca.models import Identity, SignRequest
+
+    cfg = default_config().with_overrides(state_dir=str(tmp_path / "state"), policy=str(policy_file))
+    init_state(cfg, "ed25519", None)  # SQLite
+    enrol(cfg, tmp_path)
+    pub = make_key(tmp_path, name="k").with_suffix(".pub").read_text()
+    a = open_authority(cfg)
+    serials = [a.issue(Identity(user="alice", auth_methods=("publickey",)), SignRequest(public_key=pub)).serial
+               for _ in range(5)]
+    a.close()
+
+    def run(*args, database=None):
+        env = {"IAST_CA_DATABASE": database} if database else {}
+        return CliRunner().invoke(cli, ["--state-dir", str(cfg.state_dir), "--policy", str(policy_file), *args],
+                                  env=env, catch_exceptions=False)
+
+    r = run("revoke", "--serial", str(serials[0]), "--reason", "lost laptop")
+    assert r.exit_code == 0, r.output
+    cp = tmp_path / "old-checkpoint.txt"
+    assert run("audit", "checkpoint", "-o", str(cp)).exit_code == 0
+    r = run("audit", "prove", "--event", "3", "--checkpoint", str(cp))
+    assert r.exit_code == 0, r.output
+    proof_sqlite = r.stdout
+    bob_key = make_key(tmp_path, name="bob_enrolled").with_suffix(".pub")
+    r = run("user", "add", "bob", "--key", str(bob_key))
+    assert r.exit_code == 0, r.output  # after the checkpoint
+
+    r = run("db", "copy", "--to", pg_url, "--json")
+    assert r.exit_code == 0, r.output
+    rows = json.loads(r.stdout)["rows"]
+    assert rows["certificates"] == 5 and rows["revocations"] == 1 and rows["users"] == 2
+
+    # The copy verifies, against the old checkpoint too, and proves the same inclusion.
+    r = run("audit", "verify", "--checkpoint", str(cp), "--json", database=pg_url)
+    assert r.exit_code == 0, r.output
+    sqlite_log = open_store(cfg.state_dir / "ca.db")
+    pg_log = open_store(pg_url)
+    try:
+        assert json.loads(r.stdout)["events"] == sqlite_log.head()[0]
+        assert pg_log.head() == sqlite_log.head()
+        assert list(pg_log.row_batches()) == [list(b) for b in sqlite_log.row_batches()]
+        assert pg_log.revocations.all() == sqlite_log.revocations.all()
+        assert pg_log.users.all() == sqlite_log.users.all()
+    finally:
+        sqlite_log.close()
+        pg_log.close()
+    r = run("audit", "prove", "--event", "3", "--checkpoint", str(cp), database=pg_url)
+    assert r.exit_code == 0 and r.stdout == proof_sqlite
+    # New events chain on from the copied ones; revocations keep their ids going.
+    assert run("revoke", "--serial", str(serials[1]), "--reason", "x", database=pg_url).exit_code == 0
+    assert run("audit", "verify", "--checkpoint", str(cp), database=pg_url).exit_code == 0
+    # A second copy into the same (no longer empty) database is refused, nothing written.
+    r = CliRunner().invoke(cli, ["--state-dir", str(cfg.state_dir), "db", "copy", "--to", pg_url])
+    assert r.exit_code == 1 and "not empty" in r.output
