@@ -291,3 +291,87 @@ def test_db_copy_keeps_the_chain_checkpoints_and_proofs(tmp_path, policy_file, p
     # A second copy into the same (no longer empty) database is refused, nothing written.
     r = CliRunner().invoke(cli, ["--state-dir", str(cfg.state_dir), "db", "copy", "--to", pg_url])
     assert r.exit_code == 1 and "not empty" in r.output
+
+
+# -- replicas: several `iast-ca serve` on one database ------------------------------------------
+
+
+def second_replica(cfg, tmp_path: Path, name: str = "replica-b"):
+    """A second replica's state directory: the first one's keys copied (README "Run several replicas")."""
+    import shutil
+
+    dst = tmp_path / name
+    shutil.copytree(cfg.state_dir, dst)
+    return dst
+
+
+def _sign(ca: CAProcess, key: Path, pub: str):
+    r = ca.ssh("alice", key, "sign --json", input=pub, timeout=60)
+    return json.loads(r.stdout)["serial"] if r.returncode == 0 else None
+
+
+def test_two_replicas_under_load_keep_one_chain_and_survive_a_kill_9(tmp_path, policy_file, pg_url):
+    from concurrent.futures import ThreadPoolExecutor
+
+    cfg = make_ca(tmp_path, policy_file, pg_url)
+    key = enrol(cfg, tmp_path)
+    pub = make_key(tmp_path, name="session").with_suffix(".pub").read_text()
+    state_b = second_replica(cfg, tmp_path)
+    a = CAProcess(cfg.state_dir, cfg.policy_path, workdir=tmp_path / "state", database=pg_url).start()
+    b = CAProcess(state_b, cfg.policy_path, workdir=state_b, database=pg_url).start()
+    assert (state_b / "host-key").read_bytes() == (cfg.state_dir / "host-key").read_bytes()  # one pin for both
+    received: list[int] = []
+    try:
+        with ThreadPoolExecutor(8) as pool:
+            serials = list(pool.map(lambda i: _sign(a if i % 2 else b, key, pub), range(24)))
+        assert None not in serials
+        received += serials
+        assert len(set(received)) == len(received)  # unique across replicas
+
+        # kill -9 one replica mid-load: what clients received is committed; the other keeps serving.
+        with ThreadPoolExecutor(6) as pool:
+            futures = [pool.submit(_sign, a if i % 2 else b, key, pub) for i in range(18)]
+            time.sleep(0.5)
+            a.proc.kill()
+            results = [f.result() for f in futures]
+        received += [s for s in results if s is not None]
+        after = [_sign(b, key, pub) for _ in range(3)]
+        assert None not in after
+        received += after
+    finally:
+        a.stop()
+        b.stop()
+    log = open_store(pg_url)
+    try:
+        log.verify()
+        issued = [e.serial for e in log.events(kind="issued", limit=None)]
+        assert len(set(issued)) == len(issued)
+        assert set(received) <= set(issued)  # every certificate a client received has its committed event
+        # A replica killed mid-request may have committed an issuance whose reply was lost; none other.
+        assert len(issued) - len(received) <= 3
+        assert sorted(issued) == list(range(1, len(issued) + 1))
+    finally:
+        log.close()
+
+
+def test_a_replica_with_another_ca_key_refuses_to_start(tmp_path, policy_file, pg_url):
+    cfg = make_ca(tmp_path, policy_file, pg_url)
+    first = CAProcess(cfg.state_dir, cfg.policy_path, workdir=tmp_path / "state", database=pg_url).start()
+    first.stop()
+    store = open_store(pg_url)
+    (recorded,) = store.ca_keys()
+    store.close()
+    # Another CA (its own keys) pointed at the same database.
+    other = default_config().with_overrides(state_dir=str(tmp_path / "other"), policy=str(policy_file))
+    init_state(other, "ed25519", None)
+    conf = tmp_path / "other.toml"
+    conf.write_text(f'state_dir = "{other.state_dir}"\npolicy = "{other.policy_path}"\ndatabase = "{pg_url}"\n')
+    r = subprocess.run([IAST_CA, "--config", str(conf), "serve", "--listen", "127.0.0.1:0"], capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 1, r.stderr
+    assert "is not one of the keys of the database" in r.stderr and recorded in r.stderr
+    log = open_store(pg_url)
+    try:
+        assert log.ca_keys() == [recorded]  # nothing recorded for the stranger
+    finally:
+        log.close()
