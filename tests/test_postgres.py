@@ -375,3 +375,73 @@ def test_a_replica_with_another_ca_key_refuses_to_start(tmp_path, policy_file, p
         assert log.ca_keys() == [recorded]  # nothing recorded for the stranger
     finally:
         log.close()
+
+
+# -- client failover: iast-ssh login --ca a:2222,b:2222 ------------------------------------------
+
+
+def test_login_fails_over_to_the_next_replica(tmp_path, policy_file, pg_url):
+    import os
+
+    cfg = make_ca(tmp_path, policy_file, pg_url)
+    key = enrol(cfg, tmp_path)
+    state_b = second_replica(cfg, tmp_path)
+    b = CAProcess(state_b, cfg.policy_path, workdir=state_b, database=pg_url).start()
+    fp = subprocess.run(["ssh-keygen", "-lf", str(state_b / "host-key.pub")], check=True, capture_output=True,
+                        text=True).stdout.split()[1]
+    silent = socket.socket()  # replica A's host: takes the TCP connection, never answers
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(16)
+    closed = socket.socket()  # a replica that is down: connection refused
+    closed.bind(("127.0.0.1", 0))
+    refused_port = closed.getsockname()[1]
+    closed.close()
+    iast_ssh = str(Path(sys.executable).parent / "iast-ssh")
+    env = {**{k: v for k, v in os.environ.items() if k != "SSH_AUTH_SOCK"}, "HOME": str(tmp_path),
+           "XDG_CONFIG_HOME": str(tmp_path / "xdg")}
+    try:
+        for dead in (f"127.0.0.1:{silent.getsockname()[1]}", f"127.0.0.1:{refused_port}"):
+            started = time.monotonic()
+            r = subprocess.run([iast_ssh, "login", "--ca", f"{dead},127.0.0.1:{b.port}", "--ca-fingerprint", fp,
+                                "-l", "alice", "-i", str(key), "--no-agent", "--out", str(tmp_path / "out"),
+                                "--json"], env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                               timeout=60)
+            assert r.returncode == 0, r.stderr
+            assert time.monotonic() - started < 20  # the short failover timeout, not the 15s one
+            assert json.loads(r.stdout)["serial"] >= 1
+        # Every address down: one line naming them, exit 1.
+        r = subprocess.run([iast_ssh, "login", "--ca", f"127.0.0.1:{refused_port},127.0.0.1:{refused_port}",
+                            "--ca-fingerprint", fp, "-l", "alice", "-i", str(key), "--no-agent"], env=env,
+                           stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60)
+        assert r.returncode == 1 and "no CA address answered" in r.stderr, r.stderr
+    finally:
+        silent.close()
+        b.stop()
+    log = open_store(pg_url)
+    try:
+        assert len(log.events(kind="issued", limit=None)) == 2
+    finally:
+        log.close()
+
+
+def test_a_wrong_host_key_is_not_failed_over(tmp_path, policy_file, pg_url):
+    """A replica that answers with another host key stops the login: no credential goes to the next one."""
+    from ca.client import Client
+    from ca.errors import HostKeyChanged
+
+    cfg = make_ca(tmp_path, policy_file, pg_url)
+    key = enrol(cfg, tmp_path)
+    other = default_config().with_overrides(state_dir=str(tmp_path / "other"), policy=str(policy_file))
+    init_state(other, "ed25519", None)
+    impostor = CAProcess(other.state_dir, other.policy_path, workdir=other.state_dir).start()
+    real = CAProcess(cfg.state_dir, cfg.policy_path, workdir=tmp_path / "state", database=pg_url).start()
+    fp = subprocess.run(["ssh-keygen", "-lf", str(cfg.state_dir / "host-key.pub")], check=True, capture_output=True,
+                        text=True).stdout.split()[1]
+    try:
+        client = Client(f"127.0.0.1:{impostor.port},127.0.0.1:{real.port}", ca_fingerprint=fp, user="alice",
+                        identity=key, use_agent=False, config_file=tmp_path / "client.toml")
+        with pytest.raises(HostKeyChanged):
+            client.login(no_agent=True, out_dir=tmp_path / "out")
+    finally:
+        impostor.stop()
+        real.stop()
