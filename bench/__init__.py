@@ -10,6 +10,7 @@ from __future__ import annotations
 # In the order they run: the cheap in-process figure first, the disk-heavy one last.
 SCENARIOS = {
     "pipeline": "bench.pipeline",
+    "pipeline-pg": "bench.pipeline_pg",
     "login-fresh": "bench.login_fresh",
     "login-kept": "bench.login_kept",
     "multi-core": "bench.multi_core",
