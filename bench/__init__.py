@@ -13,6 +13,7 @@ SCENARIOS = {
     "pipeline-pg": "bench.pipeline_pg",
     "login-fresh": "bench.login_fresh",
     "login-kept": "bench.login_kept",
+    "replicas": "bench.replicas",
     "multi-core": "bench.multi_core",
     "client": "bench.client",
     "krl-scale": "bench.krl_scale",
