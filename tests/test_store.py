@@ -17,8 +17,8 @@ from ca.store import BACKENDS, open_store, schema
 
 # -- the contract, for every backend ------------------------------------------------------
 #
-# A second backend (PostgreSQL) joins by adding its name to BACKENDS and a way to
-# give each test a fresh database in ``store_path``.
+# Every backend in BACKENDS runs these: SQLite on a file in tmp_path, PostgreSQL on a
+# fresh database of the real server the tests start (tests/pg_harness.py).
 
 
 @pytest.fixture(params=BACKENDS)
@@ -27,7 +27,9 @@ def backend(request) -> str:
 
 
 @pytest.fixture
-def store_path(tmp_path, backend):
+def store_path(tmp_path, backend, request):
+    if backend == "postgresql":
+        return request.getfixturevalue("postgres").create_database()
     return tmp_path / "ca.db"
 
 

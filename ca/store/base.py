@@ -328,6 +328,16 @@ class Store(ABC):
         with self.transaction() as tx:
             return tx.append(kind, data, **columns)
 
+    # -- replicas: which CA keys serve this database ------------------------------------
+
+    def ca_keys(self) -> list[str] | None:
+        """The CA key fingerprints recorded for this database; None where the backend keeps
+        none (SQLite: one state directory is one CA, its keyring beside its file)."""
+        return None
+
+    def record_ca_keys(self, fingerprints: Sequence[str]) -> None:
+        """Record CA key fingerprints that may serve this database (no-op where not kept)."""
+
     # -- event reads (each backend implements these) ----------------------------------
 
     @abstractmethod
