@@ -23,7 +23,7 @@ from ca.auth.users import UserStore
 from ca.config import default_config
 from ca.errors import AuditError, AuditUnavailable
 from ca.state import init_state
-from ca.store import open_store
+from ca.store import SCHEMA_VERSION, open_store
 
 from .conftest import make_key
 from .pg_harness import start_server
@@ -258,16 +258,31 @@ def test_serve_refuses_another_schema_version_and_db_migrate_fixes_an_older_one(
     conf.write_text(f'state_dir = "{cfg.state_dir}"\npolicy = "{cfg.policy_path}"\ndatabase = "{pg_url}"\n')
     serve = [IAST_CA, "--config", str(conf), "serve", "--listen", "127.0.0.1:0"]
 
-    _set_version(pg_url, 2)  # as if made by an older iast-ca
+    # As an iast-ca of PostgreSQL version 3 made it: no used_tokens (4), no join_tokens (5).
+    import psycopg
+
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute("DROP TABLE used_tokens")
+        conn.execute("DROP TABLE join_tokens")
+    _set_version(pg_url, 3)
     r = subprocess.run(serve, capture_output=True, text=True, timeout=60)
     assert r.returncode == 1 and "run 'iast-ca db migrate'" in r.stderr, r.stderr
     r = subprocess.run([IAST_CA, "--config", str(conf), "db", "migrate", "--json"], capture_output=True, text=True,
                        timeout=60)
     assert r.returncode == 0, r.stderr
-    assert json.loads(r.stdout)["schema_version"] == 3
+    assert json.loads(r.stdout)["schema_version"] == SCHEMA_VERSION
     store = open_store(pg_url, migrate=False)  # current now: opens without migrating
     assert store.verify().count == 1
+    # The tables and triggers of versions 4 and 5 are there: a join token is used once, never changed.
+    with store.transaction() as tx:
+        assert tx.tokens.use("k", "https://idp", expires_at=100, now=1) and not tx.tokens.use("k", "x", 100, 1)
+        tx.join_tokens.insert("jt", "ab" * 32, "web1", "web", 1, 100, 1)
+        assert tx.join_tokens.mark_used("jt", 2, 5) and not tx.join_tokens.mark_used("jt", 3, 6)
     store.close()
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        for statement in ("UPDATE join_tokens SET used_at = NULL", "DELETE FROM join_tokens"):
+            with pytest.raises(psycopg.Error, match="join token"):
+                conn.execute(statement)
 
     _set_version(pg_url, 99)  # made by a newer iast-ca
     r = subprocess.run(serve, capture_output=True, text=True, timeout=60)
@@ -319,10 +334,19 @@ def test_db_copy_keeps_the_chain_checkpoints_and_proofs(tmp_path, policy_file, p
     r = run("user", "add", "bob", "--key", str(bob_key))
     assert r.exit_code == 0, r.output  # after the checkpoint
 
+    # A used identity token and a used host join token (what `sign --token` and `host enrol` leave).
+    sq = open_store(cfg.state_dir / "ca.db")
+    with sq.transaction() as tx:
+        assert tx.tokens.use("token-key", "https://idp", expires_at=2**40, now=0)
+        tx.join_tokens.insert("jt", "ab" * 32, "web1", "web", 1, 2**40, 1)
+        assert tx.join_tokens.mark_used("jt", 2, serials[2])
+    sq.close()
+
     r = run("db", "copy", "--to", pg_url, "--json")
     assert r.exit_code == 0, r.output
     rows = json.loads(r.stdout)["rows"]
     assert rows["certificates"] == 5 and rows["revocations"] == 1 and rows["users"] == 2
+    assert rows["used_tokens"] == 1 and rows["join_tokens"] == 1
 
     # The copy verifies, against the old checkpoint too, and proves the same inclusion.
     r = run("audit", "verify", "--checkpoint", str(cp), "--json", database=pg_url)
@@ -335,6 +359,12 @@ def test_db_copy_keeps_the_chain_checkpoints_and_proofs(tmp_path, policy_file, p
         assert list(pg_log.row_batches()) == [list(b) for b in sqlite_log.row_batches()]
         assert pg_log.revocations.all() == sqlite_log.revocations.all()
         assert pg_log.users.all() == sqlite_log.users.all()
+        # Still a replay, still used, after the copy.
+        assert pg_log.tokens.seen("token-key", 1)
+        assert pg_log.join_tokens.get("jt") == sqlite_log.join_tokens.get("jt")
+        with pg_log.transaction() as tx:
+            assert not tx.tokens.use("token-key", "https://idp", 2**40, 1)
+            assert not tx.join_tokens.mark_used("jt", 3, 99)
     finally:
         sqlite_log.close()
         pg_log.close()

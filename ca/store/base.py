@@ -247,6 +247,8 @@ class UsedTokenWrites(UsedTokenReads, Protocol):
     def use(self, token_key: str, issuer: str, expires_at: int, now: int) -> bool:
         """Remember a token until ``expires_at``; False if it was already used (a replay).
         Also forgets tokens expired before ``now``."""
+
+
 class JoinTokenReads(Protocol):
     def get(self, token_id: str) -> JoinTokenRow | None: ...
 

@@ -28,6 +28,10 @@ _TABLES = (
     ("krl_state", ("id", "version", "content_sha256", "generated"), "id"),
     ("requests", schema.REQUEST_COLUMNS, "rowid"),
     ("approvals", ("request_id", "approver", "decision", "comment", "ts"), "rowid"),
+    # A token used before the copy stays a replay after it; a join token used stays used
+    # (docs/security.md, the SSO and host join token rules).
+    ("used_tokens", ("token_key", "issuer", "expires_at"), "token_key"),
+    ("join_tokens", schema.JOIN_TOKEN_COLUMNS, "rowid"),
 )
 _LOGINS = ("id", "line_hash", "host", "logged_time", "ts", "account", "source", "port", "serial", "serial_text",
            "ca_fingerprint", "key_id", "key_fingerprint", "issued_event_id", "outcome", "reason", "severity",
@@ -48,7 +52,7 @@ def copy_sqlite_to_postgres(source: Path, url: str, progress=None) -> dict[str, 
     counts: dict[str, int] = {}
     try:
         conn = dst.conn
-        for table in ("events", "users", "requests", "revocations", "certificates"):
+        for table in ("events", "users", "requests", "revocations", "certificates", "join_tokens"):
             if conn.one(f"SELECT 1 FROM {table} LIMIT 1") is not None:
                 raise StateError(f"the database {dst.path} is not empty ({table} has rows); refusing to copy into it")
         tables = list(_TABLES)

@@ -528,10 +528,43 @@ PG_LOGINS = (
     *_pg_refuse("logins_no_delete", "logins", "DELETE", "recorded logins cannot be deleted"),
 )
 
-PG_CURRENT = PG_META + PG_EVENTS + PG_CERTIFICATES + PG_USERS + PG_THROTTLE + PG_REVOCATIONS + PG_REQUESTS
+PG_USED_TOKENS = (
+    f"""CREATE TABLE IF NOT EXISTS used_tokens (
+        token_key {_T} PRIMARY KEY,
+        issuer {_T} NOT NULL,
+        expires_at BIGINT NOT NULL
+    )""",
+    "CREATE INDEX IF NOT EXISTS used_tokens_expiry ON used_tokens(expires_at)",
+)
+
+# The SQLite triggers of JOIN_TOKENS, as trigger functions: a token is marked used once (only
+# used_at/used_serial may change, and only while used_at is NULL) and never deleted.
+PG_JOIN_TOKENS = (
+    f"""CREATE TABLE IF NOT EXISTS join_tokens (
+        id {_T} PRIMARY KEY,
+        secret_sha256 {_T} NOT NULL,
+        host {_T} NOT NULL,
+        role {_T} NOT NULL,
+        created BIGINT NOT NULL,
+        expires_at BIGINT NOT NULL,
+        used_at BIGINT,
+        used_serial BIGINT,
+        event_id BIGINT NOT NULL REFERENCES events(id)
+    )""",
+    *_pg_refuse("join_tokens_once", "join_tokens", "UPDATE", "a join token is used once and never changed",
+                when="IF OLD.used_at IS NOT NULL OR NEW.id IS DISTINCT FROM OLD.id"
+                     " OR NEW.secret_sha256 IS DISTINCT FROM OLD.secret_sha256 OR NEW.host IS DISTINCT FROM OLD.host"
+                     " OR NEW.role IS DISTINCT FROM OLD.role OR NEW.expires_at IS DISTINCT FROM OLD.expires_at THEN "),
+    *_pg_refuse("join_tokens_no_delete", "join_tokens", "DELETE", "join tokens cannot be deleted"),
+)
+
+# Version 3, the first schema this engine had (as it was created; later versions add to it).
+_PG_V3 = PG_META + PG_EVENTS + PG_CERTIFICATES + PG_USERS + PG_THROTTLE + PG_REVOCATIONS + PG_REQUESTS
+
+PG_CURRENT = _PG_V3 + PG_USED_TOKENS + PG_JOIN_TOKENS
 
 # PostgreSQL databases start at version 3 (the first schema this engine had). PG_MIGRATIONS[n]
 # takes a PostgreSQL database at version n - 1 to n; a new one gets PG_CURRENT.
 PG_FIRST_VERSION = 3
-PG_MIGRATIONS: dict[int, tuple] = {3: PG_CURRENT}
+PG_MIGRATIONS: dict[int, tuple] = {3: _PG_V3, 4: PG_USED_TOKENS, 5: PG_JOIN_TOKENS}
 assert sorted(PG_MIGRATIONS) == list(range(PG_FIRST_VERSION, SCHEMA_VERSION + 1))

@@ -27,10 +27,12 @@ from ca.store import schema
 from ca.store.base import Store, UnitOfWork
 from ca.store.postgres.connection import CONNECT_TIMEOUT, Connection, has_table, migrate, redact, schema_version
 from ca.store.postgres.events import Certificates, EventRows
+from ca.store.postgres.join_tokens import JoinTokens
 from ca.store.postgres.requests import Requests
 from ca.store.postgres.review import ReviewQueries
 from ca.store.postgres.revocations import Revocations
 from ca.store.postgres.throttle import ThrottleCounters
+from ca.store.postgres.tokens import UsedTokens
 from ca.store.postgres.users import Users
 
 SCHEMA_VERSION = schema.SCHEMA_VERSION
@@ -47,6 +49,8 @@ class PostgresUnitOfWork(UnitOfWork):
         self.revocations = store.revocations
         self.requests = store.requests
         self.certificates = store.certificates
+        self.tokens = store.tokens
+        self.join_tokens = store.join_tokens
         self._head: tuple[int, str] | None = None
 
     def next_serial(self) -> int:
@@ -95,6 +99,8 @@ class PostgresStore(Store):
         self.throttle = ThrottleCounters(self.conn)
         self.revocations = Revocations(self.conn)
         self.requests = Requests(self.conn)
+        self.tokens = UsedTokens(self.conn)
+        self.join_tokens = JoinTokens(self.conn)
         self.review = ReviewQueries(self.conn)
 
     def close(self) -> None:

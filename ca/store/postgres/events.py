@@ -135,6 +135,11 @@ class Certificates:
             sql, val = "SELECT serial FROM certificates WHERE username = %s AND valid_before > %s", username
         return [s for (s,) in self.conn.all(sql + " ORDER BY serial", (val, cutoff), what=_READ)]
 
+    def current_of(self, username: str, key_fingerprint: str, cutoff: int) -> list[CertificateRow]:
+        return [CertificateRow(*r) for r in self.conn.all(
+            f"{_CERT} WHERE username = %s AND key_fingerprint = %s AND valid_before > %s ORDER BY serial",
+            (username, key_fingerprint, cutoff), what=_READ)]
+
     def usernames_of_key(self, key_fingerprint: str) -> list[str]:
         return sorted({u for (u,) in self.conn.all(
             "SELECT DISTINCT username FROM certificates WHERE key_fingerprint = %s", (key_fingerprint,), what=_READ)})
@@ -148,3 +153,8 @@ class Certificates:
             "SELECT count(*), sum(CASE WHEN valid_before > %s THEN 1 ELSE 0 END) FROM certificates"
             " WHERE ca_fingerprint = %s", (cutoff, ca_fingerprint), what=_READ)
         return int(count), int(unexpired or 0)
+
+    def last_expiry(self, ca_fingerprint: str) -> int | None:
+        (top,) = self.conn.one("SELECT max(valid_before) FROM certificates WHERE ca_fingerprint = %s",
+                               (ca_fingerprint,), what=_READ)
+        return None if top is None else int(top)

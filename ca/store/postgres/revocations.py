@@ -23,6 +23,11 @@ class Revocations:
         row = self.conn.one("SELECT id FROM revocations WHERE kind = %s AND value = %s", (kind, value), what=_READ)
         return row[0] if row else None
 
+    def revoked_at(self, kind: str, value: str) -> int | None:
+        row = self.conn.one("SELECT created FROM revocations WHERE kind = %s AND value = %s", (kind, value),
+                            what=_READ)
+        return row[0] if row else None
+
     def all(self) -> list[tuple]:
         return [tuple(r) for r in self.conn.all(
             f"SELECT {', '.join(REVOCATION_COLUMNS)} FROM revocations ORDER BY id", what=_READ)]
