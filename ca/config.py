@@ -338,6 +338,8 @@ def _workload(name: str, sec: dict, where: str, base: Path) -> WorkloadIssuer:
         ttl=_dur(sec, "ttl", where, at + "ttl", 86400) or 300,
         timeout=_dur(sec, "timeout", where, at + "timeout", 60) or 5,
     )
+
+
 def parse_database(text: Any, where: str) -> str:
     """A PostgreSQL URL (``postgresql://USER@HOST:PORT/DB``); the error never repeats a password."""
     if not isinstance(text, str) or not re.match(r"postgres(ql)?://", text):

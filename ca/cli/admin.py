@@ -17,9 +17,9 @@ from ca import __version__
 from ca.cli.audit_cmds import audit
 from ca.cli.common import Group, echo_json, output_options
 from ca.cli.context import DURATION, Env, pass_env
-from ca.cli.key_cmds import key
-from ca.cli.host_cmds import host
 from ca.cli.db_cmds import db
+from ca.cli.host_cmds import host
+from ca.cli.key_cmds import key
 from ca.cli.policy_cmds import policy
 from ca.cli.requests_cmds import requests
 from ca.cli.review_cmds import correlate, report

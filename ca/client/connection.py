@@ -321,8 +321,10 @@ class Client:
         agent_keys: list = []
         methods: list[str] = []
         if self.workload_token is not None:
-            return await self._connect_as_workload(stack)
-        if self.sso is not None:
+            # As the reserved user ``workload``: SSH "none", which the CA accepts only for one
+            # ``sign --token -`` (the token, sent after the host key matched, authenticates it).
+            methods.append("none")
+        elif self.sso is not None:
             if self.prompter.sign_in is None:
                 raise UsageError("--sso needs somewhere to show the sign-in URL and code")
             methods.append("keyboard-interactive")
@@ -338,9 +340,9 @@ class Client:
                 # use up the CA's authentication attempts.
                 agent_keys = [kp for kp in await agent.get_keys()
                               if not kp.algorithm.endswith(b"-cert-v01@openssh.com")]
-        if self.sso is None and (self.identity is not None or agent_keys):
+        if self.sso is None and self.workload_token is None and (self.identity is not None or agent_keys):
             methods.append("publickey")
-        if self.sso is None and self.prompter.can_log_in:
+        if self.sso is None and self.workload_token is None and self.prompter.can_log_in:
             methods.append("keyboard-interactive")
         if not methods:
             raise AuthenticationFailed(
@@ -395,29 +397,13 @@ class Client:
             )
         except (OSError, asyncio.TimeoutError, asyncssh.ConnectionLost) as e:
             raise _Unreachable(_ca_error(self.address, e)) from None
+        except asyncssh.PermissionDenied as e:
+            if self.workload_token is not None:
+                raise AuthenticationFailed(f"the CA at {self.address} takes no workload tokens "
+                                           "(it has no [workload.*] section)") from None
+            raise _ca_error(self.address, e) from None
         except asyncssh.Error as e:
             raise _ca_error(self.address, e) from None
-
-    async def _connect_as_workload(self, stack):
-        """As the reserved user ``workload``: SSH "none", which the CA accepts only for one
-        ``sign --token -`` (the token then authenticates that request)."""
-        import asyncssh
-
-        host_key = await self._host_key()
-        try:
-            conn = await asyncssh.connect(
-                self.host, self.port, username=WORKLOAD_USER, config=None, known_hosts=([host_key], [], []),
-                client_factory=self._handler(), client_keys=[], agent_path=None, agent_forwarding=False,
-                password=None, preferred_auth=["none"], connect_timeout=self.timeout)
-        except asyncssh.PermissionDenied:
-            raise AuthenticationFailed(f"the CA at {self.address} takes no workload tokens "
-                                       "(it has no [workload.*] section)") from None
-        except (OSError, asyncio.TimeoutError, asyncssh.Error) as e:
-            raise _ca_error(self.address, e) from None
-        stack.push_async_callback(conn.wait_closed)
-        stack.callback(conn.close)
-        self._remember_pin()
-        return conn
 
     async def _command(self, conn, args: list[str], input: str | None = None) -> str:
         """Run one protocol command; return its stdout, or raise the error its exit status names."""
