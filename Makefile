@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.installed
 
-.PHONY: run test venv sshd oidc bench bench-quick clean softhsm
+.PHONY: run test venv sshd oidc bench bench-quick clean softhsm postgres
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +40,7 @@ oidc:
 	@if command -v npm >/dev/null 2>&1 && [ ! -d tests/oidc/node_modules/oidc-provider ]; then \
 	  cd tests/oidc && npm ci --no-audit --no-fund --loglevel=error; \
 	fi
+
 # The PKCS#11 tests keep a CA key in a SoftHSM2 token (Debian's softhsm2: the module and
 # softhsm2-util). Installed the same way as sshd; missing, those tests skip loudly (fail under CI=true).
 softhsm:
@@ -52,17 +53,30 @@ softhsm:
 	  fi; \
 	fi
 
+# The PostgreSQL backend's tests start their own server (initdb + pg_ctl in a temp dir) from
+# Debian's binaries in /usr/lib/postgresql/VERSION/bin. As root on Debian we install them;
+# otherwise those tests skip loudly (and fail under CI=true).
+postgres:
+	@if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && ! command -v initdb >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing postgresql"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; \
+	  else \
+	    echo "PostgreSQL not found and cannot install it (not root or no apt): PostgreSQL tests will be skipped"; \
+	  fi; \
+	fi
+
 run: $(STAMP)
 	$(BIN)/iast-ca run
 
-test: $(STAMP) sshd oidc softhsm
+test: $(STAMP) sshd oidc softhsm postgres
 	$(BIN)/python -m pytest -q
 
 # Speed is measured here, never asserted in a test: figures next to same-run baselines.
-bench: $(STAMP) sshd
+bench: $(STAMP) sshd postgres
 	$(BIN)/python -m bench
 
-bench-quick: $(STAMP) sshd
+bench-quick: $(STAMP) sshd postgres
 	$(BIN)/python -m bench --quick
 
 clean:

@@ -10,8 +10,10 @@ from __future__ import annotations
 # In the order they run: the cheap in-process figure first, the disk-heavy one last.
 SCENARIOS = {
     "pipeline": "bench.pipeline",
+    "pipeline-pg": "bench.pipeline_pg",
     "login-fresh": "bench.login_fresh",
     "login-kept": "bench.login_kept",
+    "replicas": "bench.replicas",
     "multi-core": "bench.multi_core",
     "client": "bench.client",
     "krl-scale": "bench.krl_scale",

@@ -309,28 +309,30 @@ class BenchCA:
         return self.cfg.state_dir / "ca-keys" / ring.active.name
 
 
-def make_ca(root: Path, n_users: int = 1) -> BenchCA:
-    """Initialise a CA (Ed25519, no passphrase) and enrol ``n_users`` users, one key each."""
+def make_ca(root: Path, n_users: int = 1, database: str | None = None) -> BenchCA:
+    """Initialise a CA (Ed25519, no passphrase) and enrol ``n_users`` users, one key each
+    (in ``database``, a PostgreSQL URL, when given; else STATE/ca.db)."""
     import asyncssh
     from argon2 import PasswordHasher
 
     from ca.auth.users import UserStore
     from ca.config import default_config
-    from ca.state import StatePaths, init_state
-    from ca.store import AuditLog
+    from ca.state import init_state
+    from ca.store import open_store
 
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     policy = root / "policy.toml"
     policy.write_text(BENCH_POLICY)
-    cfg = default_config().with_overrides(state_dir=str(root / "state"), policy=str(policy))
+    cfg = default_config().with_overrides(state_dir=str(root / "state"), policy=str(policy), database=database)
     init_state(cfg, "ed25519", None)
     config_path = root / "ca.toml"
-    config_path.write_text(f'state_dir = "{cfg.state_dir}"\npolicy = "{policy}"\n{SERVER_CONFIG}')
+    db_line = f'database = "{database}"\n' if database else ""
+    config_path.write_text(f'state_dir = "{cfg.state_dir}"\npolicy = "{policy}"\n{db_line}{SERVER_CONFIG}')
     keydir = root / "keys"
     keydir.mkdir(exist_ok=True)
     # Enrolment hashes no password; the cheap hasher only keeps the store's dummy hash cheap to make.
-    log = AuditLog(StatePaths(cfg.state_dir).db)
+    log = open_store(cfg.database_location)
     store = UserStore(log, hasher=PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1))
     users, keys = [], {}
     for i in range(n_users):

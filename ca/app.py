@@ -51,14 +51,38 @@ from ca.keys.keyring import Keyring, read_passphrase
 from ca.keys.pkcs11 import Pkcs11Settings
 from ca.policy import Policy, load_policy
 from ca.state import StatePaths
-from ca.store import AuditLog
+from ca.store import AuditLog, Store, is_database_url, open_store
 
 # -- how each part is made: one function each ---------------------------------------
 
 
-def open_audit(paths: StatePaths, clock: Callable[[], float] = time.time) -> AuditLog:
-    """A connection to the audit database (one per thread that uses it)."""
-    return AuditLog(paths.db, clock=clock)
+def open_audit(cfg: Config, clock: Callable[[], float] = time.time, *, migrate: bool = True) -> Store:
+    """A connection to the audit database (one per thread that uses it).
+
+    The one place the database is chosen: ``cfg.database`` (a PostgreSQL URL shared by
+    replicas) or, without it, ``STATE/ca.db`` (SQLite). ``migrate=False`` (the service)
+    refuses a PostgreSQL schema older than this iast-ca's and names ``iast-ca db migrate``.
+    """
+    return open_store(cfg.database_location, clock=clock, migrate=migrate)
+
+
+def check_replica_keys(audit: Store, keyring: Keyring) -> None:
+    """Refuse to serve a shared database with another CA's keys (README "Run several replicas").
+
+    The first replica to start records its keyring's fingerprints in the database; a later
+    one must share at least one key with them (a rotated keyring adds its new key), else
+    StateError. Backends that keep no fingerprints (SQLite) are not checked.
+    """
+    recorded = audit.ca_keys()
+    if recorded is None:
+        return
+    mine = [k.fingerprint for k in keyring.keys]
+    if recorded and keyring.active.fingerprint not in recorded and not set(mine) & set(recorded):
+        raise StateError(f"this replica's CA key {keyring.active.fingerprint} is not one of the keys of the database "
+                         f"{audit.path} ({', '.join(recorded)}): copy the first replica's state directory keys "
+                         "(keyring.json, the CA key, audit and host keys)")
+    if set(mine) - set(recorded):
+        audit.record_ca_keys(mine)
 
 
 def open_users(audit: AuditLog, cfg: Config, clock: Callable[[], float] = time.time) -> UserStore:
@@ -129,6 +153,11 @@ class CA:
     # -- the state directory -------------------------------------------------------
 
     def require_db(self) -> None:
+        if is_database_url(self.cfg.database_location):
+            # A shared database: opening it says whether it is there; its log says whether a CA made it.
+            if self.audit.head()[0] == 0:
+                raise StateError(f"the database {self.audit.path} holds no CA: run 'iast-ca init' first")
+            return
         if not self.paths.db.exists():
             raise StateError(f"no audit database at {self.paths.db}: run 'iast-ca init' first")
 
@@ -138,8 +167,16 @@ class CA:
 
     @cached_property
     def audit(self) -> AuditLog:
-        """The audit log (and the store of users, requests, revocations); the issue thread's connection."""
-        return open_audit(self.paths, self.clock)
+        """The audit log (and the store of users, requests, revocations); the issue thread's connection.
+        For the service, a shared database must be at this schema and served with this keyring."""
+        audit = open_audit(self.cfg, self.clock, migrate=not self.for_service)
+        if self.for_service:
+            try:
+                check_replica_keys(audit, self.keyring)
+            except BaseException:
+                audit.close()
+                raise
+        return audit
 
     @cached_property
     def users(self) -> UserStore:
@@ -253,7 +290,7 @@ class CA:
     def auth_audit(self) -> AuditLog:
         """The service's auth thread's own connection: users, throttle counters, auth events.
         Outside the service (one thread) it is :attr:`audit`."""
-        return open_audit(self.paths, self.clock) if self.for_service else self.audit
+        return open_audit(self.cfg, self.clock, migrate=False) if self.for_service else self.audit
 
     @cached_property
     def auth_users(self) -> UserStore:

@@ -1,7 +1,7 @@
 """The service config (TOML), read and validated once into one typed object.
 
 Precedence, highest first: command-line options, environment variables
-(``IAST_CA_STATE_DIR``, ``IAST_CA_POLICY``), the config file (``--config``
+(``IAST_CA_STATE_DIR``, ``IAST_CA_POLICY``, ``IAST_CA_DATABASE``), the config file (``--config``
 or ``IAST_CA_CONFIG``), then the embedded defaults (state in ``./var``, the
 policy at ``STATE/policy.toml``). Relative paths in a config file are
 relative to that file's directory.
@@ -106,11 +106,22 @@ class Config:
     on_request: tuple[str, ...] | None = None
     oidc: tuple[OIDCProvider, ...] = ()
     workloads: tuple[WorkloadIssuer, ...] = ()
+    # The CA database: None for STATE/ca.db (SQLite), or a PostgreSQL URL that several replicas
+    # share ("postgresql://USER@HOST:PORT/DB"; the password from a passfile or PGPASSWORD, see README).
+    database: str | None = None
 
-    def with_overrides(self, state_dir: str | None = None, policy: str | None = None) -> Config:
-        """Apply ``--state-dir``/``--policy`` (or their env vars). A new state dir
+    @property
+    def database_location(self) -> str | Path:
+        """Where the CA database is: the PostgreSQL URL, or the SQLite file in the state directory."""
+        return self.database if self.database else self.state_dir / "ca.db"
+
+    def with_overrides(self, state_dir: str | None = None, policy: str | None = None,
+                       database: str | None = None) -> Config:
+        """Apply ``--state-dir``/``--policy``/``IAST_CA_DATABASE``. A new state dir
         moves the default policy with it unless a policy path was set."""
         cfg = self
+        if database:
+            cfg = replace(cfg, database=parse_database(database, "IAST_CA_DATABASE"))
         if state_dir:
             moved = {"policy_path": Path(state_dir) / "policy.toml"} if self._default_policy else {}
             cfg = replace(cfg, state_dir=Path(state_dir), **moved)
@@ -129,7 +140,7 @@ def default_config() -> Config:
 
 
 _KEYS = {
-    "": {"state_dir", "policy", "signing", "server", "throttle", "on_request", "oidc", "workload"},
+    "": {"state_dir", "policy", "database", "signing", "server", "throttle", "on_request", "oidc", "workload"},
     "signing": {"clock_skew", "min_rsa_bits", "principal_pattern", "passphrase_file", "pkcs11_module",
                 "pkcs11_pin_file"},
     "server": {"listen", "login_timeout", "max_unauthenticated", "max_request_bytes", "drain_timeout",
@@ -236,6 +247,8 @@ def parse_config(data: bytes, path: str | Path) -> Config:
         if name in signing:
             _expect(isinstance(signing[name], str) and signing[name], where, f"signing.{name}", "a path")
             values[name] = base / signing[name]
+    if "database" in top:
+        values["database"] = parse_database(top["database"], f"{where}: database")
     if "on_request" in top:
         hook = top["on_request"]
         _expect(isinstance(hook, list) and hook and all(isinstance(a, str) and a for a in hook)
@@ -340,6 +353,16 @@ def _workload(name: str, sec: dict, where: str, base: Path) -> WorkloadIssuer:
         ttl=_dur(sec, "ttl", where, at + "ttl", 86400) or 300,
         timeout=_dur(sec, "timeout", where, at + "timeout", 60) or 5,
     )
+
+
+def parse_database(text: Any, where: str) -> str:
+    """A PostgreSQL URL (``postgresql://USER@HOST:PORT/DB``); the error never repeats a password."""
+    if not isinstance(text, str) or not re.match(r"postgres(ql)?://", text):
+        raise ConfigError(f"{where}: expected a PostgreSQL URL like postgresql://USER@HOST:5432/DB"
+                          " (leave it out for STATE/ca.db)")
+    if re.search(r"\s", text):
+        raise ConfigError(f"{where}: the database URL must not contain spaces")
+    return text
 
 
 def parse_listen(text: Any, where: str = "--listen") -> tuple[str, int]:

@@ -118,6 +118,12 @@ class AuditError(CAError):
     code = "audit"
 
 
+class AuditUnavailable(AuditError):
+    """The audit database cannot be reached (an outage): nothing was issued; retry later."""
+
+    code = "audit_unavailable"
+
+
 class ChainBroken(AuditError):
     """The audit log's hash chain or a checkpoint does not verify."""
 

@@ -33,7 +33,7 @@ from ca.keys.keyring import (
     public_line,
 )
 from ca.sshcert.certificates import fingerprint
-from ca.store import AuditLog
+from ca.store import open_store
 
 
 @dataclass(frozen=True)
@@ -72,9 +72,13 @@ def init_state(cfg: Config, key_type: str, passphrase: bytes | None) -> dict:
     Returns a summary (fingerprints and paths) for the caller to show.
     """
     paths = StatePaths(cfg.state_dir)
-    for existing in (paths.keyring, paths.db):
+    for existing in (paths.keyring,) + (() if cfg.database else (paths.db,)):
         if existing.exists():
             raise StateError(f"a CA already exists in {paths.root} ({existing.name}); refusing to overwrite it")
+    log = open_store(cfg.database) if cfg.database else None  # a database that is down fails here, first
+    if log is not None and log.head()[0] != 0:
+        log.close()
+        raise StateError(f"the database {log.path} already holds a CA's audit log; refusing to overwrite it")
     ca_key = generate_key(key_type)  # validates key_type before anything is written
     try:
         paths.root.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -108,9 +112,10 @@ def init_state(cfg: Config, key_type: str, passphrase: bytes | None) -> dict:
         "policy": str(cfg.policy_path),
         "policy_installed": installed_policy,
     }
-    log = AuditLog(paths.db)
+    log = log or open_store(paths.db)
     try:
         log.record("ca_init", {k: v for k, v in summary.items() if k != "state_dir"}, user=os_user())
+        log.record_ca_keys([entry.fingerprint])  # replicas must serve with this keyring (shared databases)
     finally:
         log.close()
     Keyring(paths.root, (entry,)).save()  # last: its presence marks a complete CA

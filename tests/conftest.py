@@ -64,9 +64,10 @@ def policy_file(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def cfg(tmp_path: Path, policy_file: Path):
-    """A freshly initialised CA (Ed25519, no passphrase) using the test policy."""
-    c = default_config().with_overrides(state_dir=str(tmp_path / "state"), policy=str(policy_file))
+def cfg(tmp_path: Path, policy_file: Path, database):
+    """A freshly initialised CA (Ed25519, no passphrase) using the test policy (on ``database``)."""
+    c = default_config().with_overrides(state_dir=str(tmp_path / "state"), policy=str(policy_file),
+                                        database=database)
     init_state(c, "ed25519", None)
     return c
 
@@ -79,15 +80,18 @@ def authority(cfg):
 
 
 @pytest.fixture
-def cli_run(tmp_path: Path, policy_file: Path):
-    """Run ``iast-ca`` in-process with the test state dir and policy; returns click's Result."""
+def cli_run(tmp_path: Path, policy_file: Path, database):
+    """Run ``iast-ca`` in-process with the test state dir and policy (and ``database``); returns click's Result."""
     state = tmp_path / "state"
 
     def run(*args: str, input: str | None = None, env: dict | None = None):
         base = ["--state-dir", str(state), "--policy", str(policy_file)]
+        if database:
+            env = {"IAST_CA_DATABASE": database, **(env or {})}
         return CliRunner().invoke(cli, base + list(args), input=input, env=env, catch_exceptions=False)
 
     run.state = state
+    run.database = database
     return run
 
 
@@ -143,3 +147,49 @@ def keygen_L(cert_path: Path) -> dict:
     if m:
         fields["valid_from"], fields["valid_to"] = m.groups()
     return fields
+
+
+# -- PostgreSQL (tests/pg_harness.py) -------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """A real PostgreSQL server for the session (skipped loudly when missing; fails under CI=true)."""
+    from .pg_harness import start_server
+
+    server = start_server()
+    yield server
+    server.destroy()
+
+
+@pytest.fixture
+def pg_url(postgres) -> str:
+    """The URL of a fresh, empty PostgreSQL database."""
+    return postgres.create_database()
+
+
+BOTH = ("sqlite", "postgresql")
+
+
+def pytest_generate_tests(metafunc):
+    """A test marked ``both_backends`` (or in a module so marked) runs once per storage backend, unless
+    also marked ``sqlite_only`` (it opens the SQLite file itself): its ``cfg`` and ``cli_run`` use that backend."""
+    if metafunc.definition.get_closest_marker("sqlite_only"):
+        return
+    # Only tests that reach a database through the fixtures (cfg, cli_run, database) are doubled.
+    if "database" in metafunc.fixturenames and metafunc.definition.get_closest_marker("both_backends"):
+        metafunc.parametrize("db_backend", BOTH, indirect=True)
+
+
+@pytest.fixture
+def db_backend(request) -> str:
+    """The storage backend of this test: ``sqlite`` unless parametrized (``both_backends``)."""
+    return getattr(request, "param", "sqlite")
+
+
+@pytest.fixture
+def database(db_backend, request) -> str | None:
+    """The ``database`` setting for ``db_backend``: None (STATE/ca.db) or a fresh PostgreSQL database's URL."""
+    if db_backend == "sqlite":
+        return None
+    return request.getfixturevalue("postgres").create_database()

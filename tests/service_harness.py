@@ -21,13 +21,15 @@ class CAProcess:
     """``iast-ca serve --listen 127.0.0.1:0`` as a child process; learns its port from the log."""
 
     def __init__(self, state_dir: Path, policy: Path, config: str = "", workdir: Path | None = None,
-                 serve_args: tuple[str, ...] = ()):
+                 serve_args: tuple[str, ...] = (), database: str | None = None):
         self.serve_args = serve_args
+        self.database = database
         self.state_dir = Path(state_dir)
         self.policy = Path(policy)
         self.workdir = Path(workdir or self.state_dir.parent)
         self.config_path = self.workdir / "ca.toml"
-        self.config_path.write_text(f'state_dir = "{self.state_dir}"\npolicy = "{self.policy}"\n{config}')
+        db = f'database = "{database}"\n' if database else ""  # a PostgreSQL URL (tests/pg_harness.py)
+        self.config_path.write_text(f'state_dir = "{self.state_dir}"\npolicy = "{self.policy}"\n{db}{config}')
         self.proc: subprocess.Popen | None = None
         self.port = 0
         self.lines: list[str] = []

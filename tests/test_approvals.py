@@ -23,7 +23,7 @@ import pytest
 from argon2 import PasswordHasher
 
 from ca.access.approvals import Approvals, expand_hook, run_hook
-from ca.app import open_authority
+from ca.app import open_authority, open_audit
 from ca.auth.users import UserStore
 from ca.errors import CAError, PolicyDenied, UsageError
 from ca.keys.keyring import Keyring
@@ -31,7 +31,6 @@ from ca.models import Identity, SignRequest
 from ca.policy import load_policy
 from ca.service.protocol import parse_command
 from ca.state import StatePaths
-from ca.store import AuditLog
 
 from .conftest import make_key
 from .service_harness import CAProcess
@@ -90,7 +89,7 @@ def policy_file(tmp_path: Path) -> Path:  # overrides conftest's: this module's 
 @pytest.fixture
 def users(cfg, tmp_path):
     """alice and bob (sre), carol and dave (security): an enrolled key each."""
-    log = AuditLog(StatePaths(cfg.state_dir).db)
+    log = open_audit(cfg)
     store = UserStore(log, hasher=CHEAP)
     out = {}
     for name in ("alice", "bob", "carol", "dave"):
@@ -103,13 +102,16 @@ def users(cfg, tmp_path):
 
 @pytest.fixture
 def ca(cfg, users, tmp_path):
-    p = CAProcess(cfg.state_dir, cfg.policy_path, workdir=tmp_path).start()
+    p = CAProcess(cfg.state_dir, cfg.policy_path, workdir=tmp_path, database=cfg.database).start()
     yield p
     p.stop()
 
 
+pytestmark = pytest.mark.both_backends
+
+
 def events(cfg, kind: str | None = None) -> list:
-    log = AuditLog(StatePaths(cfg.state_dir).db)
+    log = open_audit(cfg)
     try:
         return log.events(kind=kind, limit=None)[::-1]  # oldest first
     finally:
@@ -117,7 +119,7 @@ def events(cfg, kind: str | None = None) -> list:
 
 
 def last_event_id(cfg) -> int:
-    log = AuditLog(StatePaths(cfg.state_dir).db)
+    log = open_audit(cfg)
     try:
         return log.head()[0]
     finally:
@@ -160,7 +162,7 @@ def refused(ca, cfg, users, who: str, command: str, message: str, kind: str, *, 
 
 
 def status_of(cfg, request_id: str) -> str:
-    log = AuditLog(StatePaths(cfg.state_dir).db)
+    log = open_audit(cfg)
     try:
         return Approvals(log).get(request_id).status
     finally:
@@ -421,7 +423,7 @@ def test_the_protocol_parses_request_commands():
 def test_racing_logins_across_two_workers_get_one_certificate(cfg, users, tmp_path):
     # 12 logins at once from one address: above the default per-address share of the slots
     p = CAProcess(cfg.state_dir, cfg.policy_path, "[server]\nmax_unauthenticated_per_address = 32\n",
-                  workdir=tmp_path, serve_args=("--workers", "2")).start()
+                  workdir=tmp_path, serve_args=("--workers", "2"), database=cfg.database).start()
     try:
         rid = ask(p, users, "alice")
         ok(p, users, "carol", f"approve {rid}")
@@ -442,7 +444,7 @@ def test_racing_logins_across_two_workers_get_one_certificate(cfg, users, tmp_pa
     assert all(r.returncode == 3 and "already used" in r.stderr for r in lost), [r.stderr for r in lost]
     assert len(events(cfg, "issued")) == 1 and len(events(cfg, "request_used")) == 1
     assert len([e for e in events(cfg, "denied") if e.data["request_id"] == rid]) == 11
-    assert AuditLog(StatePaths(cfg.state_dir).db).verify().count == last_event_id(cfg)
+    assert open_audit(cfg).verify().count == last_event_id(cfg)
 
 
 def test_two_authorities_on_one_database_race_for_one_request(cfg, users, tmp_path):
@@ -471,7 +473,7 @@ def test_two_authorities_on_one_database_race_for_one_request(cfg, users, tmp_pa
             a.close()
     issued = [r for r in results if not isinstance(r, CAError)]
     assert len(issued) == 1 and all("already used" in str(r) for r in results if isinstance(r, CAError))
-    log = AuditLog(StatePaths(cfg.state_dir).db)
+    log = open_audit(cfg)
     assert Approvals(log).get(req.id).used_serial == issued[0].serial
     assert log.verify().count == log.head()[0]
 
@@ -561,7 +563,7 @@ def approver_agent(users):
 
 def test_spoofed_sudo_user_cannot_approve(cfg, users, cli_run, approver_agent):
     """docs/security.md "Approvers prove who they are": SUDO_USER=carol is only a claim."""
-    log = AuditLog(StatePaths(cfg.state_dir).db)
+    log = open_audit(cfg)
     one = Approvals(log).create(Identity("alice", ("publickey",)), role="prod-admin", ttl=300, reason="INC-1",
                                 policy=load_policy(cfg.policy_path)).id
     log.close()
@@ -587,7 +589,7 @@ def test_approval_may_require_mfa(cfg, users, cli_run, approver_agent, tmp_path)
     cfg.policy_path.write_text(text)
     policy = load_policy(cfg.policy_path)
     assert policy.roles["prod-admin"].approval.require_mfa is True
-    log = AuditLog(StatePaths(cfg.state_dir).db)
+    log = open_audit(cfg)
     ap = Approvals(log)
     one = ap.create(Identity("alice", ("publickey",)), role="prod-admin", ttl=300, reason="INC-1", policy=policy).id
     r = cli_run("requests", "approve", one, env=approver_agent("carol"))  # a key alone is one factor
@@ -601,7 +603,7 @@ def test_approval_may_require_mfa(cfg, users, cli_run, approver_agent, tmp_path)
 
 
 def test_admin_cli_lists_approves_denies_and_signs_offline(cfg, users, cli_run, tmp_path, approver_agent):
-    log = AuditLog(StatePaths(cfg.state_dir).db)
+    log = open_audit(cfg)
     ap = Approvals(log)
     policy = load_policy(cfg.policy_path)
     alice = Identity("alice", ("publickey",))
@@ -716,7 +718,7 @@ def test_the_service_runs_the_hook_when_the_config_has_one(cfg, users, tmp_path)
     script.chmod(0o755)
     out = tmp_path / "argv.json"
     config = f'on_request = ["{script}", "{out}", "{{id}}", "{{user}}", "{{role}}"]\n'
-    p = CAProcess(cfg.state_dir, cfg.policy_path, textwrap.dedent(config), workdir=tmp_path).start()
+    p = CAProcess(cfg.state_dir, cfg.policy_path, textwrap.dedent(config), workdir=tmp_path, database=cfg.database).start()
     try:
         rid = ask(p, users, "alice")
         deadline = time.monotonic() + 10

@@ -20,7 +20,13 @@ from ca.models import Identity, SignRequest
 from ca.state import StatePaths, load_audit_key
 from ca.store import AuditLog
 
+from ca.app import open_audit
+
 from .conftest import make_key
+from .dbraw import integrity_errors
+from .dbraw import raw as raw_db
+
+pytestmark = pytest.mark.both_backends
 
 ALICE = Identity(user="alice", auth_methods=("publickey",))
 
@@ -32,14 +38,16 @@ def fill(authority, tmp_path, n=5):
     return authority.audit.head()
 
 
-def raw(cfg) -> sqlite3.Connection:
-    """A plain connection, as an attacker with the file would have, triggers dropped."""
-    conn = sqlite3.connect(StatePaths(cfg.state_dir).db, isolation_level=None)
-    conn.execute("DROP TRIGGER IF EXISTS events_no_update")
-    conn.execute("DROP TRIGGER IF EXISTS events_no_delete")
+def raw(cfg):
+    """A plain connection, as an attacker with the file (or the database's owner) would have, triggers dropped."""
+    conn = raw_db(cfg.database_location)
+    conn.drop_trigger("events_no_update", "events")
+    conn.drop_trigger("events_no_delete", "events")
+    conn.drop_foreign_keys()
     return conn
 
 
+@pytest.mark.sqlite_only
 def test_every_connection_is_wal_and_synchronous_full(authority):
     conn = authority.audit.conn
     assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
@@ -54,10 +62,10 @@ def test_intact_chain_verifies(authority, tmp_path):
 
 def test_triggers_refuse_edits(authority, tmp_path, cfg):
     fill(authority, tmp_path, 1)
-    conn = sqlite3.connect(StatePaths(cfg.state_dir).db)
-    with pytest.raises(sqlite3.IntegrityError, match="append-only"):
+    conn = raw_db(cfg.database_location)
+    with pytest.raises(integrity_errors(), match="append-only"):
         conn.execute("UPDATE events SET username = 'mallory' WHERE id = 2")
-    with pytest.raises(sqlite3.IntegrityError, match="append-only"):
+    with pytest.raises(integrity_errors(), match="append-only"):
         conn.execute("DELETE FROM events WHERE id = 2")
 
 
@@ -165,6 +173,7 @@ def test_checkpoint_verifies_with_stock_ssh_keygen(cfg, authority, tmp_path):
     assert bad.returncode != 0
 
 
+@pytest.mark.sqlite_only
 def test_no_certificate_when_the_audit_commit_fails(authority, tmp_path, cfg):
     """Rule 10: another writer holds the lock, so our commit cannot happen: no certificate."""
     authority.audit = AuditLog(StatePaths(cfg.state_dir).db, busy_timeout=0.2)
@@ -182,8 +191,13 @@ def test_no_certificate_when_the_audit_commit_fails(authority, tmp_path, cfg):
 
 def test_event_and_certificate_row_commit_together(authority, tmp_path, cfg):
     """A failure after the event insert rolls the event back too: no half-recorded issuance."""
-    conn = sqlite3.connect(StatePaths(cfg.state_dir).db, isolation_level=None)
-    conn.execute("CREATE TRIGGER boom BEFORE INSERT ON certificates BEGIN SELECT RAISE(ABORT, 'disk on fire'); END")
+    conn = raw_db(cfg.database_location)
+    if cfg.database:
+        conn.execute("CREATE FUNCTION boom() RETURNS trigger LANGUAGE plpgsql AS $$"
+                     " BEGIN RAISE EXCEPTION 'disk on fire'; END $$")
+        conn.execute("CREATE TRIGGER boom BEFORE INSERT ON certificates FOR EACH ROW EXECUTE FUNCTION boom()")
+    else:
+        conn.execute("CREATE TRIGGER boom BEFORE INSERT ON certificates BEGIN SELECT RAISE(ABORT, 'disk on fire'); END")
     line = make_key(tmp_path).with_suffix(".pub").read_text()
     with pytest.raises(AuditError, match="disk on fire"):
         authority.issue(ALICE, SignRequest(public_key=line, role="dev"), allow_unenrolled=True)
@@ -199,7 +213,8 @@ def test_rows_survive_kill_9(cfg, tmp_path):
         from ca.app import open_authority
         from ca.config import default_config
         from ca.models import Identity, SignRequest
-        cfg = default_config().with_overrides(state_dir={str(cfg.state_dir)!r}, policy={str(cfg.policy_path)!r})
+        cfg = default_config().with_overrides(state_dir={str(cfg.state_dir)!r}, policy={str(cfg.policy_path)!r},
+                                              database={cfg.database!r})
         a = open_authority(cfg)
         while True:
             i = a.issue(Identity(user="alice", auth_methods=("publickey",)), SignRequest(public_key={line!r}), allow_unenrolled=True)
@@ -214,7 +229,7 @@ def test_rows_survive_kill_9(cfg, tmp_path):
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert len(handed_out) == 30
-    log = AuditLog(StatePaths(cfg.state_dir).db)
+    log = open_audit(cfg)
     report = log.verify()
     for serial in handed_out:
         assert log.issued_by_serial(serial) is not None, serial
@@ -227,7 +242,8 @@ def test_concurrent_writers_keep_one_chain_and_unique_serials(cfg, tmp_path):
         from ca.app import open_authority
         from ca.config import default_config
         from ca.models import Identity, SignRequest
-        cfg = default_config().with_overrides(state_dir={str(cfg.state_dir)!r}, policy={str(cfg.policy_path)!r})
+        cfg = default_config().with_overrides(state_dir={str(cfg.state_dir)!r}, policy={str(cfg.policy_path)!r},
+                                              database={cfg.database!r})
         a = open_authority(cfg)
         for _ in range(40):
             print(a.issue(Identity(user="alice", auth_methods=("publickey",)), SignRequest(public_key={line!r}), allow_unenrolled=True).serial)
@@ -237,9 +253,10 @@ def test_concurrent_writers_keep_one_chain_and_unique_serials(cfg, tmp_path):
     serials = [int(s) for p in procs for s in p.communicate(timeout=120)[0].split()]
     assert all(p.returncode == 0 for p in procs)
     assert sorted(serials) == list(range(1, 121))
-    assert AuditLog(StatePaths(cfg.state_dir).db).verify().count == 121
+    assert open_audit(cfg).verify().count == 121
 
 
+@pytest.mark.sqlite_only
 def test_listing_uses_indexes(authority):
     plans = {
         "user": "SELECT * FROM events WHERE username = 'alice' ORDER BY id DESC LIMIT 50",

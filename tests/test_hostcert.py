@@ -413,8 +413,10 @@ def test_revoked_host_is_refused_by_ssh_with_the_krl(env):
 # -- the token is used inside the issuing transaction; parsers never crash ------------------------
 
 
-def test_two_enrolments_racing_with_one_token_get_one_certificate(tmp_path):
-    """Both pass the check made before the transaction; the one made inside it lets only one through."""
+@pytest.mark.both_backends
+def test_two_enrolments_racing_with_one_token_get_one_certificate(tmp_path, database):
+    """Both pass the check made before the transaction; the one made inside it lets only one through
+    (on PostgreSQL: two connections, as two replicas would race)."""
     import threading
 
     from ca.app import open_ca
@@ -422,10 +424,12 @@ def test_two_enrolments_racing_with_one_token_get_one_certificate(tmp_path):
     from ca.config import default_config
     from ca.issuance.hosts import create_join_token
     from ca.models import HostRequest, Identity
+    from ca.state import init_state
 
     (tmp_path / "policy.toml").write_text(POLICY)
-    ca = IastCA.create(tmp_path / "state", tmp_path / "policy.toml")
-    cfg = default_config().with_overrides(state_dir=str(ca.state_dir), policy=str(ca.policy_path))
+    cfg = default_config().with_overrides(state_dir=str(tmp_path / "state"), policy=str(tmp_path / "policy.toml"),
+                                          database=database)
+    init_state(cfg, "ed25519", None)
     with open_ca(cfg) as one:
         made = create_join_token(one.audit, one.policy, host="web-1", role="prod", ttl=600, operator="t",
                                  now=int(time.time()))

@@ -17,8 +17,8 @@ from ca.store import BACKENDS, open_store, schema
 
 # -- the contract, for every backend ------------------------------------------------------
 #
-# A second backend (PostgreSQL) joins by adding its name to BACKENDS and a way to
-# give each test a fresh database in ``store_path``.
+# Every backend in BACKENDS runs these: SQLite on a file in tmp_path, PostgreSQL on a
+# fresh database of the real server the tests start (tests/pg_harness.py).
 
 
 @pytest.fixture(params=BACKENDS)
@@ -27,7 +27,9 @@ def backend(request) -> str:
 
 
 @pytest.fixture
-def store_path(tmp_path, backend):
+def store_path(tmp_path, backend, request):
+    if backend == "postgresql":
+        return request.getfixturevalue("postgres").create_database()
     return tmp_path / "ca.db"
 
 
@@ -89,6 +91,119 @@ def test_unit_of_work_checks(store):
                               actor=None, event_id=event_id, created=0)
         assert tx.is_revoked("key", "SHA256:a") and not tx.is_revoked("ca_key", "SHA256:a")
 
+
+
+def test_a_used_token_is_refused_until_it_expires(store):
+    """tokens.use: once per token (a replay is refused, in and after the transaction that used it),
+    forgotten once expired; seen() answers the same from the store."""
+    with store.transaction() as tx:
+        assert tx.tokens.use("k1", "https://idp", expires_at=100, now=10) is True
+        assert tx.tokens.use("k1", "https://idp", expires_at=100, now=10) is False  # replay, same transaction
+        assert tx.tokens.use("k2", "https://idp", expires_at=50, now=10) is True
+        assert tx.tokens.seen("k1", 10)
+    assert store.tokens.seen("k1", 99) and store.tokens.seen("k2", 49)
+    assert not store.tokens.seen("k1", 100) and not store.tokens.seen("other", 10)
+    with store.transaction() as tx:
+        assert tx.tokens.use("k1", "https://idp", expires_at=200, now=60) is False  # replay, later transaction
+    # A token refused inside a transaction that rolls back is not remembered either.
+    with pytest.raises(RuntimeError), store.transaction() as tx:
+        assert tx.tokens.use("k3", "https://idp", expires_at=500, now=60) is True
+        raise RuntimeError("the request failed")
+    assert not store.tokens.seen("k3", 60)
+    # Using any token forgets the expired ones: k2 (expired at 50) may then be used again, k1 not yet.
+    with store.transaction() as tx:
+        assert tx.tokens.use("k3", "https://idp", expires_at=500, now=60) is True
+        assert tx.tokens.use("k2", "https://idp", expires_at=500, now=60) is True
+        assert tx.tokens.use("k1", "https://idp", expires_at=500, now=60) is False
+    with store.transaction() as tx:
+        assert tx.tokens.use("k1", "https://idp", expires_at=500, now=100) is True  # k1 expired at 100
+
+
+def _join_token(store, token_id="jt-1"):
+    with store.transaction() as tx:
+        event_id = tx.append("host_token_created", {"token_id": token_id})
+        tx.join_tokens.insert(token_id, "ab" * 32, "web1.example.com", "web", 10, 1000, event_id)
+    return event_id
+
+
+def test_a_join_token_is_used_once(store):
+    event_id = _join_token(store)
+    row = store.join_tokens.get("jt-1")
+    assert row == ("jt-1", "ab" * 32, "web1.example.com", "web", 10, 1000, None, None, event_id)
+    assert store.join_tokens.get("jt-2") is None
+    with store.transaction() as tx:
+        assert tx.join_tokens.mark_used("jt-1", 20, 7) is True
+        assert tx.join_tokens.get("jt-1").used_serial == 7  # reads see the transaction
+        assert tx.join_tokens.mark_used("jt-1", 21, 8) is False  # second use, same transaction
+    with store.transaction() as tx:
+        assert tx.join_tokens.mark_used("jt-1", 30, 9) is False  # second use, later
+        assert tx.join_tokens.mark_used("jt-2", 30, 9) is False  # no such token
+    assert store.join_tokens.get("jt-1")[6:8] == (20, 7)
+    # A use rolled back with its transaction leaves the token unused.
+    _join_token(store, "jt-3")
+    with pytest.raises(RuntimeError), store.transaction() as tx:
+        assert tx.join_tokens.mark_used("jt-3", 40, 10) is True
+        raise RuntimeError("the certificate was not issued")
+    assert store.join_tokens.get("jt-3").used_at is None
+
+
+@pytest.mark.parametrize("statement", [
+    "UPDATE join_tokens SET used_at = NULL, used_serial = NULL WHERE id = 'jt-1'",  # un-use it
+    "UPDATE join_tokens SET used_serial = 99 WHERE id = 'jt-1'",                   # re-point it
+    "UPDATE join_tokens SET host = 'evil.example.com' WHERE id = 'jt-2'",         # unused: still fixed
+    "UPDATE join_tokens SET role = 'admin' WHERE id = 'jt-2'",
+    "UPDATE join_tokens SET expires_at = 99999 WHERE id = 'jt-2'",
+    "UPDATE join_tokens SET secret_sha256 = 'cd' WHERE id = 'jt-2'",
+    "DELETE FROM join_tokens WHERE id = 'jt-1'",
+    "DELETE FROM join_tokens WHERE id = 'jt-2'",
+], ids=["unuse", "repoint", "host", "role", "expiry", "secret", "delete-used", "delete-unused"])
+def test_the_database_refuses_to_change_or_delete_a_join_token(store, store_path, statement):
+    from .dbraw import integrity_errors, raw
+
+    _join_token(store, "jt-1")
+    _join_token(store, "jt-2")
+    with store.transaction() as tx:
+        assert tx.join_tokens.mark_used("jt-1", 20, 7)
+    before = [store.join_tokens.get(t) for t in ("jt-1", "jt-2")]
+    db = raw(str(store_path))
+    try:
+        with pytest.raises(integrity_errors(), match="join token"):
+            db.execute(statement)
+        # Using an unused token is the one change allowed (what mark_used does).
+        db.execute("UPDATE join_tokens SET used_at = 50, used_serial = 8 WHERE id = 'jt-2'")
+    finally:
+        db.close()
+    assert store.join_tokens.get("jt-1") == before[0]
+    assert store.join_tokens.get("jt-2") == before[1]._replace(used_at=50, used_serial=8)
+
+
+def test_last_expiry_and_current_of(store):
+    assert store.certificates.last_expiry("SHA256:ca1") is None
+    with store.transaction() as tx:
+        for serial, ca, key, before in ((1, "SHA256:ca1", "SHA256:k", 500), (2, "SHA256:ca1", "SHA256:k", 300),
+                                        (3, "SHA256:ca2", "SHA256:k", 900), (4, "SHA256:ca1", "SHA256:j", 400)):
+            event_id = tx.append("issued", {}, user="alice", serial=serial)
+            tx.add_certificate(serial=serial, key_id=f"iast:alice:dev:{serial}", user="alice", role="dev",
+                               key_fingerprint=key, ca_fingerprint=ca, valid_after=0, valid_before=before,
+                               event_id=event_id)
+        assert tx.certificates.last_expiry("SHA256:ca1") == 500  # reads see the transaction
+    assert store.certificates.last_expiry("SHA256:ca1") == 500
+    assert store.certificates.last_expiry("SHA256:ca2") == 900
+    assert store.certificates.last_expiry("SHA256:none") is None
+    assert [c.serial for c in store.certificates.current_of("alice", "SHA256:k", 299)] == [1, 2, 3]
+    assert [c.serial for c in store.certificates.current_of("alice", "SHA256:k", 300)] == [1, 3]
+    assert store.certificates.current_of("bob", "SHA256:k", 0) == []
+    assert store.certificates.signed_by("SHA256:ca1", 350) == (3, 2)
+
+
+def test_revoked_at(store):
+    assert store.revocations.revoked_at("user", "alice") is None
+    with store.transaction() as tx:
+        event_id = tx.append("revoked", {})
+        tx.revocations.insert("user", "alice", serial=None, ca_fingerprint=None, public=None, reason="left",
+                              actor="admin", event_id=event_id, created=1234)
+    assert store.revocations.revoked_at("user", "alice") == 1234
+    assert store.revocations.revoked_at("key", "alice") is None
 
 def _append_many(path, backend, n, who, errors):
     try:

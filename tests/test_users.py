@@ -30,8 +30,10 @@ from ca.cli.admin import cli
 from ca.cli.user_cmds import user as user_group
 from ca.errors import BadKey, UsageError
 from ca.sshcert.wire import string
+from ca.app import open_audit
 from ca.state import StatePaths, os_user
 from ca.store import AuditLog
+from ca.store import open_store as ca_open_store
 
 from .conftest import make_key
 
@@ -41,6 +43,9 @@ cli.add_command(user_group)
 CHEAP = PasswordHasher(time_cost=1, memory_cost=8, parallelism=1)
 PASSWORD = "correct horse battery staple"
 NOW = 1_800_000_000  # a fixed time, on a step boundary (1_800_000_000 / 30 = 60_000_000)
+
+
+pytestmark = pytest.mark.both_backends
 
 
 def b32(raw: bytes) -> str:
@@ -57,7 +62,7 @@ def blob_of(line: str) -> bytes:
 
 @pytest.fixture
 def log(cfg):
-    a = AuditLog(StatePaths(cfg.state_dir).db)
+    a = open_audit(cfg)
     yield a
     a.close()
 
@@ -220,10 +225,9 @@ def test_check_totp_refuses_unknown_disabled_and_users_without_totp(store, keys)
 
 @pytest.mark.parametrize("shared", [False, True], ids=["two-connections", "one-connection"])
 def test_two_racing_checks_of_one_code_accept_it_once(cfg, log, shared):
-    db = StatePaths(cfg.state_dir).db
     first = UserStore(log, hasher=CHEAP)
     secret = totp_user(first)
-    other_log = log if shared else AuditLog(db)
+    other_log = log if shared else open_audit(cfg)
     second = first if shared else UserStore(other_log, hasher=CHEAP)
     try:
         for round_ in range(20):
@@ -557,7 +561,7 @@ def test_every_admin_action_is_audited_in_the_chain(store, log, keys):
 def test_the_store_reopens_on_an_existing_database(cfg, log, keys):
     UserStore(log, hasher=CHEAP).add("alice", keys=[keys[0]])
     log.close()
-    again = AuditLog(StatePaths(cfg.state_dir).db)
+    again = open_audit(cfg)
     try:
         assert UserStore(again, hasher=CHEAP).get("alice").keys[0].public == " ".join(keys[0].split()[:2])
     finally:
@@ -575,7 +579,7 @@ def ca(cli_run):
 
 
 def open_store(ca) -> tuple[AuditLog, UserStore]:
-    log = AuditLog(ca.state / "ca.db")
+    log = ca_open_store(ca.database or ca.state / "ca.db")
     return log, UserStore(log, hasher=CHEAP)
 
 

@@ -182,6 +182,26 @@ def test_iast_ssh_login_with_a_token_file_and_env(ca, idp, tmp_path):
     assert "replay" in failures(ca)[0]
 
 
+
+def test_iast_ssh_login_with_a_token_fails_over_to_the_next_replica(ca, idp, tmp_path):
+    """--ca DOWN,UP with a workload token: the address that refuses the connection is skipped (the
+    token is sent only to the CA whose host key matched the pin, docs/security.md rule 38)."""
+    import socket
+
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))
+    down = closed.getsockname()[1]
+    closed.close()
+    token_file = tmp_path / "token"
+    token_file.write_text(workload_token(idp) + "\n")
+    r = subprocess.run([IAST_SSH, "login", "--token-file", str(token_file), "--ca",
+                        f"127.0.0.1:{down},127.0.0.1:{ca.port}", "--ca-fingerprint", host_fingerprint(ca),
+                        "--role", "deploy", "--no-agent", "--json", "--out", str(tmp_path / "o")],
+                       env=client_env(tmp_path), stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["principals"] == ["deploy"]
+
 # -- people: iast-ssh login --sso ---------------------------------------------------------------
 
 

@@ -17,8 +17,9 @@ from ca import __version__
 from ca.cli.audit_cmds import audit
 from ca.cli.common import Group, echo, echo_json, output_options
 from ca.cli.context import DURATION, Env, pass_env
-from ca.cli.key_cmds import key
+from ca.cli.db_cmds import db
 from ca.cli.host_cmds import host
+from ca.cli.key_cmds import key
 from ca.cli.policy_cmds import policy
 from ca.cli.requests_cmds import requests
 from ca.cli.review_cmds import correlate, report
@@ -200,6 +201,7 @@ cli.add_command(krl)
 cli.add_command(run)
 cli.add_command(serve)
 cli.add_command(info)
+cli.add_command(db)
 
 
 def main() -> None:

@@ -76,8 +76,10 @@ def _prompter(interactive: bool):
 def ca_options(f: Callable) -> Callable:
     """Where the CA is, which host key it must present, who we are and which key proves it."""
 
-    @click.option("--ca", "ca", metavar="HOST[:PORT]",
-                  help="The CA service (default: 'ca' in the config file, else 127.0.0.1:2222).")
+    @click.option("--ca", "ca", metavar="HOST[:PORT][,HOST[:PORT]...]",
+                  help="The CA service (default: 'ca' in the config file, else 127.0.0.1:2222). Several "
+                       "replicas, comma-separated, are tried in order: one that does not answer within 3s is "
+                       "skipped, e.g. --ca ca1:2222,ca2:2222.")
     @click.option("--ca-fingerprint", metavar="SHA256:...",
                   help="The CA's SSH host key fingerprint ('iast-ca info' prints it). Default: the config "
                        "file's; on a terminal you may confirm an unknown key instead.")

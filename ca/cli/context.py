@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import replace
 from functools import cached_property
 from pathlib import Path
@@ -23,7 +24,8 @@ class Env:
     @cached_property
     def config(self) -> Config:
         config, state_dir, policy, passphrase_file = self._args
-        cfg = load_config(config).with_overrides(state_dir=state_dir, policy=policy)
+        cfg = load_config(config).with_overrides(state_dir=state_dir, policy=policy,
+                                                 database=os.environ.get("IAST_CA_DATABASE") or None)
         if passphrase_file:
             cfg = replace(cfg, passphrase_file=Path(passphrase_file))
         return cfg

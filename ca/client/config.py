@@ -69,7 +69,7 @@ def load_config(path: str | os.PathLike | None = None) -> ClientConfig:
         values[key] = value.strip()
     if "ca" in values:
         try:
-            parse_address(values["ca"])
+            parse_addresses(values["ca"])
         except UsageError as e:
             raise ConfigError(f"{path}: ca: {e}") from None
     if "ca_fingerprint" in values:
@@ -115,6 +115,18 @@ def parse_address(text: str) -> tuple[str, int]:
     if not port_text.isdigit() or not 0 < int(port_text) < 65536:
         raise UsageError(f"bad port in the CA address {text!r}")
     return host, int(port_text)
+
+
+def parse_addresses(text: str) -> list[tuple[str, int]]:
+    """``a:2222,b:2222``: the CA's replicas, tried in this order (README "Run several replicas")."""
+    parts = [p for p in (text or "").split(",")]
+    if len(parts) > 1 and any(not p.strip() for p in parts):
+        raise UsageError(f"empty address in the CA list {text!r}; expected HOST[:PORT],HOST[:PORT]")
+    return [parse_address(p) for p in parts]
+
+
+def format_addresses(addresses: list[tuple[str, int]]) -> str:
+    return ",".join(format_address(h, p) for h, p in addresses)
 
 
 def format_address(host: str, port: int) -> str:

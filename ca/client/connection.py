@@ -47,8 +47,9 @@ from ca.client.config import (
     check_fingerprint,
     config_path,
     format_address,
+    format_addresses,
     load_config,
-    parse_address,
+    parse_addresses,
     save_config,
 )
 from ca.client.files import check_out_dir, default_out_dir, write_files
@@ -69,6 +70,8 @@ __all__ = ["AUTH_FAILED_MESSAGE", "CONNECT_TIMEOUT", "Client", "Prompter"]
 
 
 CONNECT_TIMEOUT = 15.0
+# With several CA addresses (replicas), how long one may take to answer before the next is tried.
+FAILOVER_TIMEOUT = 3.0
 
 AUTH_FAILED_MESSAGE = "authentication failed: wrong password or code, an unknown key, or the account is locked"
 
@@ -174,15 +177,17 @@ class Client:
                  sso: str | None = None, workload_token: str | None = None):
         self.config_file = Path(config_file) if config_file is not None else config_path()
         self.config = load_config(self.config_file)
-        cfg_address = parse_address(self.config.ca or DEFAULT_CA)
-        self.host, self.port = parse_address(ca) if ca else cfg_address
+        cfg_addresses = parse_addresses(self.config.ca or DEFAULT_CA)
+        # Replicas of one CA share one host key, so one pin covers the list (tried in order).
+        self.addresses = parse_addresses(ca) if ca else cfg_addresses
+        self.host, self.port = self.addresses[0]
         self.address = format_address(self.host, self.port)
         if ca_fingerprint:
             self.pin: str | None = check_fingerprint(ca_fingerprint)
-        elif (self.host, self.port) == cfg_address:
+        elif self.addresses == cfg_addresses:
             self.pin = self.config.ca_fingerprint
         else:
-            self.pin = None  # a pin belongs to one address
+            self.pin = None  # a pin belongs to the addresses it was saved with
         if sso is not None and workload_token is not None:
             raise UsageError("--sso and a workload token exclude each other")
         if (sso is not None or workload_token is not None) and identity is not None:
@@ -234,13 +239,14 @@ class Client:
     def _remember_pin(self, always: bool = False) -> None:
         """Save the CA address and pin in the config: after the user confirmed it, or on first use."""
         cfg = self.config
-        if cfg.ca_fingerprint == self.pin and parse_address(cfg.ca or DEFAULT_CA) == (self.host, self.port):
+        if cfg.ca_fingerprint == self.pin and parse_addresses(cfg.ca or DEFAULT_CA) == self.addresses:
             return
         if not always and (cfg.ca is not None or cfg.ca_fingerprint is not None):
             return  # never overwrite a pin the user set without asking
-        self.config = replace(cfg, ca=self.address, ca_fingerprint=self.pin)
+        listed = format_addresses(self.addresses)
+        self.config = replace(cfg, ca=listed, ca_fingerprint=self.pin)
         save_config(self.config, self.config_file)
-        self.notes.append(f"saved the CA {self.address} and its host key {self.pin} in {self.config_file}")
+        self.notes.append(f"saved the CA {listed} and its host key {self.pin} in {self.config_file}")
 
     # -- authentication ------------------------------------------------------
 
@@ -315,8 +321,10 @@ class Client:
         agent_keys: list = []
         methods: list[str] = []
         if self.workload_token is not None:
-            return await self._connect_as_workload(stack)
-        if self.sso is not None:
+            # As the reserved user ``workload``: SSH "none", which the CA accepts only for one
+            # ``sign --token -`` (the token, sent after the host key matched, authenticates it).
+            methods.append("none")
+        elif self.sso is not None:
             if self.prompter.sign_in is None:
                 raise UsageError("--sso needs somewhere to show the sign-in URL and code")
             methods.append("keyboard-interactive")
@@ -332,52 +340,70 @@ class Client:
                 # use up the CA's authentication attempts.
                 agent_keys = [kp for kp in await agent.get_keys()
                               if not kp.algorithm.endswith(b"-cert-v01@openssh.com")]
-        if self.sso is None and (self.identity is not None or agent_keys):
+        if self.sso is None and self.workload_token is None and (self.identity is not None or agent_keys):
             methods.append("publickey")
-        if self.sso is None and self.prompter.can_log_in:
+        if self.sso is None and self.workload_token is None and self.prompter.can_log_in:
             methods.append("keyboard-interactive")
         if not methods:
             raise AuthenticationFailed(
                 "no way to authenticate to the CA: give -i KEY (an enrolled key), load an enrolled key into "
                 "ssh-agent, or run on a terminal to log in with a password and one-time code")
-        host_key = await self._host_key()
         client_keys = [self._load_identity()] if self.identity is not None else agent_keys
+        conn = None
+        unreachable: list[str] = []
+        for host, port in self.addresses:
+            self.host, self.port, self.address = host, port, format_address(host, port)
+            timeout = self.timeout if len(self.addresses) == 1 else min(self.timeout, FAILOVER_TIMEOUT)
+            try:
+                conn = await self._connect_one(methods, client_keys, timeout)
+                break
+            except _Unreachable as e:
+                # Only a CA that does not answer is skipped: a wrong host key or a refused login
+                # is an answer, and fails the login at once (no retry elsewhere with the credential).
+                unreachable.append(str(e))
+                if len(self.addresses) == 1:
+                    raise e.error from None
+        if conn is None:
+            raise CAError("no CA address answered: " + "; ".join(unreachable))
+        if unreachable:
+            self.notes.append("skipped: " + "; ".join(unreachable))
+        stack.push_async_callback(conn.wait_closed)
+        stack.callback(conn.close)
+        self._remember_pin()
+        return conn
+
+    async def _connect_one(self, methods: list[str], client_keys: list, timeout: float):
+        """Pin, then connect to ``self.address`` and authenticate; raises _Unreachable if it does not answer."""
+        import asyncssh
+
+        saved, self.timeout = self.timeout, timeout
         try:
-            conn = await asyncssh.connect(
+            try:
+                host_key = await self._host_key()
+            except CAError as e:
+                if type(e) is CAError and "cannot reach" in e.message:
+                    raise _Unreachable(e) from None
+                raise
+        finally:
+            self.timeout = saved
+        try:
+            return await asyncssh.connect(
                 self.host, self.port, username=self.user, config=None,
                 # Only the key just checked is accepted (host keys, CA keys, revoked keys).
                 known_hosts=([host_key], [], []),
                 client_factory=self._handler(), client_keys=client_keys or None, agent_path=None,
                 agent_forwarding=False, password=None, preferred_auth=methods,
-                connect_timeout=self.timeout, keepalive_interval=30,
+                connect_timeout=timeout, keepalive_interval=30,
             )
-        except (OSError, asyncio.TimeoutError, asyncssh.Error) as e:
+        except (OSError, asyncio.TimeoutError, asyncssh.ConnectionLost) as e:
+            raise _Unreachable(_ca_error(self.address, e)) from None
+        except asyncssh.PermissionDenied as e:
+            if self.workload_token is not None:
+                raise AuthenticationFailed(f"the CA at {self.address} takes no workload tokens "
+                                           "(it has no [workload.*] section)") from None
             raise _ca_error(self.address, e) from None
-        stack.push_async_callback(conn.wait_closed)
-        stack.callback(conn.close)
-        self._remember_pin()
-        return conn
-
-    async def _connect_as_workload(self, stack):
-        """As the reserved user ``workload``: SSH "none", which the CA accepts only for one
-        ``sign --token -`` (the token then authenticates that request)."""
-        import asyncssh
-
-        host_key = await self._host_key()
-        try:
-            conn = await asyncssh.connect(
-                self.host, self.port, username=WORKLOAD_USER, config=None, known_hosts=([host_key], [], []),
-                client_factory=self._handler(), client_keys=[], agent_path=None, agent_forwarding=False,
-                password=None, preferred_auth=["none"], connect_timeout=self.timeout)
-        except asyncssh.PermissionDenied:
-            raise AuthenticationFailed(f"the CA at {self.address} takes no workload tokens "
-                                       "(it has no [workload.*] section)") from None
-        except (OSError, asyncio.TimeoutError, asyncssh.Error) as e:
+        except asyncssh.Error as e:
             raise _ca_error(self.address, e) from None
-        stack.push_async_callback(conn.wait_closed)
-        stack.callback(conn.close)
-        self._remember_pin()
-        return conn
 
     async def _command(self, conn, args: list[str], input: str | None = None) -> str:
         """Run one protocol command; return its stdout, or raise the error its exit status names."""
@@ -587,6 +613,12 @@ def read_token(*, file: str | os.PathLike | None = None, env: str | None = None)
     if not token or "\n" in token or len(token) > 16 * 1024 or not token.isprintable():
         raise UsageError(f"{where}: expected one line with a token (a JWT) of at most 16 KiB")
     return token
+class _Unreachable(Exception):
+    """One CA address did not answer (refused, timed out, reset): the next one is tried."""
+
+    def __init__(self, error: CAError):
+        super().__init__(error.message)
+        self.error = error
 
 
 def _seconds(ttl: str | int) -> int:

@@ -263,6 +263,8 @@ class UsedTokenWrites(UsedTokenReads, Protocol):
     def use(self, token_key: str, issuer: str, expires_at: int, now: int) -> bool:
         """Remember a token until ``expires_at``; False if it was already used (a replay).
         Also forgets tokens expired before ``now``."""
+
+
 class JoinTokenReads(Protocol):
     def get(self, token_id: str) -> JoinTokenRow | None: ...
 
@@ -343,6 +345,16 @@ class Store(ABC):
         """Append one event in its own transaction; return its id once committed."""
         with self.transaction() as tx:
             return tx.append(kind, data, **columns)
+
+    # -- replicas: which CA keys serve this database ------------------------------------
+
+    def ca_keys(self) -> list[str] | None:
+        """The CA key fingerprints recorded for this database; None where the backend keeps
+        none (SQLite: one state directory is one CA, its keyring beside its file)."""
+        return None
+
+    def record_ca_keys(self, fingerprints: Sequence[str]) -> None:
+        """Record CA key fingerprints that may serve this database (no-op where not kept)."""
 
     # -- event reads (each backend implements these) ----------------------------------
 

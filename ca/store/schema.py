@@ -319,3 +319,252 @@ MIGRATIONS: dict[int, tuple] = {
     5: JOIN_TOKENS,
 }
 assert sorted(MIGRATIONS) == list(range(1, SCHEMA_VERSION + 1))
+
+# -- PostgreSQL ------------------------------------------------------------------------
+#
+# The same tables, columns and version numbers, in PostgreSQL's dialect. Differences,
+# each for a reason:
+#
+# * text columns are ``COLLATE "C"``: the queries compare ISO timestamps and kind
+#   prefixes (``kind >= 'request_'``) byte-wise, as SQLite does;
+# * ``events.data`` stays TEXT (not jsonb): the chain hashes the exact text written;
+#   the review queries cast it (``data::jsonb``);
+# * SQLite's implicit ``rowid`` orders requests and votes cast in the same second; here
+#   an identity column ``seq`` does (never read outside ordering);
+# * ``revocations.id`` and ``logins.id`` are identity columns (SQLite's INTEGER PRIMARY
+#   KEY); ``events.id`` and ``certificates.serial`` are still assigned by the writer
+#   under the chain lock (``pg_advisory_xact_lock(CHAIN_LOCK)``, see ca.store.base);
+# * the append-only rules are trigger functions that raise;
+# * ``schema_meta`` holds the schema version (SQLite: ``PRAGMA user_version``) and
+#   ``ca_keys`` the fingerprints of the CA keys of the keyring that first served the
+#   database: a replica with another CA key refuses to start (docs/security.md).
+
+# The advisory lock every write transaction takes first: one chain across replicas.
+# (Advisory locks are per database, so two CAs on one server do not contend.)
+PG_CHAIN_LOCK = 0x1A57CA0001  # "iast ca", chain 1
+
+_T = 'TEXT COLLATE "C"'
+
+
+def _pg_refuse(name: str, table: str, events: str, message: str, when: str = "") -> tuple[str, str]:
+    """A trigger function that raises ``message`` and the trigger that calls it."""
+    return (
+        f"""CREATE OR REPLACE FUNCTION {name}() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN {when}RAISE EXCEPTION '{message}'; END IF; RETURN NEW; END $$"""
+        if when else
+        f"""CREATE OR REPLACE FUNCTION {name}() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN RAISE EXCEPTION '{message}'; END $$""",
+        f"""DO $$ BEGIN
+          IF NOT EXISTS (SELECT 1 FROM pg_trigger WHERE tgname = '{name}') THEN
+            CREATE TRIGGER {name} BEFORE {events} ON {table} FOR EACH ROW EXECUTE FUNCTION {name}();
+          END IF;
+        END $$""",
+    )
+
+
+PG_META = (
+    f"""CREATE TABLE IF NOT EXISTS schema_meta (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        version INTEGER NOT NULL
+    )""",
+    f"""CREATE TABLE IF NOT EXISTS ca_keys (
+        fingerprint {_T} PRIMARY KEY,
+        added {_T} NOT NULL
+    )""",
+)
+
+PG_EVENTS = (
+    f"""CREATE TABLE IF NOT EXISTS events (
+        id BIGINT PRIMARY KEY,
+        ts {_T} NOT NULL,
+        kind {_T} NOT NULL,
+        username {_T},
+        role {_T},
+        serial BIGINT,
+        key_id {_T},
+        source {_T},
+        data {_T} NOT NULL,
+        prev_hash {_T} NOT NULL,
+        hash {_T} NOT NULL
+    )""",
+    "CREATE INDEX IF NOT EXISTS events_user ON events(username, id)",
+    "CREATE INDEX IF NOT EXISTS events_kind ON events(kind, id)",
+    "CREATE INDEX IF NOT EXISTS events_role ON events(role, id)",
+    "CREATE INDEX IF NOT EXISTS events_serial ON events(serial) WHERE serial IS NOT NULL",
+    "CREATE INDEX IF NOT EXISTS events_ts ON events(ts)",
+    "CREATE INDEX IF NOT EXISTS events_user_ts ON events(username, ts)",
+    *_pg_refuse("events_no_update", "events", "UPDATE", "the audit log is append-only"),
+    *_pg_refuse("events_no_delete", "events", "DELETE", "the audit log is append-only"),
+)
+
+PG_CERTIFICATES = (
+    f"""CREATE TABLE IF NOT EXISTS certificates (
+        serial BIGINT PRIMARY KEY,
+        key_id {_T} NOT NULL UNIQUE,
+        username {_T} NOT NULL,
+        role {_T} NOT NULL,
+        key_fingerprint {_T} NOT NULL,
+        ca_fingerprint {_T} NOT NULL,
+        valid_after BIGINT NOT NULL,
+        valid_before BIGINT NOT NULL,
+        event_id BIGINT NOT NULL REFERENCES events(id)
+    )""",
+    "CREATE INDEX IF NOT EXISTS certificates_user ON certificates(username, valid_before)",
+    "CREATE INDEX IF NOT EXISTS certificates_key ON certificates(key_fingerprint)",
+)
+
+PG_USERS = (
+    f"""CREATE TABLE IF NOT EXISTS users (
+        name {_T} PRIMARY KEY,
+        disabled INTEGER NOT NULL DEFAULT 0,
+        disabled_reason {_T},
+        password_hash {_T},
+        totp_secret {_T},
+        totp_last_step BIGINT NOT NULL DEFAULT 0,
+        created {_T} NOT NULL
+    )""",
+    f"""CREATE TABLE IF NOT EXISTS user_keys (
+        fingerprint {_T} PRIMARY KEY,
+        username {_T} NOT NULL REFERENCES users(name),
+        algorithm {_T} NOT NULL,
+        public {_T} NOT NULL,
+        added {_T} NOT NULL
+    )""",
+    "CREATE INDEX IF NOT EXISTS user_keys_user ON user_keys(username)",
+)
+
+PG_THROTTLE = (
+    f"""CREATE TABLE IF NOT EXISTS auth_throttle (
+        key {_T} PRIMARY KEY,
+        failures INTEGER NOT NULL,
+        first_failure DOUBLE PRECISION NOT NULL,
+        blocked_until DOUBLE PRECISION NOT NULL
+    )""",
+)
+
+PG_REVOCATIONS = (
+    f"""CREATE TABLE IF NOT EXISTS revocations (
+        id BIGINT GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY,
+        kind {_T} NOT NULL CHECK (kind IN ({", ".join(repr(k) for k in REVOCATION_KINDS)})),
+        value {_T} NOT NULL,
+        serial BIGINT,
+        ca_fingerprint {_T},
+        public {_T},
+        reason {_T} NOT NULL,
+        actor {_T},
+        event_id BIGINT NOT NULL REFERENCES events(id),
+        created BIGINT NOT NULL,
+        UNIQUE (kind, value)
+    )""",
+    "CREATE INDEX IF NOT EXISTS revocations_serial ON revocations(serial) WHERE serial IS NOT NULL",
+    *_pg_refuse("revocations_no_update", "revocations", "UPDATE", "revocations cannot be changed"),
+    *_pg_refuse("revocations_no_delete", "revocations", "DELETE", "revocations cannot be deleted"),
+    f"""CREATE TABLE IF NOT EXISTS krl_state (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        version BIGINT NOT NULL CHECK (version >= 1),
+        content_sha256 {_T} NOT NULL,
+        generated BIGINT NOT NULL
+    )""",
+    *_pg_refuse("krl_version_only_increases", "krl_state", "UPDATE", "the KRL version only increases",
+                when="IF NEW.version < OLD.version THEN "),
+    *_pg_refuse("krl_state_no_delete", "krl_state", "DELETE", "the KRL version only increases"),
+)
+
+PG_REQUESTS = (
+    f"""CREATE TABLE IF NOT EXISTS requests (
+        id {_T} PRIMARY KEY,
+        username {_T} NOT NULL,
+        role {_T} NOT NULL,
+        ttl BIGINT NOT NULL,
+        reason {_T} NOT NULL,
+        status {_T} NOT NULL CHECK (status IN ({", ".join(repr(s) for s in REQUEST_STATUSES)})),
+        created BIGINT NOT NULL,
+        decided BIGINT,
+        expires_at BIGINT NOT NULL,
+        used_serial BIGINT,
+        seq BIGINT GENERATED ALWAYS AS IDENTITY
+    )""",
+    "CREATE INDEX IF NOT EXISTS requests_open ON requests(status, expires_at)",
+    "CREATE INDEX IF NOT EXISTS requests_user ON requests(username, role, created)",
+    f"""CREATE TABLE IF NOT EXISTS approvals (
+        request_id {_T} NOT NULL REFERENCES requests(id),
+        approver {_T} NOT NULL,
+        decision {_T} NOT NULL CHECK (decision IN ('approve', 'deny')),
+        comment {_T},
+        ts BIGINT NOT NULL,
+        seq BIGINT GENERATED ALWAYS AS IDENTITY,
+        UNIQUE (request_id, approver)
+    )""",
+)
+
+PG_LOGINS = (
+    f"""CREATE TABLE IF NOT EXISTS logins (
+        id BIGINT GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY,
+        line_hash {_T} NOT NULL UNIQUE,
+        host {_T} NOT NULL,
+        logged_time {_T},
+        ts {_T},
+        account {_T},
+        source {_T},
+        port BIGINT,
+        serial BIGINT,
+        serial_text {_T},
+        ca_fingerprint {_T},
+        key_id {_T} NOT NULL,
+        key_fingerprint {_T},
+        issued_event_id BIGINT,
+        outcome {_T} NOT NULL CHECK (outcome IN ('accepted', 'partial', 'refused')),
+        reason {_T},
+        severity {_T},
+        findings {_T} NOT NULL,
+        correlated_event_id BIGINT NOT NULL,
+        line {_T} NOT NULL
+    )""",
+    "CREATE INDEX IF NOT EXISTS logins_serial ON logins(serial, ca_fingerprint)",
+    "CREATE INDEX IF NOT EXISTS logins_ts ON logins(ts)",
+    "CREATE INDEX IF NOT EXISTS logins_run ON logins(correlated_event_id)",
+    "CREATE INDEX IF NOT EXISTS logins_severity ON logins(severity) WHERE severity IS NOT NULL",
+    *_pg_refuse("logins_no_update", "logins", "UPDATE", "recorded logins cannot be changed"),
+    *_pg_refuse("logins_no_delete", "logins", "DELETE", "recorded logins cannot be deleted"),
+)
+
+PG_USED_TOKENS = (
+    f"""CREATE TABLE IF NOT EXISTS used_tokens (
+        token_key {_T} PRIMARY KEY,
+        issuer {_T} NOT NULL,
+        expires_at BIGINT NOT NULL
+    )""",
+    "CREATE INDEX IF NOT EXISTS used_tokens_expiry ON used_tokens(expires_at)",
+)
+
+# The SQLite triggers of JOIN_TOKENS, as trigger functions: a token is marked used once (only
+# used_at/used_serial may change, and only while used_at is NULL) and never deleted.
+PG_JOIN_TOKENS = (
+    f"""CREATE TABLE IF NOT EXISTS join_tokens (
+        id {_T} PRIMARY KEY,
+        secret_sha256 {_T} NOT NULL,
+        host {_T} NOT NULL,
+        role {_T} NOT NULL,
+        created BIGINT NOT NULL,
+        expires_at BIGINT NOT NULL,
+        used_at BIGINT,
+        used_serial BIGINT,
+        event_id BIGINT NOT NULL REFERENCES events(id)
+    )""",
+    *_pg_refuse("join_tokens_once", "join_tokens", "UPDATE", "a join token is used once and never changed",
+                when="IF OLD.used_at IS NOT NULL OR NEW.id IS DISTINCT FROM OLD.id"
+                     " OR NEW.secret_sha256 IS DISTINCT FROM OLD.secret_sha256 OR NEW.host IS DISTINCT FROM OLD.host"
+                     " OR NEW.role IS DISTINCT FROM OLD.role OR NEW.expires_at IS DISTINCT FROM OLD.expires_at THEN "),
+    *_pg_refuse("join_tokens_no_delete", "join_tokens", "DELETE", "join tokens cannot be deleted"),
+)
+
+# Version 3, the first schema this engine had (as it was created; later versions add to it).
+_PG_V3 = PG_META + PG_EVENTS + PG_CERTIFICATES + PG_USERS + PG_THROTTLE + PG_REVOCATIONS + PG_REQUESTS
+
+PG_CURRENT = _PG_V3 + PG_USED_TOKENS + PG_JOIN_TOKENS
+
+# PostgreSQL databases start at version 3 (the first schema this engine had). PG_MIGRATIONS[n]
+# takes a PostgreSQL database at version n - 1 to n; a new one gets PG_CURRENT.
+PG_FIRST_VERSION = 3
+PG_MIGRATIONS: dict[int, tuple] = {3: _PG_V3, 4: PG_USED_TOKENS, 5: PG_JOIN_TOKENS}
+assert sorted(PG_MIGRATIONS) == list(range(PG_FIRST_VERSION, SCHEMA_VERSION + 1))
