@@ -11,9 +11,21 @@ from __future__ import annotations
 import json
 import subprocess
 
+from types import SimpleNamespace
+
 from .conftest import TEST_POLICY
+from .service_harness import IAST_CA
 from .softhsm import SoftHSM, softhsm  # noqa: F401 (fixture)
 from .sshd_harness import IastCA
+
+
+def _cli(ca: IastCA):
+    """Run iast-ca as its own process (a token session lives and dies with the process, as in use)."""
+    def run(*args: str):
+        r = subprocess.run([IAST_CA, "--state-dir", str(ca.state_dir), "--policy", str(ca.policy_path), *args],
+                           capture_output=True, text=True, timeout=120)
+        return SimpleNamespace(exit_code=r.returncode, stdout=r.stdout, stderr=r.stderr, output=r.stdout + r.stderr)
+    return run
 
 
 def _ssh_keygen_verifies(checkpoint, pub_line: str, tmp_path) -> bool:
@@ -32,7 +44,7 @@ def _ssh_keygen_verifies(checkpoint, pub_line: str, tmp_path) -> bool:
 
 def test_audit_key_moves_into_the_token_and_old_checkpoints_still_verify(tmp_path, softhsm: SoftHSM):
     (tmp_path / "policy.toml").write_text(TEST_POLICY)
-    ca = IastCA.create(tmp_path / "state", tmp_path / "policy.toml")
+    ca = SimpleNamespace(cli=_cli(IastCA.create(tmp_path / "state", tmp_path / "policy.toml")))
     state = tmp_path / "state"
     old_pub = (state / "audit-key.pub").read_text()
     before = tmp_path / "before.txt"
@@ -66,12 +78,12 @@ def test_audit_key_moves_into_the_token_and_old_checkpoints_still_verify(tmp_pat
 
 def test_a_token_that_is_away_gives_a_one_line_error_and_no_checkpoint(tmp_path, softhsm: SoftHSM):
     (tmp_path / "policy.toml").write_text(TEST_POLICY)
-    ca = IastCA.create(tmp_path / "state", tmp_path / "policy.toml")
+    ca = SimpleNamespace(cli=_cli(IastCA.create(tmp_path / "state", tmp_path / "policy.toml")))
     assert ca.cli("audit", "key-to-token", "--generate", "--pkcs11", softhsm.uri(softhsm.label())).exit_code == 0
     out = tmp_path / "cp.txt"
     with softhsm.unplugged():
         r = ca.cli("audit", "checkpoint", "-o", str(out))
     assert r.exit_code == 1 and len(r.stderr.strip().splitlines()) == 1, r.output
-    assert "audit key" in r.stderr and not out.exists()
+    assert "PKCS#11" in r.stderr and not out.exists()
     r = ca.cli("audit", "checkpoint", "-o", str(out))
     assert r.exit_code == 0 and out.exists(), r.output  # back by itself when the token returns

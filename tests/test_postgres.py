@@ -617,10 +617,10 @@ def test_what_holds_across_replicas_lockout_totp_revocation(tmp_path, policy_fil
         issuer_b = open_authority(cfg_b)
         try:
             dave = Identity(user="dave", auth_methods=("publickey",))
-            issuer_b.issue(dave, SignRequest(public_key=pub))
+            issuer_b.issue(dave, SignRequest(public_key=pub), allow_unenrolled=True)
             revoke_key(log_a, pub, "stolen", "admin")
             with pytest.raises(PolicyDenied, match="revoked"):
-                issuer_b.issue(dave, SignRequest(public_key=pub))
+                issuer_b.issue(dave, SignRequest(public_key=pub), allow_unenrolled=True)
         finally:
             issuer_b.close()
         log_a.verify()

@@ -280,6 +280,7 @@ def checkpoint(env: Env, output: str, fmt: str) -> None:
                    user=os_user())
     finally:
         log.close()
+        key.close()  # a token session ends with the command
     if fmt == "json":
         echo_json({"events": report.count, "head": report.head, "root": report.root, "file": output})
     else:
