@@ -29,7 +29,6 @@ from typing import Any
 from ca.audit.chain import iso
 from ca.review.correlate import DEFAULT_PRIVILEGED, SEVERITIES
 from ca.store import AuditLog
-from ca.store.sqlite.review import EventWindow  # a plain value: which events a report covers
 
 WEEKDAYS = ("sun", "mon", "tue", "wed", "thu", "fri", "sat")  # index = SQLite strftime('%w')
 DEFAULT_HOURS = ("08:00", "18:00")
@@ -110,7 +109,7 @@ def build_report(log: AuditLog, opts: ReportOptions) -> dict[str, Any]:
     """Aggregate the audit log into the report's sections (a JSON-ready dict)."""
     rq = log.review
     now = log.clock() if opts.now is None else opts.now
-    win = rq.event_window(opts.since, opts.until)
+    win = rq.event_window(opts.since, opts.until)  # the store's own token for the window; passed back, never read
     top = opts.top
 
     rep: dict[str, Any] = {
@@ -213,7 +212,7 @@ def _issued_rows(rows: list[tuple]) -> list[dict[str, Any]]:
              "reason": reason} for i, ts, u, r, s, ttl, p, reason in rows]
 
 
-def _correlation(rq: Any, win: EventWindow, opts: ReportOptions) -> dict[str, Any]:
+def _correlation(rq: Any, win: Any, opts: ReportOptions) -> dict[str, Any]:
     if not rq.has_logins():
         return {"available": False, "runs": 0, "logins": 0, "by_outcome": {}, "hosts": 0, "joined": 0,
                 "findings": dict.fromkeys(SEVERITIES, 0), "by_code": [], "list": []}
@@ -236,7 +235,7 @@ def _correlation(rq: Any, win: EventWindow, opts: ReportOptions) -> dict[str, An
             "hosts": hosts, "joined": joined, "findings": findings, "by_code": by_code, "list": listed}
 
 
-def _unused(rq: Any, win: EventWindow, opts: ReportOptions, now: float,
+def _unused(rq: Any, win: Any, opts: ReportOptions, now: float,
             correlated: bool) -> dict[str, Any]:
     expired_total = rq.expired_certificates_total(win, now)
     total = rq.unused_certificates_total(win, now, correlated)
