@@ -490,3 +490,31 @@ __all__ = [
     "UsedTokenReads", "UsedTokenWrites",
     "UserReads", "UserRow", "UserWrites", "VerifyReport",
 ]
+
+
+class EventRowsStore(Store):
+    """A :class:`Store` whose event reads are those of one event-rows repository (``self._events``):
+    both backends keep the events that way, so the plain delegations are written once here."""
+
+    _events: Any
+
+    def get(self, event_id: int) -> Event | None:
+        return self._events.get(event_id)
+
+    def issued_by_serial(self, serial: int) -> Event | None:
+        return self._events.issued_by_serial(serial)
+
+    def events(self, *, user: str | None = None, role: str | None = None, kind: str | None = None,
+               serial: int | None = None, since: str | None = None, until: str | None = None,
+               limit: int | None = 100) -> list[Event]:
+        return self._events.list(user=user, role=role, kind=kind, serial=serial, since=since, until=until,
+                                 limit=limit)
+
+    def stream(self, after: int = 0, batch: int = 10_000) -> Iterator[Event]:
+        return self._events.stream(after, batch)
+
+    def head(self) -> tuple[int, str]:
+        return self._events.head()
+
+    def row_batches(self, upto: int | None = None, batch: int = 10_000) -> Iterator[Sequence[tuple]]:
+        return self._events.batches(upto, batch)

@@ -22,9 +22,8 @@ from typing import Any
 
 from ca.audit.chain import chain_hash, encode_data, iso
 from ca.errors import AuditError
-from ca.models import Event
 from ca.store import schema
-from ca.store.base import Store, UnitOfWork
+from ca.store.base import EventRowsStore, UnitOfWork
 from ca.store.postgres.connection import CONNECT_TIMEOUT, Connection, has_table, migrate, redact, schema_version
 from ca.store.postgres.events import Certificates, EventRows
 from ca.store.postgres.join_tokens import JoinTokens
@@ -72,7 +71,7 @@ class PostgresUnitOfWork(UnitOfWork):
             (serial, key_id, user, role, key_fingerprint, ca_fingerprint, valid_after, valid_before, event_id))
 
 
-class PostgresStore(Store):
+class PostgresStore(EventRowsStore):
     """The CA database in PostgreSQL at ``url`` (``path`` is the URL without its password).
 
     ``migrate``: bring an older schema to the current one (``iast-ca init`` and
@@ -113,27 +112,6 @@ class PostgresStore(Store):
             yield PostgresUnitOfWork(self)
 
     # -- event reads -----------------------------------------------------------------
-
-    def get(self, event_id: int) -> Event | None:
-        return self._events.get(event_id)
-
-    def issued_by_serial(self, serial: int) -> Event | None:
-        return self._events.issued_by_serial(serial)
-
-    def events(self, *, user: str | None = None, role: str | None = None, kind: str | None = None,
-               serial: int | None = None, since: str | None = None, until: str | None = None,
-               limit: int | None = 100) -> list[Event]:
-        return self._events.list(user=user, role=role, kind=kind, serial=serial, since=since, until=until,
-                                 limit=limit)
-
-    def stream(self, after: int = 0, batch: int = 10_000) -> Iterator[Event]:
-        return self._events.stream(after, batch)
-
-    def head(self) -> tuple[int, str]:
-        return self._events.head()
-
-    def row_batches(self, upto: int | None = None, batch: int = 10_000) -> Iterator[Sequence[tuple]]:
-        return self._events.batches(upto, batch)
 
     def canonical_row(self, event_id: int) -> tuple | None:
         row = self._events.row(event_id)

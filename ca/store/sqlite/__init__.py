@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -17,9 +17,8 @@ import sqlite_utils
 
 from ca.audit.chain import chain_hash, encode_data, iso
 from ca.errors import AuditError
-from ca.models import Event
 from ca.store import schema
-from ca.store.base import Store, UnitOfWork
+from ca.store.base import EventRowsStore, UnitOfWork
 from ca.store.sqlite.connection import connect, ensure_tables, has_table, migrate
 from ca.store.sqlite.events import Certificates, EventRows
 from ca.store.sqlite.join_tokens import JoinTokens
@@ -78,7 +77,7 @@ class SQLiteUnitOfWork(UnitOfWork):
             (serial, key_id, user, role, key_fingerprint, ca_fingerprint, valid_after, valid_before, event_id))
 
 
-class SQLiteStore(Store):
+class SQLiteStore(EventRowsStore):
     """The CA database of one state directory, in SQLite.
 
     ``conn`` is the connection (for tests and tools; no module outside
@@ -132,27 +131,6 @@ class SQLiteStore(Store):
             raise
 
     # -- event reads -----------------------------------------------------------------
-
-    def get(self, event_id: int) -> Event | None:
-        return self._events.get(event_id)
-
-    def issued_by_serial(self, serial: int) -> Event | None:
-        return self._events.issued_by_serial(serial)
-
-    def events(self, *, user: str | None = None, role: str | None = None, kind: str | None = None,
-               serial: int | None = None, since: str | None = None, until: str | None = None,
-               limit: int | None = 100) -> list[Event]:
-        return self._events.list(user=user, role=role, kind=kind, serial=serial, since=since, until=until,
-                                 limit=limit)
-
-    def stream(self, after: int = 0, batch: int = 10_000) -> Iterator[Event]:
-        return self._events.stream(after, batch)
-
-    def head(self) -> tuple[int, str]:
-        return self._events.head()
-
-    def row_batches(self, upto: int | None = None, batch: int = 10_000) -> Iterator[Sequence[tuple]]:
-        return self._events.batches(upto, batch)
 
     def canonical_row(self, event_id: int) -> tuple | None:
         return self._events.row(event_id)
