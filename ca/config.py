@@ -109,6 +109,9 @@ class Config:
     # The CA database: None for STATE/ca.db (SQLite), or a PostgreSQL URL that several replicas
     # share ("postgresql://USER@HOST:PORT/DB"; the password from a passfile or PGPASSWORD, see README).
     database: str | None = None
+    # [metrics] listen: the Prometheus and health listener (ca.service.metrics); None = off.
+    # Loopback unless the operator names another address (docs/security.md rule 70).
+    metrics_listen: tuple[str, int] | None = None
 
     @property
     def database_location(self) -> str | Path:
@@ -140,7 +143,9 @@ def default_config() -> Config:
 
 
 _KEYS = {
-    "": {"state_dir", "policy", "database", "signing", "server", "throttle", "on_request", "oidc", "workload"},
+    "": {"state_dir", "policy", "database", "signing", "server", "throttle", "on_request", "oidc", "workload",
+         "metrics"},
+    "metrics": {"listen"},
     "signing": {"clock_skew", "min_rsa_bits", "principal_pattern", "passphrase_file", "pkcs11_module",
                 "pkcs11_pin_file"},
     "server": {"listen", "login_timeout", "max_unauthenticated", "max_request_bytes", "drain_timeout",
@@ -194,6 +199,7 @@ def parse_config(data: bytes, path: str | Path) -> Config:
         return sec
 
     top, signing, server, throttle = section(""), section("signing"), section("server"), section("throttle")
+    metrics = section("metrics")
     cfg = default_config()
     values: dict[str, Any] = {"source": where}
     if "state_dir" in top:
@@ -257,6 +263,8 @@ def parse_config(data: bytes, path: str | Path) -> Config:
         values["on_request"] = tuple(hook)
     if "listen" in server:
         values["listen_host"], values["listen_port"] = parse_listen(server["listen"], f"{where}: server.listen")
+    if "listen" in metrics:
+        values["metrics_listen"] = parse_listen(metrics["listen"], f"{where}: metrics.listen")
     values["oidc"] = tuple(_oidc(n, sec, where, base) for n, sec in _named(doc, "oidc", where))
     values["workloads"] = tuple(_workload(n, sec, where, base) for n, sec in _named(doc, "workload", where))
     return replace(cfg, **values)

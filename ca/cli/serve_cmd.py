@@ -12,6 +12,7 @@ from ca.cli.common import echo, echo_json, output_options
 from ca.cli.context import Env, pass_env
 from ca.config import parse_listen
 from ca.errors import StateError
+from ca.service import metrics
 from ca.service.observe import setup_logging
 from ca.service.server import serve as serve_forever
 from ca.service.workers import run_workers
@@ -31,14 +32,16 @@ def _serve(env: Env, listen: str | None, on_ready=None, workers: int = 1) -> Non
         raise StateError(f"no CA in {cfg.state_dir}: run 'iast-ca init' first")
     host, port = parse_listen(listen) if listen else (cfg.listen_host, cfg.listen_port)
     setup_logging()
-    ca.authority  # noqa: B018 - reads the passphrase file; fails here, once, on a bad key or policy
-    if workers > 1:
-        ca.close()
-        status = run_workers(cfg, workers, host, port, env.passphrase())
-        if status:
-            raise SystemExit(status)
-        return
-    asyncio.run(serve_forever(ca, host=host, port=port, ready=on_ready))
+    with metrics.listener(cfg, env.passphrase()):  # off unless [metrics] listen is set
+        metrics.instrument(ca)
+        ca.authority  # noqa: B018 - reads the passphrase file; fails here, once, on a bad key or policy
+        if workers > 1:
+            ca.close()
+            status = run_workers(cfg, workers, host, port, env.passphrase())
+            if status:
+                raise SystemExit(status)
+            return
+        asyncio.run(serve_forever(ca, host=host, port=port, ready=on_ready))
 
 
 @click.command()

@@ -36,6 +36,7 @@ import asyncssh
 from ca.auth.base import Conversation, InteractiveAuthenticator, KeyAuthenticator, RequestAuthenticator
 from ca.auth.workload import WORKLOAD_USER
 from ca.models import Identity
+from ca.service import metrics
 from ca.service.observe import event
 from ca.sshcert.certificates import fingerprint
 
@@ -108,6 +109,7 @@ class Connection(asyncssh.SSHServer):
             self.counted = False
             return
         svc.unauthenticated += 1
+        metrics.connection("unauthenticated", 1)
         per_address[self.address] = per_address.get(self.address, 0) + 1
         self.counted = True
         # Every session channel of this connection is a LimitedChannel, counted (see create_channel).
@@ -118,6 +120,7 @@ class Connection(asyncssh.SSHServer):
         """This connection no longer waits to authenticate: give its slots back."""
         svc = self.service
         svc.unauthenticated -= 1
+        metrics.connection("unauthenticated", -1)
         left = svc.unauthenticated_by_address.get(self.address, 1) - 1
         if left > 0:
             svc.unauthenticated_by_address[self.address] = left
@@ -151,6 +154,8 @@ class Connection(asyncssh.SSHServer):
     def connection_lost(self, exc: Exception | None) -> None:
         if self._expiry is not None:
             self._expiry.cancel()
+        if self.authenticated and not self.deferred:
+            metrics.connection("authenticated", -1)
         if self.counted and (not self.authenticated or self.deferred):
             self._uncount()
             if self.user is not None and not self.used:
@@ -251,6 +256,7 @@ class Connection(asyncssh.SSHServer):
             return
         if self.counted:
             self._uncount()
+        metrics.connection("authenticated", 1)
         methods = list(self.identity.auth_methods) if self.identity else []
         event("authenticated", user=self.user, source=self.address, methods=methods)
 

@@ -16,6 +16,7 @@ import asyncio
 import base64
 import functools
 import json
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
@@ -38,6 +39,7 @@ from ca.errors import (
 )
 from ca.models import HostRequest, Identity, SignRequest
 from ca.rules import host_of_account
+from ca.service import metrics
 from ca.service.observe import event
 from ca.service.protocol import COMMANDS, HELP, HOST_COMMANDS, SHARED_COMMANDS, Command
 from ca.sshcert.certificates import parse_certificate_line
@@ -219,6 +221,7 @@ async def decide(c: Call) -> int:
 
 
 async def sign(c: Call) -> int:
+    started = time.perf_counter()  # iast_issue_seconds: request received to reply sent
     cmd, identity, authority = c.cmd, c.identity, c.ca.authority
     key_line = await c.read_stdin()
     if cmd.token:
@@ -240,6 +243,7 @@ async def sign(c: Call) -> int:
         c.process.stdout.write(json.dumps(issued.as_json()) + "\n")
     else:
         c.process.stdout.write(issued.certificate + "\n")
+    metrics.observe_issue(time.perf_counter() - started)
     return EXIT_OK
 
 

@@ -34,10 +34,13 @@ def _worker(cfg: Config, index: int, host: str, port: int, passphrase: bytes | N
     import asyncio
 
     from ca.app import open_ca
+    from ca.service import metrics
     from ca.service.server import serve, setup_logging
 
     setup_logging(worker=index)
     ca = open_ca(cfg, passphrase=passphrase, for_service=True)
+    if metrics.setup(cfg):  # the parent's multiprocess directory, inherited (ca.service.metrics)
+        metrics.instrument(ca)
     ca.authority  # noqa: B018 - unlock the key and read the policy before the loop starts, as the parent did
     asyncio.run(serve(ca, host=host, port=port, worker=index, ready=lambda _s: ready.put(index)))
 
@@ -53,6 +56,7 @@ def _reserve(host: str, port: int) -> socket.socket:
 def run_workers(cfg: Config, workers: int, host: str, port: int, passphrase: bytes | None,
                 on_ready: Callable[[int], None] | None = None) -> int:
     """Run ``workers`` service processes until SIGTERM/SIGINT; return the exit status."""
+    from ca.service import metrics
     from ca.service.observe import event, sd_notify
 
     reserve = _reserve(host, port)
@@ -99,6 +103,8 @@ def run_workers(cfg: Config, workers: int, host: str, port: int, passphrase: byt
             if p.exitcode is None:
                 p.kill()
                 p.join()
+            if p.pid:
+                metrics.worker_exited(p.pid)
         event("stopped", workers=workers)
 
 
