@@ -195,3 +195,22 @@ class HostIssued:
             "key_fingerprint": self.key_fingerprint,
             "event_id": self.event_id,
         }
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One problem found by ``iast-ssh host check`` or ``iast-ca doctor``: what, how bad, and the fix.
+
+    ``code`` is from the checker's closed list (tests and scripts key on it); ``severity`` is
+    "error" (logins are or may be wrong now) or "warning" (a weaker setup than intended)."""
+
+    severity: str
+    code: str
+    message: str
+    fix: str
+
+    def line(self) -> str:
+        return f"{self.severity}: {self.code}: {self.message} (fix: {self.fix})"
+
+    def as_json(self) -> dict[str, Any]:
+        return {"severity": self.severity, "code": self.code, "message": self.message, "fix": self.fix}

@@ -75,6 +75,7 @@ def test_json_reply_and_info_commands(ca, users, cfg, tmp_path):
     data = json.loads(r.stdout)
     assert data["valid_before"] - data["valid_after"] == 20 * 60 + 60 and data["role"] == "dev"
     who = json.loads(ca.ssh("alice", key, "whoami --json").stdout)
+    assert abs(who.pop("now") - time.time()) < 3600  # the CA's clock (host check's clock_skew)
     assert who == {"user": "alice", "auth_methods": ["publickey"], "mfa": False, "source_address": "127.0.0.1",
                    "groups": ["sre"]}
     roles = json.loads(ca.ssh("alice", key, "roles --json").stdout)

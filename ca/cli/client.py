@@ -622,6 +622,10 @@ def host_renew(ca, ca_fingerprint, host_key, cert_path, force, fmt) -> None:
     click.echo(f"{result.cert_path}: renewed, serial {result.serial}, valid until {_until(result.valid_before)}")
 
 
+# host setup and host check live in their own module and register on the host group above.
+import ca.cli.host_setup_cmds  # noqa: E402,F401
+
+
 def main() -> None:
     """Console-script entry point."""
     cli(prog_name="iast-ssh")

@@ -183,6 +183,7 @@ async def whoami(c: Call) -> int:
         "user": i.user, "auth_methods": list(i.auth_methods), "mfa": i.mfa,
         "source_address": i.source_address,
         "groups": list(c.ca.policy.groups_of(i.user)),
+        "now": int(c.ca.clock()),  # the CA's clock, for 'iast-ssh host check' (clock_skew)
     }, f"{i.user} from {i.source_address}, authenticated by {'+'.join(i.auth_methods)}")
 
 
