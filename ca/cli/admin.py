@@ -18,6 +18,7 @@ from ca.cli.audit_cmds import audit
 from ca.cli.common import Group, echo, echo_json, output_options
 from ca.cli.context import DURATION, Env, pass_env
 from ca.cli.db_cmds import db
+from ca.cli.doctor_cmd import doctor
 from ca.cli.host_cmds import host
 from ca.cli.key_cmds import key
 from ca.cli.policy_cmds import policy
@@ -202,6 +203,7 @@ cli.add_command(run)
 cli.add_command(serve)
 cli.add_command(info)
 cli.add_command(db)
+cli.add_command(doctor)
 
 
 def main() -> None:

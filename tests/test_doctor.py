@@ -1,0 +1,103 @@
+"""``iast-ca doctor`` (docs/security.md rule 75) and the CLI conveniences: --version, completion.
+
+Each finding is made on purpose on a real state directory (and a real PostgreSQL
+database for the outage), and a fresh ``iast-ca init`` has none.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ca.review.doctor import CODES
+
+from .conftest import TEST_POLICY
+
+pytestmark = pytest.mark.both_backends
+
+IAST_CA = str(Path(sys.executable).parent / "iast-ca")
+IAST_SSH = str(Path(sys.executable).parent / "iast-ssh")
+
+
+def _codes(cli_run) -> set[str]:
+    r = cli_run("doctor", "--json")
+    found = json.loads(r.output)
+    assert r.exit_code == (1 if found else 0)
+    for f in found:
+        assert f["code"] in CODES and f["severity"] in ("error", "warning") and f["fix"]
+    return {f["code"] for f in found}
+
+
+def test_a_fresh_ca_is_clean(cfg, cli_run):
+    r = cli_run("doctor")
+    assert r.exit_code == 0 and "no findings" in r.output
+
+
+def test_open_permissions_are_found(cfg, cli_run):
+    os.chmod(cfg.state_dir, 0o755)
+    assert _codes(cli_run) == {"state_dir_permissions"}
+    os.chmod(cfg.state_dir, 0o700)
+    os.chmod(cfg.state_dir / "host-key", 0o644)
+    assert _codes(cli_run) == {"key_permissions"}
+    r = cli_run("doctor")
+    assert r.exit_code == 1
+    line, = r.output.strip().splitlines()
+    assert line.startswith("error: key_permissions: ") and f"chmod 600 {cfg.state_dir / 'host-key'}" in line
+
+
+def test_policy_warnings(cfg, cli_run, policy_file):
+    policy_file.write_text(TEST_POLICY + """
+[roles.ops-root]
+members = ["group:sre"]
+principals = ["root"]
+max_ttl = "1h"
+
+[roles.everyone-admin]
+members = ["*"]
+principals = ["admin"]
+max_ttl = "1h"
+
+[roles.everyone-admin-guarded]
+members = ["*"]
+principals = ["admin"]
+force_command = "/usr/local/bin/admin-menu"
+max_ttl = "1h"
+""")
+    r = cli_run("doctor", "--json")
+    found = json.loads(r.output)
+    assert r.exit_code == 1
+    assert sorted((f["code"], f["message"].split()[1]) for f in found) == [
+        ("policy_root_unguarded", "ops-root"), ("policy_wildcard_privileged", "everyone-admin")]
+    # breakglass grants root but requires a reason: not a finding.
+
+
+def test_an_unreadable_keyring_is_found(cfg, cli_run):
+    (cfg.state_dir / "keyring.json").write_text("{not json")
+    assert "keyring_unreadable" in _codes(cli_run)
+
+
+@pytest.mark.sqlite_only
+def test_version_and_completion(tmp_path):
+    for cmd, name in ((IAST_CA, "iast-ca"), (IAST_SSH, "iast-ssh")):
+        r = subprocess.run([cmd, "--version"], capture_output=True, text=True)
+        assert r.returncode == 0 and r.stdout.startswith(f"{name}, version ")
+        for shell in ("bash", "zsh", "fish"):
+            var = f"_{name.upper().replace('-', '_')}_COMPLETE"
+            r = subprocess.run([cmd], env={**os.environ, var: f"{shell}_source"}, capture_output=True, text=True)
+            assert r.returncode == 0 and var in r.stdout, (shell, r.stderr)  # the script calls back with it
+
+
+@pytest.mark.sqlite_only
+def test_a_database_that_does_not_answer_is_found(cfg, cli_run):
+    with socket.socket() as s:  # a port with nothing listening: a PostgreSQL server that is down
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    r = cli_run("doctor", "--json", env={"IAST_CA_DATABASE": f"postgresql://iast@127.0.0.1:{port}/ca"})
+    assert r.exit_code == 1
+    assert "database_unavailable" in {f["code"] for f in json.loads(r.output)}
