@@ -101,3 +101,40 @@ def test_a_database_that_does_not_answer_is_found(cfg, cli_run):
     r = cli_run("doctor", "--json", env={"IAST_CA_DATABASE": f"postgresql://iast@127.0.0.1:{port}/ca"})
     assert r.exit_code == 1
     assert "database_unavailable" in {f["code"] for f in json.loads(r.output)}
+
+
+def _stderr_on_a_terminal(argv: list[str]) -> tuple[int, str, str]:
+    """Run with stderr on a pseudo-terminal (stdout piped); returns (status, stdout, what the terminal got)."""
+    import pty
+
+    master, slave = pty.openpty()
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=slave, stdin=subprocess.DEVNULL)
+    os.close(slave)
+    out = proc.stdout.read()
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:  # EIO: the child closed its end
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    os.close(master)
+    return proc.wait(), out.decode(), b"".join(chunks).decode(errors="replace")
+
+
+@pytest.mark.sqlite_only
+def test_progress_bars_only_on_a_terminal(cfg, tmp_path):
+    base = [IAST_CA, "--state-dir", str(cfg.state_dir), "--policy", str(cfg.policy_path)]
+    log = tmp_path / "auth.log"
+    log.write_text("2026-01-01T00:00:00+00:00 web1 sshd[1]: Server listening on 0.0.0.0 port 22.\n" * 50)
+    for argv, label in ((base + ["audit", "report", "--format", "json"], "building the report"),
+                        (base + ["audit", "correlate", "--host", "web1", str(log)], "reading sshd logs")):
+        status, out, tty = _stderr_on_a_terminal(argv)
+        assert status == 0, tty
+        assert label in tty and label not in out  # on the terminal, never in the output
+        piped = subprocess.run(argv, capture_output=True, text=True)
+        assert piped.returncode == 0 and label not in piped.stderr and piped.stdout.strip()
+        if "json" in argv:
+            assert json.loads(out) == {**json.loads(piped.stdout), "generated": json.loads(out)["generated"]}

@@ -12,7 +12,8 @@ import click
 from ca.audit import merkle
 from ca.audit.chain import iso
 from ca.audit.checkpoint import make_checkpoint, read_checkpoint
-from ca.cli.common import echo, echo_csv, echo_json, echo_table, output_options, stderr_is_tty, terminal_safe
+from ca.cli.common import echo, echo_csv, echo_json, echo_table, output_options, terminal_safe
+from ca.cli.progress import progress
 from ca.cli.context import Env, pass_env
 from ca.durations import format_duration, parse_time
 from ca.errors import AuditError, ChainBroken, StateError, UsageError
@@ -227,11 +228,8 @@ def verify(env: Env, checkpoint_file: str | None, audit_key: str | None, fmt: st
         total, _ = log.head()
         kwargs = ({"checkpoint_count": cp.count, "checkpoint_head": cp.head, "checkpoint_root": cp.root}
                   if cp else {})
-        if stderr_is_tty() and total > 50_000 and fmt == "text":
-            with click.progressbar(length=total, label="verifying", file=sys.stderr) as bar:
-                report = log.verify(progress=bar.update, **kwargs)
-        else:
-            report = log.verify(**kwargs)
+        with progress("verifying", total, show=total > 50_000 and fmt == "text") as update:
+            report = log.verify(progress=update, **kwargs)
         differences = log.verify_derived()
     finally:
         log.close()

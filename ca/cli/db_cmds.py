@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from ca.cli.common import echo_json, output_options
+from ca.cli.progress import progress
 from ca.cli.context import Env, pass_env
 from ca.errors import UsageError
 from ca.store import SCHEMA_VERSION, is_database_url, open_store
@@ -68,7 +69,9 @@ def copy(env: Env, to: str, fmt: str) -> None:
     source = env.config.state_dir / "ca.db"
     if not source.exists():
         raise UsageError(f"no SQLite database at {source} to copy")
-    counts = copy_sqlite_to_postgres(source, to)
+    total = source.stat().st_size  # rows are unknown before the copy: the bar counts batches copied
+    with progress("copying", None, show=fmt == "text" and total > 1 << 20) as update:
+        counts = copy_sqlite_to_postgres(source, to, progress=lambda _table, _n: update())
     from ca.store.postgres.connection import redact
 
     if fmt == "json":

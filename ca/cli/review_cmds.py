@@ -14,13 +14,14 @@ import click
 
 from ca.audit.chain import iso
 from ca.cli.common import echo, echo_json, output_options
+from ca.cli.progress import progress, progress_iter
 from ca.cli.context import Env, pass_env
 from ca.durations import parse_time
 from ca.errors import StateError, UsageError
 from ca.files import write_atomic
 from ca.review.correlate import correlate as run_correlate
 from ca.review.render import render_html, render_json, render_text
-from ca.review.report import ReportOptions, build_report, parse_hours, parse_weekdays
+from ca.review.report import REPORT_SECTIONS, ReportOptions, build_report, parse_hours, parse_weekdays
 from ca.state import os_user
 
 
@@ -111,10 +112,11 @@ def correlate(env: Env, files: tuple[str, ...], host: str | None, privileged: st
     with env.open_ca() as ca:
         keyring = ca.keyring  # first: with no CA here, the error says to run 'iast-ca init'
         ca.require_db()
-        result = run_correlate(
-            ca.audit, _lines(files), our_ca_fingerprints=[k.fingerprint for k in keyring.keys], host=host,
-            privileged=names, tz=zone, inputs=list(files), actor=os_user(),
-        )
+        with progress_iter("reading sshd logs", _lines(files), show=fmt == "text") as lines:
+            result = run_correlate(
+                ca.audit, lines, our_ca_fingerprints=[k.fingerprint for k in keyring.keys], host=host,
+                privileged=names, tz=zone, inputs=list(files), actor=os_user(),
+            )
     c = result.counts()
     if fmt == "json":
         echo_json({**result.as_dict(), "exit_status": 1 if result.critical else 0})
@@ -189,7 +191,8 @@ def report(env: Env, since, until, fmt, output, privileged, hours, weekdays, top
     except ValueError as e:
         raise UsageError(str(e)) from None
     with env.open_ca(require_db=True) as ca:
-        rep = build_report(ca.audit, opts)
+        with progress("building the report", REPORT_SECTIONS) as update:
+            rep = build_report(ca.audit, opts, progress=update)
     text = {"text": render_text, "json": render_json, "html": render_html}[fmt](rep)
     if output == "-":
         echo(text, nl=False)
