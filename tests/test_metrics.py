@@ -172,3 +172,24 @@ def test_metrics_are_off_without_the_setting(cfg, tmp_path):
         assert not any(r.get("msg") == "metrics listening" for r in ca.records())
     finally:
         ca.stop()
+
+
+def test_one_process_serve_reports_too(cfg, tmp_path):
+    key = make_key(tmp_path, name="alice_enrolled")
+    log = open_audit(cfg)
+    try:
+        UserStore(log, hasher=CHEAP).add("alice", keys=[key.with_suffix(".pub").read_text()], actor="test")
+    finally:
+        log.close()
+    port = _free_port()
+    ca = CAProcess(cfg.state_dir, cfg.policy_path, workdir=tmp_path,
+                   config=f'[metrics]\nlisten = "127.0.0.1:{port}"\n').start()
+    try:
+        pub = make_key(tmp_path, name="session").with_suffix(".pub").read_text()
+        assert ca.ssh("alice", key, "sign", input=pub).returncode == 0
+        status, text = _get(f"http://127.0.0.1:{port}/metrics")
+        assert status == 200
+        assert _samples(text, "iast_certificates_issued_total") == {(("cert_type", "user"), ("role", "dev")): 1.0}
+        assert _get(f"http://127.0.0.1:{port}/nothing")[0] == 404
+    finally:
+        assert ca.stop() == 0
