@@ -195,10 +195,12 @@ class Readiness:
         self._lock = threading.Lock()
         self.last: tuple[bool, str] | None = None
 
-    def probe(self) -> tuple[bool, str]:
+    def probe(self, *, gauges: bool = False) -> tuple[bool, str]:
+        """``gauges``: also rebuild the KRL for its version (a write transaction: the background
+        probe does it every PROBE_INTERVAL, never a scrape of /readyz)."""
         with self._lock:
             try:
-                reason = self._probe()
+                reason = self._probe(gauges)
             except Exception as e:  # any failure is a reason to be out of rotation, never a crash
                 reason = f"{type(e).__name__}: {e}".splitlines()[0][:300]
             result = (reason == "", reason or "ready")
@@ -206,12 +208,11 @@ class Readiness:
                 if result[0]:
                     event("ready" if self.last is None else "ready again")
                 else:
-                    log_reason = result[1]
-                    event("not ready", reason=log_reason)
+                    event("not ready", reason=result[1])
                 self.last = result
             return result
 
-    def _probe(self) -> str:
+    def _probe(self, gauges: bool) -> str:
         from ca.app import load_keyring, load_signer, open_ca
         from ca.sshcert.krl import parse_krl
 
@@ -234,7 +235,7 @@ class Readiness:
             except CAError as e:
                 self._signer = None
                 return f"the CA key cannot sign: {e.message}"
-            if _metrics is not None:
+            if _metrics is not None and gauges:
                 for k in keyring.keys:
                     _metrics.ca_key_info.labels(fingerprint=k.fingerprint, state=k.state).set(1)
                 try:
@@ -307,7 +308,7 @@ def listener(cfg: Config, passphrase: bytes | None) -> Iterator[_Server | None]:
 
         def probe_loop() -> None:
             while not stop.is_set():
-                server.readiness.probe()
+                server.readiness.probe(gauges=True)
                 stop.wait(PROBE_INTERVAL)
 
         threading.Thread(target=probe_loop, name="iast-readiness", daemon=True).start()
