@@ -321,7 +321,9 @@ def test_sigterm_drains_and_every_answer_has_its_row(ca, users, cfg, tmp_path):
     assert len(log.events(kind="issued", limit=None)) == len(answered)
 
 
-def test_unauthenticated_cap_and_login_timeout(cfg, users, tmp_path):
+def test_unauthenticated_cap_queues_then_login_timeout_frees(cfg, users, tmp_path):
+    """Rules 19 and 63: past the slots a login waits (it is not dropped), and is served once the
+    login timeout has closed the idle connections that held them."""
     ca = CAProcess(cfg.state_dir, cfg.policy_path, '[server]\nmax_unauthenticated = 2\nlogin_timeout = "2s"\n',
                    workdir=tmp_path).start()
     try:
@@ -329,12 +331,33 @@ def test_unauthenticated_cap_and_login_timeout(cfg, users, tmp_path):
         time.sleep(0.3)
         key, _ = users["dave"]
         r = ca.ssh("dave", key, "whoami")
-        assert r.returncode == 255  # the cap is full
-        ca.wait_for("refused: too many unauthenticated connections")
-        for s in idle:  # the login timeout closes them
+        assert r.returncode == 0, r.stderr  # it waited for a slot, then authenticated
+        assert ca.wait_for("queued: waiting for a slot to log in")
+        for s in idle:  # the login timeout closed them
             s.settimeout(10)
             while s.recv(4096):
                 pass
+    finally:
+        ca.stop()
+
+
+def test_past_the_queue_a_client_is_told_why(cfg, users, tmp_path):
+    """Rule 63: past the queue's depth a real ssh client gets an SSH disconnect with a reason,
+    not a garbled banner, and the service still serves once there is room."""
+    ca = CAProcess(cfg.state_dir, cfg.policy_path,
+                   '[server]\nmax_unauthenticated = 2\nmax_queued = 1\nlogin_timeout = "3s"\n',
+                   workdir=tmp_path).start()
+    try:
+        idle = [socket.create_connection(("127.0.0.1", ca.port)) for _ in range(3)]  # 2 slots + 1 queued
+        ca.wait_for("queued: waiting for a slot to log in")
+        key, _ = users["dave"]
+        r = ca.ssh("dave", key, "whoami", timeout=20)
+        assert r.returncode == 255
+        assert "too many connections waiting to log in; try again later" in r.stderr, r.stderr
+        assert "banner" not in r.stderr and "kex_exchange_identification" not in r.stderr, r.stderr
+        ca.wait_for("refused: the queue of connections waiting to log in is full")
+        for s in idle:
+            s.close()
         r = ca.ssh("dave", key, "whoami")
         assert r.returncode == 0, r.stderr
     finally:
