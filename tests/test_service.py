@@ -345,7 +345,7 @@ def test_past_the_queue_a_client_is_told_why(cfg, users, tmp_path):
     """Rule 63: past the queue's depth a real ssh client gets an SSH disconnect with a reason,
     not a garbled banner, and the service still serves once there is room."""
     ca = CAProcess(cfg.state_dir, cfg.policy_path,
-                   '[server]\nmax_unauthenticated = 2\nmax_queued = 1\nlogin_timeout = "3s"\n',
+                   '[server]\nmax_unauthenticated = 2\nmax_queued = 1\nlogin_timeout = "15s"\n',
                    workdir=tmp_path).start()
     try:
         idle = [socket.create_connection(("127.0.0.1", ca.port)) for _ in range(3)]  # 2 slots + 1 queued
