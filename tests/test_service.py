@@ -15,6 +15,7 @@ from argon2 import PasswordHasher
 
 from ca.auth.totp import totp
 from ca.auth.users import UserStore
+from ca.service.executors import KILL_BEFORE_COMMIT
 from ca.state import StatePaths
 from ca.store import AuditLog
 
@@ -362,6 +363,39 @@ def test_past_the_queue_a_client_is_told_why(cfg, users, tmp_path):
         assert r.returncode == 0, r.stderr
     finally:
         ca.stop()
+
+
+def test_no_certificate_leaves_before_the_commit_that_holds_its_row(cfg, users, tmp_path):
+    """Rule 64: 8 concurrent signs; the service is SIGKILLed after signing and before the commit
+    (held 1.5 s first, time for a reply that did not wait to reach its client). No client got a
+    certificate, the log holds none, the chain verifies; restarted, 8 concurrent signs are each
+    answered with a certificate whose row is in the log."""
+    key, _ = users["alice"]
+    pub = make_key(tmp_path, name="session").with_suffix(".pub").read_text()
+    ca = CAProcess(cfg.state_dir, cfg.policy_path, workdir=tmp_path, env={KILL_BEFORE_COMMIT: "1.5"}).start()
+    try:
+        with ThreadPoolExecutor(8) as pool:
+            results = list(pool.map(lambda _: ca.ssh("alice", key, "sign --role dev", input=pub), range(8)))
+        assert ca.proc.wait(30) == -signal.SIGKILL
+    finally:
+        ca.stop()
+    assert all(r.returncode == 255 and "cert-v01@openssh.com" not in r.stdout for r in results), results
+    log = AuditLog(StatePaths(cfg.state_dir).db)
+    assert log.events(kind="issued", limit=None) == [] and log.certificates.by_serial(1) is None
+    log.verify()
+    ca = CAProcess(cfg.state_dir, cfg.policy_path, workdir=tmp_path).start()
+    try:
+        with ThreadPoolExecutor(8) as pool:
+            results = list(pool.map(lambda _: ca.ssh("alice", key, "sign --role dev --json", input=pub),
+                                    range(8)))
+    finally:
+        ca.stop()
+    assert all(r.returncode == 0 for r in results), [r.stderr for r in results]
+    log = AuditLog(StatePaths(cfg.state_dir).db)
+    for r in results:
+        serial = json.loads(r.stdout)["serial"]
+        assert log.issued_by_serial(serial) is not None and log.certificates.by_serial(serial) is not None
+    log.verify()
 
 
 def test_host_key_is_the_state_dirs(ca, cfg, users):

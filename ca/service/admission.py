@@ -24,6 +24,8 @@ version line, so a client shows a reason, not a broken banner.
 from __future__ import annotations
 
 import asyncio
+import os
+import struct
 from collections import deque
 from typing import TYPE_CHECKING, Protocol
 
@@ -36,6 +38,8 @@ if TYPE_CHECKING:
     from ca.service.connection import Connection
 
 BUSY = "too many connections waiting to log in; try again later"
+# Seconds a refused connection stays open for its client to read why (then it is cut).
+REFUSED_GRACE = 5
 
 
 class Counter(Protocol):
@@ -95,10 +99,14 @@ class Admission:
             return "queued"
         event("refused: the queue of connections waiting to log in is full", source=c.address,
               queued=self.queued_total.value)
+        _pause(c.conn)
+        # After asyncssh's version line (sent right after connection_made returns): a disconnect
+        # before it reads as a garbled banner to the client.
         loop = asyncio.get_running_loop()
-        # After asyncssh has sent its version line (it does so right after connection_made):
-        # a disconnect sent before it reads as a garbled banner to the client.
-        loop.call_soon(_disconnect, c.conn)
+        loop.call_soon(_tell_busy, c.conn)
+        # Closing at once would make the client's next write (its KEXINIT) fail before it read
+        # the reason; it hangs up itself on reading it, or is cut after this grace.
+        loop.call_later(REFUSED_GRACE, _abort, c.conn)
         return "refused"
 
     # -- slots given back ------------------------------------------------------------------
@@ -181,5 +189,21 @@ def _resume(conn: asyncssh.SSHServerConnection) -> None:
         transport.resume_reading()
 
 
-def _disconnect(conn: asyncssh.SSHServerConnection) -> None:
-    conn.disconnect(asyncssh.DISC_TOO_MANY_CONNECTIONS, BUSY)
+def _tell_busy(conn: asyncssh.SSHServerConnection) -> None:
+    """SSH_MSG_DISCONNECT (RFC 4253 11.1), in the clear, as before any key exchange: the
+    connection's input stays paused, so asyncssh never starts one."""
+    transport = conn._transport  # noqa: SLF001
+    if transport is None or transport.is_closing():
+        return
+    reason = BUSY.encode()
+    payload = bytes([1]) + struct.pack(">I", asyncssh.DISC_TOO_MANY_CONNECTIONS) + \
+        struct.pack(">I", len(reason)) + reason + struct.pack(">I", 0)
+    padding = 8 - (5 + len(payload)) % 8
+    padding += 8 if padding < 4 else 0
+    transport.write(struct.pack(">IB", 1 + len(payload) + padding, padding) + payload + os.urandom(padding))
+
+
+def _abort(conn: asyncssh.SSHServerConnection) -> None:
+    transport = conn._transport  # noqa: SLF001
+    if transport is not None and not transport.is_closing():
+        transport.abort()
