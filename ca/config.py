@@ -31,8 +31,7 @@ DEFAULT_KEX_ALGS = ("mlkem768x25519-sha256", "sntrup761x25519-sha512", "sntrup76
                     "ecdh-sha2-nistp256", "ecdh-sha2-nistp384", "ecdh-sha2-nistp521",
                     "diffie-hellman-group16-sha512", "diffie-hellman-group18-sha512",
                     "diffie-hellman-group14-sha256")
-DEFAULT_ENCRYPTION_ALGS = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com", "chacha20-poly1305@openssh.com",
-                           "aes128-ctr", "aes192-ctr", "aes256-ctr")
+DEFAULT_ENCRYPTION_ALGS = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com")
 
 
 @dataclass(frozen=True)
