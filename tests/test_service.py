@@ -20,7 +20,7 @@ from ca.state import StatePaths
 from ca.store import AuditLog
 
 from .conftest import TEST_POLICY, keygen_L, make_key
-from .service_harness import CAProcess, kbd_login
+from .service_harness import IAST_CA, CAProcess, kbd_login
 
 CHEAP = PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1)
 PASSWORD = "correct horse battery staple"
@@ -396,6 +396,33 @@ def test_no_certificate_leaves_before_the_commit_that_holds_its_row(cfg, users, 
         serial = json.loads(r.stdout)["serial"]
         assert log.issued_by_serial(serial) is not None and log.certificates.by_serial(serial) is not None
     log.verify()
+
+
+def _ssh_with(ca, key, *options):
+    argv = ["ssh", "-F", "/dev/null", "-v", "-p", str(ca.port), "-i", str(key), "-o", "IdentitiesOnly=yes",
+            "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes", "-o", f"UserKnownHostsFile={ca.known_hosts()}",
+            *options, "dave@127.0.0.1", "whoami"]
+    return subprocess.run(argv, capture_output=True, text=True, timeout=30, env={"PATH": "/usr/bin:/bin"})
+
+
+def test_the_service_offers_only_the_algorithms_it_prefers(ca, users, cfg, tmp_path):
+    """Rule 65: by default AES-GCM only (a client asking for ChaCha20-Poly1305 alone, or for a SHA-1
+    key exchange, finds no match); OpenSSH negotiates AES-GCM; a name asyncssh does not know in
+    server.encryption_algs stops the start with a one-line error naming it."""
+    key, _ = users["dave"]
+    r = _ssh_with(ca, key)
+    assert r.returncode == 0, r.stderr
+    assert "cipher: aes128-gcm@openssh.com" in r.stderr
+    r = _ssh_with(ca, key, "-o", "Ciphers=chacha20-poly1305@openssh.com")
+    assert r.returncode == 255 and "no matching cipher found" in r.stderr, r.stderr[-500:]
+    r = _ssh_with(ca, key, "-o", "KexAlgorithms=diffie-hellman-group14-sha1")
+    assert r.returncode == 255 and "no matching key exchange method found" in r.stderr, r.stderr[-500:]
+    bad = tmp_path / "bad.toml"
+    bad.write_text(f'state_dir = "{cfg.state_dir}"\npolicy = "{cfg.policy_path}"\n'
+                   '[server]\nencryption_algs = ["rot13-gcm"]\n')
+    r = subprocess.run([IAST_CA, "--config", str(bad), "serve", "--listen", "127.0.0.1:0"], capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 1 and "server.encryption_algs: rot13-gcm not supported" in r.stderr, r.stderr[-500:]
 
 
 def test_host_key_is_the_state_dirs(ca, cfg, users):
