@@ -64,7 +64,14 @@ class Executors:
             schedule = not self._scheduled
             self._scheduled = True
         if schedule:
-            loop.run_in_executor(self.issue_pool, self._drain, loop)
+            try:
+                loop.run_in_executor(self.issue_pool, self._drain, loop)
+            except RuntimeError:  # shut down by a drain: nothing will run what is pending
+                with self._lock:
+                    pending, self._pending, self._scheduled = self._pending, [], False
+                for _, _, f in pending:
+                    f.cancel()
+                raise
         return await fut
 
     def _drain(self, loop: asyncio.AbstractEventLoop) -> None:
