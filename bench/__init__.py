@@ -15,6 +15,7 @@ SCENARIOS = {
     "login-kept": "bench.login_kept",
     "replicas": "bench.replicas",
     "multi-core": "bench.multi_core",
+    "burst": "bench.burst",
     "client": "bench.client",
     "krl-scale": "bench.krl_scale",
     "audit-scale": "bench.audit_scale",

@@ -119,7 +119,7 @@ def run(quick: bool, profile: bool = False, results_dir: Path | None = None) -> 
             "certificates_in_agent": in_agent,
         })
         out.rows.append(Row("iast-ssh login p50 (new process -> cert in agent)", median(ours) * 1000, "ms",
-                            median(theirs) * 1000, "ssh ... sign", ("<=", 3)))
+                            median(theirs) * 1000, "ssh ... sign", ("<=", 2)))
         out.rows.append(Row("  'python -c import asyncssh' alone", import_t * 1000, "ms"))
         out.rows.append(Row("  'iast-ssh --help' (Python + click, no asyncssh)", help_t * 1000, "ms"))
         out.rows.append(Row("  service CPU per login", sum(cpu_ours) * 1000 / rounds, "ms",

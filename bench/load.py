@@ -29,7 +29,7 @@ from typing import Any
 
 import asyncssh
 
-from .common import ServerProcess, median, percentile, system_busy_seconds
+from .common import ServerProcess, cpu_seconds, descendants, median, percentile, system_busy_seconds
 
 KEY_POOL = 32  # distinct public keys each client cycles through
 
@@ -138,6 +138,18 @@ def context():
     return _ctx
 
 
+def _process_cpu(server: ServerProcess) -> dict[int, float]:
+    assert server.proc is not None
+    pids = [server.proc.pid, *descendants(server.proc.pid)]
+    out = {}
+    for pid in pids:
+        try:
+            out[pid] = cpu_seconds(pid, tree=False)
+        except OSError:
+            pass
+    return out
+
+
 def run_load(server: ServerProcess, port: int, users: list[str], keys: dict[str, Any], host_key_line: str, *,
              clients: int, mode: str, duration: float, warmup: int = 2, timeout: float = 120) -> dict[str, Any]:
     """``clients`` processes against ``port`` for ``duration`` seconds; figures as a dict.
@@ -180,6 +192,7 @@ def run_load(server: ServerProcess, port: int, users: list[str], keys: dict[str,
             kind, i, payload = receive(deadline, "during warm-up")
             ready += kind == "ready"
         cpu0 = server.cpu()
+        kids0 = _process_cpu(server)
         busy0 = system_busy_seconds()
         t0 = time.monotonic() + 0.05
         start_at.value = t0
@@ -189,6 +202,7 @@ def run_load(server: ServerProcess, port: int, users: list[str], keys: dict[str,
             kind, i, payload = receive(deadline, "under load")
             results[i] = payload
         cpu1 = server.cpu()
+        kids1 = _process_cpu(server)
         busy1 = system_busy_seconds()
     finally:
         for p in procs:
@@ -217,6 +231,8 @@ def run_load(server: ServerProcess, port: int, users: list[str], keys: dict[str,
         # CPU used by anything else on the machine meanwhile (other jobs disturb throughput, not CPU/cert).
         "foreign_cpu_util": max(0.0, (busy1 - busy0) - (cpu1 - cpu0) - client_cpu) / wall if wall > 0 else 0.0,
         "cpus": os.cpu_count(),
+        # Each server process's own CPU over the window (for --workers: the parent, then each worker).
+        "process_cpu_s": {str(pid): kids1[pid] - kids0.get(pid, 0.0) for pid in kids1},
     }
 
 

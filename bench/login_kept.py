@@ -18,4 +18,4 @@ NAME = "login-kept"
 
 
 def run(quick: bool, profile: bool = False, results_dir: Path | None = None) -> Outcome:
-    return login_fresh.run(quick, profile, results_dir, mode="kept", levels=[1], target=1.5, name=NAME)
+    return login_fresh.run(quick, profile, results_dir, mode="kept", levels=[1], target=1.2, name=NAME)

@@ -22,6 +22,17 @@ from ca.sshcert.userkey import DEFAULT_MIN_RSA_BITS
 
 MAX_CLOCK_SKEW = 300
 
+# The service's key exchange and cipher preferences (README, "Algorithms the service prefers").
+# Post-quantum hybrids first: they protect the passwords and one-time codes on the wire against
+# a later quantum computer (the service offers only those its asyncssh supports). AES-GCM before
+# ChaCha20-Poly1305: as strong, and AES-NI makes it cheaper per packet here.
+DEFAULT_KEX_ALGS = ("mlkem768x25519-sha256", "sntrup761x25519-sha512", "sntrup761x25519-sha512@openssh.com",
+                    "curve25519-sha256", "curve25519-sha256@libssh.org",
+                    "ecdh-sha2-nistp256", "ecdh-sha2-nistp384", "ecdh-sha2-nistp521",
+                    "diffie-hellman-group16-sha512", "diffie-hellman-group18-sha512",
+                    "diffie-hellman-group14-sha256")
+DEFAULT_ENCRYPTION_ALGS = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com")
+
 
 @dataclass(frozen=True)
 class ThrottleSettings:
@@ -96,6 +107,15 @@ class Config:
     # docs/security.md "Limits per connection and per address": one address may hold only a few
     # of the unauthenticated slots; a channel, a connection and a user are bounded too.
     max_unauthenticated_per_address: int = 8
+    # docs/security.md rule 63: connections past those slots wait in a queue (counted across
+    # ``serve --workers``; per address within one worker) instead of being dropped; past it, a
+    # clean SSH disconnect with a reason.
+    max_queued: int = 512
+    max_queued_per_address: int = 256
+    # The service's algorithm preferences, most preferred first (README "Algorithms the service
+    # prefers"); empty: asyncssh's defaults.
+    kex_algs: tuple[str, ...] = DEFAULT_KEX_ALGS
+    encryption_algs: tuple[str, ...] = DEFAULT_ENCRYPTION_ALGS
     max_channels_per_connection: int = 4
     max_channels_per_user: int = 8
     request_timeout: int = 30
@@ -150,7 +170,7 @@ _KEYS = {
                 "pkcs11_pin_file"},
     "server": {"listen", "login_timeout", "max_unauthenticated", "max_request_bytes", "drain_timeout",
                "max_unauthenticated_per_address", "max_channels_per_connection", "max_channels_per_user",
-               "request_timeout"},
+               "request_timeout", "max_queued", "max_queued_per_address", "kex_algs", "encryption_algs"},
     "throttle": {"user_failures", "address_failures", "window", "lockout", "max_backoff"},
 }
 
@@ -224,7 +244,13 @@ def parse_config(data: bytes, path: str | Path) -> Config:
         "max_channels_per_user": _int(server, "max_channels_per_user", where, "server.max_channels_per_user",
                                       1, 10000),
         "request_timeout": _dur(server, "request_timeout", where, "server.request_timeout", 3600),
+        "max_queued": _int(server, "max_queued", where, "server.max_queued", 0, 100000),
+        "max_queued_per_address": _int(server, "max_queued_per_address", where, "server.max_queued_per_address",
+                                       0, 100000),
     }
+    for name in ("kex_algs", "encryption_algs"):
+        if name in server:
+            values[name] = _strings(server, name, where, f"server.{name}", ())
     values.update({k: v for k, v in found.items() if v is not None})
     limits = {
         "user_limit": _int(throttle, "user_failures", where, "throttle.user_failures", 1, 1000),

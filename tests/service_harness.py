@@ -21,8 +21,9 @@ class CAProcess:
     """``iast-ca serve --listen 127.0.0.1:0`` as a child process; learns its port from the log."""
 
     def __init__(self, state_dir: Path, policy: Path, config: str = "", workdir: Path | None = None,
-                 serve_args: tuple[str, ...] = (), database: str | None = None):
+                 serve_args: tuple[str, ...] = (), database: str | None = None, env: dict | None = None):
         self.serve_args = serve_args
+        self.env = env
         self.database = database
         self.state_dir = Path(state_dir)
         self.policy = Path(policy)
@@ -41,6 +42,7 @@ class CAProcess:
             [IAST_CA, "--config", str(self.config_path), "serve", "--listen", f"127.0.0.1:{port}",
              *self.serve_args],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+            env={**os.environ, **self.env} if self.env else None,
         )
         threading.Thread(target=self._pump, daemon=True).start()
         listening = self.wait_for("listening", timeout, since=mark)

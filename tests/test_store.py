@@ -77,6 +77,53 @@ def test_a_write_that_raises_leaves_nothing(store):
     store.verify()
 
 
+def _cert(tx, user):
+    serial = tx.next_serial()
+    eid = tx.append("issued", {"n": serial}, user=user, serial=serial, key_id=f"k{serial}")
+    tx.add_certificate(serial=serial, key_id=f"k{serial}", user=user, role="dev", key_fingerprint="SHA256:x",
+                       ca_fingerprint="SHA256:y", valid_after=0, valid_before=1, event_id=eid)
+    return serial
+
+
+def test_a_group_commits_its_transactions_together_and_a_failed_one_alone_rolls_back(store, store_path, backend):
+    """Rule 64: transactions inside group() are savepoints of one commit. Before it, another
+    connection sees none of them; a transaction that raised left nothing; serials and the chain
+    continue across it."""
+    store.record("before", {})
+    other = open_store(store_path, backend=backend)
+    try:
+        with store.group():
+            with store.transaction() as tx:
+                first = _cert(tx, "alice")
+            with pytest.raises(RuntimeError, match="refused"):
+                with store.transaction() as tx:
+                    _cert(tx, "mallory")
+                    raise RuntimeError("refused")
+            with store.transaction() as tx:
+                second = _cert(tx, "bob")
+            assert other.head()[0] == 1 and other.certificates.by_serial(first) is None  # not committed yet
+        assert (first, second) == (1, 2)
+        assert [e.user for e in other.events(kind="issued", limit=None)] == ["bob", "alice"]
+        assert other.certificates.by_serial(second).username == "bob"
+        assert other.verify().count == 3
+    finally:
+        other.close()
+
+
+def test_a_group_that_fails_leaves_none_of_its_rows(store):
+    store.record("before", {})
+    head = store.head()
+    with pytest.raises(RuntimeError, match="power cut"):
+        with store.group():
+            with store.transaction() as tx:
+                _cert(tx, "alice")
+            raise RuntimeError("power cut")
+    assert store.head() == head and store.certificates.by_serial(1) is None
+    with store.transaction() as tx:  # and the store is usable, outside any group, afterwards
+        assert _cert(tx, "alice") == 1
+    assert store.verify().count == 2
+
+
 def test_unit_of_work_checks(store):
     with store.transaction() as tx:
         assert tx.user_enabled("alice") is None

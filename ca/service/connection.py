@@ -16,9 +16,9 @@ refuses anything else), must do so within the login timeout, and keeps
 its place among the unauthenticated connections until it closes
 (docs/security.md rules 14 and 19).
 
-Limits (docs/security.md, "Limits per connection and per address"): one
-address holds at most ``server.max_unauthenticated_per_address`` of the
-unauthenticated slots; environment requests are refused and never kept
+Limits (docs/security.md, "Limits per connection and per address"): the
+pre-authentication slots and the queue behind them are
+:mod:`ca.service.admission`'s; environment requests are refused and never kept
 (sshd's default ``AcceptEnv`` none); a connection has at most
 ``server.max_channels_per_connection`` channels open and a user at most
 ``server.max_channels_per_user`` over all their connections.
@@ -81,7 +81,9 @@ class Connection(asyncssh.SSHServer):
         self.offered: list[str] = []
         self._key_answers: dict[tuple[str, str], Identity | None] = {}
         self.attempts = 0
-        self.counted = False
+        self.counted = False  # holds a pre-authentication slot (ca.service.admission)
+        self.queued = False  # waits for one
+        self.closed = False
         self.channels = 0
         self._conversation: tuple[InteractiveAuthenticator, Conversation] | None = None
         authenticators = service.ca.authenticators
@@ -96,36 +98,11 @@ class Connection(asyncssh.SSHServer):
         self.conn = conn
         peer = conn.get_extra_info("peername")
         self.address = peer[0] if peer else "?"
-        svc = self.service
-        per_address = svc.unauthenticated_by_address
-        if svc.unauthenticated >= svc.cfg.max_unauthenticated:
-            event("refused: too many unauthenticated connections", source=self.address)
-            conn.close()
-            self.counted = False
+        if self.service.admission.arrive(self) == "refused":
             return
-        if per_address.get(self.address, 0) >= svc.cfg.max_unauthenticated_per_address:
-            event("refused: too many unauthenticated connections from this address", source=self.address)
-            conn.close()
-            self.counted = False
-            return
-        svc.unauthenticated += 1
-        metrics.connection("unauthenticated", 1)
-        per_address[self.address] = per_address.get(self.address, 0) + 1
-        self.counted = True
         # Every session channel of this connection is a LimitedChannel, counted (see create_channel).
         original = conn.create_server_channel
         conn.create_server_channel = functools.partial(self._create_channel, original)  # type: ignore[method-assign]
-
-    def _uncount(self) -> None:
-        """This connection no longer waits to authenticate: give its slots back."""
-        svc = self.service
-        svc.unauthenticated -= 1
-        metrics.connection("unauthenticated", -1)
-        left = svc.unauthenticated_by_address.get(self.address, 1) - 1
-        if left > 0:
-            svc.unauthenticated_by_address[self.address] = left
-        else:
-            svc.unauthenticated_by_address.pop(self.address, None)
 
     def _create_channel(self, original: Callable[..., asyncssh.SSHServerChannel], *args, **kw):
         """A session channel, unless this connection or its user already has too many open."""
@@ -154,10 +131,11 @@ class Connection(asyncssh.SSHServer):
     def connection_lost(self, exc: Exception | None) -> None:
         if self._expiry is not None:
             self._expiry.cancel()
+        self.closed = True
         if self.authenticated and not self.deferred:
             metrics.connection("authenticated", -1)
-        if self.counted and (not self.authenticated or self.deferred):
-            self._uncount()
+        if self.counted or self.queued:
+            self.service.admission.release(self)
             if self.user is not None and not self.used:
                 svc = self.service
                 svc.spawn(svc.executors.on_auth(svc.ca.guard.connection_failed, self.user, self.address,
@@ -254,8 +232,7 @@ class Connection(asyncssh.SSHServer):
             event("workload connection accepted; waiting for sign --token -", user=self.user,
                   source=self.address)
             return
-        if self.counted:
-            self._uncount()
+        self.service.admission.release(self)
         metrics.connection("authenticated", 1)
         methods = list(self.identity.auth_methods) if self.identity else []
         event("authenticated", user=self.user, source=self.address, methods=methods)

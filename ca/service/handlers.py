@@ -68,6 +68,11 @@ class Call:
     async def on_auth(self, fn: Callable, *args: Any) -> Any:
         return await self.service.executors.on_auth(fn, *args)
 
+    async def on_commit(self, fn: Callable, *args: Any) -> Any:
+        """An issuance on the issue thread, group-committed with the others waiting; its result
+        only once the commit holding its rows has returned (docs/security.md rule 64)."""
+        return await self.service.executors.on_issue_committed(self.ca.authority.audit, fn, *args)
+
     def reply(self, obj: Any, text: str) -> int:
         """The answer: ``obj`` as JSON with ``--json``, else ``text``."""
         self.process.stdout.write((json.dumps(obj) if self.cmd.json else text) + "\n")
@@ -234,10 +239,10 @@ async def sign(c: Call) -> int:
     if cmd.otp is not None:
         if not await _step_up(c, cmd.otp):
             err = AuthenticationFailed("one-time code refused")
-            await c.on_issue(authority.refuse, identity, req, err)
+            await c.on_commit(authority.refuse, identity, req, err)
             raise err
         identity = replace(identity, auth_methods=identity.auth_methods + ("otp-step-up",), mfa=True)
-    issued = await c.on_issue(authority.issue, identity, req)
+    issued = await c.on_commit(authority.issue, identity, req)
     event("issued", user=identity.user, role=issued.decision.role, serial=issued.serial, key_id=issued.key_id,
           key_fingerprint=issued.key_fingerprint, source=identity.source_address)
     if cmd.json:

@@ -124,7 +124,7 @@ def observe_issue(seconds: float) -> None:
 
 
 def connection(state: str, delta: int) -> None:
-    """``state`` is "unauthenticated" or "authenticated" (a closed set)."""
+    """``state`` is "queued", "unauthenticated" or "authenticated" (a closed set)."""
     if _metrics is not None:
         _metrics.connections.labels(state=state).inc(delta)
 
@@ -151,6 +151,8 @@ class ObservedStore:
 
     def __init__(self, store: Any, on_commit: Callable[[list, float], None]):
         self._store, self._on_commit = store, on_commit
+        self._grouped: list[tuple[list, float]] | None = None  # inside group(): counted at its commit
+        self._group_thread: int | None = None
 
     @contextmanager
     def transaction(self) -> Iterator[_ObservedUnit]:
@@ -158,7 +160,25 @@ class ObservedStore:
         start = time.perf_counter()
         with self._store.transaction() as tx:
             yield _ObservedUnit(tx, seen)
-        self._on_commit(seen, time.perf_counter() - start)  # reached only once committed
+        if self._grouped is not None and self._group_thread == threading.get_ident():
+            self._grouped.append((seen, start))  # a savepoint: not durable until the group commits
+        else:
+            self._on_commit(seen, time.perf_counter() - start)  # reached only once committed
+
+    @contextmanager
+    def group(self) -> Iterator[None]:
+        """The store's group commit (docs/security.md rule 64): its transactions are counted
+        only once the group's one commit returned; a failed commit counts none of them."""
+        grouped: list[tuple[list, float]] = []
+        with self._store.group():
+            self._grouped, self._group_thread = grouped, threading.get_ident()
+            try:
+                yield
+            finally:
+                self._grouped = self._group_thread = None
+        done = time.perf_counter()
+        for seen, start in grouped:
+            self._on_commit(seen, done - start)
 
     def record(self, kind: str, data: dict[str, Any], **columns: Any) -> int:
         with self.transaction() as tx:

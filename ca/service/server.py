@@ -17,8 +17,10 @@ import asyncssh
 
 from ca.app import CA
 from ca.auth.base import RequestAuthenticator
-from ca.errors import EXIT_ERROR, AuthenticationFailed, CAError
+from ca.config import DEFAULT_ENCRYPTION_ALGS, DEFAULT_KEX_ALGS, Config
+from ca.errors import EXIT_ERROR, AuthenticationFailed, CAError, ConfigError
 from ca.models import Identity
+from ca.service.admission import Admission, Counter
 from ca.service.connection import MAX_AUTH_ATTEMPTS, Connection
 from ca.service.executors import Executors
 from ca.service.handlers import HANDLERS, Call, refused
@@ -31,7 +33,7 @@ __all__ = ["MAX_AUTH_ATTEMPTS", "Service", "serve", "setup_logging", "event", "s
 class Service:
     """The running CA service."""
 
-    def __init__(self, ca: CA):
+    def __init__(self, ca: CA, *, queued_total: Counter | None = None):
         self.ca = ca
         self.cfg = ca.cfg
         self.worker: int | None = None
@@ -39,8 +41,9 @@ class Service:
         # Open everything now, so that a bad key, policy or database fails at start, not at a login.
         for part in ("authority", "users", "guard", "authenticators"):
             getattr(ca, part)
-        self.unauthenticated = 0
-        self.unauthenticated_by_address: dict[str, int] = {}  # ca.service.connection's limits
+        # Pre-authentication slots and the queue behind them; ``queued_total`` is shared by the
+        # workers of ``serve --workers N`` (docs/security.md rule 63).
+        self.admission = Admission(self.cfg, queued_total)
         self.channels_by_user: dict[str, int] = {}
         self.inflight = 0
         self.server: asyncssh.SSHAcceptor | None = None
@@ -76,7 +79,9 @@ class Service:
         self.worker = worker
         self.server = await asyncssh.listen(
             host, port,
-            server_host_keys=[str(self.ca.paths.host_key)],
+            # Read once, as an object: given a path, asyncssh reads and parses the file again at
+            # every authentication (bench/README.md, login-fresh: about 1 ms per connection).
+            server_host_keys=[asyncssh.read_private_key(self.ca.paths.host_key)],
             server_factory=lambda: Connection(self),
             process_factory=self._handle,
             login_timeout=self.cfg.login_timeout,
@@ -85,6 +90,7 @@ class Service:
             line_editor=False,
             keepalive_interval=30,
             reuse_port=worker is not None,
+            **algorithms(self.cfg),
         )
         event("listening" if worker is None else "worker listening", host=host, port=self.port,
               state_dir=str(self.cfg.state_dir), ca_fingerprint=self.ca.authority.ca_fingerprint)
@@ -196,14 +202,38 @@ class Service:
         event("stopped")
 
 
+def algorithms(cfg: Config) -> dict[str, list[str]]:
+    """asyncssh's ``kex_algs`` and ``encryption_algs`` from ``server.kex_algs`` / ``server.encryption_algs``
+    (README, "Algorithms the service prefers"). The defaults are filtered to what this asyncssh
+    supports; a name set in the config that it does not know fails the start, naming it."""
+    from asyncssh.encryption import get_encryption_algs
+    from asyncssh.kex import get_kex_algs
+
+    out: dict[str, list[str]] = {}
+    for key, configured, default, known in (
+            ("kex_algs", cfg.kex_algs, DEFAULT_KEX_ALGS, get_kex_algs()),
+            ("encryption_algs", cfg.encryption_algs, DEFAULT_ENCRYPTION_ALGS, get_encryption_algs())):
+        names = {a.decode() for a in known}
+        if configured == default:
+            configured = tuple(a for a in default if a in names)
+        unknown = [a for a in configured if a not in names]
+        if unknown:
+            raise ConfigError(f"server.{key}: {', '.join(unknown)} not supported by this asyncssh "
+                              f"(known: {', '.join(sorted(names))})")
+        if configured:
+            out[key] = list(configured)
+    return out
+
+
 async def serve(ca: CA, *, host: str | None = None, port: int | None = None,
-                ready: Callable[[Service], None] | None = None, worker: int | None = None) -> None:
+                ready: Callable[[Service], None] | None = None, worker: int | None = None,
+                queued_total: Counter | None = None) -> None:
     """Run the service until SIGTERM or SIGINT; SIGHUP reloads the keyring and the policy.
 
     As a worker of :mod:`ca.service.workers` it shares the port, and leaves
     talking to systemd to the parent.
     """
-    service = Service(ca)
+    service = Service(ca, queued_total=queued_total)
     await service.start(host, port, worker=worker)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()

@@ -30,7 +30,7 @@ from ca.config import Config
 from ca.errors import EXIT_ERROR, EXIT_OK, StateError
 
 
-def _worker(cfg: Config, index: int, host: str, port: int, passphrase: bytes | None, ready) -> None:
+def _worker(cfg: Config, index: int, host: str, port: int, passphrase: bytes | None, ready, queued) -> None:
     import asyncio
 
     from ca.app import open_ca
@@ -42,7 +42,8 @@ def _worker(cfg: Config, index: int, host: str, port: int, passphrase: bytes | N
     if metrics.setup(cfg):  # the parent's multiprocess directory, inherited (ca.service.metrics)
         metrics.instrument(ca)
     ca.authority  # noqa: B018 - unlock the key and read the policy before the loop starts, as the parent did
-    asyncio.run(serve(ca, host=host, port=port, worker=index, ready=lambda _s: ready.put(index)))
+    asyncio.run(serve(ca, host=host, port=port, worker=index, ready=lambda _s: ready.put(index),
+                      queued_total=queued))
 
 
 def _reserve(host: str, port: int) -> socket.socket:
@@ -63,7 +64,10 @@ def run_workers(cfg: Config, workers: int, host: str, port: int, passphrase: byt
     port = reserve.getsockname()[1]
     ctx = multiprocessing.get_context("spawn")
     ready = ctx.Queue()
-    procs = [ctx.Process(target=_worker, args=(cfg, i, host, port, passphrase, ready), name=f"iast-ca-worker-{i}")
+    # The connections waiting to log in, counted over all workers (ca.service.admission).
+    queued = ctx.Value("i", 0)
+    procs = [ctx.Process(target=_worker, args=(cfg, i, host, port, passphrase, ready, queued),
+                         name=f"iast-ca-worker-{i}")
              for i in range(workers)]
     stop: list[int] = []
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -27,6 +27,11 @@ The contract every backend keeps (``tests/test_store.py`` checks it):
   ``kill -9``. If anything inside raises, or the commit fails, nothing is
   left and the error propagates (database errors as
   :class:`ca.errors.AuditError`).
+* **Group commit.** ``Store.group()`` makes the transactions one thread
+  opens inside it savepoints of one transaction, durable at the group's
+  end (docs/security.md rule 64): the service's issue thread runs the
+  issuances waiting for it as one group, so they share one fsync, and
+  answers none of them before the group's COMMIT returned.
 * **Reads inside a transaction see it.** The repositories on a
   :class:`UnitOfWork` read through the transaction; those on the
   :class:`Store` read committed data. Write methods are called on the
@@ -41,7 +46,8 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import AbstractContextManager
+import threading
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any, NamedTuple, Protocol
 
@@ -334,9 +340,48 @@ class Store(ABC):
     tokens: UsedTokenReads
     join_tokens: JoinTokenReads
 
+    # The thread whose group() is open, if any (see group()).
+    _group_thread: int | None = None
+    _savepoints = 0
+
+    @contextmanager
+    def transaction(self) -> Iterator[UnitOfWork]:
+        """One durable write transaction holding the chain lock; inside :meth:`group` (on the
+        group's thread), a savepoint of the group's transaction."""
+        if self._group_thread == threading.get_ident():
+            self._savepoints += 1
+            with self._savepoint(f"uow{self._savepoints}"):
+                yield self._unit_of_work()
+        else:
+            with self._durable():
+                yield self._unit_of_work()
+
+    @contextmanager
+    def group(self) -> Iterator[None]:
+        """Group commit (docs/security.md rule 64): every :meth:`transaction` this thread opens
+        inside is a savepoint of one durable transaction, committed (with one fsync) when the
+        block ends. A transaction that raises rolls back to its savepoint only; the others keep
+        their rows. Nothing written inside is durable, or may be handed out, before the block
+        has exited without an error: if the commit fails, every row of the group is gone."""
+        if self._group_thread is not None:
+            raise RuntimeError("group() is not reentrant")
+        with self._durable():
+            self._group_thread = threading.get_ident()
+            try:
+                yield
+            finally:
+                self._group_thread = None
+
     @abstractmethod
-    def transaction(self) -> AbstractContextManager[UnitOfWork]:
-        """One durable write transaction holding the chain lock."""
+    def _durable(self) -> AbstractContextManager[None]:
+        """BEGIN (taking the chain lock) ... durable COMMIT; ROLLBACK if anything raises."""
+
+    @abstractmethod
+    def _savepoint(self, name: str) -> AbstractContextManager[None]:
+        """SAVEPOINT name ... RELEASE; ROLLBACK TO it if anything raises (inside _durable)."""
+
+    @abstractmethod
+    def _unit_of_work(self) -> UnitOfWork: ...
 
     @abstractmethod
     def close(self) -> None: ...

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from typing import Any
 
 from ca.audit.chain import chain_hash, encode_data, iso
@@ -105,11 +105,15 @@ class PostgresStore(EventRowsStore):
     def close(self) -> None:
         self.conn.close()
 
-    @contextmanager
-    def transaction(self) -> Iterator[PostgresUnitOfWork]:
+    def _unit_of_work(self) -> PostgresUnitOfWork:
+        return PostgresUnitOfWork(self)
+
+    def _durable(self) -> AbstractContextManager[None]:
         """One durable write: BEGIN, the chain lock, ..., COMMIT; rolled back if anything raises."""
-        with self.conn.transaction():
-            yield PostgresUnitOfWork(self)
+        return self.conn.transaction()
+
+    def _savepoint(self, name: str) -> AbstractContextManager[None]:
+        return self.conn.savepoint(name)
 
     # -- event reads -----------------------------------------------------------------
 

@@ -169,6 +169,22 @@ class Connection:
             finally:
                 self.in_transaction = False
 
+    @contextmanager
+    def savepoint(self, name: str) -> Iterator[None]:
+        """SAVEPOINT name ... RELEASE, inside :meth:`transaction`; ROLLBACK TO it if anything raises."""
+        with self._lock:
+            self.execute(f"SAVEPOINT {name}", what="write the audit log")
+            try:
+                yield
+                self.execute(f"RELEASE SAVEPOINT {name}", what="write the audit log")
+            except BaseException:
+                try:
+                    self.execute(f"ROLLBACK TO SAVEPOINT {name}", what="write the audit log")
+                    self.execute(f"RELEASE SAVEPOINT {name}", what="write the audit log")
+                except AuditError:
+                    pass  # the transaction is gone: the group's COMMIT fails and says so
+                raise
+
     def _rollback(self) -> None:
         conn = self._conn
         if conn is None or conn.closed or conn.broken:

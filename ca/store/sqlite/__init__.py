@@ -107,8 +107,11 @@ class SQLiteStore(EventRowsStore):
     def close(self) -> None:
         self.conn.close()
 
+    def _unit_of_work(self) -> SQLiteUnitOfWork:
+        return SQLiteUnitOfWork(self)
+
     @contextmanager
-    def transaction(self) -> Iterator[SQLiteUnitOfWork]:
+    def _durable(self) -> Iterator[None]:
         """One durable write: ``BEGIN IMMEDIATE`` ... ``COMMIT``.
 
         If anything inside raises, or the commit itself fails, the
@@ -121,13 +124,32 @@ class SQLiteStore(EventRowsStore):
         except sqlite3.Error as e:
             raise AuditError(f"cannot write the audit log {self.path}: {e}") from None
         try:
-            yield SQLiteUnitOfWork(self)
+            yield
             self.conn.execute("COMMIT")
         except BaseException as e:
             if self.conn.in_transaction:
                 self.conn.execute("ROLLBACK")
             if isinstance(e, sqlite3.Error):
                 raise AuditError(f"cannot commit to the audit log {self.path}: {e}") from None
+            raise
+
+    @contextmanager
+    def _savepoint(self, name: str) -> Iterator[None]:
+        try:
+            self.conn.execute(f"SAVEPOINT {name}")
+        except sqlite3.Error as e:
+            raise AuditError(f"cannot write the audit log {self.path}: {e}") from None
+        try:
+            yield
+            self.conn.execute(f"RELEASE {name}")
+        except BaseException as e:
+            try:
+                self.conn.execute(f"ROLLBACK TO {name}")
+                self.conn.execute(f"RELEASE {name}")
+            except sqlite3.Error:
+                pass  # the whole transaction is gone: the group's COMMIT fails and says so
+            if isinstance(e, sqlite3.Error):
+                raise AuditError(f"cannot write the audit log {self.path}: {e}") from None
             raise
 
     # -- event reads -----------------------------------------------------------------
