@@ -13,7 +13,7 @@ import re
 import unicodedata
 from typing import Any
 
-from ca.errors import CAError, UsageError
+from ca.errors import AuthenticationFailed, CAError, UsageError
 
 # -- user names ---------------------------------------------------------------
 # A user name ends up in key IDs and, through {user}, in principals; the
@@ -40,6 +40,20 @@ def check_user_name(name: Any, error: type[CAError] = UsageError) -> str:
 # [workload.*] section it is no account, and SSH "none" accepts it for one token-authenticated
 # request only (docs/security.md rule 14). The client and the service both need the name.
 WORKLOAD_USER = "workload"
+
+# -- logins by certificate (docs/security.md rule 80) -------------------------------------
+# The key of a current certificate this CA issued to a user proves that user again, for the
+# commands that read or ask; never for one that makes a certificate or decides a request.
+CERTIFICATE_LOGIN = "certificate"
+CERTIFICATE_LOGIN_REFUSED = frozenset({"sign", "approve", "deny"})
+
+
+def check_certificate_login(command: str, auth_methods: tuple[str, ...]) -> None:
+    """AuthenticationFailed when a login by certificate asks for ``sign``, ``approve`` or ``deny``."""
+    if CERTIFICATE_LOGIN in auth_methods and command in CERTIFICATE_LOGIN_REFUSED:
+        raise AuthenticationFailed(f"{command} needs your key, password or single sign-on: a login with a "
+                                   "certificate cannot get another certificate or decide a request")
+
 
 DEFAULT_PRINCIPAL_PATTERN = r"^[a-z_][a-z0-9_.-]{0,31}$"
 # Never allowed in a principal, whatever the configured pattern says: a comma
