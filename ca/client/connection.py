@@ -130,7 +130,7 @@ def _ca_error(address: str, e: BaseException) -> CAError:
         return CAError(f"cannot reach the CA at {address}: cannot resolve host {address.rsplit(':', 1)[0]} "
                        f"({e.strerror or e})")
     if isinstance(e, OSError):
-        why = (e.strerror or str(e)) if e.strerror else (os.strerror(e.errno) if e.errno else str(e))
+        why = os.strerror(e.errno) if e.errno else (e.strerror or str(e))
         return CAError(f"cannot reach the CA at {address}: {why}")
     return CAError(f"cannot reach the CA at {address}: {e}")
 

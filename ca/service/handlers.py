@@ -102,6 +102,11 @@ def _enabled(ca: CA, identity: Identity) -> None:
         raise AuthenticationFailed(f"user {identity.user} is disabled")
 
 
+def _has_totp(ca: CA, user: str) -> bool:
+    row = ca.users.get(user)
+    return row is not None and row.has_totp
+
+
 def _request_access(ca: CA, identity: Identity, cmd: Command) -> AccessRequest:
     _enabled(ca, identity)
     return ca.approvals.create(identity, role=cmd.role, ttl=cmd.ttl, reason=cmd.reason, policy=ca.policy)
@@ -229,7 +234,12 @@ async def sign(c: Call) -> int:
     req = SignRequest(public_key=key_line, role=cmd.role, ttl=cmd.ttl, reason=cmd.reason, request_id=cmd.request_id)
     if cmd.otp is not None:
         if not await _step_up(c, cmd.otp):
-            err = AuthenticationFailed("one-time code refused")
+            # The caller is authenticated as this user: saying that they have no TOTP tells them
+            # about their own account only (docs/security.md rule 85).
+            has_totp = await c.on_issue(_has_totp, c.ca, identity.user)
+            err = AuthenticationFailed("one-time code refused" if has_totp else
+                                       f"one-time code refused: {identity.user} has no one-time code (TOTP) "
+                                       "enrolled; ask the CA's administrator to set one up")
             await c.on_issue(authority.refuse, identity, req, err)
             raise err
         identity = replace(identity, auth_methods=identity.auth_methods + ("otp-step-up",), mfa=True)
