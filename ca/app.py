@@ -37,6 +37,7 @@ from ca.auth.base import Authenticator
 from ca.auth.guard import Guard
 from ca.auth.oidc import OIDCAuthenticator
 from ca.auth.certkey import CertifiedKeyAuthenticator
+from ca.auth.enrol import EnrolmentCodeAuthenticator
 from ca.auth.hosts import HostKeyAuthenticator, JoinTokenAuthenticator
 from ca.auth.workload import WorkloadAuthenticator
 from ca.auth.password_totp import PasswordTotpAuthenticator
@@ -329,6 +330,7 @@ class CA:
             CertifiedKeyAuthenticator(self.auth_audit),  # a user's current certificate's key (rule 80)
             JoinTokenAuthenticator(self.auth_audit),  # host:NAME accounts only (host enroll); before passwords
             PasswordTotpAuthenticator(self.auth_users),
+            EnrolmentCodeAuthenticator(self.auth_audit),  # submethod "enrol" only: never the default
             *workload,
         )
 

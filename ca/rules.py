@@ -55,6 +55,23 @@ def check_certificate_login(command: str, auth_methods: tuple[str, ...]) -> None
                                    "certificate cannot get another certificate or decide a request")
 
 
+# A login by a one-time enrolment code (ca.auth.enrol, docs/security.md rule 86) runs ``enroll``
+# only, and ``enroll`` runs for such a login only.
+ENROLMENT_LOGIN = "enrolment-code"
+
+
+def check_enrolment_login(command: str, auth_methods: tuple[str, ...]) -> None:
+    """AuthenticationFailed unless (an enrolment-code login) == (the command is ``enroll``); ``help`` for all."""
+    if command == "help":
+        return
+    if ENROLMENT_LOGIN in auth_methods and command != "enroll":
+        raise AuthenticationFailed(f"an enrolment code logs in for 'enroll' only, not {command}: after enrolling, "
+                                   "log in with the key or password you registered")
+    if command == "enroll" and ENROLMENT_LOGIN not in auth_methods:
+        raise AuthenticationFailed("enroll needs an enrolment code ('iast-ca user invite' prints one): "
+                                   "ssh -o KbdInteractiveDevices=enrol USER@CA enroll, or 'iast-ssh enroll'")
+
+
 DEFAULT_PRINCIPAL_PATTERN = r"^[a-z_][a-z0-9_.-]{0,31}$"
 # Never allowed in a principal, whatever the configured pattern says: a comma
 # splits principal lists in asyncssh and in sshd's matching (CVE-2026-35414), "*", "?" and "!"

@@ -234,3 +234,70 @@ class socket_closed_port:
 
     def __exit__(self, *exc) -> None:
         pass
+
+
+# --------------------------------------------------------------------------
+# Self-enrolment (rule 86): invite, then the person enrols through plain ssh, or through iast-ssh
+
+
+def _askpass(tmp_path: Path, answer: str) -> dict:
+    script = tmp_path / "askpass.sh"
+    script.write_text(f"#!/bin/sh\necho '{answer}'\n")
+    script.chmod(0o700)
+    return {"SSH_ASKPASS": str(script), "SSH_ASKPASS_REQUIRE": "force", "DISPLAY": ":0"}
+
+
+def test_self_enrolment_through_plain_ssh_then_login(ca, cfg, users, env, tmp_path):
+    inv = iast_ca(ca, "user", "invite", "dana", "--ttl", "30m")
+    assert inv.returncode == 0, inv.stderr
+    code = inv.stdout.strip()
+    assert len(code) == 29 and "Created user dana" in inv.stderr
+    known = tmp_path / "known_hosts"
+    assert iast_ssh(env, "trust-ca", f"127.0.0.1:{ca.port}", "--ca-fingerprint", host_fingerprint(cfg),
+                    "--known-hosts", str(known)).returncode == 0
+    key = make_key(tmp_path, name="dana")
+    ssh = ["ssh", "-F", "/dev/null", "-p", str(ca.port), "-o", "KbdInteractiveDevices=enrol",
+           "-o", "PreferredAuthentications=keyboard-interactive", "-o", "StrictHostKeyChecking=yes",
+           "-o", f"UserKnownHostsFile={known}", "-o", "GlobalKnownHostsFile=/dev/null", "-o", "NumberOfPasswordPrompts=1",
+           "dana@127.0.0.1", "enroll", "--totp", "--json"]
+    run_env = {**env, **_askpass(tmp_path, code.lower())}  # case and dashes do not matter
+    r = subprocess.run(ssh, stdin=key.with_suffix(".pub").open(), capture_output=True, text=True, env=run_env,
+                       timeout=30)
+    assert r.returncode == 0, r.stderr
+    got = json.loads(r.stdout)
+    assert got["user"] == "dana" and len(got["keys"]) == 1 and got["has_totp"] and got["totp_secret"]
+    # The secret went to dana only: not into any event, nor the service's log.
+    assert got["totp_secret"] not in json.dumps([e.data for e in events(cfg)])
+    assert not any(got["totp_secret"] in line for line in ca.lines)
+    kinds = [e.kind for e in events(cfg) if e.user == "dana"]
+    assert kinds == ["enrolment_code_used", "totp_reset", "key_added", "enrolment_code_created", "user_added"]
+
+    # The code works once; and it is no password for anything else.
+    again = subprocess.run(ssh, stdin=key.with_suffix(".pub").open(), capture_output=True, text=True, env=run_env,
+                           timeout=30)
+    assert again.returncode != 0 and "Permission denied" in again.stderr
+    # Now dana logs in with the key she registered, and the profile remembers it.
+    r = iast_ssh(env, "login", *ca_args(ca, cfg), "-l", "dana", "-i", str(key))
+    assert r.returncode == 0, r.stderr
+    assert iast_ssh(env, "roles").returncode == 0
+
+
+def test_self_enrolment_with_iast_ssh_and_a_wrong_code(ca, cfg, users, env, tmp_path):
+    code = iast_ca(ca, "user", "invite", "erin").stdout.strip()
+    key = make_key(tmp_path, name="erin")
+    conn = [*ca_args(ca, cfg), "-l", "erin"]
+    r = iast_ssh(env, "enroll", *conn, "--code", "AAAA-AAAA-AAAA-AAAA-AAAA-AAAA", "--key", str(key) + ".pub")
+    assert r.returncode == 4, r.stderr  # a wrong code: an authentication failure, nothing registered
+    assert json.loads(iast_ca(ca, "user", "show", "erin", "--json").stdout)["keys"] == []
+    r = iast_ssh(env, "enroll", *conn, "--code", code, "--key", str(key))  # the private key: never sent
+    assert r.returncode != 0 and "that is a private key" in r.stderr
+    r = iast_ssh(env, "enroll", *conn, "--code", code, "--key", str(key) + ".pub", "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["keys"] and json.loads(r.stdout)["totp_secret"] is None
+    # An enrolment login runs nothing but enroll.
+    code2 = iast_ca(ca, "user", "invite", "erin").stdout.strip()
+    c = Client(f"127.0.0.1:{ca.port}", ca_fingerprint=host_fingerprint(cfg), user="erin",
+               config_file=tmp_path / "c.toml")
+    c.enrol_code = code2
+    with pytest.raises(AuthenticationFailed, match="for 'enroll' only"):
+        c._run(lambda conn: c._json(conn, ["roles", "--json"]), certificates=False)

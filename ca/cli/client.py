@@ -547,6 +547,65 @@ def config(make_client, out_dir, host_pattern, offline) -> None:
     echo("\n".join(lines))
 
 
+@cli.command()
+@ca_options
+@click.option("--code", metavar="CODE", help="The one-time enrolment code from 'iast-ca user invite' "
+                                             "(default: asked for on a terminal).")
+@click.option("--key", "key_file", type=click.Path(dir_okay=False), metavar="FILE.pub",
+              help="Register this public key (your enrolled key for 'login -i').")
+@click.option("--password", "ask_password", is_flag=True, help="Set your password (asked twice on a terminal).")
+@click.option("--password-stdin", is_flag=True, help="Read the password from standard input instead.")
+@click.option("--totp", is_flag=True, help="Make your TOTP secret (shown once, to you only).")
+@output_options(csv_ok=False)
+def enroll(make_client, code, key_file, ask_password, password_stdin, totp, fmt) -> None:
+    """Redeem an enrolment code: register your own key, and/or password and TOTP, at the CA.
+
+    Your administrator ran 'iast-ca user invite NAME' and gave you the code;
+    it works once, for a short time. The administrator never sees your
+    password or TOTP secret. Afterwards log in as usual ('iast-ssh login').
+
+    \b
+    Example:
+      iast-ssh enroll --ca ca.example.com:2222 --ca-fingerprint SHA256:... -l alice --key ~/.ssh/id_ed25519.pub
+      iast-ssh enroll -l alice --password --totp
+    """
+    from pathlib import Path
+
+    from ca.errors import UsageError
+
+    if not key_file and not (ask_password or password_stdin) and not totp:
+        raise UsageError("nothing to enrol: give --key FILE.pub, and/or --password (or --password-stdin) with --totp")
+    key_line = None
+    if key_file:
+        try:
+            key_line = Path(key_file).expanduser().read_text()
+        except (OSError, UnicodeError) as e:
+            raise UsageError(f"--key: cannot read {key_file}: {getattr(e, 'strerror', None) or e}") from None
+    password = None
+    if password_stdin:
+        password = sys.stdin.readline().rstrip("\n")
+    elif ask_password:
+        if not _interactive():
+            raise UsageError("--password asks on a terminal; in a script use --password-stdin")
+        password = click.prompt("New password", hide_input=True, confirmation_prompt=True, err=True)
+    if code is None:
+        if not _interactive():
+            raise UsageError("give --code CODE (no terminal to ask for it)")
+        code = click.prompt("Enrolment code", err=True).strip()
+    client = make_client()
+    got = client.enroll(code, key_line=key_line, password=password, totp=totp)
+    _notes(client.notes)
+    if fmt == "json":
+        echo_json(got)
+        return
+    echo(f"Enrolled {got['user']}: {len(got['keys'])} key(s), password {'set' if got['has_password'] else 'none'}, "
+         f"TOTP {'set' if got['has_totp'] else 'none'}.")
+    if got.get("totp_secret"):
+        echo(f"TOTP secret (add it to your authenticator app now; it is not shown again): {got['totp_secret']}")
+        echo(f"  {got['totp_uri']}")
+    echo("Next: iast-ssh login" + (f" -i {key_line and Path(key_file).with_suffix('')}" if key_file else ""))
+
+
 @cli.command("trust-ca")
 @click.argument("address", metavar="HOST[:PORT]")
 @click.option("--ca-fingerprint", required=True, metavar="SHA256:...",

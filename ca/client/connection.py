@@ -229,6 +229,7 @@ class Client:
         self.prompter = prompter or Prompter()
         self.timeout = timeout
         self.notes: list[str] = []
+        self.enrol_code: str | None = None  # set by enroll(): the one-time code is the login
 
     # -- pinning -------------------------------------------------------------
 
@@ -334,6 +335,8 @@ class Client:
                 self.answered = 0
 
             def kbdint_auth_requested(self):
+                if client.enrol_code is not None:
+                    return "enrol"
                 if client.sso is not None:
                     # "sso[:NAME]", and "role:R" so that the CA asks the IdP for the sign-in R needs
                     wanted = [f"sso:{client.sso}" if client.sso else "sso"]
@@ -348,6 +351,11 @@ class Client:
                     if client.sso is not None and instructions and prompter.sign_in is not None:
                         prompter.sign_in(instructions.strip(), sign_in_url(instructions))
                     return []
+                if client.enrol_code is not None:
+                    if self.answered or len(prompts) != 1:
+                        return None  # refused once already
+                    self.answered += 1
+                    return [client.enrol_code]
                 answers = []
                 for text, echo in prompts:
                     if self.answered >= 2:
@@ -381,6 +389,8 @@ class Client:
             if self.prompter.sign_in is None:
                 raise UsageError("--sso needs somewhere to show the sign-in URL and code")
             methods.append("keyboard-interactive")
+        elif self.enrol_code is not None:
+            methods.append("keyboard-interactive")  # the code, and nothing else
         elif self.agent_path and (self.identity is None or (certificates and self.given_identity is None)):
             try:
                 agent = await open_agent(self.agent_path)
@@ -393,19 +403,19 @@ class Client:
                 # use up the CA's authentication attempts.
                 agent_keys = [kp for kp in await agent.get_keys()
                               if not kp.algorithm.endswith(b"-cert-v01@openssh.com")] if self.identity is None else []
-        if certificates and self.sso is None and self.workload_token is None and self.given_identity is None:
+        plain = self.sso is None and self.workload_token is None and self.enrol_code is None
+        if certificates and plain and self.given_identity is None:
             cert_keys = await self._certificate_keys(agent)
-        if self.sso is None and self.workload_token is None and (self.identity is not None or agent_keys
-                                                                 or cert_keys):
+        if plain and (self.identity is not None or agent_keys or cert_keys):
             methods.append("publickey")
-        if self.sso is None and self.workload_token is None and self.prompter.can_log_in:
+        if plain and self.prompter.can_log_in:
             methods.append("keyboard-interactive")
         if not methods:
             raise AuthenticationFailed(
                 "no way to authenticate to the CA: give -i KEY (an enrolled key), load an enrolled key into "
                 "ssh-agent, or run on a terminal to log in with a password and one-time code")
         client_keys = list(cert_keys)
-        if self.identity is not None:
+        if self.identity is not None and plain:
             try:
                 client_keys.append(self._load_identity())
             except BadKey as e:
@@ -572,6 +582,24 @@ class Client:
             return base64.b64decode("".join(self._run(work).split()), validate=True)
         except (binascii.Error, ValueError):
             raise CAError("the CA's KRL answer is not base64") from None
+
+    def enroll(self, code: str, *, key_line: str | None = None, password: str | None = None,
+               totp: bool = False) -> dict[str, Any]:
+        """Redeem a one-time enrolment code ('iast-ca user invite'): register this user's own public
+        key and/or password and a new TOTP secret (in the answer, for this person only). The code is
+        the login (keyboard-interactive, submethod ``enrol``); nothing else is offered."""
+        from ca.sshcert.userkey import parse_user_key
+
+        if key_line is not None:
+            parse_user_key(key_line)  # a private key, or anything else, never leaves this machine
+        self.enrol_code = code.strip()
+        args = ["enroll", "--json"] + (["--totp"] if totp else []) + (["--password-stdin"] if password is not None
+                                                                      else [])
+        stdin = (password + "\n" if password is not None else "") + (key_line.strip() + "\n" if key_line else "")
+        try:
+            return self._run(lambda conn: self._json(conn, args, stdin), certificates=False)
+        finally:
+            self.enrol_code = None
 
     # -- access requests (roles with approval) ------------------------------
 

@@ -19,7 +19,7 @@ from ca.app import CA
 from ca.auth.base import RequestAuthenticator
 from ca.errors import EXIT_ERROR, AuthenticationFailed, CAError
 from ca.models import Identity
-from ca.rules import check_certificate_login
+from ca.rules import check_certificate_login, check_enrolment_login
 from ca.service.connection import MAX_AUTH_ATTEMPTS, Connection
 from ca.service.executors import Executors
 from ca.service.handlers import HANDLERS, Call, refused
@@ -136,6 +136,7 @@ class Service:
         try:
             cmd = parse_command(process.command)
             check_certificate_login(cmd.name, identity.auth_methods)
+            check_enrolment_login(cmd.name, identity.auth_methods)
             return await HANDLERS[cmd.name](Call(self, process, cmd, identity))
         except CAError as e:
             return refused(process, cmd, e)
