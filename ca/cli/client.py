@@ -202,7 +202,7 @@ def login(make_client, role, ttl, reason, otp, request_id, sso, token_file, toke
           fmt) -> None:
     """Get a certificate from the CA and hand it to ssh.
 
-    The CA's host key is checked against the pinned fingerprint before
+    The CA's service host key is checked against the pinned fingerprint before
     anything is sent. The certificate goes into ssh-agent (SSH_AUTH_SOCK)
     for exactly its lifetime, replacing the previous certificate of the
     same CA and role; with --no-agent, or without an agent, the key and

@@ -2,7 +2,7 @@
 
 The flow of ``login`` (docs/architecture.md, "The one path every certificate takes"):
 
-1. Pin the CA's host key (docs/security.md rule 18): fetch the key the server
+1. Pin the CA's service host key (docs/security.md rule 18): fetch the key the server
    presents, compare its SHA256 fingerprint with the pin *before* any
    credential is sent, then connect accepting exactly that key, so that the
    key checked is the key used (no time-of-check/time-of-use gap).
@@ -234,7 +234,7 @@ class Client:
     # -- pinning -------------------------------------------------------------
 
     async def _host_key(self):
-        """The CA's host key, checked against the pin (or confirmed by the user). Sends no credential:
+        """The CA's service host key, checked against the pin (or confirmed by the user). Sends no credential:
         the connection ends after the key exchange."""
         import asyncssh
 
