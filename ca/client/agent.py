@@ -40,13 +40,13 @@ async def agent_held(path: str, krls=()) -> list[tuple[Any, HeldCertificate]]:
     """(agent key, description) for every iast certificate in the agent at ``path``."""
     agent = await open_agent(path)
     try:
-        return await _held_in(agent, krls)
+        return await held_in(agent, krls)
     finally:
         agent.close()
         await agent.wait_closed()
 
 
-async def _held_in(agent, krls=()) -> list[tuple[Any, HeldCertificate]]:
+async def held_in(agent, krls=()) -> list[tuple[Any, HeldCertificate]]:
     out = []
     for kp in await agent.get_keys():
         if kp.algorithm.endswith(b"-cert-v01@openssh.com"):
@@ -54,6 +54,18 @@ async def _held_in(agent, krls=()) -> list[tuple[Any, HeldCertificate]]:
             if held is not None:
                 out.append((kp, held))
     return out
+
+
+async def _remove(agent, held: list[tuple[Any, HeldCertificate]]) -> list[str]:
+    """Remove these certificates from the agent; the key IDs of those it still had."""
+    removed = []
+    for kp, h in held:
+        try:
+            await agent.remove_keys([kp])
+            removed.append(h.key_id)
+        except ValueError:
+            pass  # expired and dropped by the agent in the meantime
+    return removed
 
 
 async def add_to_agent(path: str, key, cert, key_id: str, lifetime: int, *,
@@ -70,18 +82,11 @@ async def add_to_agent(path: str, key, cert, key_id: str, lifetime: int, *,
 
     key.set_comment(key_id)
     agent = await open_agent(path)
-    removed = []
     try:
-        old = [(kp, h) for kp, h in await _held_in(agent) if replaces is not None and replaces(h)]
+        old = [(kp, h) for kp, h in await held_in(agent)
+               if replaces is not None and replaces(h) and h.blob != bytes(cert.public_data)]
         await agent.add_keys([SSHLocalKeyPair(key, None, cert, None)], lifetime=lifetime)
-        for kp, h in old:
-            if h.blob == bytes(cert.public_data):
-                continue
-            try:
-                await agent.remove_keys([kp])
-                removed.append(h.key_id)
-            except ValueError:
-                pass  # expired and dropped by the agent in the meantime
+        removed = await _remove(agent, old)
     except ValueError as e:
         raise CAError(f"ssh-agent at {path} refused the certificate: {e}") from None
     finally:
@@ -121,14 +126,8 @@ def logout(*, agent_path: str | None = None, out_dir: str | os.PathLike | None =
     async def from_agent(path: str) -> None:
         agent = await open_agent(path)
         try:
-            for kp, held in await _held_in(agent):
-                if role is not None and held.role != role:
-                    continue
-                try:
-                    await agent.remove_keys([kp])
-                    removed.append(held.key_id)
-                except ValueError:
-                    pass  # expired and dropped by the agent in the meantime
+            removed.extend(await _remove(agent, [(kp, h) for kp, h in await held_in(agent)
+                                                 if role is None or h.role == role]))
         finally:
             agent.close()
             await agent.wait_closed()

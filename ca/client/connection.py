@@ -454,7 +454,7 @@ class Client:
         import asyncssh
         from asyncssh.agent import SSHAgentKeyPair
 
-        from ca.client.agent import _held_in
+        from ca.client.agent import held_in
         from ca.client.files import file_held
         from ca.sshcert.wire import Reader
 
@@ -465,7 +465,7 @@ class Client:
 
         found: list[tuple[int, Any]] = []
         if agent is not None:
-            for _, h in await _held_in(agent):
+            for _, h in await held_in(agent):
                 if usable(h):
                     pair = SSHAgentKeyPair(agent, Reader(h.key_blob).text().encode(), h.key_blob,
                                            (h.comment or h.key_id).encode())
