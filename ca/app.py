@@ -36,6 +36,8 @@ from ca.access.revocation import build_current_krl
 from ca.auth.base import Authenticator
 from ca.auth.guard import Guard
 from ca.auth.oidc import OIDCAuthenticator
+from ca.auth.certkey import CertifiedKeyAuthenticator
+from ca.auth.enrol import EnrolmentCodeAuthenticator
 from ca.auth.hosts import HostKeyAuthenticator, JoinTokenAuthenticator
 from ca.auth.workload import WorkloadAuthenticator
 from ca.auth.password_totp import PasswordTotpAuthenticator
@@ -232,10 +234,11 @@ class CA:
         """The host CA's public key line (None before it exists); needs no passphrase."""
         return host_ca_public(self.paths.root)
 
-    def host_known_hosts_lines(self) -> list[str]:
+    def host_known_hosts_lines(self, pattern: str | None = None) -> list[str]:
         """``@cert-authority PATTERNS KEY``: the host CA, trusted for the names the host policy
-        certifies, and for no other (one line; none without a host CA key or a host role)."""
-        public, patterns = self.host_ca_public, self.policy.known_hosts_patterns()
+        certifies (or ``pattern``), and for no other (one line; none without a host CA key or a host role)."""
+        public = self.host_ca_public
+        patterns = [pattern] if pattern else self.policy.known_hosts_patterns()
         if not public or not patterns:
             return []
         return [f"@cert-authority {','.join(patterns)} {' '.join(public.split()[:2])}"]
@@ -324,8 +327,10 @@ class CA:
             PublicKeyAuthenticator(self.auth_users, key_revoked(self.auth_audit)),
             *sso,
             HostKeyAuthenticator(self.auth_audit),  # host:NAME accounts only (host renew)
+            CertifiedKeyAuthenticator(self.auth_audit),  # a user's current certificate's key (rule 80)
             JoinTokenAuthenticator(self.auth_audit),  # host:NAME accounts only (host enroll); before passwords
             PasswordTotpAuthenticator(self.auth_users),
+            EnrolmentCodeAuthenticator(self.auth_audit),  # submethod "enrol" only: never the default
             *workload,
         )
 

@@ -13,7 +13,7 @@ import re
 import unicodedata
 from typing import Any
 
-from ca.errors import CAError, UsageError
+from ca.errors import AuthenticationFailed, CAError, UsageError
 
 # -- user names ---------------------------------------------------------------
 # A user name ends up in key IDs and, through {user}, in principals; the
@@ -40,6 +40,37 @@ def check_user_name(name: Any, error: type[CAError] = UsageError) -> str:
 # [workload.*] section it is no account, and SSH "none" accepts it for one token-authenticated
 # request only (docs/security.md rule 14). The client and the service both need the name.
 WORKLOAD_USER = "workload"
+
+# -- logins by certificate (docs/security.md rule 80) -------------------------------------
+# The key of a current certificate this CA issued to a user proves that user again, for the
+# commands that read or ask; never for one that makes a certificate or decides a request.
+CERTIFICATE_LOGIN = "certificate"
+CERTIFICATE_LOGIN_REFUSED = frozenset({"sign", "approve", "deny"})
+
+
+def check_certificate_login(command: str, auth_methods: tuple[str, ...]) -> None:
+    """AuthenticationFailed when a login by certificate asks for ``sign``, ``approve`` or ``deny``."""
+    if CERTIFICATE_LOGIN in auth_methods and command in CERTIFICATE_LOGIN_REFUSED:
+        raise AuthenticationFailed(f"{command} needs your key, password or single sign-on: a login with a "
+                                   "certificate cannot get another certificate or decide a request")
+
+
+# A login by a one-time enrolment code (ca.auth.enrol, docs/security.md rule 86) runs ``enroll``
+# only, and ``enroll`` runs for such a login only.
+ENROLMENT_LOGIN = "enrolment-code"
+
+
+def check_enrolment_login(command: str, auth_methods: tuple[str, ...]) -> None:
+    """AuthenticationFailed unless (an enrolment-code login) == (the command is ``enroll``); ``help`` for all."""
+    if command == "help":
+        return
+    if ENROLMENT_LOGIN in auth_methods and command != "enroll":
+        raise AuthenticationFailed(f"an enrolment code logs in for 'enroll' only, not {command}: after enrolling, "
+                                   "log in with the key or password you registered")
+    if command == "enroll" and ENROLMENT_LOGIN not in auth_methods:
+        raise AuthenticationFailed("enroll needs an enrolment code ('iast-ca user invite' prints one): "
+                                   "ssh -o KbdInteractiveDevices=enrol USER@CA enroll, or 'iast-ssh enroll'")
+
 
 DEFAULT_PRINCIPAL_PATTERN = r"^[a-z_][a-z0-9_.-]{0,31}$"
 # Never allowed in a principal, whatever the configured pattern says: a comma

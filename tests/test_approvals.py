@@ -217,7 +217,7 @@ def test_request_approve_login_and_ssh_in_as_root(sshd, ca, cfg, users, tmp_path
     assert iast_ssh(env, "cancel", other, *conn("alice")).returncode == 0
 
     # Not yet: no certificate before the approval.
-    r = iast_ssh(env, "login", *conn("alice"), "--role", "prod-admin", "--no-agent", "--out", str(out))
+    r = iast_ssh(env, "login", *conn("alice"), "--role", "prod-admin", "--no-agent", "--out-dir", str(out))
     assert r.returncode == 3 and f"request {rid} is not approved yet (0 of 1 approvals)" in r.stderr, r.stderr
 
     # 2. carol (security) sees it among the requests she may decide, and approves it.
@@ -234,13 +234,13 @@ def test_request_approve_login_and_ssh_in_as_root(sshd, ca, cfg, users, tmp_path
     assert json.loads(iast_ssh(env, "requests", *conn("carol"), "--json").stdout) == []  # nothing left to decide
 
     # 3. alice logs in (her approved request is found by its role) and ssh-es in as root.
-    r = iast_ssh(env, "login", *conn("alice"), "--role", "prod-admin", "--no-agent", "--out", str(out), "--json")
+    r = iast_ssh(env, "login", *conn("alice"), "--role", "prod-admin", "--no-agent", "--out-dir", str(out), "--json")
     assert r.returncode == 0, r.stderr
     got = json.loads(r.stdout)
     assert got["role"] == "prod-admin" and got["principals"] == ["root"]
     assert got["valid_before"] - got["valid_after"] == 600 + 60  # the requested ttl (+ clock skew)
     mark = sshd.log_mark()
-    s = sshd.ssh(out / "id_ed25519", sshd.login_user, "echo jit-$((6*7))")
+    s = sshd.ssh(out / "id_ed25519-prod-admin", sshd.login_user, "echo jit-$((6*7))")
     assert s.returncode == 0 and s.stdout.strip() == "jit-42", f"{s.stderr}\n{sshd.log(mark)}"
     sshd.wait_for_log(rf"Accepted publickey for {sshd.login_user} .* ID iast:alice:prod-admin:{got['serial']} "
                       rf"\(serial {got['serial']}\)", mark)
@@ -252,7 +252,7 @@ def test_request_approve_login_and_ssh_in_as_root(sshd, ca, cfg, users, tmp_path
     assert status_of(cfg, rid) == "used"
 
     # At most once per request.
-    r = iast_ssh(env, "login", *conn("alice"), "--request", rid, "--no-agent", "--out", str(tmp_path / "again"))
+    r = iast_ssh(env, "login", *conn("alice"), "--request", rid, "--no-agent", "--out-dir", str(tmp_path / "again"))
     assert r.returncode == 3 and f"request {rid} was already used (serial {got['serial']})" in r.stderr, r.stderr
     assert len(events(cfg, "issued")) == 1
 

@@ -8,6 +8,8 @@ from argon2 import PasswordHasher
 
 from ca.app import open_ca
 from ca.auth.base import Guarding, KeyAuthenticator, Refusal
+from ca.auth.certkey import CertifiedKeyAuthenticator
+from ca.auth.enrol import EnrolmentCodeAuthenticator
 from ca.auth.hosts import HostKeyAuthenticator, JoinTokenAuthenticator
 from ca.auth.password_totp import PasswordTotpAuthenticator
 from ca.auth.pubkey import PublicKeyAuthenticator
@@ -32,7 +34,7 @@ def test_only_the_service_authority_is_online(cfg):
         assert service.auth_audit is not service.audit and offline.auth_audit is offline.audit
         kinds = {type(a) for a in service.authenticators}
         assert kinds == {PublicKeyAuthenticator, PasswordTotpAuthenticator, HostKeyAuthenticator,
-                         JoinTokenAuthenticator}
+                         JoinTokenAuthenticator, CertifiedKeyAuthenticator, EnrolmentCodeAuthenticator}
 
 
 def test_guard_counts_failures_once_and_keys_pass_a_locked_account(cfg, tmp_path):

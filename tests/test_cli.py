@@ -61,7 +61,20 @@ def test_trust_formats(ca):
     keyring = json.loads((ca.state / "keyring.json").read_text())
     public = keyring["keys"][0]["public"]
     assert ca("trust").stdout.strip() == public
-    assert ca("trust", "--format", "known-hosts").stdout.strip() == f"@cert-authority * {public}"
+
+
+
+def test_trust_known_hosts_never_names_the_user_ca_key(ca):
+    """Finding 3 (issue 16): known_hosts gets the host CA key, for the host policy's names; the CA key
+    that signs user certificates in an active '@cert-authority *' line would let it vouch for hosts."""
+    public = json.loads((ca.state / "keyring.json").read_text())["keys"][0]["public"]
+    r = ca("trust", "--format", "known-hosts")
+    assert public.split()[1] not in r.stdout
+    assert "@cert-authority *" not in r.stdout
+    if r.exit_code == 0:
+        assert r.stdout.startswith("@cert-authority ") and r.stdout.strip() == ca("trust", "--hosts").stdout.strip()
+    else:
+        assert r.exit_code == 2 and "host" in r.output and r.stdout == ""  # no host CA or host role: said so
 
 
 def test_sign_writes_a_certificate(ca, tmp_path):

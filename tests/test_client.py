@@ -227,13 +227,13 @@ def test_no_agent_writes_private_files_that_ssh_uses(sshd, ca, cfg, users, env, 
     trust_ca(sshd, cfg)
     out = tmp_path / "home" / "certs"
     r = iast_ssh(env, "login", *ca_args(ca, cfg), "-l", "alice", "-i", str(key), "--no-agent",
-                 "--out", str(out), "--json")
+                 "--out-dir", str(out), "--json")
     assert r.returncode == 0, r.stderr
     got = json.loads(r.stdout)
-    assert got["where"] == "files" and got["key_path"] == str(out / "id_ed25519")
+    assert got["where"] == "files" and got["key_path"] == str(out / "id_ed25519-dev")
     assert 3500 < got["seconds_left"] <= 3600 and got["principals"] == ["alice"]
     assert (out.stat().st_mode & 0o777) == 0o700
-    for name in ("id_ed25519", "id_ed25519-cert.pub"):
+    for name in ("id_ed25519-dev", "id_ed25519-dev-cert.pub"):
         assert ((out / name).stat().st_mode & 0o777) == 0o600, name
     assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temp files left
     assert ssh_add(env, "-l").returncode == 1  # nothing went into the agent
@@ -242,10 +242,11 @@ def test_no_agent_writes_private_files_that_ssh_uses(sshd, ca, cfg, users, env, 
     env2 = {k: v for k, v in env.items() if k != "SSH_AUTH_SOCK"}
     r2 = iast_ssh(env2, "login", *ca_args(ca, cfg), "-l", "alice", "-i", str(key), "--out", str(out))
     assert r2.returncode == 0, r2.stderr
-    assert f"ssh -i {out / 'id_ed25519'} alice@HOST" in r2.stdout
+    assert f"ssh -i {out / 'id_ed25519-dev'} alice@HOST" in r2.stdout
+    assert "--out is deprecated; use --out-dir" in r2.stderr  # the old name still works
 
     mark = sshd.log_mark()
-    s = sshd.ssh(out / "id_ed25519", sshd.login_user, "echo files-$((6*7))")
+    s = sshd.ssh(out / "id_ed25519-dev", sshd.login_user, "echo files-$((6*7))")
     assert s.returncode == 0 and s.stdout.strip() == "files-42", f"{s.stderr}\n{sshd.log(mark)}"
     serial = max(e.serial for e in events(cfg, "issued"))
     sshd.wait_for_log(rf"^Accepted publickey for .* ID iast:alice:dev:{serial} \(serial {serial}\)", mark)
@@ -285,7 +286,7 @@ def test_status_and_logout(ca, cfg, users, env, tmp_path):
     out = tmp_path / "home" / ".ssh" / "iast-ssh"  # the default
     r = iast_ssh(env, "login", "-l", "alice", "--no-agent", "--role", "prod-readonly", "--reason", "INC-7")
     assert r.returncode == 0, r.stderr  # no --ca: the first login remembered the CA and its pin
-    assert (out / "id_ed25519-cert.pub").exists()
+    assert (out / "id_ed25519-prod-readonly-cert.pub").exists()
     assert all(e.data["auth_methods"] == ["publickey"] for e in events(cfg, "issued"))
 
     st = json.loads(iast_ssh(env, "status", "--json").stdout)
@@ -294,14 +295,15 @@ def test_status_and_logout(ca, cfg, users, env, tmp_path):
     assert by_where["agent"]["role"] == "dev" and by_where["agent"]["principals"] == ["alice"]
     assert 1700 < by_where["agent"]["seconds_left"] <= 1800
     assert by_where["files"]["role"] == "prod-readonly" and by_where["files"]["principals"] == ["prod-ro", "alice"]
-    assert by_where["files"]["path"] == str(out / "id_ed25519-cert.pub") and not by_where["files"]["expired"]
+    assert by_where["files"]["path"] == str(out / "id_ed25519-prod-readonly-cert.pub")
+    assert not by_where["files"]["expired"] and not by_where["files"]["revoked"]
     text = iast_ssh(env, "status").stdout
     assert by_where["agent"]["key_id"] in text and "prod-readonly" in text
 
     r = iast_ssh(env, "logout")
     assert r.returncode == 0, r.stderr
     assert f"Removed {by_where['agent']['key_id']} from ssh-agent." in r.stdout
-    assert not (out / "id_ed25519").exists() and not (out / "id_ed25519-cert.pub").exists()
+    assert not list(out.iterdir())  # both files of the pair deleted
     listed = ssh_add(env, "-l").stdout
     assert "iast:" not in listed and "ED25519-CERT" not in listed
     assert len(listed.splitlines()) == 1  # the enrolled key stays: logout removes only certificates
@@ -320,7 +322,7 @@ def test_password_and_code_at_the_terminal_prompts(ca, cfg, users, env):
     argv = [IAST_SSH, "login", "--ca", f"127.0.0.1:{ca.port}", "-l", "alice", "--no-agent"]
     # No pin yet: the terminal shows the fingerprint and asks; then password (hidden) and code.
     status, shown = run_in_pty(argv, no_agent, [
-        (r"Trust this CA and remember its key\?", "y"),
+        (r"Trust this CA and remember its service host key\?", "y"),
         (r"Password: ", PASSWORD),
         (r"One-time code: ", totp(secret, int(time.time()))),
     ])
@@ -434,12 +436,15 @@ def test_a_changed_host_key_stops_login_before_anything_is_sent(ca, cfg, users, 
 
     r = iast_ssh(env, "login", "-l", "alice", "-i", str(key))  # the pin comes from the config
     assert r.returncode == 1, r.stderr
-    assert f"the CA's host key changed: expected {old_fp}, got {new_fp}" in r.stderr
+    # Finding 2 (issue 16): it says which key (the service host key, not the CA key) and what to check.
+    assert f"the pin does not match the service host key of 127.0.0.1:{ca.port}: pinned {old_fp}, the " \
+           f"service presents {new_fp}" in r.stderr
+    assert "'service host key' line of 'iast-ca info'" in r.stderr and "host key changed" not in r.stderr
     assert "update ca_fingerprint" in r.stderr and len(r.stderr.strip().splitlines()) == 1
     # On a terminal, with a password to type: refused before the password is even asked for.
     status, shown = run_in_pty([IAST_SSH, "login", "-l", "alice"], {k: v for k, v in env.items()
                                                                    if k != "SSH_AUTH_SOCK"}, [])
-    assert status == 1 and "host key changed" in shown and "Password" not in shown, shown
+    assert status == 1 and "does not match the service host key" in shown and "Password" not in shown, shown
 
     time.sleep(0.5)  # the CA audits an abandoned login attempt asynchronously; give it the chance
     assert [(e.id, e.kind) for e in events(cfg)] == before  # no authentication event: nothing was sent
@@ -518,8 +523,8 @@ def test_roles_whoami_and_config(ca, cfg, users, env):
     assert r.returncode == 0, r.stderr
     home = env["HOME"]
     assert "Host *.example.com\n" in r.stdout
-    assert f"    IdentityFile {home}/.ssh/iast-ssh/id_ed25519\n" in r.stdout
-    assert f"    CertificateFile {home}/.ssh/iast-ssh/id_ed25519-cert.pub\n" in r.stdout
+    assert f"    IdentityFile {home}/.ssh/iast-ssh/id_ed25519-ROLE\n" in r.stdout  # no pair yet: the pattern
+    assert f"    CertificateFile {home}/.ssh/iast-ssh/id_ed25519-ROLE-cert.pub\n" in r.stdout
     # No @cert-authority line for the user CA key: it signs no host certificate, and a client must
     # not trust it for hosts. (This policy has no host roles, so there is no host CA line either;
     # tests/test_hostcert.py covers the line a host policy gives.)

@@ -57,14 +57,14 @@ def test_fetch_krl_installs_and_follows_revocations(ca, cfg, users, env, tmp_pat
     out = tmp_path / "etc" / "iast-revoked.krl"
     out.parent.mkdir()
     key = str(users["alice"][0])
-    r = iast_ssh(env, "host", "fetch-krl", *ca_args(ca, cfg, "-l", "alice", "-i", key, "--out", str(out), "--json"))
+    r = iast_ssh(env, "host", "fetch-krl", *ca_args(ca, cfg, "-l", "alice", "-i", key, "-o", str(out), "--json"))
     assert r.returncode == 0, r.stderr
     first = json.loads(r.stdout)
     assert first["previous_version"] is None and oct(out.stat().st_mode)[-3:] == "644"
     cert, serial = sign(ca, users, tmp_path, "victim")
     assert query(out, cert).returncode == 0
     revoke(cfg, serial)  # the service regenerates the KRL from the database on the next fetch
-    r = iast_ssh(env, "host", "fetch-krl", *ca_args(ca, cfg, "-l", "alice", "-i", key, "--out", str(out), "--json"))
+    r = iast_ssh(env, "host", "fetch-krl", *ca_args(ca, cfg, "-l", "alice", "-i", key, "-o", str(out), "--json"))
     second = json.loads(r.stdout)
     assert second["version"] > first["version"] and second["previous_version"] == first["version"]
     assert "REVOKED" in query(out, cert).stdout
@@ -75,7 +75,7 @@ def test_fetch_krl_keeps_the_old_file_when_the_ca_is_unreachable(cfg, users, env
     good = build_krl(5, certs={}, generated=0)
     out.write_bytes(good)
     r = iast_ssh(env, "host", "fetch-krl", "--ca", "127.0.0.1:1", "--ca-fingerprint", host_fingerprint(cfg),
-                 "-l", "alice", "-i", str(users["alice"][0]), "--out", str(out))
+                 "-l", "alice", "-i", str(users["alice"][0]), "-o", str(out))
     assert r.returncode == 1 and "cannot reach the CA" in r.stderr
     assert out.read_bytes() == good
 

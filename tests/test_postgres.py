@@ -488,7 +488,7 @@ def test_login_fails_over_to_the_next_replica(tmp_path, policy_file, pg_url):
         for dead in (f"127.0.0.1:{silent.getsockname()[1]}", f"127.0.0.1:{refused_port}"):
             started = time.monotonic()
             r = subprocess.run([iast_ssh, "login", "--ca", f"{dead},127.0.0.1:{b.port}", "--ca-fingerprint", fp,
-                                "-l", "alice", "-i", str(key), "--no-agent", "--out", str(tmp_path / "out"),
+                                "-l", "alice", "-i", str(key), "--no-agent", "--out-dir", str(tmp_path / "out"),
                                 "--json"], env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True,
                                timeout=60)
             assert r.returncode == 0, r.stderr

@@ -226,7 +226,7 @@ def test_sighup_makes_the_service_sign_with_the_new_key_and_fetch_trust_follows(
     def fetch(*more: str) -> subprocess.CompletedProcess:
         return subprocess.run([IAST_SSH, "host", "fetch-trust", "--ca", f"127.0.0.1:{service.port}",
                                "--ca-fingerprint", host_fingerprint_of(ca), "-l", "alice", "-i", str(enrolled),
-                               "--out", str(trust), "--json", *more],
+                               "-o", str(trust), "--json", *more],
                               capture_output=True, text=True, timeout=60, env=env)
 
     def sign(name: str) -> dict:

@@ -451,3 +451,87 @@ def test_a_newer_schema_is_refused(tmp_path):
     conn.close()
     with pytest.raises(Exception, match="schema version"):
         open_store(path)
+
+
+# -- self-enrolment codes (issue 16; docs/security.md rule 86), on every backend ----------------
+
+
+def _enrolment_code(store, code_id="ABCDEFGH"):
+    with store.transaction() as tx:
+        event_id = tx.append("enrolment_code_created", {"code_id": code_id}, user="alice")
+        tx.enrolment_codes.insert(code_id, "ab" * 32, "alice", 10, 1000, event_id)
+    return event_id
+
+
+def test_an_enrolment_code_is_used_once(store):
+    event_id = _enrolment_code(store)
+    assert store.enrolment_codes.get("ABCDEFGH") == ("ABCDEFGH", "ab" * 32, "alice", 10, 1000, None, event_id)
+    assert store.enrolment_codes.get("ZZZZZZZZ") is None
+    with store.transaction() as tx:
+        assert tx.enrolment_codes.mark_used("ABCDEFGH", 20) is True
+        assert tx.enrolment_codes.mark_used("ABCDEFGH", 21) is False
+    assert store.enrolment_codes.get("ABCDEFGH").used_at == 20
+    _enrolment_code(store, "BBBBBBBB")
+    with pytest.raises(RuntimeError), store.transaction() as tx:
+        assert tx.enrolment_codes.mark_used("BBBBBBBB", 40) is True
+        raise RuntimeError("the enrolment failed")
+    assert store.enrolment_codes.get("BBBBBBBB").used_at is None  # rolled back with its transaction
+
+
+@pytest.mark.parametrize("statement", [
+    "UPDATE enrolment_codes SET used_at = NULL WHERE id = 'AAAAAAAA'",
+    "UPDATE enrolment_codes SET username = 'mallory' WHERE id = 'BBBBBBBB'",
+    "UPDATE enrolment_codes SET expires_at = 99999 WHERE id = 'BBBBBBBB'",
+    "UPDATE enrolment_codes SET secret_sha256 = 'cd' WHERE id = 'BBBBBBBB'",
+    "DELETE FROM enrolment_codes WHERE id = 'AAAAAAAA'",
+], ids=["unuse", "user", "expiry", "secret", "delete"])
+def test_the_database_refuses_to_change_or_delete_an_enrolment_code(store, store_path, statement):
+    from .dbraw import integrity_errors, raw
+
+    _enrolment_code(store, "AAAAAAAA")
+    _enrolment_code(store, "BBBBBBBB")
+    with store.transaction() as tx:
+        assert tx.enrolment_codes.mark_used("AAAAAAAA", 20)
+    before = store.enrolment_codes.get("AAAAAAAA")
+    db = raw(str(store_path))
+    try:
+        with pytest.raises(integrity_errors(), match="enrolment code"):
+            db.execute(statement)
+    finally:
+        db.close()
+    assert store.enrolment_codes.get("AAAAAAAA") == before
+
+
+def test_invite_and_redeem_through_the_user_store(store, tmp_path):
+    from argon2 import PasswordHasher
+
+    from ca.auth.enrol import parse_code
+    from ca.auth.users import UserStore
+    from ca.errors import AuthenticationFailed, UsageError
+
+    from .conftest import make_key
+
+    users = UserStore(store, hasher=PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1))
+    inv = users.invite("dana", ttl=600, actor="admin")
+    assert inv.user_created and users.get("dana").keys == () and not users.get("dana").has_password
+    code = parse_code(inv.code)
+    row = store.enrolment_codes.get(code.code_id)
+    assert row.username == "dana" and code.secret not in repr(row) and row.secret_sha256 == code.secret_sha256
+    assert code.secret not in str([e.data for e in store.events(limit=None)])  # the admin's record: no secret
+    key = make_key(tmp_path, name="dana").with_suffix(".pub").read_text()
+    with pytest.raises(UsageError, match="a password alone"):
+        users.redeem("dana", code.code_id, password="a long enough password")
+    assert store.enrolment_codes.get(code.code_id).used_at is None  # refused: nothing changed, code unused
+    got = users.redeem("dana", code.code_id, key_line=key, password="a long enough password", totp=True)
+    assert got.totp_secret and got.user.has_password and got.user.has_totp and len(got.user.keys) == 1
+    with pytest.raises(AuthenticationFailed, match="already used"):
+        users.redeem("dana", code.code_id, totp=True)
+    other = parse_code(users.invite("dana", ttl=600, actor="admin").code)
+    users.invite("erin", ttl=60, actor="admin")
+    with pytest.raises(AuthenticationFailed, match="for dana, not erin"):
+        users.redeem("erin", other.code_id, totp=True)  # another person's code
+    kinds = [e.kind for e in reversed(store.events(user="dana", limit=None))]
+    assert kinds == ["user_added", "enrolment_code_created", "key_added", "password_changed", "totp_reset",
+                     "enrolment_code_used", "enrolment_code_created"]
+    assert got.totp_secret not in str([e.data for e in store.events(limit=None)])
+    assert store.verify_derived() == []  # the derived users and keys agree with the events

@@ -165,17 +165,17 @@ def test_iast_ssh_login_with_a_token_file_and_env(ca, idp, tmp_path):
     env = client_env(tmp_path)
     common = ["--ca", f"127.0.0.1:{ca.port}", "--ca-fingerprint", host_fingerprint(ca), "--role", "deploy",
               "--no-agent", "--json"]
-    r = subprocess.run([IAST_SSH, "login", "--token-file", str(token_file), *common, "--out", str(tmp_path / "o1")],
+    r = subprocess.run([IAST_SSH, "login", "--token-file", str(token_file), *common, "--out-dir", str(tmp_path / "o1")],
                        env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     got = json.loads(r.stdout)
     assert got["principals"] == ["deploy"] and Path(got["cert_path"]).is_file()
     # --token-env: a fresh token (the first one is used up); a reused one exits 4.
     env["CI_ID_TOKEN"] = workload_token(idp)
-    r = subprocess.run([IAST_SSH, "login", "--token-env", "CI_ID_TOKEN", *common, "--out", str(tmp_path / "o2")],
+    r = subprocess.run([IAST_SSH, "login", "--token-env", "CI_ID_TOKEN", *common, "--out-dir", str(tmp_path / "o2")],
                        env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
-    r = subprocess.run([IAST_SSH, "login", "--token-env", "CI_ID_TOKEN", *common, "--out", str(tmp_path / "o3")],
+    r = subprocess.run([IAST_SSH, "login", "--token-env", "CI_ID_TOKEN", *common, "--out-dir", str(tmp_path / "o3")],
                        env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60)
     assert r.returncode == 4 and "workload token refused" in r.stderr, r.stderr
     assert [e.user for e in events(ca, "issued")] == ["deploy", "deploy"]
@@ -196,7 +196,7 @@ def test_iast_ssh_login_with_a_token_fails_over_to_the_next_replica(ca, idp, tmp
     token_file.write_text(workload_token(idp) + "\n")
     r = subprocess.run([IAST_SSH, "login", "--token-file", str(token_file), "--ca",
                         f"127.0.0.1:{down},127.0.0.1:{ca.port}", "--ca-fingerprint", host_fingerprint(ca),
-                        "--role", "deploy", "--no-agent", "--json", "--out", str(tmp_path / "o")],
+                        "--role", "deploy", "--no-agent", "--json", "--out-dir", str(tmp_path / "o")],
                        env=client_env(tmp_path), stdin=subprocess.DEVNULL, capture_output=True, text=True,
                        timeout=60)
     assert r.returncode == 0, r.stderr
@@ -208,7 +208,7 @@ def test_iast_ssh_login_with_a_token_fails_over_to_the_next_replica(ca, idp, tmp
 def _iast_ssh_sso(ca: CAProcess, tmp_path: Path, approve, *more: str):
     """``iast-ssh login --sso`` in a subprocess; approve(url) runs when it shows the URL."""
     argv = [IAST_SSH, "login", "--sso", "--ca", f"127.0.0.1:{ca.port}", "--ca-fingerprint", host_fingerprint(ca),
-            "--no-agent", "--out", str(tmp_path / "out"), "--json", *more]
+            "--no-agent", "--out-dir", str(tmp_path / "out"), "--json", *more]
     proc = subprocess.Popen(argv, env=client_env(tmp_path), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     err: list[str] = []

@@ -100,6 +100,21 @@ class Enrolment:
     totp_uri: str | None
 
 
+@dataclass(frozen=True)
+class Invitation:
+    """What ``invite`` returns: the enrolment code, this once only (the store keeps its hash)."""
+
+    user: str
+    code: str
+    code_id: str
+    expires_at: int
+    user_created: bool
+
+    def as_json(self) -> dict:
+        return {"user": self.user, "code": self.code, "code_id": self.code_id, "expires_at": self.expires_at,
+                "user_created": self.user_created}
+
+
 def check_password_policy(password: object) -> str:
     """Refuse (with :class:`UsageError`) a password that is not text or too short or long."""
     if not isinstance(password, str) or not password:
@@ -304,6 +319,83 @@ class UserStore:
             tx.append("totp_reset", {"actor": actor}, user=name)
             user = self._user(self._row(name))
         return Enrolment(user, secret, provisioning_uri(secret, name))
+
+    # -- self-enrolment (ca.auth.enrol, docs/security.md rule 86) ------------------
+
+    def invite(self, name: str, *, ttl: int, actor: str | None = None, allow_reserved: bool = False,
+               reserved: frozenset[str] = RESERVED_PRINCIPALS) -> Invitation:
+        """A one-time enrolment code for ``name`` (made a user with no credential if it is not one yet);
+        only the code's hash is stored, with its event, in one transaction. Returned this once."""
+        from ca.auth.enrol import MAX_CODE_TTL, new_code
+
+        check_user_name(name)
+        if type(ttl) is not int or not 0 < ttl <= MAX_CODE_TTL:
+            raise UsageError(f"an enrolment code lives at most {MAX_CODE_TTL // 3600}h")
+        code = new_code()
+        with self._writing() as tx:
+            row = self._row(name)
+            created = row is None
+            if created:
+                check_not_reserved(name, reserved, allow=allow_reserved)
+                tx.users.insert(name, password_hash=None, totp_secret=None, created=self._now())
+                tx.append("user_added", {"actor": actor, "keys": [], "has_password": False, "has_totp": False,
+                                         "invited": True}, user=name)
+            elif row.disabled:
+                raise UsageError(f"user {name} is disabled: 'iast-ca user enable {name}' first")
+            if tx.enrolment_codes.get(code.code_id) is not None:  # 40 random bits: never, but never twice
+                raise UsageError("enrolment code id collision; try again")
+            now = int(self.clock())
+            event_id = tx.append("enrolment_code_created", {"actor": actor, "code_id": code.code_id,
+                                                            "expires_at": now + ttl, "ttl": ttl,
+                                                            "user_created": created}, user=name)
+            tx.enrolment_codes.insert(code.code_id, code.secret_sha256, name, now, now + ttl, event_id)
+        return Invitation(name, code.text, code.code_id, now + ttl, created)
+
+    def redeem(self, name: str, code_id: str, *, key_line: str | None = None, password: str | None = None,
+               totp: bool = False) -> Enrolment:
+        """Use the enrolment code ``code_id`` to register ``name``'s own key and/or password and TOTP,
+        all in the transaction that uses the code (a used, expired or another user's code changes
+        nothing). The TOTP secret is returned this once, to the person enrolling."""
+        from ca.auth.enrol import code_refusal
+        from ca.errors import AuthenticationFailed
+
+        k = parse_user_key(key_line, self.min_rsa_bits) if key_line and key_line.strip() else None
+        if password is not None:
+            check_password_policy(password)
+        if k is None and password is None and not totp:
+            raise UsageError("nothing to enrol: send your public key on stdin, and/or a password "
+                             "(--password-stdin) with --totp")
+        password_hash = self.hasher.hash(password) if password is not None else None
+        secret = generate_secret() if totp else None
+        with self._writing() as tx:
+            row = self._require(name)
+            now = self.clock()
+            why = code_refusal(tx, code_id, name, now)
+            if why is not None:
+                raise AuthenticationFailed(why)
+            if password is not None and secret is None and row.totp_secret is None:
+                raise UsageError("a password alone cannot be used to log in (the service asks for a password "
+                                 "and then a TOTP code): add --totp")
+            if k is not None:
+                self._refuse_enrolled(k.fingerprint)
+            if not tx.enrolment_codes.mark_used(code_id, int(now)):
+                raise AuthenticationFailed("the enrolment code was already used")
+            actor = f"{name} (self-enrolment)"
+            if k is not None:
+                tx.users.insert_key(k.fingerprint, name, k.algorithm, k.line, self._now())
+                tx.append("key_added", {"actor": actor, "fingerprint": k.fingerprint, "algorithm": k.algorithm,
+                                        "enrolment_code": code_id}, user=name)
+            if password_hash is not None:
+                tx.users.set_password_hash(name, password_hash)
+                tx.append("password_changed", {"actor": actor, "enrolment_code": code_id}, user=name)
+            if secret is not None:
+                tx.users.set_totp_secret(name, secret)
+                tx.append("totp_reset", {"actor": actor, "enrolment_code": code_id}, user=name)
+            tx.append("enrolment_code_used", {"code_id": code_id, "key": k.fingerprint if k else None,
+                                              "password": password_hash is not None, "totp": secret is not None},
+                      user=name)
+            user = self._user(self._row(name))
+        return Enrolment(user, secret, provisioning_uri(secret, name) if secret else None)
 
     def add_key(self, name: str, key_line: str, actor: str | None = None) -> EnrolledKey:
         """Enrol a public key for ``name``; a key belongs to one user only."""

@@ -80,7 +80,7 @@ def init(env: Env, key_type: str, fmt: str) -> None:
     echo(f"Created a CA in {summary['state_dir']}")
     echo(f"  CA key      {summary['ca_algorithm']} {summary['ca_fingerprint']}  {enc}")
     echo(f"  audit key   {summary['audit_key_fingerprint']}  (signs audit checkpoints)")
-    echo(f"  host key    {summary['host_key_fingerprint']}  (the CA service's SSH host key)")
+    echo(f"  service host key {summary['host_key_fingerprint']}  (clients pin it: --ca-fingerprint)")
     echo(f"  host CA     {summary['host_ca_fingerprint']}  (signs host certificates: 'iast-ca trust --hosts')")
     echo(f"  policy      {summary['policy']}" + ("  (starter policy installed)" if summary["policy_installed"] else ""))
     echo("Next: 'iast-ca trust' prints the line hosts put in TrustedUserCAKeys.")
@@ -89,7 +89,8 @@ def init(env: Env, key_type: str, fmt: str) -> None:
 @cli.command()
 @click.option("--format", "fmt", type=click.Choice(["trusted-user-ca-keys", "known-hosts"]),
               default="trusted-user-ca-keys", show_default=True, help="Output format.")
-@click.option("--host-pattern", default="*", show_default=True, help="Host pattern for --format known-hosts.")
+@click.option("--host-pattern", default="*", show_default=True,
+              help="Host pattern for --format known-hosts (default: the names the host policy certifies).")
 @click.option("--hosts", "hosts", is_flag=True,
               help="Print the host CA instead: '@cert-authority PATTERNS KEY' for users' known_hosts, "
                    "the patterns from the host policy.")
@@ -99,7 +100,9 @@ def trust(env: Env, fmt: str, host_pattern: str, hosts: bool) -> None:
     and previous keys not yet retired ('iast-ca key list' shows which is which).
 
     The default output is a TrustedUserCAKeys file for sshd; known-hosts
-    prints '@cert-authority PATTERN KEY' lines for clients. Hosts can fetch
+    (the same as --hosts) prints the host CA's '@cert-authority PATTERN KEY'
+    line for clients: the CA key that signs user certificates never goes
+    into a known_hosts file. Hosts can fetch
     it from the service on a timer: 'iast-ssh host fetch-trust'. --hosts
     prints the line that makes users' ssh verify host certificates (the host
     CA key, a key of its own, trusted only for the names the host policy gives).
@@ -110,20 +113,21 @@ def trust(env: Env, fmt: str, host_pattern: str, hosts: bool) -> None:
       # and in /etc/ssh/sshd_config:  TrustedUserCAKeys /etc/ssh/iast-user-ca.pub
       iast-ca trust --hosts >> ~/.ssh/known_hosts
     """
-    if hosts:
+    if hosts or fmt == "known-hosts":
+        # known_hosts trusts a CA to vouch for *hosts*: that is the host CA key, never the CA key
+        # that signs user certificates (docs/security.md rule 83).
         with env.open_ca() as ca:
             ca.keyring  # "no CA here" first
             if ca.host_ca_public is None:
                 raise UsageError("this CA has no host CA key yet: 'iast-ca host sign' creates it")
-            lines = ca.host_known_hosts_lines()
+            lines = ca.host_known_hosts_lines(None if host_pattern == "*" else host_pattern)
         if not lines:
             raise UsageError("the policy has no host roles: add a [hosts.NAME] table")
         click.echo("\n".join(lines))
         return
     with env.open_ca() as ca:
         keyring = ca.keyring
-    lines = keyring.trust_lines() if fmt == "trusted-user-ca-keys" else keyring.known_hosts_lines(host_pattern)
-    echo("\n".join(lines))
+    echo("\n".join(keyring.trust_lines()))
 
 
 @cli.command()

@@ -27,6 +27,47 @@ from ca.durations import format_duration
 _OUT_HELP = "Directory for the key and certificate files (default: ~/.ssh/iast-ssh)."
 
 
+def _deprecated_alias(f: Callable, new: str, old: str, param: str, **kw: Any) -> Callable:
+    """``old`` (hidden) is still read as ``new``: the naming rule of issue 12 (files are -o/--output,
+    directories --out-dir), without breaking scripts that use the old name."""
+    f = click.option(old, f"_{param}_old", hidden=True, **kw)(f)
+
+    @functools.wraps(f)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        legacy = kwargs.pop(f"_{param}_old")
+        if legacy is not None:
+            if kwargs.get(param) is not None:
+                raise click.UsageError(f"{old} is the old name of {new}: give one of them")
+            echo(f"note: {old} is deprecated; use {new}", err=True)
+            kwargs[param] = legacy
+        return f(*args, **kwargs)
+
+    return wrapper
+
+
+def out_dir_option(f: Callable) -> Callable:
+    """``--out-dir DIR`` (and the old ``--out DIR``)."""
+    f = _deprecated_alias(f, "--out-dir", "--out", "out_dir", type=click.Path(file_okay=False), metavar="DIR")
+    return click.option("--out-dir", "out_dir", type=click.Path(file_okay=False), metavar="DIR", help=_OUT_HELP)(f)
+
+
+def output_file_option(help: str, required: bool = True) -> Callable:
+    """``-o/--output FILE`` (and the old ``--out FILE``); required unless the alias is given."""
+
+    def deco(f: Callable) -> Callable:
+        @functools.wraps(f)
+        def need(*args: Any, **kw: Any) -> Any:
+            if required and kw.get("out") is None:
+                raise click.UsageError("Missing option '-o' / '--output'.")
+            return f(*args, **kw)
+
+        g = _deprecated_alias(need, "--output", "--out", "out", type=click.Path(dir_okay=False), metavar="FILE")
+        return click.option("-o", "--output", "out", type=click.Path(dir_okay=False), metavar="FILE",
+                            help=help + " (required)" if required else help)(g)
+
+    return deco
+
+
 def _interactive() -> bool:
     """Prompts only on a terminal: with stdin redirected, nobody can answer them."""
     return sys.stdin.isatty()
@@ -66,9 +107,10 @@ def _prompter(interactive: bool):
         return click.prompt(prompt.rstrip().rstrip(":"), err=True, prompt_suffix=": ").strip()
 
     def confirm(address: str, fingerprint: str) -> bool:
-        echo(f"The CA at {address} presents the host key {fingerprint}.\n"
-                   "Compare it with what 'iast-ca info' prints on the CA (or ask its administrator).", err=True)
-        return click.confirm("Trust this CA and remember its key?", default=False, err=True)
+        echo(f"The CA at {address} presents the service host key {fingerprint}.\n"
+                   "Compare it with the 'service host key' line of 'iast-ca info' on the CA (or ask its "
+                   "administrator).", err=True)
+        return click.confirm("Trust this CA and remember its service host key?", default=False, err=True)
 
     return Prompter(secret=secret, code=code, confirm_host_key=confirm, sign_in=_sign_in)
 
@@ -81,20 +123,25 @@ def ca_options(f: Callable) -> Callable:
                        "replicas, comma-separated, are tried in order: one that does not answer within 3s is "
                        "skipped, e.g. --ca ca1:2222,ca2:2222.")
     @click.option("--ca-fingerprint", metavar="SHA256:...",
-                  help="The CA's SSH host key fingerprint ('iast-ca info' prints it). Default: the config "
-                       "file's; on a terminal you may confirm an unknown key instead.")
+                  help="The pin: the CA service's host key fingerprint (the 'service host key' line of "
+                       "'iast-ca info'; not the CA key). Default: the profile's; on a terminal you may confirm "
+                       "an unknown key instead.")
     @click.option("-l", "--user", metavar="USER", help="Your user name at the CA (default: config, else your "
                                                        "local user name).")
     @click.option("-i", "--identity", type=click.Path(dir_okay=False), metavar="KEY",
-                  help="Authenticate with this enrolled private key (default: ssh-agent's keys, then "
-                       "password + one-time code on a terminal).")
+                  help="Authenticate with this enrolled private key (default: the profile's, remembered from "
+                       "the first login; else ssh-agent's keys, then password + one-time code on a terminal). "
+                       "Commands other than login first try the certificate you hold.")
+    @click.option("--profile", "-P", metavar="NAME",
+                  help="Use the [profiles.NAME] table of the config file (default: the profile whose ca is "
+                       "--ca, else the top-level settings).")
     @functools.wraps(f)
     def wrapper(*args: Any, ca: str | None, ca_fingerprint: str | None, user: str | None,
-                identity: str | None, **kw: Any) -> Any:
+                identity: str | None, profile: str | None, **kw: Any) -> Any:
         from ca.client import Client
 
         def make_client(**more: Any) -> Client:
-            return Client(ca, ca_fingerprint=ca_fingerprint, user=user, identity=identity,
+            return Client(ca, ca_fingerprint=ca_fingerprint, user=user, identity=identity, profile=profile,
                           prompter=_prompter(_interactive()), **more)
 
         return f(*args, make_client=make_client, **kw)
@@ -120,7 +167,8 @@ def cli() -> None:
     one-time code), gets a certificate for a fresh key and puts it into
     ssh-agent (or into files); then ssh works as usual until it expires.
     Settings live in ~/.config/iast-ssh/config.toml (ca, ca_fingerprint,
-    user, role).
+    user, identity, role; one [profiles.NAME] table per further CA): the
+    first login remembers them, so later commands need no flags.
 
     \b
     Example:
@@ -146,17 +194,21 @@ def cli() -> None:
               help="A workload (CI job): authenticate with the platform's signed token in FILE.")
 @click.option("--token-env", metavar="VAR",
               help="A workload: the token is in this environment variable (e.g. a CI job's ID token).")
-@click.option("--no-agent", is_flag=True, help="Write key and certificate files instead of using ssh-agent.")
-@click.option("--out", "out_dir", type=click.Path(file_okay=False), metavar="DIR", help=_OUT_HELP)
+@click.option("--no-agent", is_flag=True, help="Write key and certificate files instead of using ssh-agent "
+                                               "(one pair per role: id_ed25519-ROLE, id_ed25519-ROLE-cert.pub).")
+@out_dir_option
 @output_options(csv_ok=False)
 def login(make_client, role, ttl, reason, otp, request_id, sso, token_file, token_env, no_agent, out_dir,
           fmt) -> None:
     """Get a certificate from the CA and hand it to ssh.
 
-    The CA's host key is checked against the pinned fingerprint before
+    The CA's service host key is checked against the pinned fingerprint before
     anything is sent. The certificate goes into ssh-agent (SSH_AUTH_SOCK)
-    for exactly its lifetime; with --no-agent, or without an agent, the
-    key and certificate are written (mode 0600) to ~/.ssh/iast-ssh/.
+    for exactly its lifetime, replacing the previous certificate of the
+    same CA and role; with --no-agent, or without an agent, the key and
+    certificate are written (mode 0600) to ~/.ssh/iast-ssh/id_ed25519-ROLE
+    (and -cert.pub), replacing that role's pair. The CA, its pin, your user
+    name and -i KEY are remembered in the config file for next time.
     Prompts (password, one-time code) appear only on a terminal. A role
     that needs approval is signed once per approved request ('iast-ssh
     request'); '--role R' finds your approved request for R by itself.
@@ -170,9 +222,9 @@ def login(make_client, role, ttl, reason, otp, request_id, sso, token_file, toke
     \b
     Example:
       iast-ssh login --role prod-readonly --reason "INC-1234" --ttl 30m
-      iast-ssh login --no-agent -i ~/.ssh/id_ed25519 && ssh -i ~/.ssh/iast-ssh/id_ed25519 alice@host
+      iast-ssh login --no-agent -i ~/.ssh/id_ed25519 && ssh -i ~/.ssh/iast-ssh/id_ed25519-dev alice@host
       iast-ssh login --sso --role prod-admin
-      iast-ssh login --token-env ACTIONS_ID_TOKEN --role deploy --no-agent --out ./ssh
+      iast-ssh login --token-env ACTIONS_ID_TOKEN --role deploy --no-agent --out-dir ./ssh
     """
     token = None
     if token_file is not None or token_env is not None:
@@ -204,46 +256,63 @@ def login(make_client, role, ttl, reason, otp, request_id, sso, token_file, toke
     _notes(result.notes)
 
 
+def _left(h) -> str:
+    if h.revoked:
+        return "REVOKED"
+    left = h.seconds_left()
+    return format_duration(left) if left else "expired"
+
+
 @cli.command()
-@click.option("--out", "out_dir", type=click.Path(file_okay=False), metavar="DIR", help=_OUT_HELP)
+@ca_options
+@out_dir_option
+@click.option("--refresh", is_flag=True, help="Fetch the CA's KRL first (login fetches it too), so that "
+                                              "a revoked certificate shows as REVOKED.")
 @output_options(csv_ok=False)
-def status(out_dir, fmt) -> None:
+def status(make_client, out_dir, refresh, fmt) -> None:
     """Show the iast certificates you hold (in ssh-agent and in files) and the time they have left.
+
+    A certificate the last KRL fetched from its CA revokes shows as
+    REVOKED ("revoked": true in --json), an expired file as expired.
 
     \b
     Example:
-      iast-ssh status --json | jq '.certificates[] | {key_id, seconds_left}'
+      iast-ssh status --refresh
+      iast-ssh status --json | jq '.certificates[] | {key_id, seconds_left, revoked}'
     """
     from ca.client import status as get_status
 
+    if refresh:
+        client = make_client()
+        client.refresh_krl()
+        _notes(client.notes)
     st = get_status(out_dir=out_dir)
     if fmt == "json":
         echo_json(st.as_json())
     elif not st.held:
         echo("No iast certificates held. Get one with 'iast-ssh login'.")
     else:
-        rows = []
-        for h in st.held:
-            left = h.seconds_left()
-            rows.append([h.key_id, h.where if not h.path else str(h.path), h.role or "", ", ".join(h.principals),
-                         format_duration(left) if left else "expired"])
+        rows = [[h.key_id, h.where if not h.path else str(h.path), h.role or "", ", ".join(h.principals), _left(h)]
+                for h in st.held]
         echo_table(rows, ["KEY ID", "WHERE", "ROLE", "PRINCIPALS", "LEFT"])
     _notes(st.notes)
 
 
 @cli.command()
-@click.option("--out", "out_dir", type=click.Path(file_okay=False), metavar="DIR", help=_OUT_HELP)
+@out_dir_option
+@click.option("--role", "-r", help="Remove only this role's certificate (default: every iast certificate).")
 @output_options(csv_ok=False)
-def logout(out_dir, fmt) -> None:
-    """Remove your iast certificates from ssh-agent and delete the key and certificate files.
+def logout(out_dir, role, fmt) -> None:
+    """Remove your iast certificates from ssh-agent and delete their key and certificate files.
 
     \b
     Example:
+      iast-ssh logout --role prod-readonly
       iast-ssh logout
     """
     from ca.client import logout as do_logout
 
-    result = do_logout(out_dir=out_dir)
+    result = do_logout(out_dir=out_dir, role=role)
     if fmt == "json":
         echo_json(result.as_json())
     else:
@@ -252,7 +321,7 @@ def logout(out_dir, fmt) -> None:
         for path in result.deleted_files:
             echo(f"Deleted {path}.")
         if not result.removed_from_agent and not result.deleted_files:
-            echo("Nothing to remove.")
+            echo("Nothing to remove." if role is None else f"No certificate for role {role} to remove.")
     _notes(result.notes)
 
 
@@ -305,8 +374,12 @@ def whoami(make_client, fmt) -> None:
                f"{'+'.join(who.get('auth_methods') or ())}; groups: {', '.join(who.get('groups') or ()) or '-'}")
 
 
+_PAST = {"approve": "approved", "deny": "denied"}
+
+
 def _request_line(r: dict) -> list:
-    votes = ", ".join(f"{v['approver']} {v['decision']}d" + (f" ({v['comment']})" if v.get("comment") else "")
+    votes = ", ".join(f"{v['approver']} {_PAST.get(v['decision'], v['decision'])}"
+                      + (f" ({v['comment']})" if v.get("comment") else "")
                       for v in r.get("votes") or ())
     return [r.get("id"), r.get("user"), r.get("role"), format_duration(r.get("ttl") or 0), r.get("status"),
             f"{r.get('approvals', 0)}/{r.get('required') or '?'}", (r.get("expires") or "")[:16],
@@ -426,7 +499,7 @@ def cancel(make_client, request_id, fmt) -> None:
 
 @cli.command()
 @ca_options
-@click.option("--out", "out_dir", type=click.Path(file_okay=False), metavar="DIR", help=_OUT_HELP)
+@out_dir_option
 @click.option("--host", "host_pattern", default="*", show_default=True, metavar="PATTERN",
               help="The ssh_config Host pattern the block applies to.")
 @click.option("--offline", is_flag=True, help="Do not ask the CA for its keys (no @cert-authority lines).")
@@ -435,7 +508,8 @@ def config(make_client, out_dir, host_pattern, offline) -> None:
 
     With ssh-agent (what 'login' uses by default) ssh needs no settings:
     it offers the agent's certificate by itself. The block is for
-    'login --no-agent'. The '@cert-authority' lines are the CA's host CA,
+    'login --no-agent' (one IdentityFile per role's pair found). The
+    '@cert-authority' lines are the CA's host CA,
     for the names its host policy certifies: put them in ~/.ssh/known_hosts
     and ssh verifies every enrolled host with no "authenticity of host"
     prompt (and refuses a host whose certificate does not name it).
@@ -447,7 +521,8 @@ def config(make_client, out_dir, host_pattern, offline) -> None:
     """
     from pathlib import Path
 
-    from ca.client import CERT_FILE, KEY_FILE, default_out_dir
+    from ca.client import default_out_dir
+    from ca.client.files import cert_files, key_file
     from ca.client.hostcert import fetch_known_hosts
 
     out = Path(out_dir).expanduser().absolute() if out_dir else default_out_dir()
@@ -456,19 +531,109 @@ def config(make_client, out_dir, host_pattern, offline) -> None:
         client = make_client()
         known = fetch_known_hosts(client)
         _notes(client.notes)
+    pairs = [c.with_name(c.name[:-len("-cert.pub")]) for c in cert_files(out)] or [out / key_file("ROLE")]
     lines = [
         "# iast-ssh: short-lived certificates ('iast-ssh login').",
         "# With ssh-agent nothing is needed: ssh offers the agent's certificate by itself.",
-        "# For 'iast-ssh login --no-agent', point ssh at the files:",
+        "# For 'iast-ssh login --no-agent', point ssh at the files (one pair per role):",
         f"Host {host_pattern}",
-        f"    IdentityFile {out / KEY_FILE}",
-        f"    CertificateFile {out / CERT_FILE}",
     ]
+    for key in pairs:
+        lines += [f"    IdentityFile {key}", f"    CertificateFile {key}-cert.pub"]
     if known:
         lines += ["", "# For ~/.ssh/known_hosts: the CA's host CA, for the names its host policy certifies",
                   "# (hosts enrolled with 'iast-ssh host enroll' are then verified with no prompt):"]
         lines += known
     echo("\n".join(lines))
+
+
+@cli.command()
+@ca_options
+@click.option("--code", metavar="CODE", help="The one-time enrolment code from 'iast-ca user invite' "
+                                             "(default: asked for on a terminal).")
+@click.option("--key", "key_file", type=click.Path(dir_okay=False), metavar="FILE.pub",
+              help="Register this public key (your enrolled key for 'login -i').")
+@click.option("--password", "ask_password", is_flag=True, help="Set your password (asked twice on a terminal).")
+@click.option("--password-stdin", is_flag=True, help="Read the password from standard input instead.")
+@click.option("--totp", is_flag=True, help="Make your TOTP secret (shown once, to you only).")
+@output_options(csv_ok=False)
+def enroll(make_client, code, key_file, ask_password, password_stdin, totp, fmt) -> None:
+    """Redeem an enrolment code: register your own key, and/or password and TOTP, at the CA.
+
+    Your administrator ran 'iast-ca user invite NAME' and gave you the code;
+    it works once, for a short time. The administrator never sees your
+    password or TOTP secret. Afterwards log in as usual ('iast-ssh login').
+
+    \b
+    Example:
+      iast-ssh enroll --ca ca.example.com:2222 --ca-fingerprint SHA256:... -l alice --key ~/.ssh/id_ed25519.pub
+      iast-ssh enroll -l alice --password --totp
+    """
+    from pathlib import Path
+
+    from ca.errors import UsageError
+
+    if not key_file and not (ask_password or password_stdin) and not totp:
+        raise UsageError("nothing to enrol: give --key FILE.pub, and/or --password (or --password-stdin) with --totp")
+    key_line = None
+    if key_file:
+        try:
+            key_line = Path(key_file).expanduser().read_text()
+        except (OSError, UnicodeError) as e:
+            raise UsageError(f"--key: cannot read {key_file}: {getattr(e, 'strerror', None) or e}") from None
+    password = None
+    if password_stdin:
+        password = sys.stdin.readline().rstrip("\n")
+    elif ask_password:
+        if not _interactive():
+            raise UsageError("--password asks on a terminal; in a script use --password-stdin")
+        password = click.prompt("New password", hide_input=True, confirmation_prompt=True, err=True)
+    if code is None:
+        if not _interactive():
+            raise UsageError("give --code CODE (no terminal to ask for it)")
+        code = click.prompt("Enrolment code", err=True).strip()
+    client = make_client()
+    got = client.enroll(code, key_line=key_line, password=password, totp=totp)
+    _notes(client.notes)
+    if fmt == "json":
+        echo_json(got)
+        return
+    echo(f"Enrolled {got['user']}: {len(got['keys'])} key(s), password {'set' if got['has_password'] else 'none'}, "
+         f"TOTP {'set' if got['has_totp'] else 'none'}.")
+    if got.get("totp_secret"):
+        echo(f"TOTP secret (add it to your authenticator app now; it is not shown again): {got['totp_secret']}")
+        echo(f"  {got['totp_uri']}")
+    echo("Next: iast-ssh login" + (f" -i {key_line and Path(key_file).with_suffix('')}" if key_file else ""))
+
+
+@cli.command("trust-ca")
+@click.argument("address", metavar="HOST[:PORT]")
+@click.option("--ca-fingerprint", required=True, metavar="SHA256:...",
+              help="The CA service's host key fingerprint (the 'service host key' line of 'iast-ca info').")
+@click.option("--known-hosts", "known_hosts", type=click.Path(dir_okay=False), metavar="FILE",
+              help="The known_hosts file to add the line to (default: ~/.ssh/known_hosts).")
+@output_options(csv_ok=False)
+def trust_ca(address, ca_fingerprint, known_hosts, fmt) -> None:
+    """Let plain ssh talk to the CA service: check its host key against the fingerprint, then add
+    its '[host]:port KEY' line to your known_hosts (once; a line already there is kept).
+
+    Nothing but the key exchange happens: no credential is sent. Afterwards
+    the zero-install path works, e.g. 'ssh -p 2222 alice@ca sign < key.pub'.
+    The CA's administrator prints the same line with 'iast-ca info --known-hosts'.
+
+    \b
+    Example:
+      iast-ssh trust-ca ca.example.com:2222 --ca-fingerprint SHA256:...
+      ssh -p 2222 alice@ca.example.com sign < ~/.ssh/id_ed25519.pub > ~/.ssh/id_ed25519-cert.pub
+    """
+    from ca.client.known_hosts import trust_service
+
+    result = trust_service(address, ca_fingerprint, known_hosts)
+    if fmt == "json":
+        echo_json(result.as_json())
+        return
+    echo(f"{result.path}: {'added' if result.added else 'already had'} {result.line}")
+    echo(f"Plain ssh now knows the CA service, e.g.:  ssh -p {result.port} USER@{result.host} help")
 
 
 @cli.group()
@@ -478,16 +643,15 @@ def host() -> None:
     \b
     Example:
       iast-ssh host fetch-krl --ca ca.example.com:2222 --ca-fingerprint SHA256:... \\
-        -l krl-web1 -i /etc/ssh/ssh_host_ed25519_key --out /etc/ssh/iast-revoked.krl
+        -l krl-web1 -i /etc/ssh/ssh_host_ed25519_key -o /etc/ssh/iast-revoked.krl
       iast-ssh host fetch-trust --ca ca.example.com:2222 --ca-fingerprint SHA256:... \\
-        -l krl-web1 -i /etc/ssh/ssh_host_ed25519_key --out /etc/ssh/iast-user-ca.pub
+        -l krl-web1 -i /etc/ssh/ssh_host_ed25519_key -o /etc/ssh/iast-user-ca.pub
     """
 
 
 @host.command("fetch-krl")
 @ca_options
-@click.option("--out", "out", required=True, type=click.Path(dir_okay=False),
-              help="The KRL file sshd reads (RevokedKeys).")
+@output_file_option("The KRL file sshd reads (RevokedKeys).")
 @output_options(csv_ok=False)
 def fetch_krl(make_client, out: str, fmt: str) -> None:
     """Fetch the CA's KRL and install it for sshd, keeping the last good one on any failure.
@@ -502,12 +666,12 @@ def fetch_krl(make_client, out: str, fmt: str) -> None:
     \b
     Example:
       iast-ssh host fetch-krl --ca ca:2222 --ca-fingerprint SHA256:... -l krl-web1 \\
-        -i /etc/ssh/ssh_host_ed25519_key --out /etc/ssh/iast-revoked.krl
+        -i /etc/ssh/ssh_host_ed25519_key -o /etc/ssh/iast-revoked.krl
     """
     from ca.client import install_krl
 
     client = make_client()
-    new, old = install_krl(client.krl(), out)
+    new, old = install_krl(client.krl(), out)  # names `out` in every error, never a temp file
     if fmt == "json":
         echo_json({"path": out, "version": new, "previous_version": old})
     else:
@@ -516,8 +680,7 @@ def fetch_krl(make_client, out: str, fmt: str) -> None:
 
 @host.command("fetch-trust")
 @ca_options
-@click.option("--out", "out", required=True, type=click.Path(dir_okay=False),
-              help="The file sshd reads as TrustedUserCAKeys.")
+@output_file_option("The file sshd reads as TrustedUserCAKeys.")
 @click.option("--replace", is_flag=True, help="Accept a set of CA keys that shares no key with the installed one.")
 @output_options(csv_ok=False)
 def fetch_trust(make_client, out: str, replace: bool, fmt: str) -> None:
@@ -533,7 +696,7 @@ def fetch_trust(make_client, out: str, replace: bool, fmt: str) -> None:
     \b
     Example:
       iast-ssh host fetch-trust --ca ca:2222 --ca-fingerprint SHA256:... -l krl-web1 \\
-        -i /etc/ssh/ssh_host_ed25519_key --out /etc/ssh/iast-user-ca.pub
+        -i /etc/ssh/ssh_host_ed25519_key -o /etc/ssh/iast-user-ca.pub
     """
     from ca.client import install_trust
 

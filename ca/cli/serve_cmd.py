@@ -76,20 +76,25 @@ def run(env: Env, listen: str | None) -> None:
     paths = open_ca(cfg).paths
     if not paths.keyring.exists():
         s = init_state(cfg, "ed25519", env.passphrase())
-        echo(f"Created a new CA in {s['state_dir']}: {s['ca_algorithm']} {s['ca_fingerprint']}", err=True)
+        echo(f"Created a new CA in {s['state_dir']}: CA key {s['ca_algorithm']} {s['ca_fingerprint']} (signs "
+             "certificates)", err=True)
 
     def ready(service) -> None:
         fp = _host_key_fingerprint(paths)
+        where = service.cfg.listen_host if not listen else listen.rsplit(':', 1)[0]
         sd = f"--state-dir {cfg.state_dir} " if str(cfg.state_dir) != "var" else ""
         echo(f"""
-The CA is listening on {service.cfg.listen_host if not listen else listen.rsplit(':', 1)[0]}:{service.port}
-(host key {fp}). In another terminal, from this directory:
+The CA is listening on {where}:{service.port}
+(service host key {fp}: clients pin this one, not the CA key). In another terminal, from this directory:
 
   # 1. enrol yourself with your SSH public key
   .venv/bin/iast-ca {sd}user add "$USER" --key ~/.ssh/id_ed25519.pub
   # 2. log in: a fresh key and a short-lived certificate, straight into ssh-agent
   .venv/bin/iast-ssh login --ca 127.0.0.1:{service.port} --ca-fingerprint {fp} -i ~/.ssh/id_ed25519
-  # 3. make a host trust the CA, then plain ssh works
+  # or, with nothing installed but ssh: trust the service host key once, then ask for a certificate
+  .venv/bin/iast-ssh trust-ca {where}:{service.port} --ca-fingerprint {fp}
+  ssh -p {service.port} "$USER@{where}" sign < ~/.ssh/id_ed25519.pub > ~/.ssh/id_ed25519-cert.pub
+  # 3. make a host trust the CA key, then plain ssh works
   .venv/bin/iast-ca {sd}trust | sudo tee /etc/ssh/iast-user-ca.pub   # + TrustedUserCAKeys in sshd_config
 
 Ctrl-C stops the CA.
@@ -98,17 +103,42 @@ Ctrl-C stops the CA.
     _serve(env, listen, ready)
 
 
+def _service_name(cfg, host: str | None) -> str:
+    """The name clients reach the service by: ``--host``, else the listen address (a wildcard: this host's name)."""
+    import socket
+
+    if host:
+        return host
+    return socket.getfqdn() if cfg.listen_host in ("0.0.0.0", "::", "") else cfg.listen_host
+
+
 @click.command()
+@click.option("--known-hosts", "known_hosts", is_flag=True,
+              help="Print only the service host key's known_hosts line ('[host]:port KEY') for plain ssh.")
+@click.option("--host", "host", metavar="NAME", help="The name clients use for the service in that line "
+                                                     "(default: the listen address, or this host's name).")
 @output_options(csv_ok=False)
 @pass_env
-def info(env: Env, fmt: str) -> None:
-    """Show the CA keys, the service's host key fingerprint (for clients to pin), and where it listens.
+def info(env: Env, known_hosts: bool, host: str | None, fmt: str) -> None:
+    """Show the CA keys (they sign certificates), the service host key (clients pin it), and where it listens.
+
+    Two different keys: the CA key signs certificates (hosts trust it:
+    'iast-ca trust'); the service host key is the SSH host key of the CA
+    service, which clients pin (--ca-fingerprint) and plain ssh needs in
+    known_hosts (--known-hosts prints that line; 'iast-ssh trust-ca' writes it).
 
     \b
     Example:
       iast-ca info --json | jq -r .host_key_fingerprint
+      iast-ca info --known-hosts --host ca.example.com >> ~/.ssh/known_hosts
     """
     cfg = env.config
+    if known_hosts:
+        from ca.client.config import known_hosts_line
+
+        public = open_ca(cfg).paths.host_key.with_suffix(".pub").read_text()
+        echo(known_hosts_line(_service_name(cfg, host), cfg.listen_port, public))
+        return
     ca = open_ca(cfg)
     paths, keyring = ca.paths, ca.keyring
     data = {
@@ -129,4 +159,5 @@ def info(env: Env, fmt: str) -> None:
     echo(f"listen           {data['listen']}")
     for k in data["ca_keys"]:
         echo(f"CA key           {k['algorithm']} {k['fingerprint']} ({k['state']})")
-    echo(f"host key         {data['host_key_fingerprint']}  (clients pin this: --ca-fingerprint)")
+    echo(f"service host key {data['host_key_fingerprint']}  (clients pin this: --ca-fingerprint; "
+         "'iast-ca info --known-hosts' for plain ssh)")

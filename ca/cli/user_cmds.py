@@ -280,6 +280,49 @@ def totp(env: Env, name: str, fmt: str) -> None:
     _show_secret(enrolment, fmt)
 
 
+@user.command()
+@click.argument("name")
+@click.option("--ttl", default="1h", show_default=True, metavar="DURATION",
+              help="How long the code works (at most 24h); it works once.")
+@click.option("--allow-reserved", is_flag=True,
+              help="Invite a reserved name (root, admin, ...: the policy's reserved_principals); audited.")
+@output_options(csv_ok=False)
+@pass_env
+def invite(env: Env, name: str, ttl: str, allow_reserved: bool, fmt: str) -> None:
+    """Print a one-time enrolment code for NAME: they register their own key, password and TOTP with it.
+
+    NAME becomes a user with no credential if it is not one yet. Give the
+    code to the person (it is shown once; the CA keeps only its hash). They
+    redeem it with 'iast-ssh enroll' or plain ssh; the TOTP secret they set
+    is shown to them only. Every step is audited (enrolment_code_created,
+    enrolment_code_used, key_added, password_changed, totp_reset).
+
+    \b
+    Example:
+      iast-ca user invite alice --ttl 2h
+      # alice:  iast-ssh enroll --ca ca:2222 --ca-fingerprint SHA256:... -l alice --key ~/.ssh/id_ed25519.pub
+      # or:     ssh -p 2222 -o KbdInteractiveDevices=enrol alice@ca enroll < ~/.ssh/id_ed25519.pub
+    """
+    from ca.durations import parse_duration
+
+    try:
+        seconds = parse_duration(ttl)
+    except ValueError as e:
+        raise UsageError(f"--ttl: {e}") from None
+    with env.open_ca(require_db=True) as ca:
+        inv = ca.users.invite(name, ttl=seconds, actor=os_user(), allow_reserved=allow_reserved,
+                              reserved=_reserved(ca))
+    if fmt == "json":
+        echo_json(inv.as_json())
+        return
+    if inv.user_created:
+        echo(f"Created user {name} (no credential yet).", err=True)
+    echo(inv.code)
+    echo(f"One-time enrolment code for {name}, valid for {ttl} (shown once). They run:\n"
+         f"  iast-ssh enroll -l {name} --key ~/.ssh/id_ed25519.pub [--password --totp]\n"
+         f"  or: ssh -p PORT -o KbdInteractiveDevices=enrol {name}@CA enroll < ~/.ssh/id_ed25519.pub", err=True)
+
+
 @user.command("key-add")
 @click.argument("name")
 @click.argument("file", type=click.File("r"))

@@ -2,7 +2,7 @@
 
 The flow of ``login`` (docs/architecture.md, "The one path every certificate takes"):
 
-1. Pin the CA's host key (docs/security.md rule 18): fetch the key the server
+1. Pin the CA's service host key (docs/security.md rule 18): fetch the key the server
    presents, compare its SHA256 fingerprint with the pin *before* any
    credential is sent, then connect accepting exactly that key, so that the
    key checked is the key used (no time-of-check/time-of-use gap).
@@ -31,10 +31,12 @@ and ``iast-ssh config`` start without paying for it.
 from __future__ import annotations
 
 import asyncio
+import base64
 import getpass
 import json
 import os
 import shlex
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -44,6 +46,7 @@ from typing import Any
 from ca.client.agent import add_to_agent, agent_socket, open_agent
 from ca.client.config import (
     DEFAULT_CA,
+    Profile,
     check_fingerprint,
     config_path,
     format_address,
@@ -52,7 +55,7 @@ from ca.client.config import (
     parse_addresses,
     save_config,
 )
-from ca.client.files import check_out_dir, default_out_dir, write_files
+from ca.client.files import check_out_dir, default_out_dir, save_krl, write_files
 from ca.client.loop import run_async
 from ca.client.results import LoginResult
 from ca.errors import (
@@ -123,6 +126,9 @@ def _ca_error(address: str, e: BaseException) -> CAError:
         return CAError(f"cannot reach the CA at {address}: timed out")
     if isinstance(e, asyncssh.Error):
         return CAError(f"cannot reach the CA at {address}: {e.reason}")
+    if isinstance(e, socket.gaierror):
+        return CAError(f"cannot reach the CA at {address}: cannot resolve host {address.rsplit(':', 1)[0]} "
+                       f"({e.strerror or e})")
     if isinstance(e, OSError):
         why = os.strerror(e.errno) if e.errno else (e.strerror or str(e))
         return CAError(f"cannot reach the CA at {address}: {why}")
@@ -174,18 +180,36 @@ class Client:
                  identity: str | os.PathLike | None = None, use_agent: bool = True,
                  agent_path: str | None = None, prompter: Prompter | None = None,
                  config_file: str | os.PathLike | None = None, timeout: float = CONNECT_TIMEOUT,
-                 sso: str | None = None, workload_token: str | None = None):
+                 sso: str | None = None, workload_token: str | None = None, profile: str | None = None):
         self.config_file = Path(config_file) if config_file is not None else config_path()
         self.config = load_config(self.config_file)
-        cfg_addresses = parse_addresses(self.config.ca or DEFAULT_CA)
+        # The profile: the one named, else the one for --ca's addresses (a new one if none is), else
+        # the top-level one (docs/security.md rule 81: a pin belongs to the addresses it was saved with).
+        if profile is not None:
+            self.profile_name: str | None = profile
+            self.profile = self.config.profile(profile)
+            cfg_addresses = parse_addresses(self.profile.ca or DEFAULT_CA)
+            self.addresses = parse_addresses(ca) if ca else cfg_addresses
+        elif ca:
+            self.addresses = parse_addresses(ca)
+            found = self.config.for_addresses(self.addresses)
+            if found is not None:
+                self.profile_name, self.profile = found
+            elif self.config.ca is None and self.config.ca_fingerprint is None:
+                self.profile_name, self.profile = None, self.config.default  # the first CA: top level
+            else:
+                self.profile_name, self.profile = self.addresses[0][0], Profile()
+            cfg_addresses = parse_addresses(self.profile.ca) if self.profile.ca else self.addresses
+        else:
+            self.profile_name, self.profile = None, self.config.default
+            cfg_addresses = self.addresses = parse_addresses(self.profile.ca or DEFAULT_CA)
         # Replicas of one CA share one host key, so one pin covers the list (tried in order).
-        self.addresses = parse_addresses(ca) if ca else cfg_addresses
         self.host, self.port = self.addresses[0]
         self.address = format_address(self.host, self.port)
         if ca_fingerprint:
             self.pin: str | None = check_fingerprint(ca_fingerprint)
         elif self.addresses == cfg_addresses:
-            self.pin = self.config.ca_fingerprint
+            self.pin = self.profile.ca_fingerprint
         else:
             self.pin = None  # a pin belongs to the addresses it was saved with
         if sso is not None and workload_token is not None:
@@ -195,26 +219,27 @@ class Client:
         self.sso = sso
         self.workload_token = workload_token
         self.role_hint: str | None = None  # sent with --sso as a role:NAME submethod (max_auth_age)
+        self.given_user = user
         self.user = (WORKLOAD_USER if workload_token is not None
-                     else user or self.config.user or getpass.getuser())
-        self.identity = Path(identity) if identity is not None else None
+                     else user or self.profile.user or getpass.getuser())
+        self.given_identity = Path(identity).expanduser().absolute() if identity is not None else None
+        remembered = self.profile.identity if sso is None and workload_token is None else None
+        self.identity = self.given_identity or (Path(remembered).expanduser() if remembered else None)
         self.agent_path = (agent_path or agent_socket()) if use_agent else None
         self.prompter = prompter or Prompter()
         self.timeout = timeout
         self.notes: list[str] = []
+        self.enrol_code: str | None = None  # set by enroll(): the one-time code is the login
 
     # -- pinning -------------------------------------------------------------
 
     async def _host_key(self):
-        """The CA's host key, checked against the pin (or confirmed by the user). Sends no credential:
+        """The CA's service host key, checked against the pin (or confirmed by the user). Sends no credential:
         the connection ends after the key exchange."""
         import asyncssh
 
-        if self.pin is None and self.prompter.confirm_host_key is None:
-            raise UsageError(
-                f"the host key of the CA at {self.address} is not pinned and there is no terminal to confirm it: "
-                f"pass --ca-fingerprint SHA256:... (an administrator reads it from 'iast-ca info') "
-                f"or set ca_fingerprint in {self.config_file}")
+        # The key exchange sends nothing of ours, so reach the CA first: "connection refused" or
+        # "cannot resolve" is the answer a person needs before "not pinned".
         try:
             key = await asyncio.wait_for(
                 asyncssh.get_server_host_key(self.host, self.port, config=None), self.timeout)
@@ -223,30 +248,51 @@ class Client:
         if key is None:
             raise HostKeyChanged(f"the CA at {self.address} presented no host key")
         got = key.get_fingerprint("sha256")
+        if self.pin is None and self.prompter.confirm_host_key is None:
+            raise UsageError(
+                f"the service host key of the CA at {self.address} is not pinned and there is no terminal to "
+                f"confirm it: pass --ca-fingerprint SHA256:... (its administrator reads it from 'iast-ca info': "
+                f"the service host key, not the CA key) or set ca_fingerprint in {self.config_file}")
         if self.pin is not None:
             if got != self.pin:
                 raise HostKeyChanged(
-                    f"the CA's host key changed: expected {self.pin}, got {got} — "
-                    f"if this is expected, update ca_fingerprint in {self.config_file} (or pass --ca-fingerprint)")
+                    f"the pin does not match the service host key of {self.address}: pinned {self.pin}, the "
+                    f"service presents {got}. Check the address, and compare the pin with the 'service host key' "
+                    f"line of 'iast-ca info' on the CA (the CA key is another key); if the service's host key "
+                    f"was really replaced, update ca_fingerprint in {self.config_file} (or pass --ca-fingerprint)")
             return key
         ok = self.prompter.confirm_host_key(self.address, got)
         if not ok:
-            raise HostKeyChanged(f"the CA's host key {got} was not accepted; nothing was sent")
+            raise HostKeyChanged(f"the service host key {got} was not accepted; nothing was sent")
         self.pin = got
         self._remember_pin(always=True)
         return key
 
     def _remember_pin(self, always: bool = False) -> None:
-        """Save the CA address and pin in the config: after the user confirmed it, or on first use."""
-        cfg = self.config
-        if cfg.ca_fingerprint == self.pin and parse_addresses(cfg.ca or DEFAULT_CA) == self.addresses:
-            return
-        if not always and (cfg.ca is not None or cfg.ca_fingerprint is not None):
-            return  # never overwrite a pin the user set without asking
+        """Remember the CA in its profile after a login: its addresses and pin (after the user confirmed
+        it, or on first use), and the user name and key given on the command line, when the profile has
+        none. Never overwrites a pin or a name the user set without asking."""
+        p = self.profile
         listed = format_addresses(self.addresses)
-        self.config = replace(cfg, ca=listed, ca_fingerprint=self.pin)
+        same = p.ca_fingerprint == self.pin and parse_addresses(p.ca or DEFAULT_CA) == self.addresses
+        changes: dict[str, str] = {}
+        if not same and (always or (p.ca is None and p.ca_fingerprint is None)):
+            changes.update(ca=listed, ca_fingerprint=self.pin)
+        if self.workload_token is None:
+            if self.given_user and p.user is None:
+                changes["user"] = self.given_user
+            if self.given_identity is not None and p.identity is None and self.given_identity.exists():
+                changes["identity"] = str(self.given_identity)
+        if not changes:
+            return
+        self.profile = replace(p, **changes)
+        self.config = self.config.with_profile(self.profile_name, self.profile)
         save_config(self.config, self.config_file)
-        self.notes.append(f"saved the CA {listed} and its host key {self.pin} in {self.config_file}")
+        what = ", ".join(f"{k} {v}" for k, v in changes.items() if k != "ca_fingerprint")
+        if "ca_fingerprint" in changes:
+            what = what.replace(f"ca {listed}", f"the CA {listed} and its service host key {self.pin}")
+        where = f" (profile {self.profile_name})" if self.profile_name else ""
+        self.notes.append(f"saved {what} in {self.config_file}{where}")
 
     # -- authentication ------------------------------------------------------
 
@@ -261,6 +307,10 @@ class Client:
             raise BadKey(f"cannot read the key {path}: {e.strerror or e}") from None
         except (asyncssh.KeyImportError, asyncssh.KeyEncryptionError) as e:
             if "passphrase" not in str(e).lower():
+                if _is_public_key(path):
+                    private = path.with_suffix("") if path.suffix == ".pub" else None
+                    raise BadKey(f"{path} is a public key: give the private key with -i"
+                                 + (f" ({private})" if private else "")) from None
                 raise BadKey(f"cannot read the key {path}: {e}") from None
         if self.prompter.secret is None:
             raise BadKey(f"the key {path} is encrypted and there is no terminal to ask for its passphrase "
@@ -285,6 +335,8 @@ class Client:
                 self.answered = 0
 
             def kbdint_auth_requested(self):
+                if client.enrol_code is not None:
+                    return "enrol"
                 if client.sso is not None:
                     # "sso[:NAME]", and "role:R" so that the CA asks the IdP for the sign-in R needs
                     wanted = [f"sso:{client.sso}" if client.sso else "sso"]
@@ -299,6 +351,11 @@ class Client:
                     if client.sso is not None and instructions and prompter.sign_in is not None:
                         prompter.sign_in(instructions.strip(), sign_in_url(instructions))
                     return []
+                if client.enrol_code is not None:
+                    if self.answered or len(prompts) != 1:
+                        return None  # refused once already
+                    self.answered += 1
+                    return [client.enrol_code]
                 answers = []
                 for text, echo in prompts:
                     if self.answered >= 2:
@@ -311,15 +368,19 @@ class Client:
 
         return Handler
 
-    async def _connect(self, stack):
+    async def _connect(self, stack, *, certificates: bool = True):
         """Pin, then connect and authenticate; returns the connection (closed by ``stack``).
 
-        Nothing secret leaves this machine before the host key matched the pin.
+        Nothing secret leaves this machine before the host key matched the pin. With
+        ``certificates`` (every command but ``sign``) the keys of the iast certificates held for
+        this user are offered first (docs/security.md rule 80), unless ``-i KEY`` was given.
         """
         import asyncssh
 
         agent_keys: list = []
+        cert_keys: list = []
         methods: list[str] = []
+        agent = None
         if self.workload_token is not None:
             # As the reserved user ``workload``: SSH "none", which the CA accepts only for one
             # ``sign --token -`` (the token, sent after the host key matched, authenticates it).
@@ -328,7 +389,9 @@ class Client:
             if self.prompter.sign_in is None:
                 raise UsageError("--sso needs somewhere to show the sign-in URL and code")
             methods.append("keyboard-interactive")
-        elif self.identity is None and self.agent_path:
+        elif self.enrol_code is not None:
+            methods.append("keyboard-interactive")  # the code, and nothing else
+        elif self.agent_path and (self.identity is None or (certificates and self.given_identity is None)):
             try:
                 agent = await open_agent(self.agent_path)
             except CAError as e:
@@ -339,16 +402,28 @@ class Client:
                 # Certificates (ours among them) are never enrolled keys: offering them would only
                 # use up the CA's authentication attempts.
                 agent_keys = [kp for kp in await agent.get_keys()
-                              if not kp.algorithm.endswith(b"-cert-v01@openssh.com")]
-        if self.sso is None and self.workload_token is None and (self.identity is not None or agent_keys):
+                              if not kp.algorithm.endswith(b"-cert-v01@openssh.com")] if self.identity is None else []
+        plain = self.sso is None and self.workload_token is None and self.enrol_code is None
+        if certificates and plain and self.given_identity is None:
+            cert_keys = await self._certificate_keys(agent)
+        if plain and (self.identity is not None or agent_keys or cert_keys):
             methods.append("publickey")
-        if self.sso is None and self.workload_token is None and self.prompter.can_log_in:
+        if plain and self.prompter.can_log_in:
             methods.append("keyboard-interactive")
         if not methods:
             raise AuthenticationFailed(
                 "no way to authenticate to the CA: give -i KEY (an enrolled key), load an enrolled key into "
                 "ssh-agent, or run on a terminal to log in with a password and one-time code")
-        client_keys = [self._load_identity()] if self.identity is not None else agent_keys
+        client_keys = list(cert_keys)
+        if self.identity is not None and plain:
+            try:
+                client_keys.append(self._load_identity())
+            except BadKey as e:
+                if not cert_keys or self.given_identity is not None:
+                    raise
+                self.notes.append(f"{e}; used the certificate")
+        else:
+            client_keys += agent_keys
         conn = None
         unreachable: list[str] = []
         for host, port in self.addresses:
@@ -371,6 +446,42 @@ class Client:
         stack.callback(conn.close)
         self._remember_pin()
         return conn
+
+    async def _certificate_keys(self, agent) -> list:
+        """The keys of the current iast certificates held for this user (newest first, at most
+        three): from ssh-agent, offered as the plain key and signed by the agent through the
+        certificate it holds, and from the files 'login --no-agent' wrote (default directory)."""
+        import asyncssh
+        from asyncssh.agent import SSHAgentKeyPair
+
+        from ca.client.agent import held_in
+        from ca.client.files import file_held
+        from ca.sshcert.wire import Reader
+
+        now = time.time()
+
+        def usable(h) -> bool:
+            return h.user == self.user and h.valid_after <= now < h.valid_before
+
+        found: list[tuple[int, Any]] = []
+        if agent is not None:
+            for _, h in await held_in(agent):
+                if usable(h):
+                    pair = SSHAgentKeyPair(agent, Reader(h.key_blob).text().encode(), h.key_blob,
+                                           (h.comment or h.key_id).encode())
+                    pair.key_public_data = h.blob  # the agent holds the key under its certificate
+                    found.append((h.valid_before, pair))
+        for h in file_held(default_out_dir()):
+            key_path = h.key_path
+            if usable(h) and key_path is not None:
+                try:
+                    key = asyncssh.read_private_key(key_path)
+                except (OSError, asyncssh.KeyImportError, asyncssh.KeyEncryptionError):
+                    continue
+                if key.public_data == h.key_blob:
+                    found.append((h.valid_before, key))
+        found.sort(key=lambda t: -t[0])
+        return [k for _, k in found[:3]]
 
     async def _connect_one(self, methods: list[str], client_keys: list, timeout: float):
         """Pin, then connect to ``self.address`` and authenticate; raises _Unreachable if it does not answer."""
@@ -419,18 +530,18 @@ class Client:
             raise _reply_error(result.exit_status, stdout, stderr)
         return stdout
 
-    async def _session(self, work):
+    async def _session(self, work, certificates: bool = True):
         from contextlib import AsyncExitStack
 
         async with AsyncExitStack() as stack:
-            conn = await self._connect(stack)
+            conn = await self._connect(stack, certificates=certificates)
             return await work(conn)
 
-    def _run(self, work):
+    def _run(self, work, *, certificates: bool = True):
         import asyncssh
 
         try:
-            return run_async(self._session(work))
+            return run_async(self._session(work, certificates))
         except CAError:
             raise
         except (OSError, asyncio.TimeoutError, asyncssh.Error) as e:
@@ -453,6 +564,12 @@ class Client:
             return [line.strip() for line in out.splitlines() if line.strip()]
         return self._run(work)
 
+    def refresh_krl(self) -> bytes:
+        """The CA's KRL, kept for ``status`` (which marks the certificates it revokes)."""
+        data = self.krl()
+        save_krl(format_addresses(self.addresses), data)
+        return data
+
     def krl(self) -> bytes:
         """The CA's current KRL (binary), as served by the ``krl`` command."""
         import base64
@@ -465,6 +582,24 @@ class Client:
             return base64.b64decode("".join(self._run(work).split()), validate=True)
         except (binascii.Error, ValueError):
             raise CAError("the CA's KRL answer is not base64") from None
+
+    def enroll(self, code: str, *, key_line: str | None = None, password: str | None = None,
+               totp: bool = False) -> dict[str, Any]:
+        """Redeem a one-time enrolment code ('iast-ca user invite'): register this user's own public
+        key and/or password and a new TOTP secret (in the answer, for this person only). The code is
+        the login (keyboard-interactive, submethod ``enrol``); nothing else is offered."""
+        from ca.sshcert.userkey import parse_user_key
+
+        if key_line is not None:
+            parse_user_key(key_line)  # a private key, or anything else, never leaves this machine
+        self.enrol_code = code.strip()
+        args = ["enroll", "--json"] + (["--totp"] if totp else []) + (["--password-stdin"] if password is not None
+                                                                      else [])
+        stdin = (password + "\n" if password is not None else "") + (key_line.strip() + "\n" if key_line else "")
+        try:
+            return self._run(lambda conn: self._json(conn, args, stdin), certificates=False)
+        finally:
+            self.enrol_code = None
 
     # -- access requests (roles with approval) ------------------------------
 
@@ -519,7 +654,7 @@ class Client:
         if request_id:
             args += ["--request", request_id]
         else:
-            role = role or self.config.role  # the request names its own role
+            role = role or self.profile.role  # the request names its own role
         if role:
             args += ["--role", role]
         if ttl is not None:
@@ -549,7 +684,16 @@ class Client:
             code = self.prompter.code("One-time code: ")
             return await self._json(conn, args + ["--otp", code.strip()], public_line)
 
-        reply = self._run(work)
+        async def work_and_krl(conn):
+            reply = await work(conn)
+            try:  # the KRL too, on the same connection: 'status' marks what it revokes
+                krl = await self._command(conn, ["krl"])
+                save_krl(format_addresses(self.addresses), base64.b64decode("".join(krl.split()), validate=True))
+            except (CAError, ValueError, OSError):
+                pass  # a login does not fail for it
+            return reply
+
+        reply = self._run(work_and_krl, certificates=False)
         try:
             cert = asyncssh.import_certificate(reply["certificate"])
             parsed = parse_certificate(cert.public_data)
@@ -574,14 +718,34 @@ class Client:
         lifetime = int(common["valid_before"] - now())
         if lifetime <= 0:
             raise CAError("the certificate the CA returned has already expired (is this clock right?)")
+        role_name, ca_key, user = common["role"], parsed.signature_key, _key_id_user(common["key_id"])
         if use_agent:
+            def same(h) -> bool:  # the previous certificate of this CA (key), user and role
+                return h.role == role_name and h.user == user and h.ca_key == ca_key
+
             try:
-                run_async(add_to_agent(use_agent, key, cert, common["key_id"], lifetime))
+                replaced = run_async(add_to_agent(use_agent, key, cert, common["key_id"], lifetime, replaces=same))
+                notes += [f"removed the previous certificate {k} from ssh-agent" for k in replaced]
                 return LoginResult(**common, where="agent", agent_socket=use_agent, notes=tuple(notes))
             except CAError as e:
                 notes.append(f"{e}; wrote files instead")
-        key_path, cert_path = write_files(out, key, reply["certificate"], common["key_id"])
+        key_path, cert_path = write_files(out, key, reply["certificate"], common["key_id"], role_name)
         return LoginResult(**common, where="files", key_path=key_path, cert_path=cert_path, notes=tuple(notes))
+
+
+def _is_public_key(path: Path) -> bool:
+    import asyncssh
+
+    try:
+        asyncssh.read_public_key(path)
+        return True
+    except (OSError, asyncssh.KeyImportError, ValueError):
+        return False
+
+
+def _key_id_user(key_id: str) -> str | None:
+    parts = key_id.split(":")
+    return parts[1] if len(parts) == 4 else None
 
 
 def sign_in_url(instructions: str) -> str | None:

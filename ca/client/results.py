@@ -67,6 +67,18 @@ class HeldCertificate:
     valid_before: int
     comment: str | None = None
     path: Path | None = None  # the certificate file, for "files"
+    revoked: bool = False  # by the last KRL fetched from the CA ('iast-ssh status --refresh')
+    user: str | None = None  # from the key ID
+    ca_key: bytes = b""  # the blob of the CA key that signed it
+    key_blob: bytes = b""  # the certified public key
+    blob: bytes = b""  # the certificate
+
+    @property
+    def key_path(self) -> Path | None:
+        """The private key beside a certificate file (``KEY-cert.pub`` -> ``KEY``)."""
+        if self.path is None or not self.path.name.endswith("-cert.pub"):
+            return None
+        return self.path.with_name(self.path.name[:-len("-cert.pub")])
 
     def seconds_left(self, now: float | None = None) -> int:
         return max(0, int(self.valid_before - (time.time() if now is None else now)))
@@ -77,7 +89,7 @@ class HeldCertificate:
             "where": self.where, "key_id": self.key_id, "serial": self.serial, "role": self.role,
             "principals": list(self.principals), "valid_after": self.valid_after,
             "valid_before": self.valid_before, "seconds_left": left, "expired": left == 0,
-            "path": str(self.path) if self.path else None,
+            "revoked": self.revoked, "path": str(self.path) if self.path else None,
         }
 
 
@@ -103,14 +115,15 @@ class LogoutResult:
                 "deleted_files": [str(p) for p in self.deleted_files], "notes": list(self.notes)}
 
 
-def _role_from_key_id(key_id: str) -> str | None:
+def _key_id_part(key_id: str, n: int) -> str | None:
     parts = key_id.split(":")
-    return parts[2] if len(parts) == 4 and parts[0] + ":" == KEY_ID_PREFIX else None
+    return parts[n] if len(parts) == 4 and parts[0] + ":" == KEY_ID_PREFIX else None
 
 
 def held_certificate(where: str, blob: bytes, comment: str | None = None,
-                     path: Path | None = None) -> HeldCertificate | None:
-    """Describe a certificate blob if it is an iast user certificate, else None."""
+                     path: Path | None = None, krls=()) -> HeldCertificate | None:
+    """Describe a certificate blob if it is an iast user certificate, else None; ``revoked`` if one
+    of ``krls`` (parsed KRLs) revokes it."""
     from ca.sshcert.certificates import USER_CERT, parse_certificate
     from ca.sshcert.wire import WireError
 
@@ -120,6 +133,8 @@ def held_certificate(where: str, blob: bytes, comment: str | None = None,
         return None
     if cert.cert_type != USER_CERT or not cert.key_id.startswith(KEY_ID_PREFIX):
         return None
-    return HeldCertificate(where=where, key_id=cert.key_id, serial=cert.serial, role=_role_from_key_id(cert.key_id),
+    return HeldCertificate(where=where, key_id=cert.key_id, serial=cert.serial, role=_key_id_part(cert.key_id, 2),
                            principals=cert.principals, valid_after=cert.valid_after,
-                           valid_before=cert.valid_before, comment=comment, path=path)
+                           valid_before=cert.valid_before, comment=comment, path=path,
+                           revoked=any(k.is_revoked(cert) for k in krls), user=_key_id_part(cert.key_id, 1),
+                           ca_key=cert.signature_key, key_blob=cert.public_key_blob, blob=bytes(blob))

@@ -74,7 +74,7 @@ def parse_trust_lines(text: str) -> dict[str, str]:
 def install_trust(text: str, path: str | os.PathLike, *, replace: bool = False) -> TrustUpdate:
     """Install the trusted CA keys ``text`` (what ``iast-ca trust`` prints) at ``path``,
     keeping the installed file on any failure (see the module docstring)."""
-    from ca.files import write_atomic
+    from ca.client.files import write_installed
 
     path = Path(path)
     try:
@@ -97,7 +97,7 @@ def install_trust(text: str, path: str | os.PathLike, *, replace: bool = False) 
         current = None
     changed = current != body.encode()
     if changed:
-        write_atomic(path, body, 0o644)
+        write_installed(path, body, 0o644)
     before = set(old or ())
     return TrustUpdate(str(path), tuple(new), tuple(fp for fp in new if fp not in before),
                        tuple(sorted(before - set(new))), changed)

@@ -235,6 +235,3 @@ class Keyring:
         """The trusted CA public keys, one per line, for ``TrustedUserCAKeys``."""
         return [k.public for k in self.trusted]
 
-    def known_hosts_lines(self, pattern: str = "*") -> list[str]:
-        """``@cert-authority`` lines for a client's known_hosts."""
-        return [f"@cert-authority {pattern} {k.public}" for k in self.trusted]

@@ -109,6 +109,11 @@ def _enabled(ca: CA, identity: Identity) -> None:
         raise AuthenticationFailed(f"user {identity.user} is disabled")
 
 
+def _has_totp(ca: CA, user: str) -> bool:
+    row = ca.users.get(user)
+    return row is not None and row.has_totp
+
+
 def _request_access(ca: CA, identity: Identity, cmd: Command) -> AccessRequest:
     _enabled(ca, identity)
     return ca.approvals.create(identity, role=cmd.role, ttl=cmd.ttl, reason=cmd.reason, policy=ca.policy)
@@ -238,7 +243,12 @@ async def sign(c: Call) -> int:
     req = SignRequest(public_key=key_line, role=cmd.role, ttl=cmd.ttl, reason=cmd.reason, request_id=cmd.request_id)
     if cmd.otp is not None:
         if not await _step_up(c, cmd.otp):
-            err = AuthenticationFailed("one-time code refused")
+            # The caller is authenticated as this user: saying that they have no TOTP tells them
+            # about their own account only (docs/security.md rule 85).
+            has_totp = await c.on_issue(_has_totp, c.ca, identity.user)
+            err = AuthenticationFailed("one-time code refused" if has_totp else
+                                       f"one-time code refused: {identity.user} has no one-time code (TOTP) "
+                                       "enrolled; ask the CA's administrator to set one up")
             await c.on_commit(authority.refuse, identity, req, err)
             raise err
         identity = replace(identity, auth_methods=identity.auth_methods + ("otp-step-up",), mfa=True)
@@ -251,6 +261,30 @@ async def sign(c: Call) -> int:
         c.process.stdout.write(issued.certificate + "\n")
     metrics.observe_issue(time.perf_counter() - started)
     return EXIT_OK
+
+
+async def enroll(c: Call) -> int:
+    """Self-enrolment with the code this login used (ca.auth.enrol): the person's own key (stdin),
+    password (``--password-stdin``: the first stdin line) and TOTP secret (``--totp``, in this reply only)."""
+    text = await c.read_stdin()
+    password = None
+    if c.cmd.password_stdin:
+        first, _, text = text.partition("\n")
+        password = first.rstrip("\r")
+    key_line = text.strip() or None
+    enrolment = await c.on_issue(functools.partial(c.ca.users.redeem, c.identity.user, c.identity.subject or "",
+                                                   key_line=key_line, password=password, totp=c.cmd.totp))
+    user = enrolment.user
+    event("self-enrolled", user=user.name, source=c.identity.source_address, keys=len(user.keys),
+          password=password is not None, totp=c.cmd.totp)
+    lines = [f"enrolled {user.name}: {len(user.keys)} key(s), password {'set' if user.has_password else 'none'}, "
+             f"TOTP {'set' if user.has_totp else 'none'}"]
+    if enrolment.totp_secret:
+        lines += [f"TOTP secret (add it to your authenticator app now; it is not shown again): "
+                  f"{enrolment.totp_secret}", f"otpauth URI: {enrolment.totp_uri}"]
+    return c.reply({"user": user.name, "keys": [k.fingerprint for k in user.keys], "has_password": user.has_password,
+                    "has_totp": user.has_totp, "totp_secret": enrolment.totp_secret, "totp_uri": enrolment.totp_uri},
+                   "\n".join(lines))
 
 
 WORKLOAD_REFUSED = "workload token refused (the CA's audit log records why)"
@@ -326,6 +360,7 @@ _HANDLERS: dict[str, Callable[[Call], Awaitable[int]]] = {
     "ca-keys": ca_keys,
     "krl": krl,
     "help": help_,
+    "enroll": enroll,
 }
 HANDLERS: dict[str, Callable[[Call], Awaitable[int]]] = {
     name: fn if name in SHARED_COMMANDS else _for("host" if name in HOST_COMMANDS else "user", fn)

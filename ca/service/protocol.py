@@ -39,6 +39,8 @@ COMMANDS: dict[str, dict[str, bool]] = {
     "known-hosts": {},
     "krl": {},
     "help": {},
+    # Self-enrolment: only for a login by a one-time enrolment code, see ca.auth.enrol.
+    "enroll": {"--totp": True, "--password-stdin": True, "--json": True},
     # Host commands: only for a host's login (host:NAME), see ca.auth.hosts.
     "host-enroll": {"--ttl": False, "--json": True},
     "host-renew": {"--ttl": False, "--json": True},
@@ -70,6 +72,11 @@ iast-ssh certificate authority. Commands (run as: ssh -p PORT USER@CA COMMAND):
   ca-keys              the CA public keys hosts trust (TrustedUserCAKeys)
   known-hosts          '@cert-authority PATTERN KEY' lines for known_hosts (the host CA)
   krl                  the current KRL (sshd RevokedKeys), base64: ... krl | base64 -d > revoked.krl
+Self-enrolment (log in with the code from 'iast-ca user invite': ssh -o KbdInteractiveDevices=enrol USER@CA):
+  enroll [--totp] [--password-stdin] [--json] < key.pub
+                       register your own public key (stdin), and/or a password (the first stdin line,
+                       with --password-stdin) and a new TOTP secret (--totp; shown to you only); the code
+                       works once
 Host commands (log in as host:NAME; run by 'iast-ssh host enroll' and 'iast-ssh host renew'):
   host-enroll [--ttl D] [--json] < ssh_host_ed25519_key.pub   (login: the one-time join token)
   host-renew [--ttl D] [--json] < ssh_host_ed25519_key-cert.pub   (login: the host key)
@@ -90,6 +97,8 @@ class Command:
     request_id: str | None = None  # sign --request ID, and the ID of approve/deny/cancel
     comment: str | None = None
     token: bool = False  # sign --token -: the first line of stdin is a workload token
+    totp: bool = False  # enroll --totp
+    password_stdin: bool = False  # enroll --password-stdin: the first line of stdin is the new password
 
 
 def parse_command(line: str | None) -> Command:
@@ -170,6 +179,8 @@ def parse_command(line: str | None) -> Command:
         request_id=request_id,
         comment=values.get("--comment"),  # type: ignore[arg-type]
         token=token,
+        totp=bool(values.get("--totp", False)),
+        password_stdin=bool(values.get("--password-stdin", False)),
     )
 
 

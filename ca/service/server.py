@@ -20,6 +20,7 @@ from ca.auth.base import RequestAuthenticator
 from ca.config import DEFAULT_ENCRYPTION_ALGS, DEFAULT_KEX_ALGS, Config
 from ca.errors import EXIT_ERROR, AuthenticationFailed, CAError, ConfigError
 from ca.models import Identity
+from ca.rules import check_certificate_login, check_enrolment_login
 from ca.service.admission import Admission, Counter
 from ca.service.connection import MAX_AUTH_ATTEMPTS, Connection
 from ca.service.executors import Executors
@@ -140,6 +141,8 @@ class Service:
         cmd: Command | None = None
         try:
             cmd = parse_command(process.command)
+            check_certificate_login(cmd.name, identity.auth_methods)
+            check_enrolment_login(cmd.name, identity.auth_methods)
             return await HANDLERS[cmd.name](Call(self, process, cmd, identity))
         except CAError as e:
             return refused(process, cmd, e)

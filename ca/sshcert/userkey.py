@@ -76,6 +76,11 @@ def parse_user_key(line: str, min_rsa_bits: int = DEFAULT_MIN_RSA_BITS) -> UserK
     if len(line) > MAX_KEY_LINE:
         raise BadKey(f"public key line is longer than {MAX_KEY_LINE} bytes")
     text = line.strip()
+    if "PRIVATE KEY" in text:
+        # A private key sent by mistake (ssh ca sign < id_ed25519): refused before anything else
+        # looks at it; the message names no byte of it (docs/security.md rule 84).
+        raise BadKey("that is a private key: send the public key (the .pub file) and keep the private key "
+                     "to yourself; it was not stored")
     if "\n" in text or "\r" in text:
         raise BadKey("expected exactly one public key line")
     parts = text.split(None, 2)

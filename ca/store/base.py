@@ -271,6 +271,28 @@ class UsedTokenWrites(UsedTokenReads, Protocol):
         Also forgets tokens expired before ``now``."""
 
 
+class EnrolmentCodeRow(NamedTuple):
+    id: str
+    secret_sha256: str
+    username: str
+    created: int
+    expires_at: int
+    used_at: int | None
+    event_id: int
+
+
+class EnrolmentCodeReads(Protocol):
+    def get(self, code_id: str) -> EnrolmentCodeRow | None: ...
+
+
+class EnrolmentCodeWrites(EnrolmentCodeReads, Protocol):
+    def insert(self, code_id: str, secret_sha256: str, username: str, created: int, expires_at: int,
+               event_id: int) -> None:
+        """A new, unused code (its ``enrolment_code_created`` event is ``event_id``)."""
+    def mark_used(self, code_id: str, used_at: int) -> bool:
+        """Use the code; False if it was used already."""
+
+
 class JoinTokenReads(Protocol):
     def get(self, token_id: str) -> JoinTokenRow | None: ...
 
@@ -296,6 +318,7 @@ class UnitOfWork(ABC):
     certificates: CertificateReads
     tokens: UsedTokenWrites
     join_tokens: JoinTokenWrites
+    enrolment_codes: EnrolmentCodeWrites
 
     @abstractmethod
     def append(self, kind: str, data: dict[str, Any], *, user: str | None = None, role: str | None = None,
@@ -339,6 +362,7 @@ class Store(ABC):
     certificates: CertificateReads
     tokens: UsedTokenReads
     join_tokens: JoinTokenReads
+    enrolment_codes: EnrolmentCodeReads
 
     # The thread whose group() is open, if any (see group()).
     _group_thread: int | None = None
@@ -529,7 +553,7 @@ def _compare(diffs: list[Difference], table: str, want: dict, got: dict, changed
 
 
 __all__ = [
-    "CertificateReads", "CertificateRow", "EventReads", "JoinTokenReads", "JoinTokenRow", "JoinTokenWrites",
+    "CertificateReads", "CertificateRow", "EnrolmentCodeReads", "EnrolmentCodeRow", "EnrolmentCodeWrites", "EventReads", "JoinTokenReads", "JoinTokenRow", "JoinTokenWrites",
     "RequestReads", "RequestRow", "RequestWrites",
     "RevocationReads", "RevocationWrites", "Store", "ThrottleReads", "ThrottleWrites", "UnitOfWork",
     "UsedTokenReads", "UsedTokenWrites",

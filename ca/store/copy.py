@@ -32,6 +32,7 @@ _TABLES = (
     # (docs/security.md, the SSO and host join token rules).
     ("used_tokens", ("token_key", "issuer", "expires_at"), "token_key"),
     ("join_tokens", schema.JOIN_TOKEN_COLUMNS, "rowid"),
+    ("enrolment_codes", schema.ENROLMENT_CODE_COLUMNS, "rowid"),
 )
 _LOGINS = ("id", "line_hash", "host", "logged_time", "ts", "account", "source", "port", "serial", "serial_text",
            "ca_fingerprint", "key_id", "key_fingerprint", "issued_event_id", "outcome", "reason", "severity",

@@ -35,12 +35,14 @@ Versions:
    (by ``jti`` or hash), kept until they expire, so that a token is used
    once across every replica sharing the database (docs/security.md, SSO rules);
 5. ``join_tokens``: one-time host join tokens (``iast-ca host token``), kept
-   as the SHA-256 of their secret, used at most once.
+   as the SHA-256 of their secret, used at most once;
+6. ``enrolment_codes``: one-time self-enrolment codes (``iast-ca user invite``),
+   kept as the SHA-256 of their secret, used at most once (docs/security.md rule 86).
 """
 
 from __future__ import annotations
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 # The columns of an event row, in the order the chain hashes them (the first
 # nine; see ca.audit.chain.canonical) and every reader reads them.
@@ -54,6 +56,7 @@ REVOCATION_COLUMNS = ("id", "kind", "value", "serial", "ca_fingerprint", "public
                       "created")
 JOIN_TOKEN_COLUMNS = ("id", "secret_sha256", "host", "role", "created", "expires_at", "used_at", "used_serial",
                       "event_id")
+ENROLMENT_CODE_COLUMNS = ("id", "secret_sha256", "username", "created", "expires_at", "used_at", "event_id")
 REQUEST_STATUSES = ("pending", "approved", "denied", "cancelled", "expired", "used")
 REVOCATION_KINDS = ("serial", "key_id", "key", "ca_key", "user")
 
@@ -222,6 +225,26 @@ JOIN_TOKENS = (
        BEGIN SELECT RAISE(ABORT, 'join tokens cannot be deleted'); END""",
 )
 
+# One-time self-enrolment codes (ca.auth.enrol, iast-ca user invite): as join tokens, only the
+# SHA-256 of the secret is kept, and a code is used at most once and never changes otherwise.
+ENROLMENT_CODES = (
+    """CREATE TABLE IF NOT EXISTS enrolment_codes (
+        id TEXT PRIMARY KEY,
+        secret_sha256 TEXT NOT NULL,
+        username TEXT NOT NULL,
+        created INTEGER NOT NULL,
+        expires_at INTEGER NOT NULL,
+        used_at INTEGER,
+        event_id INTEGER NOT NULL REFERENCES events(id)
+    )""",
+    """CREATE TRIGGER IF NOT EXISTS enrolment_codes_once BEFORE UPDATE ON enrolment_codes
+       WHEN OLD.used_at IS NOT NULL OR NEW.id IS NOT OLD.id OR NEW.secret_sha256 IS NOT OLD.secret_sha256
+            OR NEW.username IS NOT OLD.username OR NEW.expires_at IS NOT OLD.expires_at
+       BEGIN SELECT RAISE(ABORT, 'an enrolment code is used once and never changed'); END""",
+    """CREATE TRIGGER IF NOT EXISTS enrolment_codes_no_delete BEFORE DELETE ON enrolment_codes
+       BEGIN SELECT RAISE(ABORT, 'enrolment codes cannot be deleted'); END""",
+)
+
 # sshd logins correlated with issuances (ca.review.correlate). Created on demand, by the first
 # correlate run, not with the schema: whether it exists tells the report that logs were correlated.
 LOGINS = (
@@ -270,7 +293,8 @@ USED_TOKENS = (
 )
 
 # Everything a database at SCHEMA_VERSION has (LOGINS comes on demand).
-CURRENT = EVENTS + CERTIFICATES + USERS + THROTTLE + REVOCATIONS + REQUESTS + USED_TOKENS + JOIN_TOKENS
+CURRENT = (EVENTS + CERTIFICATES + USERS + THROTTLE + REVOCATIONS + REQUESTS + USED_TOKENS + JOIN_TOKENS
+           + ENROLMENT_CODES)
 
 # -- migrations ------------------------------------------------------------------------
 #
@@ -317,6 +341,7 @@ MIGRATIONS: dict[int, tuple] = {
     ),
     4: USED_TOKENS,
     5: JOIN_TOKENS,
+    6: ENROLMENT_CODES,
 }
 assert sorted(MIGRATIONS) == list(range(1, SCHEMA_VERSION + 1))
 
@@ -558,13 +583,32 @@ PG_JOIN_TOKENS = (
     *_pg_refuse("join_tokens_no_delete", "join_tokens", "DELETE", "join tokens cannot be deleted"),
 )
 
+PG_ENROLMENT_CODES = (
+    f"""CREATE TABLE IF NOT EXISTS enrolment_codes (
+        id {_T} PRIMARY KEY,
+        secret_sha256 {_T} NOT NULL,
+        username {_T} NOT NULL,
+        created BIGINT NOT NULL,
+        expires_at BIGINT NOT NULL,
+        used_at BIGINT,
+        event_id BIGINT NOT NULL REFERENCES events(id)
+    )""",
+    *_pg_refuse("enrolment_codes_once", "enrolment_codes", "UPDATE",
+                "an enrolment code is used once and never changed",
+                when="IF OLD.used_at IS NOT NULL OR NEW.id IS DISTINCT FROM OLD.id"
+                     " OR NEW.secret_sha256 IS DISTINCT FROM OLD.secret_sha256"
+                     " OR NEW.username IS DISTINCT FROM OLD.username"
+                     " OR NEW.expires_at IS DISTINCT FROM OLD.expires_at THEN "),
+    *_pg_refuse("enrolment_codes_no_delete", "enrolment_codes", "DELETE", "enrolment codes cannot be deleted"),
+)
+
 # Version 3, the first schema this engine had (as it was created; later versions add to it).
 _PG_V3 = PG_META + PG_EVENTS + PG_CERTIFICATES + PG_USERS + PG_THROTTLE + PG_REVOCATIONS + PG_REQUESTS
 
-PG_CURRENT = _PG_V3 + PG_USED_TOKENS + PG_JOIN_TOKENS
+PG_CURRENT = _PG_V3 + PG_USED_TOKENS + PG_JOIN_TOKENS + PG_ENROLMENT_CODES
 
 # PostgreSQL databases start at version 3 (the first schema this engine had). PG_MIGRATIONS[n]
 # takes a PostgreSQL database at version n - 1 to n; a new one gets PG_CURRENT.
 PG_FIRST_VERSION = 3
-PG_MIGRATIONS: dict[int, tuple] = {3: _PG_V3, 4: PG_USED_TOKENS, 5: PG_JOIN_TOKENS}
+PG_MIGRATIONS: dict[int, tuple] = {3: _PG_V3, 4: PG_USED_TOKENS, 5: PG_JOIN_TOKENS, 6: PG_ENROLMENT_CODES}
 assert sorted(PG_MIGRATIONS) == list(range(PG_FIRST_VERSION, SCHEMA_VERSION + 1))

@@ -26,6 +26,7 @@ from ca.store import schema
 from ca.store.base import EventRowsStore, UnitOfWork
 from ca.store.postgres.connection import CONNECT_TIMEOUT, Connection, has_table, migrate, redact, schema_version
 from ca.store.postgres.events import Certificates, EventRows
+from ca.store.postgres.enrolment_codes import EnrolmentCodes
 from ca.store.postgres.join_tokens import JoinTokens
 from ca.store.postgres.requests import Requests
 from ca.store.postgres.review import ReviewQueries
@@ -50,6 +51,7 @@ class PostgresUnitOfWork(UnitOfWork):
         self.certificates = store.certificates
         self.tokens = store.tokens
         self.join_tokens = store.join_tokens
+        self.enrolment_codes = store.enrolment_codes
         self._head: tuple[int, str] | None = None
 
     def next_serial(self) -> int:
@@ -100,6 +102,7 @@ class PostgresStore(EventRowsStore):
         self.requests = Requests(self.conn)
         self.tokens = UsedTokens(self.conn)
         self.join_tokens = JoinTokens(self.conn)
+        self.enrolment_codes = EnrolmentCodes(self.conn)
         self.review = ReviewQueries(self.conn)
 
     def close(self) -> None:

@@ -21,6 +21,7 @@ from ca.store import schema
 from ca.store.base import EventRowsStore, UnitOfWork
 from ca.store.sqlite.connection import connect, ensure_tables, has_table, migrate
 from ca.store.sqlite.events import Certificates, EventRows
+from ca.store.sqlite.enrolment_codes import EnrolmentCodes
 from ca.store.sqlite.join_tokens import JoinTokens
 from ca.store.sqlite.requests import Requests
 from ca.store.sqlite.review import ReviewQueries
@@ -50,6 +51,7 @@ class SQLiteUnitOfWork(UnitOfWork):
         self.certificates = store.certificates
         self.tokens = store.tokens
         self.join_tokens = store.join_tokens
+        self.enrolment_codes = store.enrolment_codes
         self._head: tuple[int, str] | None = None
 
     @property
@@ -101,6 +103,7 @@ class SQLiteStore(EventRowsStore):
         self.revocations = Revocations(self.conn, self.db)
         self.requests = Requests(self.conn, self.path)
         self.join_tokens = JoinTokens(self.conn)
+        self.enrolment_codes = EnrolmentCodes(self.conn)
         self.review = ReviewQueries(self.conn)
         self.tokens = UsedTokens(self.conn)
 
