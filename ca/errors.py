@@ -5,7 +5,11 @@ stable ``code`` (used in audit rows, JSON output and wire errors) and an
 ``exit_status``. Only entry points turn them into process exit codes, and the
 numbers are named here and nowhere else:
 
-    0 ok, 1 error, 2 usage, 3 denied by policy, 4 authentication failed.
+    0 ok, 1 error, 2 usage, 3 denied by policy, 4 authentication failed,
+    5 not found (no such user, request, event), 130 interrupted (Ctrl-C).
+
+A closed output pipe (``iast-ca audit list | head``) is not an error: the
+tools stop writing and exit 0, quietly (see :class:`ca.cli.common.Group`).
 """
 
 from __future__ import annotations
@@ -15,6 +19,8 @@ EXIT_ERROR = 1
 EXIT_USAGE = 2
 EXIT_DENIED = 3
 EXIT_AUTH = 4
+EXIT_NOT_FOUND = 5
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, the shell's convention
 
 
 class CAError(Exception):
@@ -48,6 +54,14 @@ class UsageError(CAError):
 
     code = "usage"
     exit_status = EXIT_USAGE
+
+
+class NotFound(CAError):
+    """The thing named does not exist: no such user, request or event (exit 5, code ``not_found``).
+    The command line was understood, so it is not a usage error."""
+
+    code = "not_found"
+    exit_status = EXIT_NOT_FOUND
 
 
 class BadKey(CAError):

@@ -33,7 +33,7 @@ from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
 from ca.auth.totp import generate_secret, matching_step, provisioning_uri
-from ca.errors import UsageError
+from ca.errors import NotFound, UsageError
 from ca.rules import RESERVED_PRINCIPALS, check_not_reserved, check_user_name, free_text, is_user_name
 from ca.sshcert.certificates import fingerprint
 from ca.sshcert.userkey import DEFAULT_MIN_RSA_BITS, parse_user_key
@@ -184,7 +184,7 @@ class UserStore:
     def _require(self, name: str) -> UserRow:
         row = self._row(name)
         if row is None:
-            raise UsageError(f"no such user {name!r}")
+            raise NotFound(f"no such user {name!r}")
         return row
 
     def _keys(self, name: str) -> tuple[EnrolledKey, ...]:

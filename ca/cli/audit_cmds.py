@@ -11,8 +11,11 @@ import click
 
 from ca.audit import merkle
 from ca.audit.chain import iso
+from ca.audit.kinds import EVENT_KINDS
 from ca.audit.checkpoint import make_checkpoint, read_checkpoint
-from ca.cli.common import echo, echo_csv, echo_json, echo_table, output_options, stderr_is_tty, terminal_safe
+from ca.cli.common import (
+    Choice, echo, echo_csv, echo_json, echo_table, output_options, stderr_is_tty, terminal_safe, truncated_note,
+)
 from ca.cli.context import Env, pass_env
 from ca.durations import format_duration, parse_time
 from ca.errors import AuditError, ChainBroken, StateError, UsageError
@@ -69,7 +72,9 @@ def audit() -> None:
 @audit.command("list")
 @click.option("--user", help="Only events about this user.")
 @click.option("--role", help="Only events for this role.")
-@click.option("--kind", help="Only this kind of event (issued, denied, failed, ca_init, checkpoint, ...).")
+@click.option("--kind", type=Choice(EVENT_KINDS), metavar="KIND",
+              help="Only this kind of event: issued, denied, failed, revoked, auth_failed, user_added, "
+                   "request_created, checkpoint, ... ('iast-ca audit list --kind x' lists them all).")
 @click.option("--serial", type=int, help="Only events about this certificate serial.")
 @click.option("--since", metavar="TIME", help="From this time: 2026-11-01, 2026-11-01T12:00Z, or 24h (ago).")
 @click.option("--until", metavar="TIME", help="Before this time (same forms as --since).")
@@ -79,6 +84,9 @@ def audit() -> None:
 def list_(env: Env, user, role, kind, serial, since, until, limit, fmt) -> None:
     """List events, newest first.
 
+    At most --limit events are printed; when more match, a note on stderr
+    says so (stdout stays clean for pipes).
+
     \b
     Example:
       iast-ca audit list --kind denied --since 24h --csv > denials.csv
@@ -86,9 +94,11 @@ def list_(env: Env, user, role, kind, serial, since, until, limit, fmt) -> None:
     log = _open(env)
     try:
         events = log.events(user=user, role=role, kind=kind, serial=serial, since=_when(since),
-                            until=_when(until), limit=limit)
+                            until=_when(until), limit=limit + 1)
     finally:
         log.close()
+    truncated = len(events) > limit
+    events = events[:limit]
     if fmt == "json":
         echo_json([_as_dict(e) for e in events])
     elif fmt == "csv":
@@ -96,6 +106,8 @@ def list_(env: Env, user, role, kind, serial, since, until, limit, fmt) -> None:
     else:
         echo_table([[e.id, e.ts[:19] + "Z", e.kind, e.user, e.role, e.serial, _summary(e)] for e in events],
                    ["ID", "TIME", "KIND", "USER", "ROLE", "SERIAL", "DETAIL"])
+    if truncated:
+        truncated_note(limit, "event")
 
 
 @audit.command()

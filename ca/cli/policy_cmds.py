@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import click
 
-from ca.cli.common import echo, echo_json, output_options
+from ca.cli.common import did_you_mean, echo, echo_json, output_options
 from ca.cli.context import Env, pass_env
 from ca.durations import format_duration
+from ca.errors import StateError, UsageError
 from ca.policy import load_policy
 from ca.policy.model import USER_TEMPLATE
 from ca.rules import RESERVED_PRINCIPALS
@@ -47,6 +48,23 @@ def check(env: Env, file: str | None, fmt: str) -> None:
             echo(f"warning: {w}", err=True)
 
 
+def _enrolment_note(env: Env, user: str) -> str | None:
+    """Why the service would refuse ``user`` whatever the policy grants: not enrolled, or disabled.
+    None when the user may log in, or when there is no user store to ask (a policy checked alone)."""
+    try:
+        with env.open_ca() as ca:
+            ca.require_db()
+            u = ca.users.get(user)
+    except StateError:
+        return None
+    if u is None:
+        return (f"{user} is not enrolled ('iast-ca user add {user}'): the service refuses them; "
+                "below is only what the policy would grant")
+    if u.disabled:
+        return f"{user} is disabled ('iast-ca user enable {user}'): the service refuses them"
+    return None
+
+
 def _warnings(pol) -> list[str]:  # noqa: ANN001 - a Policy
     """Roles that expand {user} while the policy relies on the fixed reserved list alone
     (docs/security.md, "Reserved principals")."""
@@ -67,12 +85,22 @@ def _warnings(pol) -> list[str]:  # noqa: ANN001 - a Policy
 def explain(env: Env, user: str, role: str | None, groups: str, fmt: str) -> None:
     """Show which roles USER may request, with what, and why not for the others.
 
+    A USER the user store does not hold (or a disabled one) gets a note on
+    stderr: the service would refuse them whatever the policy grants. An
+    unknown --role exits 2 and names the closest role.
+
     \b
     Examples:
       iast-ca policy explain alice --role prod-readonly
       iast-ca policy explain alice --groups idp:corp:sre,idp:corp:dev
     """
     pol = load_policy(env.config.policy_path, principal_pattern=env.config.principal_pattern)
+    if role is not None and role not in pol.roles:
+        raise UsageError(f"no such role {role!r}{did_you_mean(role, pol.roles)}; "
+                         f"the policy has: {', '.join(sorted(pol.roles))}")
+    note = _enrolment_note(env, user)
+    if note:
+        echo(f"note: {note}", err=True)
     verdicts = pol.explain(user, role, groups=tuple(g.strip() for g in groups.split(",") if g.strip()))
     if fmt == "json":
         echo_json([v.as_json() for v in verdicts])

@@ -16,7 +16,7 @@ import click
 from ca.auth.users import MIN_PASSWORD_LENGTH, Enrolment, User, UserStore
 from ca.cli.common import echo, echo_csv, echo_json, echo_table, output_options
 from ca.cli.context import Env, pass_env
-from ca.errors import CAError, UsageError
+from ca.errors import CAError, NotFound, UsageError
 from ca.rules import RESERVED_PRINCIPALS
 from ca.state import os_user
 
@@ -80,7 +80,7 @@ def _show_secret(enrolment: Enrolment, fmt: str) -> None:
 def _get(store: UserStore, name: str) -> User:
     user = store.get(name)
     if user is None:
-        raise UsageError(f"no such user {name!r}")
+        raise NotFound(f"no such user {name!r}")
     return user
 
 
@@ -241,21 +241,23 @@ def enable(env: Env, name: str, fmt: str) -> None:
 @user.command()
 @click.argument("name")
 @click.option("--password-stdin", is_flag=True,
-              help=f"Read the new password (at least {MIN_PASSWORD_LENGTH} characters) from standard input.")
+              help=f"Read the new password (at least {MIN_PASSWORD_LENGTH} characters) from standard input "
+                   "(needed when it is not a terminal).")
 @pass_env
 def passwd(env: Env, name: str, password_stdin: bool) -> None:
-    """Set a new password for NAME, read from standard input.
+    """Set a new password for NAME.
 
-    On a terminal the password is asked for twice, hidden; otherwise the
-    first line of standard input is the password.
+    On a terminal the password is asked for twice, hidden; from a pipe give
+    --password-stdin, and the first line of standard input is the password
+    (never the command line, where ps and shell history would see it).
 
     \b
     Example:
+      iast-ca user passwd alice
       printf '%s\\n' "$NEW_PW" | iast-ca user passwd alice --password-stdin
     """
-    if not password_stdin:
-        raise UsageError("give --password-stdin: the password is read from standard input, "
-                         "never from the command line")
+    if not password_stdin and not sys.stdin.isatty():
+        raise UsageError("standard input is not a terminal: give --password-stdin to read the password from it")
     with _store(env) as store:
         _get(store, name)  # before asking for a password
         store.set_password(name, _read_password(), actor=os_user())

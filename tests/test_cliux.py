@@ -1,0 +1,187 @@
+"""Issue 16's rough edges of the command line, as a new user and a new administrator meet them:
+quiet on a closed pipe, 130 on Ctrl-C, not-found is not a usage error, mistakes refused with
+"did you mean", lists that say they truncated, human times, the administration details."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ca.audit.kinds import EVENT_KINDS
+
+from .conftest import make_key
+from .service_harness import IAST_CA
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def ca(cli_run):
+    r = cli_run("init")
+    assert r.exit_code == 0, r.output
+    return cli_run
+
+
+def iast_ca_argv(ca, *args: str) -> list[str]:
+    return [IAST_CA, "--state-dir", str(ca.state), "--policy", str(ca.state.parent / "policy.toml"), *args]
+
+
+def run_into_closed_pipe(argv: list[str], env: dict | None = None) -> subprocess.CompletedProcess:
+    """``argv`` with stdout a pipe whose reader has already gone (``| head`` that has seen enough):
+    every write fails with EPIPE, deterministically."""
+    r, w = os.pipe()
+    os.close(r)
+    try:
+        proc = subprocess.run(argv, stdout=w, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True,
+                              env=env, timeout=60)
+    finally:
+        os.close(w)
+    return proc
+
+
+# -- finding 6: a closed pipe is not an error ---------------------------------------------
+
+def test_a_closed_pipe_ends_iast_ca_quietly_with_0(ca, tmp_path):
+    key = make_key(tmp_path)
+    for _ in range(3):
+        assert ca("sign", "--allow-unenrolled", "--user", "alice", str(key) + ".pub").exit_code == 0
+    for args in (("audit", "list"), ("audit", "export"), ("trust",)):
+        p = run_into_closed_pipe(iast_ca_argv(ca, *args))
+        assert p.returncode == 0, (args, p.stderr)
+        assert p.stderr == "", (args, p.stderr)  # no "Error: Broken pipe", no "Exception ignored"
+
+
+def test_a_closed_pipe_leaves_the_export_cursor_where_it_was(ca, tmp_path):
+    cursor = tmp_path / "siem.cursor"
+    cursor.write_text("0\n")
+    p = run_into_closed_pipe(iast_ca_argv(ca, "audit", "export", "--cursor-file", str(cursor)))
+    assert p.returncode == 0 and p.stderr == ""
+    assert cursor.read_text() == "0\n"  # nothing was delivered, so nothing is marked as sent
+
+
+# -- finding 9: exit codes --------------------------------------------------------------
+
+def test_no_such_user_is_not_found_not_usage(ca):
+    r = ca("user", "show", "ghost")
+    assert r.exit_code == 5 and r.stderr.strip() == "Error: no such user 'ghost'"
+    r = ca("user", "show", "--bogus")
+    assert r.exit_code == 2  # a command line click cannot parse is still usage
+
+
+def test_revoke_key_garbage_and_missing_file_exit_alike(ca, tmp_path):
+    garbage = ca("revoke", "--key", "-", "--reason", "x", input="this is not a key\n")
+    missing = ca("revoke", "--key", str(tmp_path / "nope.pub"), "--reason", "x")
+    assert garbage.exit_code == missing.exit_code == 2, (garbage.output, missing.output)
+    for r in (garbage, missing):
+        assert len(r.stderr.strip().splitlines()) == 1 and r.stderr.startswith("Error: ")
+    assert ca("audit", "list", "--kind", "revoked", "--json").stdout.strip() == "[]"
+
+
+# -- finding 7: mistakes are refused, with the word meant ---------------------------------
+
+def test_audit_list_kind_is_a_closed_choice_with_did_you_mean(ca):
+    r = ca("audit", "list", "--kind", "deneid")
+    assert r.exit_code == 2 and "did you mean 'denied'?" in r.stderr, r.output
+    assert ca("audit", "list", "--kind", "ca_init").exit_code == 0
+
+
+def test_every_recorded_kind_is_listed():
+    """The closed set of --kind holds every kind the code writes (a literal first argument of
+    record()/append(), and the authority's issued/denied/failed)."""
+    written = set()
+    for path in (ROOT / "ca").rglob("*.py"):
+        written |= set(re.findall(r"\b(?:record|append)\(\s*\"([a-z][a-z_]+)\"", path.read_text()))
+    not_events = {"none", "publickey"}  # list.append of auth method names, not audit events
+    assert written - not_events - set(EVENT_KINDS) == set()
+    assert {"issued", "denied", "failed"} <= set(EVENT_KINDS)
+
+
+def test_audit_list_says_when_it_stopped_at_its_limit(ca, tmp_path):
+    key = make_key(tmp_path)
+    for _ in range(3):
+        ca("sign", "--allow-unenrolled", "--user", "alice", str(key) + ".pub")
+    r = ca("audit", "list", "--kind", "issued", "--limit", "2", "--json")
+    assert len(json.loads(r.stdout)) == 2  # stdout stays clean JSON
+    assert "showing the first 2 events; more match" in r.stderr
+    r = ca("audit", "list", "--kind", "issued", "--limit", "3")
+    assert "more match" not in r.stderr
+
+
+def test_policy_explain_refuses_an_unknown_role_and_notes_an_unenrolled_user(ca):
+    r = ca("policy", "explain", "alice", "--role", "prod-redonly")
+    assert r.exit_code == 2 and "did you mean 'prod-readonly'?" in r.stderr, r.output
+    r = ca("policy", "explain", "nobody")
+    assert r.exit_code == 0 and "dev: yes" in r.stdout
+    assert "nobody is not enrolled" in r.stderr
+
+
+# -- findings 9 and 11: a terminal is asked, Ctrl-C exits 130 --------------------------------
+
+PASSWORD = "correct horse battery staple"
+
+
+@pytest.fixture
+def alice_with_a_key(ca, tmp_path):
+    key = make_key(tmp_path, name="alice_enrolled")
+    assert ca("user", "add", "alice", "--key", str(key) + ".pub").exit_code == 0
+    return key
+
+
+def test_user_passwd_on_a_terminal_asks_twice_hidden(ca, alice_with_a_key):
+    from ca.auth.users import UserStore
+    from ca.state import StatePaths
+    from ca.store import AuditLog
+
+    from .test_client import run_in_pty
+
+    argv = iast_ca_argv(ca, "user", "passwd", "alice")
+    status, shown = run_in_pty(argv, dict(os.environ), [(r"Password: ", PASSWORD),
+                                                        (r"Repeat for confirmation: ", PASSWORD)])
+    assert status == 0 and "password of user alice changed" in shown, shown
+    assert PASSWORD not in shown  # hidden
+    store = UserStore(AuditLog(StatePaths(ca.state).db))
+    try:
+        assert store.get("alice").has_password
+    finally:
+        store.audit.close()
+    # from a pipe, without the flag, it is still refused (a script must say where the password comes from)
+    r = ca("user", "passwd", "alice", input=PASSWORD + "\n")
+    assert r.exit_code == 2 and "--password-stdin" in r.stderr
+
+
+def test_ctrl_c_exits_130_quietly(ca, alice_with_a_key):
+    from .test_client import run_in_pty
+
+    status, shown = run_in_pty(iast_ca_argv(ca, "user", "passwd", "alice"), dict(os.environ),
+                               [(r"Password: ", None)])
+    assert status == 130, shown
+    assert "Aborted!" not in shown and "Traceback" not in shown and "Error" not in shown
+    # a Ctrl-C while reading a pipe (no click prompt) too
+    proc = subprocess.Popen(iast_ca_argv(ca, "user", "passwd", "alice", "--password-stdin"),
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        import time
+
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and not _has_open(proc.pid, "ca.db"):
+            time.sleep(0.05)
+        proc.send_signal(2)
+        out, err = proc.communicate(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130 and "Traceback" not in err and "Aborted!" not in err, err
+
+
+def _has_open(pid: int, name: str) -> bool:
+    """Whether ``pid`` holds a file called ``name`` open: past start-up, about to read the password."""
+    try:
+        return any(os.readlink(f"/proc/{pid}/fd/{fd}").endswith(name) for fd in os.listdir(f"/proc/{pid}/fd"))
+    except OSError:
+        return False
