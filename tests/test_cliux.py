@@ -185,3 +185,64 @@ def _has_open(pid: int, name: str) -> bool:
         return any(os.readlink(f"/proc/{pid}/fd/{fd}").endswith(name) for fd in os.listdir(f"/proc/{pid}/fd"))
     except OSError:
         return False
+
+
+# -- finding 10: audit detail ---------------------------------------------------------------
+
+def test_audit_show_prints_human_times_and_json_keeps_epoch(ca, tmp_path):
+    key = make_key(tmp_path)
+    assert ca("sign", "--allow-unenrolled", "--user", "alice", str(key) + ".pub").exit_code == 0
+    shown = ca("audit", "show", "--serial", "1").stdout
+    line = next(x for x in shown.splitlines() if x.startswith("valid_before"))
+    assert re.fullmatch(r"valid_before\s+\d{4}-\d\d-\d\d \d\d:\d\d:\d\dZ \(\d+\)", line), line
+    data = json.loads(ca("audit", "show", "--serial", "1", "--json").stdout)["data"]
+    assert isinstance(data["valid_before"], int) and isinstance(data["valid_after"], int)
+
+
+# -- finding 11: administration -------------------------------------------------------------
+
+def test_key_comments_are_kept_and_key_remove_takes_the_pub_file(ca, tmp_path):
+    laptop = make_key(tmp_path, name="laptop")
+    pub = Path(str(laptop) + ".pub")
+    pub.write_text(" ".join(pub.read_text().split()[:2]) + " alice@laptop\n")
+    other = make_key(tmp_path, name="desktop")
+    assert ca("user", "add", "alice", "--key", str(pub), "--key", str(other) + ".pub").exit_code == 0
+    shown = ca("user", "show", "alice").stdout
+    assert "alice@laptop" in shown, shown
+    comments = sorted(k["comment"] for k in json.loads(ca("user", "show", "alice", "--json").stdout)["keys"])
+    assert comments == ["", "alice@laptop"] or comments[1] == "alice@laptop"
+    r = ca("user", "key-remove", "alice", str(pub))
+    assert r.exit_code == 0, r.output
+    assert "alice@laptop" not in ca("user", "show", "alice").stdout
+    r = ca("user", "key-remove", "alice", str(tmp_path / "gone.pub"))
+    assert r.exit_code == 2 and "not a SHA256:... fingerprint" in r.stderr
+    assert ca("audit", "verify").exit_code == 0  # the derived key table still agrees with the events
+
+
+def test_krl_text_is_a_look_and_bumps_nothing(ca, tmp_path):
+    key = make_key(tmp_path)
+    ca("sign", "--allow-unenrolled", "--user", "alice", str(key) + ".pub")
+    out = tmp_path / "krl"
+    assert ca("krl", "-o", str(out)).exit_code == 0  # version 1
+    assert ca("revoke", "--serial", "1", "--reason", "x").exit_code == 0
+    r = ca("krl", "--text")
+    assert r.exit_code == 0 and "serial: 1" in r.stdout and "differs from the published KRL version 1" in r.stderr
+    ca("krl", "--text")
+    assert len(json.loads(ca("audit", "list", "--kind", "krl_version", "--json").stdout)) == 1
+    assert json.loads(ca("krl", "-o", str(out), "--json").stdout)["version"] == 2  # publishing still bumps
+
+
+# -- finding 12: naming -----------------------------------------------------------------------
+
+def test_requests_with_no_subcommand_lists_and_votes_read_as_words(ca):
+    from ca.access.approvals import AccessRequest, Vote
+    from ca.cli.requests_cmds import _row
+
+    r = ca("requests")
+    assert r.exit_code == 0 and r.stdout.strip() == "No requests."
+    req = AccessRequest("req-abcdefghij", "alice", "prod", 600, "x", "denied", 0, 1, 2, None,
+                        votes=(Vote("carol", "deny", "no", 1), Vote("bob", "approve", None, 1)))
+    votes = _row(req)[-1]
+    assert votes == "carol denied (no), bob approved" and "denyd" not in votes
+    r = ca("requests", "list", "--status", "pendng")
+    assert r.exit_code == 2 and "did you mean 'pending'?" in r.stderr

@@ -18,7 +18,7 @@ from ca.cli.common import (
 )
 from ca.cli.context import Env, pass_env
 from ca.durations import format_duration, parse_time
-from ca.errors import AuditError, ChainBroken, StateError, UsageError
+from ca.errors import AuditError, CAError, ChainBroken, StateError, UsageError
 from ca.files import write_atomic
 from ca.models import Event
 from ca.app import pkcs11_settings
@@ -43,8 +43,8 @@ def _summary(e: Event) -> str:
     d = e.data
     if e.kind == "issued":
         return f"{','.join(d.get('principals', []))} for {format_duration(d.get('ttl', 0))}" + (
-            f" - {d['reason']}" if d.get("reason") else ""
-        )
+            f", key {d['login_key'][:15]}..." if d.get("login_key") else ""  # which enrolled key logged in
+        ) + (f" - {d['reason']}" if d.get("reason") else "")
     if e.kind in ("denied", "failed"):
         return d.get("message", "")
     return ", ".join(f"{k}={v}" for k, v in sorted(d.items()) if v not in (None, "", []))[:120]
@@ -138,16 +138,45 @@ def show(env: Env, event_id: int | None, serial: int | None, request_id: str | N
     if event is None:
         raise AuditError(f"no event {event_id}" if event_id is not None else f"no certificate with serial {serial}")
     if fmt == "json":
-        echo_json(_as_dict(event))
+        echo_json(_as_dict(event))  # times as they are stored: ISO ts, epoch valid_after/valid_before
         return
     for k in ("id", "ts", "kind", "user", "role", "serial", "key_id", "source"):
         value = getattr(event, k)
         echo(f"{k:16} {terminal_safe(value) if value is not None else '-'}")
     for k, v in sorted(event.data.items()):
-        shown = ", ".join(map(str, v)) if isinstance(v, list) else ("-" if v is None else v)
+        if k == "login_key" and v:
+            shown = f"{v}{_key_label(env, event.user, v)}"
+        else:
+            shown = ", ".join(map(str, v)) if isinstance(v, list) else ("-" if v is None else _human_time(k, v))
         echo(f"{terminal_safe(k):16} {terminal_safe(shown)}")
     echo(f"{'prev_hash':16} {event.prev_hash}")
     echo(f"{'hash':16} {event.hash}")
+
+
+# Data fields that hold a time as epoch seconds: shown as UTC to a person, kept as numbers in --json.
+_EPOCH_FIELDS = frozenset({"valid_after", "valid_before", "auth_time", "expires_at", "generated", "used_at",
+                           "blocked_until"})
+
+
+def _human_time(key: str, value: object) -> object:
+    if key in _EPOCH_FIELDS and isinstance(value, int) and not isinstance(value, bool):
+        if value > 253402300799:  # past 9999-12-31: OpenSSH's "forever"
+            return f"forever ({value})"
+        return f"{iso(value)[:19].replace('T', ' ')}Z ({value})"
+    return value
+
+
+def _key_label(env: Env, user: str | None, fp: str) -> str:
+    """`` (alice@laptop, enrolled key of alice)`` for a login key still enrolled; else a note."""
+    try:
+        with env.open_ca() as ca:
+            u = ca.users.get(user) if user else None
+    except CAError:
+        return ""
+    key = next((k for k in u.keys if k.fingerprint == fp), None) if u else None
+    if key is None:
+        return " (no longer enrolled)"
+    return f" ({key.comment + ', ' if key.comment else ''}enrolled key of {user})"
 
 
 def _show_request(env: Env, request_id: str, fmt: str) -> None:

@@ -124,7 +124,7 @@ def krl(env: Env, output: str | None, text: bool, fmt: str) -> None:
     """Build the key revocation list (KRL) from the audit database.
 
     sshd reads it as RevokedKeys. Its version only increases and changes
-    only when its content does; expired certificates are left out. An
+    only when its content does (--text alone only looks: it bumps nothing); expired certificates are left out. An
     unreadable KRL makes sshd refuse every login: hosts must check a fetched
     KRL ('ssh-keygen -Q -l -f KRL') and keep the last good one if a refresh
     fails.
@@ -138,7 +138,10 @@ def krl(env: Env, output: str | None, text: bool, fmt: str) -> None:
     with env.open_ca() as ca:
         keyring = ca.keyring  # first, as before: "no CA" comes before "no audit database"
         ca.require_db()
-        built = build_current_krl(ca.audit, keyring, extra_ca_keys=(ca.host_ca_public,) if ca.host_ca_public else ())
+        # only a KRL that leaves this command (a file, stdout, --json) is a new version; --text alone is a look
+        publish = bool(output) or not text
+        built = build_current_krl(ca.audit, keyring, extra_ca_keys=(ca.host_ca_public,) if ca.host_ca_public else (),
+                                  publish=publish)
     if output:
         write_atomic(output, built.data, 0o644)
     elif not text and fmt != "json":
@@ -151,6 +154,9 @@ def krl(env: Env, output: str | None, text: bool, fmt: str) -> None:
     if text:
         names = {k.blob: f"(CA key {k.name}, {k.state})" for k in keyring.keys}
         echo(describe(parse_krl(built.data), names), nl=False)
+        if not publish and built.changed:
+            echo(f"note: this differs from the published KRL version {built.version}; "
+                 "'iast-ca krl -o FILE' publishes it as the next version", err=True)
     if output:
         echo(f"KRL version {built.version} ({len(built.data)} bytes"
                    + (", changed" if built.changed else ", unchanged") + f") written to {output}", err=True)
