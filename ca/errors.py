@@ -44,9 +44,24 @@ class ConfigError(CAError):
 
 
 class PolicyError(CAError):
-    """The policy file is invalid; the message names file, role and field."""
+    """The policy file is invalid; the message names file, role and field.
+
+    ``errors`` holds every mistake the parser found in one run (the message is the first,
+    with a count of the rest), so ``iast-ca policy check`` can list them all."""
 
     code = "policy"
+
+    def __init__(self, message: str, errors: tuple[str, ...] = ()):
+        super().__init__(message)
+        self.errors = errors or (message,)
+
+
+def did_you_mean(word: str, choices: object) -> str:
+    """`` (did you mean 'X'?)`` for the closest of ``choices`` to ``word`` (difflib), or ``""``."""
+    import difflib
+
+    close = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1, cutoff=0.6)  # type: ignore[attr-defined]
+    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 class UsageError(CAError):

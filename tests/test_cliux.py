@@ -246,3 +246,28 @@ def test_requests_with_no_subcommand_lists_and_votes_read_as_words(ca):
     assert votes == "carol denied (no), bob approved" and "denyd" not in votes
     r = ca("requests", "list", "--status", "pendng")
     assert r.exit_code == 2 and "did you mean 'pending'?" in r.stderr
+
+
+def test_policy_check_reports_every_mistake_and_the_key_meant(ca, tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[defaults]\nmax_tl = "8h"\n\n'
+                   '[roles.ops]\nmembers = ["*"]\nprincipals = []\n\n'
+                   '[roles.dev]\nmembers = ["*"]\nprincipals = ["{user}"]\nrequire_mfaa = true\n\n'
+                   '[roles.web]\nmembers = ["*"]\nprincipals = ["{user}"]\nmax_ttl = "forever"\n')
+    r = ca("policy", "check", str(bad))
+    assert r.exit_code == 1
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 4, lines
+    text = "\n".join(lines)
+    assert "defaults.max_tl: unknown key in defaults (did you mean 'max_ttl'?)" in text
+    assert "roles.dev.require_mfaa: unknown key in role dev (did you mean 'require_mfa'?)" in text or \
+        "roles.dev.require_mfaa" in text and "did you mean 'require_mfa'?" in text
+    assert "roles.ops.principals" in text and "roles.web.max_ttl" in text
+    r = ca("policy", "check", str(bad), "--json")
+    assert json.loads(r.stdout)["ok"] is False and len(json.loads(r.stdout)["errors"]) == 4
+    # a service or any other loader still refuses it with one line that counts the rest
+    from ca.errors import PolicyError
+    from ca.policy import load_policy
+
+    with pytest.raises(PolicyError, match=r"\(and 3 more mistakes: 'iast-ca policy check' lists them\)$"):
+        load_policy(bad)

@@ -8,7 +8,6 @@ every line a command prints goes through :func:`terminal_safe` (via :func:`echo`
 from __future__ import annotations
 
 import csv
-import difflib
 import functools
 import io
 import json
@@ -20,7 +19,7 @@ from typing import Any
 
 import click
 
-from ca.errors import EXIT_INTERRUPTED, EXIT_OK, CAError
+from ca.errors import EXIT_INTERRUPTED, EXIT_OK, CAError, did_you_mean
 
 
 # Unicode categories shown escaped on a terminal: controls (C0, DEL, C1), format characters
@@ -136,12 +135,6 @@ def _interrupted() -> click.exceptions.Exit:
     except OSError:
         pass
     return click.exceptions.Exit(EXIT_INTERRUPTED)
-
-
-def did_you_mean(word: str, choices: Iterable[str]) -> str:
-    """`` (did you mean 'X'?)`` for the closest of ``choices`` to ``word``, or ``""``."""
-    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
-    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 class Choice(click.Choice):

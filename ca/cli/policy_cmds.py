@@ -7,7 +7,7 @@ import click
 from ca.cli.common import did_you_mean, echo, echo_json, output_options
 from ca.cli.context import Env, pass_env
 from ca.durations import format_duration
-from ca.errors import StateError, UsageError
+from ca.errors import PolicyError, StateError, UsageError
 from ca.policy import load_policy
 from ca.policy.model import USER_TEMPLATE
 from ca.rules import RESERVED_PRINCIPALS
@@ -30,14 +30,22 @@ def policy() -> None:
 def check(env: Env, file: str | None, fmt: str) -> None:
     """Validate a policy file (default: the configured one).
 
-    Exits 0 when it is valid; otherwise 1, with one line that names the file,
-    the role and the field.
+    Exits 0 when it is valid; otherwise 1, with one line per mistake (all
+    of them, in one run), each naming the file, the role and the field, and
+    the key you probably meant for a misspelt one.
 
     \b
     Example:
       iast-ca policy check /etc/iast-ca/policy.toml
     """
-    pol = load_policy(file or env.config.policy_path, principal_pattern=env.config.principal_pattern)
+    try:
+        pol = load_policy(file or env.config.policy_path, principal_pattern=env.config.principal_pattern)
+    except PolicyError as e:
+        if fmt == "json":
+            echo_json({"path": str(file or env.config.policy_path), "ok": False, "errors": list(e.errors)})
+        for message in e.errors[:-1]:
+            echo(f"Error: {message}", err=True)
+        raise PolicyError(e.errors[-1]) from None  # the last line, and exit 1
     warnings = _warnings(pol)
     if fmt == "json":
         echo_json({"path": pol.path, "ok": True, "sha256": pol.sha256, "roles": sorted(pol.roles),
