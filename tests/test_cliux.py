@@ -271,3 +271,48 @@ def test_policy_check_reports_every_mistake_and_the_key_meant(ca, tmp_path):
 
     with pytest.raises(PolicyError, match=r"\(and 3 more mistakes: 'iast-ca policy check' lists them\)$"):
         load_policy(bad)
+
+
+# -- CLI conventions: man pages, option names ---------------------------------------------------
+
+def _commands(cmd, path):
+    import click
+
+    yield path, cmd
+    if isinstance(cmd, click.Group):
+        for name in cmd.list_commands(None):
+            yield from _commands(cmd.get_command(None, name), [*path, name])
+
+
+def test_man_pages_are_generated_for_every_command_and_render_cleanly(tmp_path):
+    from ca.cli.admin import cli as admin_cli
+    from ca.cli.client import cli as client_cli
+    from ca.cli.manpages import write_all
+
+    written = {p.name: p for p in write_all(tmp_path / "man1")}
+    for cli, prog in ((admin_cli, "iast-ca"), (client_cli, "iast-ssh")):
+        for path, _ in _commands(cli, [prog]):
+            assert "-".join(path) + ".1" in written, path
+    page = written["iast-ca-audit-list.1"].read_text()
+    assert "--kind" in page and "did you mean" not in page and ".SH EXIT STATUS" in page
+    for name in ("iast-ca.1", "iast-ca-audit-list.1", "iast-ca-user-passwd.1", "iast-ssh.1"):
+        r = subprocess.run(["groff", "-man", "-ww", "-z", str(written[name])], capture_output=True, text=True)
+        assert r.returncode == 0 and r.stderr == "", (name, r.stderr)
+    r = subprocess.run(["man", "-P", "cat", "iast-ca-reload"], env={**os.environ, "MANPATH": str(tmp_path)},
+                       capture_output=True, text=True)
+    assert r.returncode == 0 and "SIGHUP" in r.stdout, r.stderr
+
+
+def test_iast_ca_names_file_outputs_o_output():
+    """Files are -o/--output FILE in every iast-ca command; no --out, no --output for a directory."""
+    import click
+
+    from ca.cli.admin import cli
+
+    for path, cmd in _commands(cli, ["iast-ca"]):
+        for p in cmd.params:
+            if not isinstance(p, click.Option):
+                continue
+            assert "--out" not in p.opts, path
+            if "--output" in p.opts:
+                assert "-o" in p.opts and isinstance(p.type, click.Path) and not p.type.dir_okay, path
