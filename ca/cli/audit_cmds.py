@@ -120,6 +120,11 @@ def list_(env: Env, user, role, kind, serial, since, until, limit, fmt) -> None:
 def show(env: Env, event_id: int | None, serial: int | None, request_id: str | None, fmt: str) -> None:
     """Show one event in full, by id or by certificate serial; or the history of an access request.
 
+    With --serial, the sshd logins 'audit correlate' joined to the
+    certificate follow (host, time, account, outcome, worst finding).
+    Times are UTC for people; --json keeps them as stored (ISO ts, epoch
+    valid_after/valid_before).
+
     \b
     Example:
       iast-ca audit show --serial 42
@@ -131,14 +136,20 @@ def show(env: Env, event_id: int | None, serial: int | None, request_id: str | N
         _show_request(env, request_id, fmt)
         return
     log = _open(env)
+    logins: list[dict] = []
     try:
         event = log.get(event_id) if event_id is not None else log.issued_by_serial(serial)
+        if event is not None and serial is not None:  # the sshd logins 'audit correlate' joined to it
+            logins = [{"host": h, "ts": ts, "logged_time": lt, "account": a, "source": src, "outcome": o,
+                       "severity": sev}
+                      for h, ts, lt, a, src, o, sev in log.review.logins_of_certificate(serial, event.id, _LOGINS_SHOWN)]
     finally:
         log.close()
     if event is None:
         raise AuditError(f"no event {event_id}" if event_id is not None else f"no certificate with serial {serial}")
     if fmt == "json":
-        echo_json(_as_dict(event))  # times as they are stored: ISO ts, epoch valid_after/valid_before
+        # times as they are stored: ISO ts, epoch valid_after/valid_before
+        echo_json({**_as_dict(event), "logins": logins} if serial is not None else _as_dict(event))
         return
     for k in ("id", "ts", "kind", "user", "role", "serial", "key_id", "source"):
         value = getattr(event, k)
@@ -151,7 +162,16 @@ def show(env: Env, event_id: int | None, serial: int | None, request_id: str | N
         echo(f"{terminal_safe(k):16} {terminal_safe(shown)}")
     echo(f"{'prev_hash':16} {event.prev_hash}")
     echo(f"{'hash':16} {event.hash}")
+    if serial is not None:
+        echo(f"sshd logins with it ('iast-ca audit correlate'): {len(logins) or 'none recorded'}"
+             + (f" (the first {_LOGINS_SHOWN})" if len(logins) == _LOGINS_SHOWN else ""))
+        if logins:
+            echo_table([[r["host"], (r["ts"][:19] + "Z") if r["ts"] else (r["logged_time"] or "no time"),
+                         r["account"], r["source"], r["outcome"], r["severity"] or "-"] for r in logins],
+                       ["HOST", "TIME", "ACCOUNT", "FROM", "OUTCOME", "FINDING"])
 
+
+_LOGINS_SHOWN = 50
 
 # Data fields that hold a time as epoch seconds: shown as UTC to a person, kept as numbers in --json.
 _EPOCH_FIELDS = frozenset({"valid_after", "valid_before", "auth_time", "expires_at", "generated", "used_at",
