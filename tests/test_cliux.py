@@ -199,6 +199,17 @@ def test_audit_show_prints_human_times_and_json_keeps_epoch(ca, tmp_path):
     assert isinstance(data["valid_before"], int) and isinstance(data["valid_after"], int)
 
 
+def test_a_short_certificate_shows_its_real_validity_and_the_skew_apart(ca, tmp_path):
+    key = make_key(tmp_path)
+    assert ca("sign", "--allow-unenrolled", "--user", "alice", "--ttl", "10s", str(key) + ".pub").exit_code == 0
+    shown = ca("audit", "show", "--serial", "1").stdout
+    line = next(x for x in shown.splitlines() if x.startswith("validity"))
+    data = json.loads(ca("audit", "show", "--serial", "1", "--json").stdout)["data"]
+    skew = data["valid_before"] - data["valid_after"] - 10
+    assert skew > 0  # the CA backdates valid_after
+    assert re.fullmatch(r"validity\s+10s \(valid_after is backdated \S+ for clock skew\)", line), line
+
+
 # -- finding 11: administration -------------------------------------------------------------
 
 def test_key_comments_are_kept_and_key_remove_takes_the_pub_file(ca, tmp_path):

@@ -160,6 +160,9 @@ def show(env: Env, event_id: int | None, serial: int | None, request_id: str | N
         else:
             shown = ", ".join(map(str, v)) if isinstance(v, list) else ("-" if v is None else _human_time(k, v))
         echo(f"{terminal_safe(k):16} {terminal_safe(shown)}")
+    validity = _validity(event)
+    if validity:
+        echo(f"{'validity':16} {validity}")
     echo(f"{'prev_hash':16} {event.prev_hash}")
     echo(f"{'hash':16} {event.hash}")
     if serial is not None:
@@ -172,6 +175,18 @@ def show(env: Env, event_id: int | None, serial: int | None, request_id: str | N
 
 
 _LOGINS_SHOWN = 50
+
+
+def _validity(event: Event) -> str | None:
+    """The lifetime asked for, with the clock-skew backdating of valid_after told apart
+    (a 10 s certificate is "10s", not the 1m10s between its two bounds)."""
+    d = event.data
+    va, vb, ttl = d.get("valid_after"), d.get("valid_before"), d.get("ttl")
+    if not all(isinstance(x, int) for x in (va, vb, ttl)):
+        return None
+    skew = vb - va - ttl
+    return format_duration(ttl) + (f" (valid_after is backdated {format_duration(skew)} for clock skew)"
+                                   if skew > 0 else "")
 
 # Data fields that hold a time as epoch seconds: shown as UTC to a person, kept as numbers in --json.
 _EPOCH_FIELDS = frozenset({"valid_after", "valid_before", "auth_time", "expires_at", "generated", "used_at",
