@@ -91,6 +91,5 @@ class Guard:
             _event("connection closed before any authentication attempt", user=user, source=address,
                    aborted_total=self.aborted)
             return
-        self.audit.record("auth_failed", {"method": "publickey" if offered else "none",
-                                          "why": "no accepted key" if offered else "did not authenticate",
+        self.audit.record("auth_failed", {"method": "publickey", "why": "no accepted key",
                                           "offered_keys": offered[:10]}, user=user, source=address)

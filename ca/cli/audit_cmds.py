@@ -140,9 +140,9 @@ def show(env: Env, event_id: int | None, serial: int | None, request_id: str | N
     try:
         event = log.get(event_id) if event_id is not None else log.issued_by_serial(serial)
         if event is not None and serial is not None:  # the sshd logins 'audit correlate' joined to it
+            rows = log.review.logins_of_certificate(serial, event.id, _LOGINS_SHOWN)
             logins = [{"host": h, "ts": ts, "logged_time": lt, "account": a, "source": src, "outcome": o,
-                       "severity": sev}
-                      for h, ts, lt, a, src, o, sev in log.review.logins_of_certificate(serial, event.id, _LOGINS_SHOWN)]
+                       "severity": sev} for h, ts, lt, a, src, o, sev in rows]
     finally:
         log.close()
     if event is None:

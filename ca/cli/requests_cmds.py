@@ -54,7 +54,8 @@ _PAST = {"approve": "approved", "deny": "denied"}
 
 
 def _row(r: AccessRequest) -> list:
-    votes = ", ".join(f"{v.approver} {_PAST.get(v.decision, v.decision)}" + (f" ({v.comment})" if v.comment else "") for v in r.votes)
+    votes = ", ".join(f"{v.approver} {_PAST.get(v.decision, v.decision)}" + (f" ({v.comment})" if v.comment else "")
+                      for v in r.votes)
     return [r.id, r.user, r.role, format_duration(r.ttl), r.status, f"{len(r.approvers)}/{r.required or '?'}",
             r.as_json()["expires"][:16], r.reason, votes]
 

@@ -254,6 +254,8 @@ class _Parser:
             except PolicyError as e:
                 self.errors.append(e.message)
 
+        if self.errors:  # parse raises them; a policy is never built from a file with a mistake
+            return None  # type: ignore[return-value]
         return Policy(
             path=self.path,
             sha256=hashlib.sha256(data).hexdigest(),

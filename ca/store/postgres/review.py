@@ -469,8 +469,8 @@ _QUERIES = (event_window, events_by_kind, issued_by_role, issued_users_total, is
             issued_longest, issued_by_principal, issued_with_principal_total, issued_with_principal_by_user,
             issued_with_principal_recent, issued_outside_hours_total, issued_outside_hours_by_user,
             issued_outside_hours_recent, denials_by_kind, denial_groups_total, denial_groups, auth_failure_groups,
-            lockouts_recent, lockouts_by_user, approvals_by_kind, approval_votes_recent, revocations_by_kind, revocations_recent,
-            has_logins, correlate_runs, logins_by_outcome, logins_hosts_and_joined, login_findings_by_code,
+            lockouts_recent, lockouts_by_user, approvals_by_kind, approval_votes_recent, revocations_by_kind,
+            revocations_recent, has_logins, correlate_runs, logins_by_outcome, logins_hosts_and_joined, login_findings_by_code,
             login_findings_serious, expired_certificates_total, unused_certificates_total,
             unused_certificates_by_role, unused_certificates_recent, certificate_ca_fingerprints, revocation_events,
             logins_of_certificate, certificate_by_serial, existing_line_hashes, insert_logins, ensure_logins_schema)
