@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.installed
 
-.PHONY: run test venv sshd oidc bench bench-quick clean softhsm postgres
+.PHONY: run test venv man sshd oidc bench bench-quick clean softhsm postgres
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -12,7 +12,22 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
-venv: $(STAMP)
+venv: $(STAMP) man
+
+# Man pages generated from the click commands (ca/cli/manpages.py): man iast-ca, man iast-ca-audit-list, ...
+# with MANPATH=$(VENV)/share/man: (README, "Man pages").
+MANDIR = $(VENV)/share/man/man1
+man: $(MANDIR)/iast-ca.1
+
+$(MANDIR)/iast-ca.1: $(STAMP) $(wildcard ca/cli/*.py)
+	@if ! command -v man >/dev/null 2>&1 || ! command -v groff >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing man-db and groff-base (to read and check the man pages)"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq man-db groff-base >/dev/null; \
+	  fi; \
+	fi
+	rm -rf $(MANDIR)
+	$(BIN)/python -m ca.cli.manpages $(MANDIR)
 
 # The sshd tests need OpenSSH's server. As root on Debian we install it;
 # otherwise the tests skip loudly (and fail under CI=true).
@@ -69,7 +84,7 @@ postgres:
 run: $(STAMP)
 	$(BIN)/iast-ca run
 
-test: $(STAMP) sshd oidc softhsm postgres
+test: $(STAMP) man sshd oidc softhsm postgres
 	$(BIN)/python -m pytest -q
 
 # Speed is measured here, never asserted in a test: figures next to same-run baselines.

@@ -5,16 +5,25 @@ stable ``code`` (used in audit rows, JSON output and wire errors) and an
 ``exit_status``. Only entry points turn them into process exit codes, and the
 numbers are named here and nowhere else:
 
-    0 ok, 1 error, 2 usage, 3 denied by policy, 4 authentication failed.
+    0 ok, 1 error, 2 usage, 3 denied by policy, 4 authentication failed,
+    5 not found (no such user, request, event), 130 interrupted (Ctrl-C).
+
+A closed output pipe (``iast-ca audit list | head``) is not an error: the
+tools stop writing and exit 0, quietly (see :class:`ca.cli.common.Group`).
 """
 
 from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
 
 EXIT_OK = 0
 EXIT_ERROR = 1
 EXIT_USAGE = 2
 EXIT_DENIED = 3
 EXIT_AUTH = 4
+EXIT_NOT_FOUND = 5
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, the shell's convention
 
 
 class CAError(Exception):
@@ -38,9 +47,22 @@ class ConfigError(CAError):
 
 
 class PolicyError(CAError):
-    """The policy file is invalid; the message names file, role and field."""
+    """The policy file is invalid; the message names file, role and field.
+
+    ``errors`` holds every mistake the parser found in one run (the message is the first,
+    with a count of the rest), so ``iast-ca policy check`` can list them all."""
 
     code = "policy"
+
+    def __init__(self, message: str, errors: tuple[str, ...] = ()):
+        super().__init__(message)
+        self.errors = errors or (message,)
+
+
+def did_you_mean(word: str, choices: Iterable[object]) -> str:
+    """`` (did you mean 'X'?)`` for the closest of ``choices`` to ``word`` (difflib), or ``""``."""
+    close = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 class UsageError(CAError):
@@ -48,6 +70,14 @@ class UsageError(CAError):
 
     code = "usage"
     exit_status = EXIT_USAGE
+
+
+class NotFound(CAError):
+    """The thing named does not exist: no such user, request or event (exit 5, code ``not_found``).
+    The command line was understood, so it is not a usage error."""
+
+    code = "not_found"
+    exit_status = EXIT_NOT_FOUND
 
 
 class BadKey(CAError):

@@ -156,8 +156,8 @@ def test_privileged_account_reached_through_another_principal_is_a_warning(sshd,
     r = run(iast_ca, "audit", "correlate", "--host", "web-priv", "--privileged", f"admin,{sshd.login_user}", "-",
             input=text)
     assert r.exit_code == 0, r.output
-    assert f"WARNING   web-priv  (no time)  {sshd.login_user}@127.0.0.1  logged in as {sshd.login_user} via " \
-           "principal alice" in r.output, r.output
+    assert f"WARNING   web-priv  (no time)  {sshd.login_user}@127.0.0.1  serial {cert.serial}  logged in as " \
+           f"{sshd.login_user} via principal alice" in r.output, r.output  # the finding names its serial
     assert "findings: 0 critical, 1 warning, 0 info" in r.output
 
 

@@ -349,7 +349,7 @@ def test_a_certificate_is_not_a_key(cli_run, issuer, keyring, tmp_path):
     junk = tmp_path / "junk.pub"
     junk.write_text("ssh-ed25519 AAAA\n")
     r = cli_run("revoke", "--key", str(junk), "--reason", "x")
-    assert r.exit_code == 1 and "Error:" in r.stderr
+    assert r.exit_code == 2 and "Error:" in r.stderr
 
 
 def test_revoking_twice_adds_an_event_not_a_row(log, issuer):

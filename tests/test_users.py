@@ -28,7 +28,7 @@ from ca.auth.totp import (
 from ca.auth.users import MIN_PASSWORD_LENGTH, User, UserStore
 from ca.cli.admin import cli
 from ca.cli.user_cmds import user as user_group
-from ca.errors import BadKey, UsageError
+from ca.errors import BadKey, NotFound, UsageError
 from ca.sshcert.wire import string
 from ca.app import open_audit
 from ca.state import StatePaths, os_user
@@ -308,7 +308,7 @@ def test_password_policy(store, keys):
     store.add("alice", keys=[keys[0]])
     with pytest.raises(UsageError, match="too short"):
         store.set_password("alice", "short")
-    with pytest.raises(UsageError, match="no such user 'bob'"):
+    with pytest.raises(NotFound, match="no such user 'bob'"):
         store.set_password("bob", PASSWORD)
     assert store.get("alice").has_password is False
 
@@ -440,7 +440,7 @@ def test_unknown_user(store, keys, log):
     for call in (lambda: store.disable("x", None), lambda: store.enable("x"), lambda: store.reset_totp("x"),
                  lambda: store.add_key("x", keys[0]), lambda: store.remove_key("x", "SHA256:x"),
                  lambda: store.set_password("x", PASSWORD)):
-        with pytest.raises(UsageError, match="^no such user 'x'$"):
+        with pytest.raises(NotFound, match="^no such user 'x'$"):
             call()
     assert log.head() == base
 
@@ -643,7 +643,7 @@ def test_cli_add_refusals(ca, args, stdin, message):
     r = ca("user", "add", "bob", *args, input=stdin)
     assert r.exit_code == 2, r.output
     assert message in r.stderr and len(r.stderr.strip().splitlines()) == 1
-    assert ca("user", "show", "bob").exit_code == 2
+    assert ca("user", "show", "bob").exit_code == 5  # still no such user
 
 
 def test_cli_add_refuses_bad_keys_and_existing_users(ca, tmp_path, keys):
@@ -706,9 +706,9 @@ def test_cli_disable_enable(ca, tmp_path, keys):
 
 @pytest.mark.parametrize("cmd", [["show", "ghost"], ["disable", "ghost"], ["enable", "ghost"], ["totp", "ghost"],
                                  ["key-remove", "ghost", "SHA256:x"], ["passwd", "ghost", "--password-stdin"]])
-def test_cli_unknown_user_is_a_usage_error_in_one_line(ca, cmd):
+def test_cli_unknown_user_is_not_found_in_one_line(ca, cmd):
     r = ca("user", *cmd, input=PASSWORD + "\n")
-    assert r.exit_code == 2, r.output
+    assert r.exit_code == 5, r.output  # not found (README, "Exit codes"), not a usage error
     assert r.stderr.strip() == "Error: no such user 'ghost'"
 
 

@@ -441,9 +441,13 @@ def _contents(repo, keyring: Keyring, now: int, grace: int, extra_ca_keys: tuple
 
 
 def build_current_krl(log: Store, keyring: Keyring, now: float | None = None, *,
-                      grace: int = KRL_EXPIRY_GRACE, extra_ca_keys: tuple[str, ...] = ()) -> CurrentKRL:
+                      grace: int = KRL_EXPIRY_GRACE, extra_ca_keys: tuple[str, ...] = (),
+                      publish: bool = True) -> CurrentKRL:
     """Build the KRL from the database (see the module docstring for what goes in),
     bumping ``krl_version`` if the content changed since the last build.
+
+    ``publish=False`` (``iast-ca krl --text``: a look, not a release) bumps nothing: the KRL
+    carries the last published version, and ``changed`` says whether its content differs.
 
     One ``BEGIN IMMEDIATE`` transaction: two builders never hand out two
     different KRLs with the same version. A version bump is audited
@@ -468,6 +472,8 @@ def build_current_krl(log: Store, keyring: Keyring, now: float | None = None, *,
         n_keys = len(keys) + len(sha256s)
         if state is not None and state[1] == digest:
             version, generated, changed = state[0], state[2], False
+        elif not publish:
+            version, generated, changed = (state[0] if state else 0), now, True
         else:
             version = state[0] + 1 if state else 1
             generated, changed = now, True

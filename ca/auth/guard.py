@@ -5,8 +5,11 @@ The service runs every check an authenticator makes through
 audited but not counted again, else a lock would grow without bound);
 otherwise checked, and a failure counted (docs/security.md rule 15),
 audited as ``auth_failed`` and, when it locks an account or an address,
-as ``lockout``. A connection that closes without authenticating gets one
-``auth_failed`` event (:meth:`Guard.connection_failed`).
+as ``lockout``. A connection that closes after offering keys none of which
+was accepted gets one ``auth_failed`` event (:meth:`Guard.connection_failed`);
+one that closes without any attempt at all (a port scan, a client that gave
+up at the host-key prompt) is no failed login, and is a service log line,
+not an audit event (docs/security.md rule 90).
 
 Blocking (SQLite): runs on the service's authentication thread, on that
 thread's own database connection.
@@ -41,6 +44,7 @@ class Guard:
         self.throttle = throttle
         self.lockout = lockout  # seconds, for the ``lockout`` event
         self.clock = clock
+        self.aborted = 0  # connections closed before any authentication attempt, since start
 
     def check(self, rule: Guarding, user: str, address: str, verify: Callable[[float], T | Refusal]) -> T | None:
         """Run ``verify(now)`` unless locked; return what it returned, or None if refused."""
@@ -80,7 +84,12 @@ class Guard:
             _event("locked out", key=key, user=user, source=address)
 
     def connection_failed(self, user: str | None, address: str, offered: list[str]) -> None:
-        """A connection that closed without authenticating: one audit event for it."""
-        self.audit.record("auth_failed", {"method": "publickey" if offered else "none",
-                                          "why": "no accepted key" if offered else "did not authenticate",
+        """A connection that closed without authenticating: one audit event for it when it offered
+        keys; when it tried nothing, a log line with the running count instead (rule 90)."""
+        if not offered:
+            self.aborted += 1
+            _event("connection closed before any authentication attempt", user=user, source=address,
+                   aborted_total=self.aborted)
+            return
+        self.audit.record("auth_failed", {"method": "publickey", "why": "no accepted key",
                                           "offered_keys": offered[:10]}, user=user, source=address)

@@ -18,10 +18,12 @@ from ca.auth.base import (
     Refusal,
     StepUp,
 )
-from ca.auth.users import UserStore
+from ca.auth.users import TOTP_OK, TOTP_REPLAY, TOTP_WRONG, UserStore
 from ca.models import Identity
 
 PASSWORD = Challenge(prompts=(("Password: ", False),))
+# What the audit log says of a right one-time code used a second time (README, "Log in").
+REPLAY_WHY = "replay: this one-time code was already used"
 CODE = Challenge(prompts=(("One-time code: ", True),), name="")
 
 
@@ -46,16 +48,21 @@ class PasswordTotpAuthenticator(InteractiveAuthenticator, StepUp):
 
     def check(self, user: str, password: str, code: str, address: str, now: float) -> Identity | Refusal:
         pw_ok = self.users.check_password(user, password)
-        code_ok = pw_ok and self.users.check_totp(user, code, now)
-        if pw_ok and code_ok:
+        verdict = self.users.totp_verdict(user, code, now) if pw_ok else TOTP_WRONG
+        if verdict == TOTP_OK:
             return Identity(user=user, auth_methods=("password", "totp"), mfa=True, source_address=address)
+        if verdict == TOTP_REPLAY:  # the password was right: only the audit log is told (Refusal.why)
+            return Refusal(REPLAY_WHY)
         return Refusal("wrong password or one-time code")
 
     def step_up(self, user: str, code: str) -> Callable[[float], bool | Refusal]:
         """The check for a step-up code, to run under the guard with :attr:`step_up_guarding`."""
 
         def verify(now: float) -> bool | Refusal:
-            return True if self.users.check_totp(user, code, now) else Refusal("one-time code refused")
+            verdict = self.users.totp_verdict(user, code, now)
+            if verdict == TOTP_OK:
+                return True
+            return Refusal(REPLAY_WHY if verdict == TOTP_REPLAY else "one-time code refused")
 
         return verify
 

@@ -33,11 +33,13 @@ from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
 from ca.auth.totp import generate_secret, matching_step, provisioning_uri
-from ca.errors import UsageError
+from ca.errors import NotFound, UsageError
 from ca.rules import RESERVED_PRINCIPALS, check_not_reserved, check_user_name, free_text, is_user_name
 from ca.sshcert.certificates import fingerprint
 from ca.sshcert.userkey import DEFAULT_MIN_RSA_BITS, parse_user_key
 from ca.store.base import Store, UserRow
+
+TOTP_OK, TOTP_REPLAY, TOTP_WRONG = "ok", "replay", "wrong"
 
 MIN_PASSWORD_LENGTH = 12  # NIST SP 800-63B allows 8; a CA guarding root access asks for more
 MAX_PASSWORD_LENGTH = 1024  # the hash cost does not grow with length, but nobody needs more
@@ -62,6 +64,14 @@ class EnrolledKey:
     algorithm: str
     public: str  # the OpenSSH line "TYPE BASE64", without a comment
     added: str
+    comment: str = ""  # the comment of the line it was enrolled from (user@laptop), or ""
+
+    @classmethod
+    def from_row(cls, fingerprint: str, algorithm: str, stored: str, added: str) -> EnrolledKey:
+        """A ``user_keys`` row: its ``public`` column holds the line as enrolled, comment kept
+        (``TYPE BASE64 [COMMENT]``; only the first two fields are ever checked)."""
+        parts = stored.split(None, 2)
+        return cls(fingerprint, algorithm, " ".join(parts[:2]), added, parts[2] if len(parts) > 2 else "")
 
     def as_json(self) -> dict:
         return dict(self.__dict__)
@@ -199,11 +209,11 @@ class UserStore:
     def _require(self, name: str) -> UserRow:
         row = self._row(name)
         if row is None:
-            raise UsageError(f"no such user {name!r}")
+            raise NotFound(f"no such user {name!r}")
         return row
 
     def _keys(self, name: str) -> tuple[EnrolledKey, ...]:
-        return tuple(EnrolledKey(*r) for r in self._users.keys(name))
+        return tuple(EnrolledKey.from_row(*r) for r in self._users.keys(name))
 
     def _user(self, row: UserRow) -> User:
         name, disabled, reason, password_hash, totp_secret, _, created = row
@@ -268,7 +278,7 @@ class UserStore:
             now = self._now()
             tx.users.insert(name, password_hash=password_hash, totp_secret=secret, created=now)
             for k in parsed.values():
-                tx.users.insert_key(k.fingerprint, name, k.algorithm, k.line, now)
+                tx.users.insert_key(k.fingerprint, name, k.algorithm, k.line_with_comment, now)
             tx.append("user_added", {"actor": actor, "keys": list(parsed), "has_password": password is not None,
                                      **({"allow_reserved": True} if name in reserved else {}),
                                      "has_totp": secret is not None}, user=name)
@@ -403,10 +413,10 @@ class UserStore:
         with self._writing() as tx:
             self._require(name)
             self._refuse_enrolled(k.fingerprint)
-            enrolled = EnrolledKey(k.fingerprint, k.algorithm, k.line, self._now())
-            tx.users.insert_key(k.fingerprint, name, k.algorithm, k.line, enrolled.added)
-            tx.append("key_added", {"actor": actor, "fingerprint": k.fingerprint, "algorithm": k.algorithm},
-                      user=name)
+            enrolled = EnrolledKey(k.fingerprint, k.algorithm, k.line, self._now(), k.comment)
+            tx.users.insert_key(k.fingerprint, name, k.algorithm, k.line_with_comment, enrolled.added)
+            tx.append("key_added", {"actor": actor, "fingerprint": k.fingerprint, "algorithm": k.algorithm,
+                                    **({"comment": k.comment} if k.comment else {})}, user=name)
         return enrolled
 
     def remove_key(self, name: str, fingerprint: str, actor: str | None = None) -> None:
@@ -461,12 +471,20 @@ class UserStore:
         connections at once (rule 16). Unknown and disabled users, and users
         without TOTP, are checked against a dummy secret, then refused.
         """
+        return self.totp_verdict(name, code, now) == TOTP_OK
+
+    def totp_verdict(self, name: str, code: str, now: float | None = None) -> str:
+        """:meth:`check_totp` saying why: :data:`TOTP_OK` (accepted and used up), :data:`TOTP_REPLAY`
+        (a right code of a step already used: audited as a replay, docs/security.md rule 16) or
+        :data:`TOTP_WRONG`."""
         now = self.clock() if now is None else now
         with self._writing() as tx:
             row = self._row(name)
             secret = row[4] if row is not None and not row[1] else None
             step = matching_step(secret or self._dummy_totp_secret, code, now)
-            if secret is None or step is None or step <= row[5]:
-                return False
+            if secret is None or step is None:
+                return TOTP_WRONG
+            if step <= row[5]:
+                return TOTP_REPLAY
             tx.users.set_totp_last_step(name, step)
-            return True
+            return TOTP_OK

@@ -25,7 +25,7 @@ from ca.cli.policy_cmds import policy
 from ca.cli.requests_cmds import requests
 from ca.cli.review_cmds import correlate, report
 from ca.cli.revoke_cmds import krl, revoke
-from ca.cli.serve_cmd import info, run, serve
+from ca.cli.serve_cmd import info, reload, run, serve
 from ca.cli.user_cmds import user
 from ca.durations import format_duration
 from ca.errors import UsageError
@@ -206,6 +206,7 @@ cli.add_command(krl)
 cli.add_command(run)
 cli.add_command(serve)
 cli.add_command(info)
+cli.add_command(reload)
 cli.add_command(db)
 cli.add_command(doctor)
 

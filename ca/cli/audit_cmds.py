@@ -11,12 +11,15 @@ import click
 
 from ca.audit import merkle
 from ca.audit.chain import iso
+from ca.audit.kinds import EVENT_KINDS
 from ca.audit.checkpoint import make_checkpoint, read_checkpoint
-from ca.cli.common import echo, echo_csv, echo_json, echo_table, output_options, terminal_safe
+from ca.cli.common import (
+    Choice, echo, echo_csv, echo_json, echo_table, output_options, terminal_safe, truncated_note,
+)
 from ca.cli.progress import progress
 from ca.cli.context import Env, pass_env
 from ca.durations import format_duration, parse_time
-from ca.errors import AuditError, ChainBroken, StateError, UsageError
+from ca.errors import AuditError, CAError, ChainBroken, StateError, UsageError
 from ca.files import write_atomic
 from ca.models import Event
 from ca.app import pkcs11_settings
@@ -41,8 +44,8 @@ def _summary(e: Event) -> str:
     d = e.data
     if e.kind == "issued":
         return f"{','.join(d.get('principals', []))} for {format_duration(d.get('ttl', 0))}" + (
-            f" - {d['reason']}" if d.get("reason") else ""
-        )
+            f", key {d['login_key'][:15]}..." if d.get("login_key") else ""  # which enrolled key logged in
+        ) + (f" - {d['reason']}" if d.get("reason") else "")
     if e.kind in ("denied", "failed"):
         return d.get("message", "")
     return ", ".join(f"{k}={v}" for k, v in sorted(d.items()) if v not in (None, "", []))[:120]
@@ -70,7 +73,9 @@ def audit() -> None:
 @audit.command("list")
 @click.option("--user", help="Only events about this user.")
 @click.option("--role", help="Only events for this role.")
-@click.option("--kind", help="Only this kind of event (issued, denied, failed, ca_init, checkpoint, ...).")
+@click.option("--kind", type=Choice(EVENT_KINDS), metavar="KIND",
+              help="Only this kind of event: issued, denied, failed, revoked, auth_failed, user_added, "
+                   "request_created, checkpoint, ... ('iast-ca audit list --kind x' lists them all).")
 @click.option("--serial", type=int, help="Only events about this certificate serial.")
 @click.option("--since", metavar="TIME", help="From this time: 2026-11-01, 2026-11-01T12:00Z, or 24h (ago).")
 @click.option("--until", metavar="TIME", help="Before this time (same forms as --since).")
@@ -80,6 +85,9 @@ def audit() -> None:
 def list_(env: Env, user, role, kind, serial, since, until, limit, fmt) -> None:
     """List events, newest first.
 
+    At most --limit events are printed; when more match, a note on stderr
+    says so (stdout stays clean for pipes).
+
     \b
     Example:
       iast-ca audit list --kind denied --since 24h --csv > denials.csv
@@ -87,9 +95,11 @@ def list_(env: Env, user, role, kind, serial, since, until, limit, fmt) -> None:
     log = _open(env)
     try:
         events = log.events(user=user, role=role, kind=kind, serial=serial, since=_when(since),
-                            until=_when(until), limit=limit)
+                            until=_when(until), limit=limit + 1)
     finally:
         log.close()
+    truncated = len(events) > limit
+    events = events[:limit]
     if fmt == "json":
         echo_json([_as_dict(e) for e in events])
     elif fmt == "csv":
@@ -97,6 +107,8 @@ def list_(env: Env, user, role, kind, serial, since, until, limit, fmt) -> None:
     else:
         echo_table([[e.id, e.ts[:19] + "Z", e.kind, e.user, e.role, e.serial, _summary(e)] for e in events],
                    ["ID", "TIME", "KIND", "USER", "ROLE", "SERIAL", "DETAIL"])
+    if truncated:
+        truncated_note(limit, "event")
 
 
 @audit.command()
@@ -109,6 +121,11 @@ def list_(env: Env, user, role, kind, serial, since, until, limit, fmt) -> None:
 def show(env: Env, event_id: int | None, serial: int | None, request_id: str | None, fmt: str) -> None:
     """Show one event in full, by id or by certificate serial; or the history of an access request.
 
+    With --serial, the sshd logins 'audit correlate' joined to the
+    certificate follow (host, time, account, outcome, worst finding).
+    Times are UTC for people; --json keeps them as stored (ISO ts, epoch
+    valid_after/valid_before).
+
     \b
     Example:
       iast-ca audit show --serial 42
@@ -120,23 +137,82 @@ def show(env: Env, event_id: int | None, serial: int | None, request_id: str | N
         _show_request(env, request_id, fmt)
         return
     log = _open(env)
+    logins: list[dict] = []
     try:
         event = log.get(event_id) if event_id is not None else log.issued_by_serial(serial)
+        if event is not None and serial is not None:  # the sshd logins 'audit correlate' joined to it
+            rows = log.review.logins_of_certificate(serial, event.id, _LOGINS_SHOWN)
+            logins = [{"host": h, "ts": ts, "logged_time": lt, "account": a, "source": src, "outcome": o,
+                       "severity": sev} for h, ts, lt, a, src, o, sev in rows]
     finally:
         log.close()
     if event is None:
         raise AuditError(f"no event {event_id}" if event_id is not None else f"no certificate with serial {serial}")
     if fmt == "json":
-        echo_json(_as_dict(event))
+        # times as they are stored: ISO ts, epoch valid_after/valid_before
+        echo_json({**_as_dict(event), "logins": logins} if serial is not None else _as_dict(event))
         return
     for k in ("id", "ts", "kind", "user", "role", "serial", "key_id", "source"):
         value = getattr(event, k)
         echo(f"{k:16} {terminal_safe(value) if value is not None else '-'}")
     for k, v in sorted(event.data.items()):
-        shown = ", ".join(map(str, v)) if isinstance(v, list) else ("-" if v is None else v)
+        if k == "login_key" and v:
+            shown = f"{v}{_key_label(env, event.user, v)}"
+        else:
+            shown = ", ".join(map(str, v)) if isinstance(v, list) else ("-" if v is None else _human_time(k, v))
         echo(f"{terminal_safe(k):16} {terminal_safe(shown)}")
+    validity = _validity(event)
+    if validity:
+        echo(f"{'validity':16} {validity}")
     echo(f"{'prev_hash':16} {event.prev_hash}")
     echo(f"{'hash':16} {event.hash}")
+    if serial is not None:
+        echo(f"sshd logins with it ('iast-ca audit correlate'): {len(logins) or 'none recorded'}"
+             + (f" (the first {_LOGINS_SHOWN})" if len(logins) == _LOGINS_SHOWN else ""))
+        if logins:
+            echo_table([[r["host"], (r["ts"][:19] + "Z") if r["ts"] else (r["logged_time"] or "no time"),
+                         r["account"], r["source"], r["outcome"], r["severity"] or "-"] for r in logins],
+                       ["HOST", "TIME", "ACCOUNT", "FROM", "OUTCOME", "FINDING"])
+
+
+_LOGINS_SHOWN = 50
+
+
+def _validity(event: Event) -> str | None:
+    """The lifetime asked for, with the clock-skew backdating of valid_after told apart
+    (a 10 s certificate is "10s", not the 1m10s between its two bounds)."""
+    d = event.data
+    va, vb, ttl = d.get("valid_after"), d.get("valid_before"), d.get("ttl")
+    if not all(isinstance(x, int) for x in (va, vb, ttl)):
+        return None
+    skew = vb - va - ttl
+    return format_duration(ttl) + (f" (valid_after is backdated {format_duration(skew)} for clock skew)"
+                                   if skew > 0 else "")
+
+# Data fields that hold a time as epoch seconds: shown as UTC to a person, kept as numbers in --json.
+_EPOCH_FIELDS = frozenset({"valid_after", "valid_before", "auth_time", "expires_at", "generated", "used_at",
+                           "blocked_until"})
+
+
+def _human_time(key: str, value: object) -> object:
+    if key in _EPOCH_FIELDS and isinstance(value, int) and not isinstance(value, bool):
+        if value > 253402300799:  # past 9999-12-31: OpenSSH's "forever"
+            return f"forever ({value})"
+        return f"{iso(value)[:19].replace('T', ' ')}Z ({value})"
+    return value
+
+
+def _key_label(env: Env, user: str | None, fp: str) -> str:
+    """`` (alice@laptop, enrolled key of alice)`` for a login key still enrolled; else a note."""
+    try:
+        with env.open_ca() as ca:
+            u = ca.users.get(user) if user else None
+    except CAError:
+        return ""
+    key = next((k for k in u.keys if k.fingerprint == fp), None) if u else None
+    if key is None:
+        return " (no longer enrolled)"
+    return f" ({key.comment + ', ' if key.comment else ''}enrolled key of {user})"
 
 
 def _show_request(env: Env, request_id: str, fmt: str) -> None:

@@ -11,6 +11,7 @@ import csv
 import functools
 import io
 import json
+import os
 import sys
 import unicodedata
 from collections.abc import Callable, Iterable
@@ -18,7 +19,7 @@ from typing import Any
 
 import click
 
-from ca.errors import CAError
+from ca.errors import EXIT_INTERRUPTED, EXIT_OK, CAError, did_you_mean
 
 
 # Unicode categories shown escaped on a terminal: controls (C0, DEL, C1), format characters
@@ -85,12 +86,40 @@ class CommandFailed(click.ClickException):
         click.echo(f"Error: {terminal_safe(self.message)}", err=True)
 
 
+def _quiet_stdout() -> None:
+    """After the reader of our output went away: point stdout at /dev/null, so the interpreter's
+    last flush at exit does not raise (and print) the same broken pipe again."""
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):  # not a real file (a test runner's buffer)
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, fd)
+    os.close(devnull)
+
+
 class Group(click.Group):
-    """A click group that turns any :class:`CAError` raised below it into a clean exit."""
+    """A click group that turns any :class:`CAError` raised below it into a clean exit.
+
+    Two endings are not errors and print no ``Error:`` line (README, "Exit codes"):
+    a closed output pipe (``iast-ca audit list | head -3``) stops the command and exits 0,
+    as a reader that has seen enough is not a failure (the command's own transaction, and
+    ``audit export``'s cursor, are not advanced past what was written); Ctrl-C exits 130
+    (128 + SIGINT) after a line break, without click's ``Aborted!``.
+    """
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
+        except BrokenPipeError:
+            _quiet_stdout()
+            raise click.exceptions.Exit(EXIT_OK) from None
+        except KeyboardInterrupt:
+            raise _interrupted() from None
+        except click.Abort as e:
+            if isinstance(e.__context__, KeyboardInterrupt):  # Ctrl-C at a click prompt
+                raise _interrupted() from None
+            raise
         except CAError as e:
             raise CommandFailed(e) from None
         except OSError as e:  # a file we could not read or write: one line, not a traceback
@@ -98,6 +127,25 @@ class Group(click.Group):
             raise CommandFailed(CAError(f"{where}{e.strerror or e}")) from None
         except UnicodeError as e:
             raise CommandFailed(CAError(f"input is not valid UTF-8 text: {e}")) from None
+
+
+def _interrupted() -> click.exceptions.Exit:
+    try:
+        click.echo("", err=True)  # end the line the ^C was echoed on
+    except OSError:
+        pass
+    return click.exceptions.Exit(EXIT_INTERRUPTED)
+
+
+class Choice(click.Choice):
+    """``click.Choice`` whose refusal names the closest choice: ``'deneid' is not one of ...
+    (did you mean 'denied'?)``. Exit 2, like every usage error."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        try:
+            return super().convert(value, param, ctx)
+        except click.BadParameter as e:
+            raise click.BadParameter(f"{e.message}{did_you_mean(str(value), self.choices)}", ctx, param) from None
 
 
 def output_options(*, csv_ok: bool = True) -> Callable:
@@ -138,6 +186,11 @@ def echo_table(rows: list[list[Any]], headers: list[str]) -> None:
     click.echo("  ".join(h.ljust(w) for h, w in zip(headers, widths)).rstrip())
     for r in cells:
         click.echo("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+
+
+def truncated_note(limit: int, what: str) -> None:
+    """The note a list command prints on stderr when it stopped at ``--limit`` (more matched)."""
+    echo(f"note: showing the first {limit} {what}s; more match (raise --limit, or narrow the filters)", err=True)
 
 
 def stderr_is_tty() -> bool:

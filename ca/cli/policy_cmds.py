@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import click
 
-from ca.cli.common import echo, echo_json, output_options
+from ca.cli.common import did_you_mean, echo, echo_json, output_options
 from ca.cli.context import Env, pass_env
 from ca.durations import format_duration
+from ca.errors import PolicyError, StateError, UsageError
 from ca.policy import load_policy
 from ca.policy.model import USER_TEMPLATE
 from ca.rules import RESERVED_PRINCIPALS
@@ -29,14 +30,22 @@ def policy() -> None:
 def check(env: Env, file: str | None, fmt: str) -> None:
     """Validate a policy file (default: the configured one).
 
-    Exits 0 when it is valid; otherwise 1, with one line that names the file,
-    the role and the field.
+    Exits 0 when it is valid; otherwise 1, with one line per mistake (all
+    of them, in one run), each naming the file, the role and the field, and
+    the key you probably meant for a misspelt one.
 
     \b
     Example:
       iast-ca policy check /etc/iast-ca/policy.toml
     """
-    pol = load_policy(file or env.config.policy_path, principal_pattern=env.config.principal_pattern)
+    try:
+        pol = load_policy(file or env.config.policy_path, principal_pattern=env.config.principal_pattern)
+    except PolicyError as e:
+        if fmt == "json":
+            echo_json({"path": str(file or env.config.policy_path), "ok": False, "errors": list(e.errors)})
+        for message in e.errors[:-1]:
+            echo(f"Error: {message}", err=True)
+        raise PolicyError(e.errors[-1]) from None  # the last line, and exit 1
     warnings = _warnings(pol)
     if fmt == "json":
         echo_json({"path": pol.path, "ok": True, "sha256": pol.sha256, "roles": sorted(pol.roles),
@@ -45,6 +54,23 @@ def check(env: Env, file: str | None, fmt: str) -> None:
         echo(f"{pol.path}: OK, {len(pol.roles)} roles ({', '.join(sorted(pol.roles))}), sha256 {pol.sha256}")
         for w in warnings:
             echo(f"warning: {w}", err=True)
+
+
+def _enrolment_note(env: Env, user: str) -> str | None:
+    """Why the service would refuse ``user`` whatever the policy grants: not enrolled, or disabled.
+    None when the user may log in, or when there is no user store to ask (a policy checked alone)."""
+    try:
+        with env.open_ca() as ca:
+            ca.require_db()
+            u = ca.users.get(user)
+    except StateError:
+        return None
+    if u is None:
+        return (f"{user} is not enrolled ('iast-ca user add {user}'): the service refuses them; "
+                "below is only what the policy would grant")
+    if u.disabled:
+        return f"{user} is disabled ('iast-ca user enable {user}'): the service refuses them"
+    return None
 
 
 def _warnings(pol) -> list[str]:  # noqa: ANN001 - a Policy
@@ -67,12 +93,22 @@ def _warnings(pol) -> list[str]:  # noqa: ANN001 - a Policy
 def explain(env: Env, user: str, role: str | None, groups: str, fmt: str) -> None:
     """Show which roles USER may request, with what, and why not for the others.
 
+    A USER the user store does not hold (or a disabled one) gets a note on
+    stderr: the service would refuse them whatever the policy grants. An
+    unknown --role exits 2 and names the closest role.
+
     \b
     Examples:
       iast-ca policy explain alice --role prod-readonly
       iast-ca policy explain alice --groups idp:corp:sre,idp:corp:dev
     """
     pol = load_policy(env.config.policy_path, principal_pattern=env.config.principal_pattern)
+    if role is not None and role not in pol.roles:
+        raise UsageError(f"no such role {role!r}{did_you_mean(role, pol.roles)}; "
+                         f"the policy has: {', '.join(sorted(pol.roles))}")
+    note = _enrolment_note(env, user)
+    if note:
+        echo(f"note: {note}", err=True)
     verdicts = pol.explain(user, role, groups=tuple(g.strip() for g in groups.split(",") if g.strip()))
     if fmt == "json":
         echo_json([v.as_json() for v in verdicts])

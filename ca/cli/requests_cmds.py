@@ -20,7 +20,7 @@ from ca.access.approvals import OPEN, STATUSES, AccessRequest, Approvals
 from ca.app import CA
 from ca.auth.approver import AUTH_METHOD, proven_identity
 from ca.errors import AuthenticationFailed
-from ca.cli.common import echo, echo_csv, echo_json, echo_table, output_options
+from ca.cli.common import Choice, echo, echo_csv, echo_json, echo_table, output_options, truncated_note
 from ca.cli.context import Env, pass_env
 from ca.durations import format_duration
 from ca.models import Identity
@@ -50,8 +50,12 @@ def _approver(ca: CA, action: str, request_id: str, name: str | None) -> Identit
         raise
 
 
+_PAST = {"approve": "approved", "deny": "denied"}
+
+
 def _row(r: AccessRequest) -> list:
-    votes = ", ".join(f"{v.approver} {v.decision}d" + (f" ({v.comment})" if v.comment else "") for v in r.votes)
+    votes = ", ".join(f"{v.approver} {_PAST.get(v.decision, v.decision)}" + (f" ({v.comment})" if v.comment else "")
+                      for v in r.votes)
     return [r.id, r.user, r.role, format_duration(r.ttl), r.status, f"{len(r.approvers)}/{r.required or '?'}",
             r.as_json()["expires"][:16], r.reason, votes]
 
@@ -66,22 +70,26 @@ def _show(r: AccessRequest, fmt: str) -> None:
         echo(r.summary())
 
 
-@click.group()
-def requests() -> None:
+@click.group(invoke_without_command=True)
+@click.pass_context
+def requests(ctx: click.Context) -> None:
     """List, approve and deny access requests for roles that need approval.
 
     Requesters ask with 'iast-ssh request'; approvers usually answer with
     'iast-ssh approve/deny' over the service. These commands do the same on
-    the CA host, as the person running them.
+    the CA host, as the person running them. With no subcommand, 'iast-ca
+    requests' lists the open requests (as 'iast-ssh requests' does).
 
     \b
     Example:
-      iast-ca requests list && sudo iast-ca requests approve req-abcdefghij --comment "INC-4711"
+      iast-ca requests && sudo iast-ca requests approve req-abcdefghij --comment "INC-4711"
     """
+    if ctx.invoked_subcommand is None:
+        ctx.invoke(list_)
 
 
 @requests.command("list")
-@click.option("--status", "statuses", multiple=True, type=click.Choice(STATUSES),
+@click.option("--status", "statuses", multiple=True, type=Choice(STATUSES),
               help="Only requests in this state (repeatable). Default: pending and approved.")
 @click.option("--all", "all_", is_flag=True, help="Requests in every state.")
 @click.option("--user", help="Only this requester's requests.")
@@ -99,7 +107,9 @@ def list_(env: Env, statuses, all_: bool, user, role, limit: int, fmt: str) -> N
     with _open(env) as (approvals, policy, _ca):
         approvals.expire_due()  # looking is observing: overdue requests are expired (and audited) first
         chosen = None if all_ else (list(statuses) or list(OPEN))
-        found = approvals.list(policy=policy, user=user, role=role, statuses=chosen, limit=limit)
+        found = approvals.list(policy=policy, user=user, role=role, statuses=chosen, limit=limit + 1)
+    truncated = len(found) > limit
+    found = found[:limit]
     if fmt == "json":
         echo_json([r.as_json() for r in found])
     elif fmt == "csv":
@@ -108,6 +118,8 @@ def list_(env: Env, statuses, all_: bool, user, role, limit: int, fmt: str) -> N
         echo("No requests.")
     else:
         echo_table([_row(r) for r in found], _HEADERS)
+    if truncated:
+        truncated_note(limit, "request")
 
 
 _AS_HELP = "The approver (default: SUDO_USER, else you); proven by your ssh-agent, never taken on trust."

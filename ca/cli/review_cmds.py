@@ -133,7 +133,7 @@ def correlate(env: Env, files: tuple[str, ...], host: str | None, privileged: st
             lg = judged.login
             when = lg.logged_time or "(no time)"
             echo(f"{finding.severity.upper():8}  {lg.host}  {when}  {lg.account or '-'}@{lg.source or '-'}  "
-                       f"{finding.message}")
+                 f"serial {lg.serial_text or '-'}  {finding.message}")
         if show_all:
             for j in result.new:
                 lg = j.login

@@ -20,7 +20,7 @@ from ca.access.revocation import (
 )
 from ca.cli.common import echo, echo_json, output_options
 from ca.cli.context import Env, pass_env
-from ca.errors import UsageError
+from ca.errors import BadKey, UsageError
 from ca.files import write_atomic
 from ca.sshcert.krl import describe, parse_krl
 from ca.state import os_user
@@ -35,10 +35,22 @@ def _serials_text(serials: tuple[int, ...]) -> str:
     return f"{len(serials)} unexpired certificate(s): serial {shown}"
 
 
+def _read_key_arg(path: str) -> str:
+    """The text of --key FILE ('-': stdin). A missing file and a file that holds no key are the
+    same mistake, a bad --key, and exit 2 alike (README, "Exit codes")."""
+    if path == "-":
+        return sys.stdin.read(MAX_KEY_FILE)
+    try:
+        with open(path) as f:
+            return f.read(MAX_KEY_FILE)
+    except OSError as e:
+        raise UsageError(f"--key {path}: {e.strerror or e}") from None
+
+
 @click.command()
 @click.option("--serial", type=click.IntRange(1, 2**64 - 1), help="Revoke the certificate with this serial.")
 @click.option("--key-id", help="Revoke the certificate with this key ID (iast:USER:ROLE:SERIAL).")
-@click.option("--key", "key_file", type=click.File("r"), metavar="FILE",
+@click.option("--key", "key_file", type=click.Path(dir_okay=False, allow_dash=True), metavar="FILE",
               help="Revoke this public key (a .pub file, '-' for stdin): every certificate for it, "
                    "past and future.")
 @click.option("--user", help="Revoke every unexpired certificate of this user, and disable the user.")
@@ -56,7 +68,8 @@ def revoke(env: Env, serial: int | None, key_id: str | None, key_file, user: str
     The revocation is recorded in the audit log; it reaches hosts with the
     next KRL ('iast-ca krl -o FILE', installed as sshd's RevokedKeys).
     Revoking something already revoked is recorded again and changes
-    nothing else. Exits 2 if the serial or key ID was never issued.
+    nothing else. Exits 2 if the serial or key ID was never issued, or if
+    --key names a file that is missing or holds no public key.
 
     \b
     Example:
@@ -78,8 +91,10 @@ def revoke(env: Env, serial: int | None, key_id: str | None, key_file, user: str
             result = revoke_key_id(log, key_id, reason, actor)
             what = f"certificate {key_id} (serial {result.serials[0]})"
         elif key_file is not None:
-            line = key_file.read(MAX_KEY_FILE)
-            result = revoke_key(log, line, reason, actor, keyring=ca.keyring)
+            try:
+                result = revoke_key(log, _read_key_arg(key_file), reason, actor, keyring=ca.keyring)
+            except BadKey as e:
+                raise UsageError(f"--key {key_file}: {e.message}") from None
             what = f"key {result.value}: every certificate for it, now and later ({_serials_text(result.serials)})"
         elif user is not None:
             result = revoke_user(log, user, reason, actor)
@@ -109,7 +124,7 @@ def krl(env: Env, output: str | None, text: bool, fmt: str) -> None:
     """Build the key revocation list (KRL) from the audit database.
 
     sshd reads it as RevokedKeys. Its version only increases and changes
-    only when its content does; expired certificates are left out. An
+    only when its content does (--text alone only looks: it bumps nothing); expired certificates are left out. An
     unreadable KRL makes sshd refuse every login: hosts must check a fetched
     KRL ('ssh-keygen -Q -l -f KRL') and keep the last good one if a refresh
     fails.
@@ -123,7 +138,10 @@ def krl(env: Env, output: str | None, text: bool, fmt: str) -> None:
     with env.open_ca() as ca:
         keyring = ca.keyring  # first, as before: "no CA" comes before "no audit database"
         ca.require_db()
-        built = build_current_krl(ca.audit, keyring, extra_ca_keys=(ca.host_ca_public,) if ca.host_ca_public else ())
+        # only a KRL that leaves this command (a file, stdout, --json) is a new version; --text alone is a look
+        publish = bool(output) or not text
+        built = build_current_krl(ca.audit, keyring, extra_ca_keys=(ca.host_ca_public,) if ca.host_ca_public else (),
+                                  publish=publish)
     if output:
         write_atomic(output, built.data, 0o644)
     elif not text and fmt != "json":
@@ -136,6 +154,9 @@ def krl(env: Env, output: str | None, text: bool, fmt: str) -> None:
     if text:
         names = {k.blob: f"(CA key {k.name}, {k.state})" for k in keyring.keys}
         echo(describe(parse_krl(built.data), names), nl=False)
+        if not publish and built.changed:
+            echo(f"note: this differs from the published KRL version {built.version}; "
+                 "'iast-ca krl -o FILE' publishes it as the next version", err=True)
     if output:
         echo(f"KRL version {built.version} ({len(built.data)} bytes"
                    + (", changed" if built.changed else ", unchanged") + f") written to {output}", err=True)

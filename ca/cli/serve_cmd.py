@@ -11,8 +11,9 @@ from ca.app import open_ca
 from ca.cli.common import echo, echo_json, output_options
 from ca.cli.context import Env, pass_env
 from ca.config import parse_listen
-from ca.errors import StateError
+from ca.errors import PolicyError, StateError
 from ca.service import metrics
+from ca.service.control import pid_file, reload_service
 from ca.service.observe import setup_logging
 from ca.service.server import serve as serve_forever
 from ca.service.workers import run_workers
@@ -35,13 +36,14 @@ def _serve(env: Env, listen: str | None, on_ready=None, workers: int = 1) -> Non
     with metrics.listener(cfg, env.passphrase()):  # off unless [metrics] listen is set
         metrics.instrument(ca)
         ca.authority  # noqa: B018 - reads the passphrase file; fails here, once, on a bad key or policy
-        if workers > 1:
-            ca.close()
-            status = run_workers(cfg, workers, host, port, env.passphrase())
-            if status:
-                raise SystemExit(status)
-            return
-        asyncio.run(serve_forever(ca, host=host, port=port, ready=on_ready))
+        with pid_file(cfg.state_dir):  # for 'iast-ca reload'
+            if workers > 1:
+                ca.close()
+                status = run_workers(cfg, workers, host, port, env.passphrase())
+                if status:
+                    raise SystemExit(status)
+                return
+            asyncio.run(serve_forever(ca, host=host, port=port, ready=on_ready))
 
 
 @click.command()
@@ -110,6 +112,37 @@ def _service_name(cfg, host: str | None) -> str:
     if host:
         return host
     return socket.getfqdn() if cfg.listen_host in ("0.0.0.0", "::", "") else cfg.listen_host
+
+
+@click.command()
+@click.option("--timeout", type=click.FloatRange(1, 300), default=15, show_default=True,
+              help="Seconds to wait for the service's verdict.")
+@output_options(csv_ok=False)
+@pass_env
+def reload(env: Env, timeout: float, fmt: str) -> None:
+    """Make the running service read its policy and keyring again (SIGHUP), and say whether it took.
+
+    The service serving this state directory is found by its pid file,
+    STATE/serve.pid (with --workers, the parent, which tells every worker).
+    Exits 0 when the new policy is in use; 1 when the service refused it
+    (it keeps serving the old one, and the message names the mistake) or
+    gave no verdict in time. Under systemd, 'systemctl reload iast-ca' sends
+    the same signal.
+
+    \b
+    Example:
+      iast-ca policy check /etc/iast-ca/policy.toml && iast-ca --config /etc/iast-ca/ca.toml reload
+    """
+    with env.open_ca(require_db=True) as ca:
+        result = reload_service(env.config.state_dir, ca.audit, timeout)
+    if fmt == "json":
+        echo_json(result.as_json())
+    if result.accepted is None:
+        raise StateError(f"sent SIGHUP to the service (pid {result.pid}): {result.detail}")
+    if not result.accepted:
+        raise PolicyError(f"the service (pid {result.pid}) refused the policy and keeps the old one: {result.detail}")
+    if fmt != "json":
+        echo(f"the service (pid {result.pid}) reloaded: policy sha256 {result.detail}")
 
 
 @click.command()

@@ -16,8 +16,9 @@ import click
 from ca.auth.users import MIN_PASSWORD_LENGTH, Enrolment, User, UserStore
 from ca.cli.common import echo, echo_csv, echo_json, echo_table, output_options
 from ca.cli.context import Env, pass_env
-from ca.errors import CAError, UsageError
+from ca.errors import BadKey, CAError, NotFound, UsageError
 from ca.rules import RESERVED_PRINCIPALS
+from ca.sshcert.userkey import parse_user_key
 from ca.state import os_user
 
 MAX_KEY_FILE = 64 * 1024
@@ -80,7 +81,7 @@ def _show_secret(enrolment: Enrolment, fmt: str) -> None:
 def _get(store: UserStore, name: str) -> User:
     user = store.get(name)
     if user is None:
-        raise UsageError(f"no such user {name!r}")
+        raise NotFound(f"no such user {name!r}")
     return user
 
 
@@ -175,7 +176,8 @@ def _print_user(u: User, fmt: str) -> None:
     if not u.keys:
         echo(f"{'keys':10} none")
     for i, k in enumerate(u.keys):
-        echo(f"{'keys' if i == 0 else '':10} {k.fingerprint} {k.algorithm} (added {k.added})")
+        echo(f"{'keys' if i == 0 else '':10} {k.fingerprint} {k.algorithm}" + (f" {k.comment}" if k.comment else "")
+             + f" (added {k.added})")
 
 
 @user.command()
@@ -183,7 +185,7 @@ def _print_user(u: User, fmt: str) -> None:
 @output_options(csv_ok=False)
 @pass_env
 def show(env: Env, name: str, fmt: str) -> None:
-    """Show one user: state, keys (fingerprints), password and TOTP set or not.
+    """Show one user: state, keys (fingerprint, type, the comment of the enrolled line), password and TOTP set or not.
 
     \b
     Example:
@@ -241,21 +243,23 @@ def enable(env: Env, name: str, fmt: str) -> None:
 @user.command()
 @click.argument("name")
 @click.option("--password-stdin", is_flag=True,
-              help=f"Read the new password (at least {MIN_PASSWORD_LENGTH} characters) from standard input.")
+              help=f"Read the new password (at least {MIN_PASSWORD_LENGTH} characters) from standard input "
+                   "(needed when it is not a terminal).")
 @pass_env
 def passwd(env: Env, name: str, password_stdin: bool) -> None:
-    """Set a new password for NAME, read from standard input.
+    """Set a new password for NAME.
 
-    On a terminal the password is asked for twice, hidden; otherwise the
-    first line of standard input is the password.
+    On a terminal the password is asked for twice, hidden; from a pipe give
+    --password-stdin, and the first line of standard input is the password
+    (never the command line, where ps and shell history would see it).
 
     \b
     Example:
+      iast-ca user passwd alice
       printf '%s\\n' "$NEW_PW" | iast-ca user passwd alice --password-stdin
     """
-    if not password_stdin:
-        raise UsageError("give --password-stdin: the password is read from standard input, "
-                         "never from the command line")
+    if not password_stdin and not sys.stdin.isatty():
+        raise UsageError("standard input is not a terminal: give --password-stdin to read the password from it")
     with _store(env) as store:
         _get(store, name)  # before asking for a password
         store.set_password(name, _read_password(), actor=os_user())
@@ -346,10 +350,10 @@ def key_add(env: Env, name: str, file, fmt: str) -> None:  # noqa: ANN001 - a cl
 
 @user.command("key-remove")
 @click.argument("name")
-@click.argument("fingerprint")
+@click.argument("key", metavar="FINGERPRINT|FILE")
 @pass_env
-def key_remove(env: Env, name: str, fingerprint: str) -> None:
-    """Remove the key with FINGERPRINT (SHA256:..., see 'user show') from NAME.
+def key_remove(env: Env, name: str, key: str) -> None:
+    """Remove a key from NAME: by its FINGERPRINT (SHA256:..., see 'user show'), or the .pub FILE it was enrolled from.
 
     Certificates already issued for the key stay valid until they expire
     (they are short-lived).
@@ -357,10 +361,26 @@ def key_remove(env: Env, name: str, fingerprint: str) -> None:
     \b
     Example:
       iast-ca user key-remove alice SHA256:nThbg6kXUpJWGl7E1IGOCspRomTxdCARLviKw6E5SY8
+      iast-ca user key-remove alice ~alice/.ssh/old_laptop.pub
     """
+    fingerprint = key if key.startswith("SHA256:") else _fingerprint_of_file(key)
     with _store(env) as store:
         store.remove_key(name, fingerprint, actor=os_user())
     echo(f"key {fingerprint} removed from user {name}")
+
+
+def _fingerprint_of_file(path: str) -> str:
+    """The fingerprint of the public key in ``path`` (a .pub file); a usage error when it is none."""
+    try:
+        with open(path) as f:
+            text = f.read(MAX_KEY_FILE)
+    except OSError as e:
+        raise UsageError(f"{path}: not a SHA256:... fingerprint, and not a readable .pub file "
+                         f"({e.strerror or e})") from None
+    try:
+        return parse_user_key(text).fingerprint
+    except BadKey as e:
+        raise UsageError(f"{path}: {e.message}") from None
 
 
 @user.command()

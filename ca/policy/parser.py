@@ -55,7 +55,7 @@ from types import MappingProxyType
 from typing import Any
 
 from ca.durations import format_duration, parse_duration
-from ca.errors import PolicyError
+from ca.errors import PolicyError, did_you_mean
 from ca.policy.model import (
     EXTENSIONS,
     HOST_TEMPLATE,
@@ -153,6 +153,7 @@ class _Parser:
     """One parse of one file; holds the path and pattern for error messages."""
 
     def __init__(self, path: str, principal_pattern: Any):
+        self.errors: list[str] = []  # every mistake of this run; raised together at the end (parse)
         self.path = path
         if not isinstance(principal_pattern, str):
             raise PolicyError(f"{path}: principal pattern must be a string, got {principal_pattern!r}")
@@ -168,6 +169,21 @@ class _Parser:
     # -- the document ----------------------------------------------------------
 
     def parse(self, data: bytes) -> Policy:
+        """The policy; or one PolicyError naming every mistake found: each role, host role and
+        unknown key is checked even after an earlier one failed (``PolicyError.errors``)."""
+        try:
+            policy = self._parse(data)
+        except PolicyError as e:
+            self.errors.append(e.message)
+            policy = None
+        if self.errors:
+            first, more = self.errors[0], len(self.errors) - 1
+            raise PolicyError(first + (f" (and {more} more mistake{'s' if more > 1 else ''}: "
+                                       "'iast-ca policy check' lists them)" if more else ""),
+                              tuple(self.errors))
+        return policy  # type: ignore[return-value]
+
+    def _parse(self, data: bytes) -> Policy:
         if not isinstance(data, (bytes, bytearray, memoryview)):
             raise PolicyError(f"{self.path}: expected the file's bytes, got {type(data).__name__}")
         data = bytes(data)
@@ -214,24 +230,32 @@ class _Parser:
         roles: dict[str, Role] = {}
         for name, body in roles_doc.items():
             where = f"roles.{show(name)}"
-            if not _NAME_RE.fullmatch(name):
-                raise self.fail(where, f"invalid role name (expected {_NAME_TEXT})")
-            roles[name] = self.role(name, self.table(body, where), groups, default_ttl, max_ttl, default_ext)
+            try:
+                if not _NAME_RE.fullmatch(name):
+                    raise self.fail(where, f"invalid role name (expected {_NAME_TEXT})")
+                roles[name] = self.role(name, self.table(body, where), groups, default_ttl, max_ttl, default_ext)
+            except PolicyError as e:  # the next role is checked too
+                self.errors.append(e.message)
 
         default_role = None
         if "role" in defaults:
             default_role = self.string(defaults["role"], "defaults.role")
-            if default_role not in roles:
+            if default_role not in roles_doc:
                 raise self.fail("defaults.role", f"no such role {show(default_role)}")
 
         hosts_doc = self.table(doc.get("hosts", {}), "hosts")
         hosts: dict[str, HostRole] = {}
         for name, body in hosts_doc.items():
             where = f"hosts.{show(name)}"
-            if not _NAME_RE.fullmatch(name):
-                raise self.fail(where, f"invalid host role name (expected {_NAME_TEXT})")
-            hosts[name] = self.host_role(name, self.table(body, where))
+            try:
+                if not _NAME_RE.fullmatch(name):
+                    raise self.fail(where, f"invalid host role name (expected {_NAME_TEXT})")
+                hosts[name] = self.host_role(name, self.table(body, where))
+            except PolicyError as e:
+                self.errors.append(e.message)
 
+        if self.errors:  # parse raises them; a policy is never built from a file with a mistake
+            return None  # type: ignore[return-value]
         return Policy(
             path=self.path,
             sha256=hashlib.sha256(data).hexdigest(),
@@ -435,11 +459,14 @@ class _Parser:
         for key in doc:
             if key in allowed:
                 continue
+            # Each unknown key is one mistake of the run (parse raises them together), with the key meant.
             if key in _RESERVED_KEYS:
-                raise self.fail(prefix + key, _RESERVED_KEYS[key])
-            raise self.fail(
-                prefix + show(key), f"unknown key in {section} (allowed: {', '.join(allowed)})"
-            )
+                self.errors.append(self.fail(prefix + key, _RESERVED_KEYS[key]).message)
+                continue
+            self.errors.append(self.fail(
+                prefix + show(key),
+                f"unknown key in {section}{did_you_mean(key, allowed)} (allowed: {', '.join(allowed)})",
+            ).message)
 
     def table(self, value: Any, where: str) -> dict[str, Any]:
         if not isinstance(value, dict):

@@ -192,9 +192,13 @@ class Judge:
                                     + "; ".join(mismatches) + ": lost or forged record"))
         if used:
             login_epoch = _epoch(lg.ts) if lg.ts else None
-            for r in self._covering(lg, cert):
+            # One finding per login, from the first revocation that covers it: revoking a certificate
+            # again (by serial, then with its user) changes nothing for the login and adds no warning.
+            covering = self._covering(lg, cert)
+            for r in covering[:1]:
                 what = f"revoked at {r.ts[:19]}Z ({r.kind} {r.value}, event {r.event_id}" + (
-                    f", reason: {r.reason})" if r.reason else ")")
+                    f", reason: {r.reason})" if r.reason else ")") + (
+                    f" and {len(covering) - 1} more time(s) since" if len(covering) > 1 else "")
                 if login_epoch is not None:
                     if r.ts < lg.ts:
                         findings.append(Finding("critical", "used_after_revocation",

@@ -211,7 +211,10 @@ def build_report(log: AuditLog, opts: ReportOptions,
 
     # Approvals: every kind starting with "request_".
     appr = rq.approvals_by_kind(win)
-    rep["approvals"] = {"total": sum(appr.values()), "by_kind": appr}
+    votes = [{"id": i, "ts": ts, "decision": "approved" if k == "request_approved" else "denied", "request_id": rid,
+              "requester": u, "role": r, "approver": a, "comment": c}
+             for i, ts, k, rid, u, r, a, c in rq.approval_votes_recent(win, top)]
+    rep["approvals"] = {"total": sum(appr.values()), "by_kind": appr, "votes": votes}
 
     # Revocations.
     rv_by_kind = rq.revocations_by_kind(win)

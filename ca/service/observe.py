@@ -42,6 +42,11 @@ def event(msg: str, **fields: Any) -> None:
     log.info(msg, extra={"fields": fields})
 
 
+def warning(msg: str, **fields: Any) -> None:
+    """An event an operator must act on (a refused reload): ``"level": "warning"`` in the log."""
+    log.warning(msg, extra={"fields": fields})
+
+
 def sd_notify(message: str) -> None:
     """Tell systemd (Type=notify) about our state; a no-op outside systemd."""
     addr = os.environ.get("NOTIFY_SOCKET")

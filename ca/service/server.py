@@ -25,7 +25,7 @@ from ca.service.admission import Admission, Counter
 from ca.service.connection import MAX_AUTH_ATTEMPTS, Connection
 from ca.service.executors import Executors
 from ca.service.handlers import HANDLERS, Call, refused
-from ca.service.observe import event, log, sd_notify, setup_logging
+from ca.service.observe import event, log, sd_notify, setup_logging, warning
 from ca.service.protocol import Command, parse_command
 
 __all__ = ["MAX_AUTH_ATTEMPTS", "Service", "serve", "setup_logging", "event", "sd_notify"]
@@ -180,12 +180,12 @@ class Service:
             if active:
                 event("signing with a new CA key", fingerprint=active)
         except CAError as e:
-            event("keyring reload refused; keeping the old keyring", error=e.message)
+            warning("keyring reload refused; keeping the old keyring", error=e.message)
         try:
             sha = await self.executors.on_issue(self.ca.reload_policy)
             event("policy reloaded", sha256=sha)
         except CAError as e:
-            event("policy reload refused; keeping the old policy", error=e.message)
+            warning("policy reload refused; keeping the old policy", error=e.message)
 
     async def drain(self) -> None:
         """Stop accepting, let in-flight requests finish (up to drain_timeout), then close."""

@@ -40,10 +40,16 @@ class UserKey:
     fingerprint: str
     bits: int
     key: asyncssh.SSHKey = field(compare=False, repr=False)
+    comment: str = field(default="", compare=False)  # the line's comment (user@laptop), at most MAX_COMMENT
 
     @property
     def line(self) -> str:
         return f"{self.algorithm} {base64.b64encode(self.blob).decode()}"
+
+    @property
+    def line_with_comment(self) -> str:
+        """``TYPE BASE64 COMMENT`` as enrolled (the comment is a label for people, never checked)."""
+        return f"{self.line} {self.comment}" if self.comment else self.line
 
 
 def _key_bits(algorithm: str, blob: bytes) -> int:
@@ -61,6 +67,9 @@ def _ed25519_point(blob: bytes) -> bytes:
     r = Reader(blob)
     r.string()
     return r.string()
+
+
+MAX_COMMENT = 100  # a key's comment kept for 'user show': a label, cut here
 
 
 def parse_user_key(line: str, min_rsa_bits: int = DEFAULT_MIN_RSA_BITS) -> UserKey:
@@ -116,7 +125,8 @@ def parse_user_key(line: str, min_rsa_bits: int = DEFAULT_MIN_RSA_BITS) -> UserK
         raise BadKey(f"RSA key has {bits} bits; sshd accepts at most {MAX_RSA_BITS}")
     if algorithm in ("ssh-ed25519", "sk-ssh-ed25519@openssh.com") and _ed25519_point(blob) == bytes(32):
         raise BadKey("the Ed25519 key is all zeros")
-    return UserKey(algorithm, blob, fingerprint(blob), bits, key)
+    comment = " ".join(parts[2].split())[:MAX_COMMENT] if len(parts) > 2 else ""
+    return UserKey(algorithm, blob, fingerprint(blob), bits, key, comment)
 
 
 

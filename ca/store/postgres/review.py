@@ -288,6 +288,14 @@ def revocations_by_kind(conn: Connection, win: EventWindow) -> dict[str, int]:
                          " GROUP BY k ORDER BY k NULLS FIRST", wp))
 
 
+def approval_votes_recent(conn: Connection, win: EventWindow, top: int) -> list[tuple]:
+    w, wp = win.sql("e")
+    return _q(conn,
+              f"SELECT e.id, e.ts, e.kind, {_j('e.data', 'request_id')}, e.username, e.role,"
+              f" {_j('e.data', 'approver')}, {_j('e.data', 'comment')} FROM events e"
+              f" WHERE e.kind IN ('request_approved', 'request_denied'){w} ORDER BY e.id DESC LIMIT %s", wp + [top])
+
+
 def revocations_recent(conn: Connection, win: EventWindow, top: int) -> list[tuple]:
     w, wp = win.sql("e")
     rv = " e.kind = 'revoked'" + w
@@ -412,6 +420,15 @@ def revocation_events(conn: Connection) -> list[tuple[int, str, Any]]:
         "SELECT id, ts, data FROM events WHERE kind = 'revoked' ORDER BY id", what=_READ)]
 
 
+def logins_of_certificate(conn: Connection, serial: int, event_id: int, limit: int) -> list[tuple]:
+    """The sshd logins ``correlate`` joined to the issuance ``event_id`` (serial ``serial``), oldest
+    first: ``(host, ts, logged_time, account, source, outcome, severity)``; none without a logins table."""
+    if not has_logins(conn):
+        return []
+    return _q(conn, "SELECT host, ts, logged_time, account, source, outcome, severity FROM logins"
+                    " WHERE serial = %s AND issued_event_id = %s ORDER BY id LIMIT %s", [serial, event_id, limit])
+
+
 def certificate_by_serial(conn: Connection, serial: int) -> tuple | None:
     row = conn.one(
         "SELECT c.serial, c.key_id, c.username, c.role, c.key_fingerprint, c.ca_fingerprint, c.valid_after,"
@@ -452,11 +469,11 @@ _QUERIES = (event_window, events_by_kind, issued_by_role, issued_users_total, is
             issued_longest, issued_by_principal, issued_with_principal_total, issued_with_principal_by_user,
             issued_with_principal_recent, issued_outside_hours_total, issued_outside_hours_by_user,
             issued_outside_hours_recent, denials_by_kind, denial_groups_total, denial_groups, auth_failure_groups,
-            lockouts_recent, lockouts_by_user, approvals_by_kind, revocations_by_kind, revocations_recent,
-            has_logins, correlate_runs, logins_by_outcome, logins_hosts_and_joined, login_findings_by_code,
+            lockouts_recent, lockouts_by_user, approvals_by_kind, approval_votes_recent, revocations_by_kind,
+            revocations_recent, has_logins, correlate_runs, logins_by_outcome, logins_hosts_and_joined, login_findings_by_code,
             login_findings_serious, expired_certificates_total, unused_certificates_total,
             unused_certificates_by_role, unused_certificates_recent, certificate_ca_fingerprints, revocation_events,
-            certificate_by_serial, existing_line_hashes, insert_logins, ensure_logins_schema)
+            logins_of_certificate, certificate_by_serial, existing_line_hashes, insert_logins, ensure_logins_schema)
 
 
 class ReviewQueries:

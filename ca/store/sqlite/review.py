@@ -310,6 +310,16 @@ def approvals_by_kind(conn: sqlite3.Connection, win: EventWindow) -> dict[str, i
                          " GROUP BY e.kind ORDER BY e.kind", wp))
 
 
+def approval_votes_recent(conn: sqlite3.Connection, win: EventWindow, top: int) -> list[tuple]:
+    """The latest ``top`` votes on access requests, who approved or denied what:
+    ``(event id, ts, kind, request id, requester, role, approver, comment)``."""
+    w, wp = win.sql("e")
+    return _q(conn,
+              f"SELECT e.id, e.ts, e.kind, json_extract(e.data, '$.request_id'), e.username, e.role,"
+              f" json_extract(e.data, '$.approver'), json_extract(e.data, '$.comment') FROM events e"
+              f" WHERE e.kind IN ('request_approved', 'request_denied'){w} ORDER BY e.id DESC LIMIT ?", wp + [top])
+
+
 def revocations_by_kind(conn: sqlite3.Connection, win: EventWindow) -> dict[str, int]:
     """``{what was revoked (serial, key_id, key, user, ca_key): count}`` of the ``revoked`` events."""
     w, wp = win.sql("e")
@@ -458,6 +468,15 @@ def revocation_events(conn: sqlite3.Connection) -> list[tuple[int, str, Any]]:
         "SELECT id, ts, data FROM events WHERE kind = 'revoked' ORDER BY id")]
 
 
+def logins_of_certificate(conn: sqlite3.Connection, serial: int, event_id: int, limit: int) -> list[tuple]:
+    """The sshd logins ``correlate`` joined to the issuance ``event_id`` (serial ``serial``), oldest
+    first: ``(host, ts, logged_time, account, source, outcome, severity)``; none without a logins table."""
+    if not has_logins(conn):
+        return []
+    return _q(conn, "SELECT host, ts, logged_time, account, source, outcome, severity FROM logins"
+                    " WHERE serial = ? AND issued_event_id = ? ORDER BY id LIMIT ?", [serial, event_id, limit])
+
+
 def certificate_by_serial(conn: sqlite3.Connection, serial: int) -> tuple | None:
     """The certificate recorded under ``serial``, or None: ``(serial, key_id, user, role, key_fingerprint,
     ca_fingerprint, valid_after, valid_before, event_id, data)``, data the issuance event's, decoded
@@ -509,5 +528,5 @@ class ReviewQueries:
     correlate call without ever holding a connection. A second backend provides the same names."""
 
     def __init__(self, conn: sqlite3.Connection):
-        for fn in (event_window, events_by_kind, issued_by_role, issued_users_total, issued_by_user, issued_per_day, issued_longest, issued_by_principal, issued_with_principal_total, issued_with_principal_by_user, issued_with_principal_recent, issued_outside_hours_total, issued_outside_hours_by_user, issued_outside_hours_recent, denials_by_kind, denial_groups_total, denial_groups, auth_failure_groups, lockouts_recent, lockouts_by_user, approvals_by_kind, revocations_by_kind, revocations_recent, has_logins, correlate_runs, logins_by_outcome, logins_hosts_and_joined, login_findings_by_code, login_findings_serious, expired_certificates_total, unused_certificates_total, unused_certificates_by_role, unused_certificates_recent, certificate_ca_fingerprints, revocation_events, certificate_by_serial, existing_line_hashes, insert_logins, ensure_logins_schema):
+        for fn in (event_window, events_by_kind, issued_by_role, issued_users_total, issued_by_user, issued_per_day, issued_longest, issued_by_principal, issued_with_principal_total, issued_with_principal_by_user, issued_with_principal_recent, issued_outside_hours_total, issued_outside_hours_by_user, issued_outside_hours_recent, denials_by_kind, denial_groups_total, denial_groups, auth_failure_groups, lockouts_recent, lockouts_by_user, approvals_by_kind, approval_votes_recent, revocations_by_kind, revocations_recent, has_logins, correlate_runs, logins_by_outcome, logins_hosts_and_joined, login_findings_by_code, login_findings_serious, expired_certificates_total, unused_certificates_total, unused_certificates_by_role, unused_certificates_recent, certificate_ca_fingerprints, revocation_events, logins_of_certificate, certificate_by_serial, existing_line_hashes, insert_logins, ensure_logins_schema):
             setattr(self, fn.__name__, functools.partial(fn, conn))
