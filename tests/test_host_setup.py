@@ -148,7 +148,7 @@ def test_setup_root_is_accepted_by_sshd_which_takes_a_certificate_and_refuses_a_
     timer = root / "etc/systemd/system/timers.target.wants/iast-krl-refresh.timer"
     assert timer.is_symlink() and (root / "etc/systemd/system/iast-krl-refresh.service").is_file()
     unit = (root / "etc/systemd/system/iast-krl-refresh.service").read_text()
-    assert f"--out {etc / 'iast-revoked.krl'}" in unit and str(root / "etc/iast-ssh/krl-refresh.env") in unit
+    assert f"-o {etc / 'iast-revoked.krl'}" in unit and str(root / "etc/iast-ssh/krl-refresh.env") in unit
     env = (root / "etc/iast-ssh/krl-refresh.env").read_text()
     assert f"IAST_CA_FINGERPRINT={ca.fingerprint}" in env and "IAST_KRL_USER=krl-web1" in env
     check = subprocess.run([sshd_path(), "-t", "-f", str(etc / "sshd_config")], capture_output=True, text=True)

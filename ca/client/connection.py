@@ -521,7 +521,14 @@ class Client:
         import asyncssh
 
         try:
-            result = await conn.run(shlex.join(args), input=input, check=False)
+            process = await conn.create_process(shlex.join(args))
+            try:
+                if input is not None:
+                    process.stdin.write(input)
+                process.stdin.write_eof()
+            except (BrokenPipeError, asyncssh.Error):
+                pass  # the service answered before reading it all (a refusal): its answer follows
+            result = await process.wait(check=False)
         except (OSError, asyncssh.Error) as e:
             raise _ca_error(self.address, e) from None
         stdout = result.stdout if isinstance(result.stdout, str) else (result.stdout or b"").decode()

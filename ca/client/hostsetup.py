@@ -128,7 +128,7 @@ def plan(*, root: Path, ca: str, ca_fingerprint: str, krl_user: str, identity: s
         if unit == SERVICE:
             # The refresh writes where this setup put the KRL, with the key it authenticates with.
             text = (text.replace("/etc/iast-ssh/krl-refresh.env", str(_host_path(root, ENV)))
-                    .replace("--out /etc/ssh/iast-revoked.krl", f"--out {krl}")
+                    .replace("-o /etc/ssh/iast-revoked.krl", f"-o {krl}")
                     .replace("-i /etc/ssh/ssh_host_ed25519_key", f"-i {identity}")
                     .replace("ReadWritePaths=/etc/ssh", f"ReadWritePaths={krl.parent}"))
         files.append(PlannedFile(_host_path(root, UNITS) / unit, text.encode(), 0o644))
