@@ -11,6 +11,7 @@ import csv
 import functools
 import io
 import json
+import logging
 import os
 import sys
 import unicodedata
@@ -130,6 +131,9 @@ class Group(click.Group):
 
 
 def _interrupted() -> click.exceptions.Exit:
+    # The process ends here: asyncio's "Task exception was never retrieved" about the tasks the
+    # interrupt cut short (the client's connection attempt) would only print a traceback.
+    logging.getLogger("asyncio").disabled = True
     try:
         click.echo("", err=True)  # end the line the ^C was echoed on
     except OSError:
