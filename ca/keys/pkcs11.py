@@ -105,6 +105,8 @@ class Pkcs11URI:
                     raw = unquote(value, errors="strict") if name != "id" else None
                 except UnicodeDecodeError:
                     raise UsageError(f"PKCS#11 URI attribute {name!r} is not UTF-8 once percent-decoded") from None
+                if name in _QUERY_ATTRS and not raw:
+                    raise UsageError(f"PKCS#11 URI attribute {name!r} is empty (give a path, or leave it out)")
                 if name == "id":
                     values["id"] = bytes(_unquote_bytes(value))
                 elif name == "type":
