@@ -67,7 +67,7 @@ def check_host(*, sshd: str, config: Path, published_keys: list[str] | None = No
             data = path.read_bytes()
         except FileNotFoundError:
             out.append(Finding("error", "revoked_keys_missing", f"RevokedKeys {path} does not exist: sshd refuses "
-                               "every key and certificate login", f"iast-ssh host fetch-krl ... --out {path}"))
+                               "every key and certificate login", f"iast-ssh host fetch-krl ... --output {path}"))
         except OSError as e:
             out.append(Finding("error", "revoked_keys_unreadable", f"RevokedKeys {path}: {e.strerror}: sshd "
                                "refuses every login", f"make {path} a readable KRL (iast-ssh host fetch-krl)"))
@@ -77,7 +77,7 @@ def check_host(*, sshd: str, config: Path, published_keys: list[str] | None = No
                     parse_krl(data)
             except KRLError as e:
                 out.append(Finding("error", "revoked_keys_unreadable", f"RevokedKeys {path} is not a KRL ({e}): "
-                                   "sshd refuses every login", f"iast-ssh host fetch-krl ... --out {path}"))
+                                   "sshd refuses every login", f"iast-ssh host fetch-krl ... --output {path}"))
             else:
                 age = now - path.stat().st_mtime
                 if age > krl_max_age:
@@ -100,13 +100,13 @@ def check_host(*, sshd: str, config: Path, published_keys: list[str] | None = No
         except (OSError, CAError) as e:
             why = e.message if isinstance(e, CAError) else e.strerror
             out.append(Finding("error", "trusted_ca_keys_missing", f"TrustedUserCAKeys {path}: {why}",
-                               f"iast-ssh host fetch-trust ... --out {path}"))
+                               f"iast-ssh host fetch-trust ... --output {path}"))
     if keys and published_keys is not None:
         published = parse_trust_lines("\n".join(published_keys))
         for fp in sorted(set(keys) - set(published)):
             out.append(Finding("error", "trusted_key_retired", f"{trust} trusts {fp}, which the CA no longer "
                                "publishes (retired or revoked): certificates it signed still log in",
-                               f"iast-ssh host fetch-trust ... --replace --out {trust}"))
+                               f"iast-ssh host fetch-trust ... --replace --output {trust}"))
 
     principals = _one(effective, "authorizedprincipalsfile")
     if principals is None:
