@@ -62,3 +62,14 @@ def parse_time(text: str, now: float) -> float:
     if when.tzinfo is None:
         when = when.replace(tzinfo=dt.timezone.utc)
     return when.timestamp()
+
+
+def clock_offset(before: float, theirs: float, after: float) -> float:
+    """How far another clock read ``theirs`` lies outside the local interval [``before``,
+    ``after``] in which it was read: positive when it is ahead of ours, negative when behind,
+    0 when it falls inside (the round trip is the precision; no skew can be claimed below it)."""
+    if theirs > after:
+        return theirs - after
+    if theirs < before:
+        return theirs - before
+    return 0.0

@@ -138,3 +138,51 @@ def test_progress_bars_only_on_a_terminal(cfg, tmp_path):
         assert piped.returncode == 0 and label not in piped.stderr and piped.stdout.strip()
         if "json" in argv:
             assert json.loads(out) == {**json.loads(piped.stdout), "generated": json.loads(out)["generated"]}
+
+
+def test_a_clock_behind_the_newest_audit_event_is_found(cfg, cli_run):
+    """A replica (or this machine before its clock stepped back) wrote an event an hour ahead."""
+    import time
+
+    from ca.app import open_audit
+
+    assert "clock_skew" not in _codes(cli_run)
+    store = open_audit(cfg, clock=lambda: time.time() + 3600)
+    try:
+        store.record("ca_key_reloaded", {"note": "written by a replica whose clock is an hour ahead"})
+    finally:
+        store.close()
+    r = cli_run("doctor", "--json")
+    skew = [f for f in json.loads(r.output) if f["code"] == "clock_skew"]
+    assert r.exit_code == 1 and len(skew) == 1
+    assert "newest audit event" in skew[0]["message"] and "after this machine's clock" in skew[0]["message"]
+    assert "59m" in skew[0]["message"] or "1h" in skew[0]["message"]
+
+
+def test_the_database_server_clock_is_read(cfg):
+    """PostgreSQL reports its own clock (what doctor compares); SQLite has none but this one."""
+    import time
+
+    from ca.app import open_audit
+
+    store = open_audit(cfg)
+    try:
+        before, theirs, after = time.time(), store.server_time(), time.time()
+    finally:
+        store.close()
+    if cfg.database:
+        assert before - 2 <= theirs <= after + 2  # the test server runs on this machine's clock
+    else:
+        assert theirs is None
+
+
+@pytest.mark.sqlite_only
+def test_clock_findings_name_the_direction():
+    from ca.review.doctor import clock_findings
+
+    assert clock_findings(server=(100.0, 130.0, 101.0), newest=None, now=101.0, skew=60) == []
+    ahead, = clock_findings(server=(100.0, 300.0, 101.0), newest=None, now=101.0, skew=60)
+    assert "3m19s behind the database server's" in ahead.message
+    behind, = clock_findings(server=(1000.0, 800.0, 1001.0), newest=None, now=1001.0, skew=60)
+    assert "3m20s ahead of the database server's" in behind.message
+    assert clock_findings(server=None, newest=(7, 1050.0), now=1001.0, skew=60) == []

@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 
 from ca.client.hostsetup import Runner, _run, sshd_effective
+from ca.durations import clock_offset
 from ca.errors import CAError
 from ca.models import Finding
 
@@ -143,11 +144,10 @@ def check_host(*, sshd: str, config: Path, published_keys: list[str] | None = No
                                f"chmod 600 {key}"))
 
     if ca_clock is not None:
-        before, theirs, after = ca_clock
-        off = theirs - after if theirs > after else (before - theirs if theirs < before else 0)
+        off = clock_offset(*ca_clock)
         if abs(off) > skew:
             out.append(Finding("warning", "clock_skew", f"this host's clock is {int(abs(off))}s "
-                               f"{'behind' if theirs > after else 'ahead of'} the CA's (more than {skew}s): "
+                               f"{'behind' if off > 0 else 'ahead of'} the CA's (more than {skew}s): "
                                "fresh certificates are refused as not yet valid, or old ones kept",
                                "enable time sync (timedatectl set-ntp true)"))
     return out

@@ -9,6 +9,8 @@ One :class:`~ca.models.Finding` per problem (docs/security.md rule 75). The code
     policy_root_unguarded     a role grants root without require_reason or an approval
     policy_wildcard_privileged  members = ["*"] on a role with a privileged principal and no force_command
     policy_invalid            the policy file does not load
+    clock_skew                this machine's clock differs from the database server's, or is behind
+                              the newest audit event, by more than signing.clock_skew
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import stat
 from collections.abc import Callable
 from pathlib import Path
 
+from ca.durations import clock_offset, format_duration
 from ca.errors import CAError
 from ca.keys.keyring import Keyring
 from ca.models import Finding
@@ -24,7 +27,7 @@ from ca.policy import Policy
 from ca.rules import RESERVED_PRINCIPALS
 
 CODES = ("state_dir_permissions", "key_permissions", "keyring_unreadable", "database_unavailable",
-         "policy_root_unguarded", "policy_wildcard_privileged", "policy_invalid")
+         "policy_root_unguarded", "policy_wildcard_privileged", "policy_invalid", "clock_skew")
 
 # Public by nature (.pub, the policy), or guarded by the 0700 state directory as SQLite writes
 # them (ca.db and its -wal/-shm): the per-file check is for keys and secrets.
@@ -65,10 +68,35 @@ def state_findings(state_dir: Path, secret_files: tuple[Path, ...] = ()) -> list
     return out
 
 
+def clock_findings(*, server: tuple[float, float, float] | None, newest: tuple[int, float] | None,
+                   now: float, skew: int) -> list[Finding]:
+    """The CA stamps every certificate's validity with its own clock, so a clock off by more
+    than ``skew`` (signing.clock_skew, the slack given to hosts) issues certificates that hosts
+    refuse as not yet valid, or that outlive their lifetime. ``server``: (local before, the
+    database server's time, local after) of one query, None where there is no other clock
+    (SQLite); ``newest``: (id, time) of the newest audit event, written by this machine or any
+    replica."""
+    out = []
+    if server is not None:
+        off = clock_offset(*server)
+        if abs(off) > skew:
+            out.append(Finding("warning", "clock_skew", f"this machine's clock is {format_duration(abs(off))} "
+                               f"{'behind' if off > 0 else 'ahead of'} the database server's (more than "
+                               f"{format_duration(skew)}): replicas stamp certificates with different clocks",
+                               "enable time sync on both (timedatectl set-ntp true)"))
+    if newest is not None and newest[1] - now > skew:
+        out.append(Finding("warning", "clock_skew", f"the newest audit event (id {newest[0]}) is dated "
+                           f"{format_duration(newest[1] - now)} after this machine's clock: this clock is behind, "
+                           "or the replica that wrote it is ahead; hosts refuse certificates from the wrong one",
+                           "enable time sync on every replica (timedatectl set-ntp true)"))
+    return out
+
+
 def check_ca(*, state_dir: Path, policy: Callable[[], Policy], database: Callable[[], None],
-             secret_files: tuple[Path, ...] = ()) -> list[Finding]:
+             clock: Callable[[], list[Finding]] | None = None, secret_files: tuple[Path, ...] = ()) -> list[Finding]:
     """Every finding for the CA in ``state_dir``: ``policy()`` loads the policy, ``database()``
-    raises CAError when the database does not answer."""
+    raises CAError when the database does not answer, ``clock()`` returns the clock findings
+    (see :func:`clock_findings`; only asked when the database answered)."""
     out = state_findings(state_dir, secret_files)
     try:
         Keyring.load(state_dir)
@@ -79,6 +107,13 @@ def check_ca(*, state_dir: Path, policy: Callable[[], Policy], database: Callabl
     except CAError as e:
         out.append(Finding("error", "database_unavailable", e.message,
                            "check the database (PostgreSQL running, the URL and password right)"))
+    else:
+        if clock is not None:
+            try:
+                out.extend(clock())
+            except CAError as e:
+                out.append(Finding("error", "database_unavailable", e.message,
+                                   "check the database (PostgreSQL running, the URL and password right)"))
     try:
         out.extend(policy_findings(policy()))
     except CAError as e:

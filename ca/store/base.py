@@ -425,6 +425,11 @@ class Store(ABC):
     def record_ca_keys(self, fingerprints: Sequence[str]) -> None:
         """Record CA key fingerprints that may serve this database (no-op where not kept)."""
 
+    def server_time(self) -> float | None:
+        """The database server's clock (seconds since the epoch), for ``iast-ca doctor``'s skew
+        check; None where the database is a file this machine's clock stamps (SQLite)."""
+        return None
+
     # -- event reads (each backend implements these) ----------------------------------
 
     @abstractmethod

@@ -151,6 +151,13 @@ class PostgresStore(EventRowsStore):
                                   what="record the CA keys in")
 
 
+    def server_time(self) -> float:
+        """The PostgreSQL server's clock: replicas on several machines stamp certificates with
+        their own clocks, so each one's skew against the shared database is worth a check."""
+        row = self.conn.one("SELECT extract(epoch FROM clock_timestamp())::float8", what="read the clock of")
+        return float(row[0])
+
+
 def is_empty(store: PostgresStore) -> bool:
     """Whether the database holds no event (what ``db copy`` and ``init`` need)."""
     return store.head()[0] == 0
