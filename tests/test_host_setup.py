@@ -139,7 +139,7 @@ def test_setup_root_is_accepted_by_sshd_which_takes_a_certificate_and_refuses_a_
     assert "would write" in r.stdout and str(root / "etc/ssh/sshd_config.d/40-iast-ssh.conf") in r.stdout
     assert _snapshot(root) == before  # a dry run writes nothing
 
-    r = _setup(ca, root, "--json")
+    r = _setup(ca, root, "--json", "--textfile-dir", "/var/lib/prometheus/node-exporter")
     assert r.returncode == 0, r.stderr
     result = json.loads(r.stdout)
     assert result["validated"] and result["reloaded"] is None  # a tree is never reloaded
@@ -151,6 +151,8 @@ def test_setup_root_is_accepted_by_sshd_which_takes_a_certificate_and_refuses_a_
     assert f"-o {etc / 'iast-revoked.krl'}" in unit and str(root / "etc/iast-ssh/krl-refresh.env") in unit
     env = (root / "etc/iast-ssh/krl-refresh.env").read_text()
     assert f"IAST_CA_FINGERPRINT={ca.fingerprint}" in env and "IAST_KRL_USER=krl-web1" in env
+    metrics = root / "var/lib/prometheus/node-exporter"
+    assert f"IAST_KRL_TEXTFILE_DIR={metrics}\n" in env and f"ReadWritePaths=-{metrics}\n" in unit
     check = subprocess.run([sshd_path(), "-t", "-f", str(etc / "sshd_config")], capture_output=True, text=True)
     assert check.returncode == 0, check.stderr
 
@@ -172,7 +174,7 @@ def test_setup_root_is_accepted_by_sshd_which_takes_a_certificate_and_refuses_a_
     assert r.returncode == 0 and "no findings" in r.stdout, r.stdout + r.stderr
 
 
-@pytest.mark.parametrize("case", ["bad-map", "sshd-t-fails", "no-include"])
+@pytest.mark.parametrize("case", ["bad-map", "sshd-t-fails", "no-include", "bad-textfile-dir"])
 def test_broken_input_leaves_the_tree_unchanged(service, tmp_path, case):
     root = tmp_path / "root"
     port = _free_port(["127.0.0.1"])
@@ -181,11 +183,13 @@ def test_broken_input_leaves_the_tree_unchanged(service, tmp_path, case):
     (root / "etc/ssh/sshd_config.d").mkdir()
     (root / "etc/ssh/sshd_config.d/40-iast-ssh.conf").write_text("# an older drop-in, kept on failure\n")
     before = _snapshot(root)
-    r = _setup(service, root, principals='"bad name" = ["alice"]\n' if case == "bad-map" else 'root = ["alice"]\n')
-    assert r.returncode == (2 if case == "bad-map" else 1), r.stdout + r.stderr
+    more = ("--textfile-dir", "/var/lib/node exporter\nIAST_CA=evil:22") if case == "bad-textfile-dir" else ()
+    r = _setup(service, root, *more,
+               principals='"bad name" = ["alice"]\n' if case == "bad-map" else 'root = ["alice"]\n')
+    assert r.returncode == (2 if case in ("bad-map", "bad-textfile-dir") else 1), r.stdout + r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
     assert {"bad-map": "not a valid account name", "sshd-t-fails": "sshd -t rejected",
-            "no-include": "not in effect"}[case] in r.stderr
+            "no-include": "not in effect", "bad-textfile-dir": "expected an absolute path"}[case] in r.stderr
     assert _snapshot(root) == before
 
 

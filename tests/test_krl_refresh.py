@@ -80,6 +80,63 @@ def test_fetch_krl_keeps_the_old_file_when_the_ca_is_unreachable(cfg, users, env
     assert out.read_bytes() == good
 
 
+def _textfile(directory) -> dict[str, float]:
+    """The samples of DIR/iast_krl.prom as the node exporter's parser (Prometheus text format) reads them."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    assert sorted(p.name for p in directory.iterdir()) == ["iast_krl.prom"]  # no temp file the collector could read
+    assert oct((directory / "iast_krl.prom").stat().st_mode)[-3:] == "644"  # the exporter runs as another user
+    text = (directory / "iast_krl.prom").read_text()
+    return {s.name: s.value for fam in text_string_to_metric_families(text) for s in fam.samples if not s.labels}
+
+
+def test_fetch_krl_reports_its_age_for_the_textfile_collector(ca, cfg, users, env, tmp_path):
+    import os
+    import time
+
+    out, metrics = tmp_path / "iast-revoked.krl", tmp_path / "textfile"
+    metrics.mkdir()
+    key = str(users["alice"][0])
+    r = iast_ssh(env, "host", "fetch-krl", *ca_args(ca, cfg, "-l", "alice", "-i", key, "-o", str(out), "--json",
+                                                    "--textfile-dir", str(metrics)))
+    assert r.returncode == 0, r.stderr
+    got = _textfile(metrics)
+    assert got["iast_krl_refresh_success"] == 1 and got["iast_krl_version"] == json.loads(r.stdout)["version"]
+    assert 0 <= got["iast_krl_age_seconds"] < 30
+    assert got["iast_krl_generated_timestamp_seconds"] == parse_krl(out.read_bytes()).generated
+
+    # A metrics directory that is missing (node exporter not installed) never fails the refresh.
+    r = iast_ssh(env, "host", "fetch-krl", *ca_args(ca, cfg, "-l", "alice", "-i", key, "-o", str(out),
+                                                    "--textfile-dir", str(tmp_path / "absent")))
+    assert r.returncode == 0 and r.stderr.startswith("warning: cannot write") and "iast_krl.prom" in r.stderr
+
+    # The refresh then fails for an hour (the CA unreachable): the installed KRL stays and the
+    # age, written by the failed run too (here through the unit's environment variable), says so.
+    hour_ago = time.time() - 3600
+    os.utime(out, (hour_ago, hour_ago))
+    r = iast_ssh({**env, "IAST_KRL_TEXTFILE_DIR": str(metrics)}, "host", "fetch-krl", "--ca", "127.0.0.1:1",
+                 "--ca-fingerprint", host_fingerprint(cfg), "-l", "alice", "-i", key, "-o", str(out))
+    assert r.returncode == 1 and "cannot reach the CA" in r.stderr
+    failed = _textfile(metrics)
+    assert failed["iast_krl_refresh_success"] == 0 and failed["iast_krl_age_seconds"] >= 3600
+    assert failed["iast_krl_version"] == got["iast_krl_version"]
+    assert failed["iast_krl_last_success_timestamp_seconds"] == pytest.approx(hour_ago, abs=1)
+    assert failed["iast_krl_last_refresh_timestamp_seconds"] > got["iast_krl_last_refresh_timestamp_seconds"]
+
+
+def test_the_textfile_without_an_installed_krl_reports_failure_and_no_age(tmp_path):
+    from ca.client import krl_textfile
+
+    metrics, krl = tmp_path / "textfile", tmp_path / "iast-revoked.krl"
+    metrics.mkdir()
+    for content in (None, b"not a krl"):  # never installed, then a file sshd cannot read
+        if content is not None:
+            krl.write_bytes(content)
+        krl_textfile.write(metrics, krl, ok=False, now=1000.0)
+        assert _textfile(metrics) == {"iast_krl_last_refresh_timestamp_seconds": 1000.0,
+                                      "iast_krl_refresh_success": 0}
+
+
 @pytest.mark.parametrize("fetched,message", [
     (b"<html>502 Bad Gateway</html>", "not valid"),
     (b"", "not valid"),

@@ -652,8 +652,13 @@ def host() -> None:
 @host.command("fetch-krl")
 @ca_options
 @output_file_option("The KRL file sshd reads (RevokedKeys).")
+@click.option("--textfile-dir", type=click.Path(file_okay=False), metavar="DIR",
+              envvar="IAST_KRL_TEXTFILE_DIR", show_envvar=True,
+              help="Also write DIR/iast_krl.prom after every run, successful or not, for the node exporter's "
+                   "textfile collector (iast_krl_age_seconds, iast_krl_refresh_success, iast_krl_version, ...); "
+                   "a metrics file that cannot be written is a warning, never a failed refresh.")
 @output_options(csv_ok=False)
-def fetch_krl(make_client, out: str, fmt: str) -> None:
+def fetch_krl(make_client, out: str, textfile_dir: str | None, fmt: str) -> None:
     """Fetch the CA's KRL and install it for sshd, keeping the last good one on any failure.
 
     The fetched file must be a valid KRL whose version is not older than
@@ -666,12 +671,24 @@ def fetch_krl(make_client, out: str, fmt: str) -> None:
     \b
     Example:
       iast-ssh host fetch-krl --ca ca:2222 --ca-fingerprint SHA256:... -l krl-web1 \\
-        -i /etc/ssh/ssh_host_ed25519_key -o /etc/ssh/iast-revoked.krl
+        -i /etc/ssh/ssh_host_ed25519_key -o /etc/ssh/iast-revoked.krl \\
+        --textfile-dir /var/lib/prometheus/node-exporter
     """
     from ca.client import install_krl
+    from ca.errors import CAError
 
-    client = make_client()
-    new, old = install_krl(client.krl(), out)  # names `out` in every error, never a temp file
+    ok = False
+    try:
+        new, old = install_krl(make_client().krl(), out)  # names `out` in every error, never a temp file
+        ok = True
+    finally:
+        if textfile_dir is not None:  # also after a failure: the age keeps growing where refresh fails
+            from ca.client import krl_textfile
+
+            try:
+                krl_textfile.write(textfile_dir, out, ok)
+            except CAError as e:  # the KRL is what sshd needs; the metrics must never fail it
+                echo(f"warning: {e.message}", err=True)
     if fmt == "json":
         echo_json({"path": out, "version": new, "previous_version": old})
     else:

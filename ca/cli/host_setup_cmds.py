@@ -34,8 +34,11 @@ def _seconds(text: str, flag: str) -> int:
 @click.option("--units-dir", type=click.Path(file_okay=False), metavar="DIR",
               help="Where iast-krl-refresh.service and .timer are (default: the systemd/ directory shipped "
                    "with iast-ssh).")
+@click.option("--textfile-dir", metavar="DIR",
+              help="Have the refresh write iast_krl.prom (iast_krl_age_seconds, ...) here for the node "
+                   "exporter's textfile collector, e.g. /var/lib/prometheus/node-exporter.")
 @output_options(csv_ok=False)
-def setup(make_client, principals_map, root, dry_run, sshd, units_dir, fmt) -> None:
+def setup(make_client, principals_map, root, dry_run, sshd, units_dir, textfile_dir, fmt) -> None:
     """Trust the CA on this host in one command (run as root), or change nothing.
 
     Fetches the CA's keys and its KRL (authenticated like fetch-krl: an
@@ -64,7 +67,8 @@ def setup(make_client, principals_map, root, dry_run, sshd, units_dir, fmt) -> N
     files = hostsetup.plan(root=rootp, ca=format_addresses(client.addresses), ca_fingerprint=client.pin,
                            krl_user=client.user, identity=str(client.identity or "/etc/ssh/ssh_host_ed25519_key"),
                            trust_text=trust_text, krl_data=krl_data, principals=mapping,
-                           units_dir=Path(units_dir) if units_dir else hostsetup.default_units_dir())
+                           units_dir=Path(units_dir) if units_dir else hostsetup.default_units_dir(),
+                           textfile_dir=textfile_dir)
     result = hostsetup.apply(files, root=rootp, sshd=sshd or hostsetup.sshd_binary(), dry_run=dry_run)
     if fmt == "json":
         echo_json(result.as_json())

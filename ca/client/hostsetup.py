@@ -93,9 +93,14 @@ def _host_path(root: Path, rel: str) -> Path:
     return root / rel
 
 
+TEXTFILE_DIR = "/var/lib/prometheus/node-exporter"  # Debian's prometheus-node-exporter textfile directory
+
+
 def plan(*, root: Path, ca: str, ca_fingerprint: str, krl_user: str, identity: str, trust_text: str,
-         krl_data: bytes, principals: dict[str, tuple[str, ...]], units_dir: Path) -> list[PlannedFile]:
-    """Everything host setup writes, checked (nothing is written here)."""
+         krl_data: bytes, principals: dict[str, tuple[str, ...]], units_dir: Path,
+         textfile_dir: str | None = None) -> list[PlannedFile]:
+    """Everything host setup writes, checked (nothing is written here). ``textfile_dir``: where
+    the refresh writes iast_krl.prom for the node exporter (None: no metrics file)."""
     from ca.client.trust import parse_trust_lines
     from ca.sshcert.krl import KRLError, parse_krl
 
@@ -106,6 +111,10 @@ def plan(*, root: Path, ca: str, ca_fingerprint: str, krl_user: str, identity: s
         raise CAError(f"the CA's KRL is not valid ({e}); nothing written") from None
     if not is_user_name(krl_user):
         raise UsageError(f"{krl_user!r}: not a valid user name for the KRL refresh")
+    if textfile_dir is not None:
+        if not textfile_dir.startswith("/") or any(c.isspace() or not c.isprintable() for c in textfile_dir):
+            raise UsageError(f"--textfile-dir {textfile_dir!r}: expected an absolute path without spaces")
+        textfile_dir = str(_host_path(root, textfile_dir.lstrip("/")))
     trust, krl, pdir = _host_path(root, TRUST), _host_path(root, KRL), _host_path(root, PRINCIPALS)
     dropin = ("# Written by 'iast-ssh host setup': trust the iast-ssh CA for user certificates.\n"
               f"TrustedUserCAKeys {trust}\n"
@@ -118,7 +127,9 @@ def plan(*, root: Path, ca: str, ca_fingerprint: str, krl_user: str, identity: s
           for account, names in sorted(principals.items())),
         PlannedFile(_host_path(root, DROPIN), dropin.encode(), 0o644),
         PlannedFile(_host_path(root, ENV), (f"IAST_CA={ca}\nIAST_CA_FINGERPRINT={ca_fingerprint}\n"
-                                            f"IAST_KRL_USER={krl_user}\n").encode(), 0o644),
+                                            f"IAST_KRL_USER={krl_user}\n"
+                                            + (f"IAST_KRL_TEXTFILE_DIR={textfile_dir}\n" if textfile_dir else "")
+                                            ).encode(), 0o644),
     ]
     for unit in (SERVICE, TIMER):
         try:
@@ -130,7 +141,8 @@ def plan(*, root: Path, ca: str, ca_fingerprint: str, krl_user: str, identity: s
             text = (text.replace("/etc/iast-ssh/krl-refresh.env", str(_host_path(root, ENV)))
                     .replace("-o /etc/ssh/iast-revoked.krl", f"-o {krl}")
                     .replace("-i /etc/ssh/ssh_host_ed25519_key", f"-i {identity}")
-                    .replace("ReadWritePaths=/etc/ssh", f"ReadWritePaths={krl.parent}"))
+                    .replace("ReadWritePaths=/etc/ssh", f"ReadWritePaths={krl.parent}")
+                    .replace(f"ReadWritePaths=-{TEXTFILE_DIR}", f"ReadWritePaths=-{textfile_dir or TEXTFILE_DIR}"))
         files.append(PlannedFile(_host_path(root, UNITS) / unit, text.encode(), 0o644))
     return files
 
