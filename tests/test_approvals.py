@@ -441,7 +441,7 @@ def test_racing_logins_across_two_workers_get_one_certificate(cfg, users, tmp_pa
     won = [r for r in results if r.returncode == 0]
     lost = [r for r in results if r.returncode != 0]
     assert len(won) == 1, [r.stderr for r in results]
-    assert all(r.returncode == 3 and "already used" in r.stderr for r in lost), [r.stderr for r in lost]
+    assert all(r.returncode == 3 and "already used" in r.stderr for r in lost), [(r.returncode, r.stderr) for r in lost]
     assert len(events(cfg, "issued")) == 1 and len(events(cfg, "request_used")) == 1
     assert len([e for e in events(cfg, "denied") if e.data["request_id"] == rid]) == 11
     assert open_audit(cfg).verify().count == last_event_id(cfg)
