@@ -130,6 +130,33 @@ def test_login_replaces_the_same_roles_certificate_and_logout_takes_a_role(ca, c
     assert sorted(p.name for p in out.iterdir()) == ["id_ed25519-dev", "id_ed25519-dev-cert.pub"]
 
 
+def test_approve_after_login_uses_the_remembered_key_not_the_certificate(ca, cfg, users, env, tmp_path):
+    # README "Temporary production access", walked: carol logged in with -i (so she holds a certificate
+    # and her profile remembers the key), then 'iast-ssh approve ID' with no flags. The certificate may not
+    # decide (rule 80), so the client must prove carol with her remembered key, not offer the certificate.
+    alice_key, _ = users["alice"]
+    carol_key, _ = users["carol"]
+    carol_env = dict(env, HOME=str(tmp_path / "carol"), XDG_CONFIG_HOME=str(tmp_path / "carol-xdg"))
+    Path(carol_env["HOME"]).mkdir()
+    with open(cfg.policy_path, "a") as f:
+        f.write('\n[roles.prod-admin]\nmembers = ["group:sre"]\nprincipals = ["root"]\nmax_ttl = "15m"\n'
+                'require_reason = true\napproval = { approvers = ["group:security"], required = 1 }\n')
+    r = iast_ca(ca, "reload")
+    assert r.returncode == 0, r.stderr
+    assert iast_ssh(env, "login", *ca_args(ca, cfg), "-l", "alice", "-i", str(alice_key)).returncode == 0
+    r = iast_ssh(env, "request", "--role", "prod-admin", "--ttl", "10m", "--reason", "INC-1", "--json")
+    assert r.returncode == 0, r.stderr
+    request_id = json.loads(r.stdout)["id"]
+    r = iast_ssh(carol_env, "login", "--no-agent", *ca_args(ca, cfg), "-l", "carol", "-i", str(carol_key))
+    assert r.returncode == 0, r.stderr
+    r = iast_ssh(carol_env, "approve", request_id, "--comment", "ok")
+    assert r.returncode == 0, r.stderr
+    (approved,) = events(cfg, "request_approved")
+    assert approved.data["approver"] == "carol" and approved.data["auth_methods"] == ["publickey"]
+    r = iast_ssh(env, "login", "--role", "prod-admin")
+    assert r.returncode == 0, r.stderr
+
+
 def test_profiles_keep_each_cas_pin(tmp_path):
     from ca.client.config import ClientConfig, Profile, load_config, save_config
     from ca.errors import ConfigError

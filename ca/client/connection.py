@@ -624,11 +624,14 @@ class Client:
     def approve(self, request_id: str, comment: str | None = None) -> dict[str, Any]:
         """Approve someone else's request (this user must be one of its approvers)."""
         args = ["approve", request_id, "--json"] + (["--comment", comment] if comment else [])
-        return self._run(lambda conn: self._json(conn, args))
+        # A certificate never decides a request (docs/security.md rule 80): prove who we are with the
+        # key, password or SSO, even while a certificate is held (else the profile's -i key is unused).
+        return self._run(lambda conn: self._json(conn, args), certificates=False)
 
     def deny(self, request_id: str, comment: str) -> dict[str, Any]:
         """Deny a request, saying why; one denial closes it."""
-        return self._run(lambda conn: self._json(conn, ["deny", request_id, "--comment", comment, "--json"]))
+        return self._run(lambda conn: self._json(conn, ["deny", request_id, "--comment", comment, "--json"]),
+                         certificates=False)
 
     def cancel(self, request_id: str) -> dict[str, Any]:
         """Withdraw this user's own request."""
