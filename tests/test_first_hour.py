@@ -157,6 +157,21 @@ def test_approve_after_login_uses_the_remembered_key_not_the_certificate(ca, cfg
     assert r.returncode == 0, r.stderr
 
 
+def test_host_commands_leave_the_users_profile_alone(ca, cfg, users, env, tmp_path):
+    # README walk: as root, 'iast-ssh host fetch-krl -l krl-web1 -i /etc/ssh/ssh_host_ed25519_key' saved the
+    # host key as root's own 'identity' (and the host's user name), so root's next 'iast-ssh login' logged in
+    # as the host. A host's settings are its command line; nothing goes into the client profile.
+    key, _ = users["alice"]  # stands in for the host's enrolled refresh identity
+    conn = [*ca_args(ca, cfg), "-l", "alice", "-i", str(key)]
+    r = iast_ssh(env, "host", "fetch-krl", *conn, "-o", str(tmp_path / "revoked.krl"))
+    assert r.returncode == 0, r.stderr
+    r = iast_ssh(env, "host", "fetch-trust", *conn, "-o", str(tmp_path / "ca.pub"))
+    assert r.returncode == 0, r.stderr
+    r = iast_ssh(env, "host", "check", *conn, "--config", str(tmp_path / "no-such-sshd_config"))
+    assert "saved" not in r.stderr
+    assert not (Path(env["XDG_CONFIG_HOME"]) / "iast-ssh" / "config.toml").exists()
+
+
 def test_profiles_keep_each_cas_pin(tmp_path):
     from ca.client.config import ClientConfig, Profile, load_config, save_config
     from ca.errors import ConfigError

@@ -670,7 +670,7 @@ def fetch_krl(make_client, out: str, fmt: str) -> None:
     """
     from ca.client import install_krl
 
-    client = make_client()
+    client = make_client(remember=False)
     new, old = install_krl(client.krl(), out)  # names `out` in every error, never a temp file
     if fmt == "json":
         echo_json({"path": out, "version": new, "previous_version": old})
@@ -700,7 +700,7 @@ def fetch_trust(make_client, out: str, replace: bool, fmt: str) -> None:
     """
     from ca.client import install_trust
 
-    client = make_client()
+    client = make_client(remember=False)
     update = install_trust("\n".join(client.ca_keys()) + "\n", out, replace=replace)
     if fmt == "json":
         echo_json(update.as_json())

@@ -57,7 +57,7 @@ def setup(make_client, principals_map, root, dry_run, sshd, units_dir, fmt) -> N
     mapping = {}
     if principals_map:
         mapping = hostsetup.parse_principals_map(Path(principals_map).read_text(), principals_map)
-    client = make_client()
+    client = make_client(remember=False)
     trust_text, krl_data = "\n".join(client.ca_keys()) + "\n", client.krl()
     if not client.pin:
         raise UsageError("--ca-fingerprint is required: the refresh timer pins the CA's host key")
@@ -105,7 +105,7 @@ def check(make_client, config, sshd, krl_max_age, offline, fmt) -> None:
 
     published, clock = None, None
     if not offline:
-        client = make_client()
+        client = make_client(remember=False)
         published = client.ca_keys()
         before = time.time()
         theirs = client.whoami().get("now")
