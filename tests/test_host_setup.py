@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -151,6 +152,15 @@ def test_setup_root_is_accepted_by_sshd_which_takes_a_certificate_and_refuses_a_
     assert f"-o {etc / 'iast-revoked.krl'}" in unit and str(root / "etc/iast-ssh/krl-refresh.env") in unit
     env = (root / "etc/iast-ssh/krl-refresh.env").read_text()
     assert f"IAST_CA_FINGERPRINT={ca.fingerprint}" in env and "IAST_KRL_USER=krl-web1" in env
+    # The unit's ExecStart, as systemd would run it (its ${VARS} from the environment file), works: it names
+    # the iast-ssh that ran setup, not /usr/local/bin/iast-ssh (absent from a checkout's venv; README walk).
+    exec_start = re.search(r"^ExecStart=(.*?[^\\])$", unit.replace("\\\n", " "), re.M).group(1)
+    variables = dict(line.split("=", 1) for line in env.splitlines() if "=" in line)
+    argv = [re.sub(r"\$\{(\w+)\}", lambda m: variables[m.group(1)], a) for a in exec_start.split()]
+    assert argv[0] == IAST_SSH
+    fetched = subprocess.run(argv, capture_output=True, text=True, timeout=60,
+                             env={**os.environ, "XDG_CONFIG_HOME": str(tmp_path / "xdg"), "SSH_AUTH_SOCK": ""})
+    assert fetched.returncode == 0 and "KRL version" in fetched.stdout, fetched.stderr
     check = subprocess.run([sshd_path(), "-t", "-f", str(etc / "sshd_config")], capture_output=True, text=True)
     assert check.returncode == 0, check.stderr
 
