@@ -709,9 +709,12 @@ def fetch_trust(make_client, out: str, replace: bool, fmt: str) -> None:
                + (f", added {', '.join(update.added)}" if update.added else "")
                + (f", removed {', '.join(update.removed)}" if update.removed else "")
                + ("" if update.changed else " (unchanged)"))
+
+
 def _host_ca_options(f: Callable) -> Callable:
     f = click.option("--ca-fingerprint", required=True, metavar="SHA256:...",
-                     help="The CA's SSH host key fingerprint ('iast-ca info' prints it).")(f)
+                     help="The pin: the CA service's host key fingerprint (the 'service host key' line of "
+                          "'iast-ca info'; not the CA key).")(f)
     return click.option("--ca", "ca", required=True, metavar="HOST[:PORT]", help="The CA service.")(f)
 
 

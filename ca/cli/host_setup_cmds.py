@@ -61,7 +61,7 @@ def setup(make_client, principals_map, root, dry_run, sshd, units_dir, fmt) -> N
     client = make_client(remember=False)
     trust_text, krl_data = "\n".join(client.ca_keys()) + "\n", client.krl()
     if not client.pin:
-        raise UsageError("--ca-fingerprint is required: the refresh timer pins the CA's host key")
+        raise UsageError("--ca-fingerprint is required: the refresh timer pins the CA's service host key")
     files = hostsetup.plan(root=rootp, ca=format_addresses(client.addresses), ca_fingerprint=client.pin,
                            krl_user=client.user, identity=str(client.identity or "/etc/ssh/ssh_host_ed25519_key"),
                            trust_text=trust_text, krl_data=krl_data, principals=mapping,
