@@ -8,6 +8,7 @@ console scripts. The fixtures are tests/test_client.py's.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import tomllib
 from pathlib import Path
@@ -192,6 +193,24 @@ def test_profiles_keep_each_cas_pin(tmp_path):
 
 # --------------------------------------------------------------------------
 # Findings 1 and 2: first contact through plain ssh, one name for each key
+
+
+def test_trust_ca_writes_the_known_hosts_file_ssh_reads_not_one_under_home(monkeypatch, tmp_path):
+    # README walk: with HOME pointing elsewhere (sudo -E, a scratch HOME), trust-ca wrote $HOME/.ssh/known_hosts
+    # while ssh, which takes ~ from the passwd entry, kept saying "Host key verification failed". The default
+    # is the file ssh itself names (ssh -G), whatever $HOME says.
+    import pwd
+
+    from ca.client.known_hosts import ssh_known_hosts_file
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    path = ssh_known_hosts_file("127.0.0.1", 2222)
+    assert not path.is_relative_to(tmp_path)
+    shown = subprocess.run(["ssh", "-G", "-p", "2222", "127.0.0.1"], capture_output=True, text=True,
+                           stdin=subprocess.DEVNULL, env={"HOME": str(tmp_path), "PATH": "/usr/bin:/bin"})
+    (line,) = [x for x in shown.stdout.splitlines() if x.startswith("userknownhostsfile ")]
+    assert str(path) == line.split()[1]  # the one ssh reads first
+    assert path.is_relative_to(pwd.getpwuid(os.getuid()).pw_dir)
 
 
 def test_trust_ca_then_plain_ssh_signs(ca, cfg, users, env, tmp_path):
