@@ -284,6 +284,19 @@ def test_policy_check_reports_every_mistake_and_the_key_meant(ca, tmp_path):
         load_policy(bad)
 
 
+def test_policy_check_reports_every_mistake_within_one_role(ca, tmp_path):
+    # README walk: "one line per mistake (all of them)", but a role with four mistakes gave two lines (its
+    # unknown key and the first bad field); fixing one and re-running found the next, one run per mistake.
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[groups]\n\n[roles.x]\nmembers = ["group:nope"]\nprincipals = ["a b"]\nmax_ttl = "8x"\n'
+                   'force_command = ""\nsource_address = ["10.0.0.0/33"]\nbogus = 1\n')
+    r = ca("policy", "check", str(bad))
+    assert r.exit_code == 1
+    fields = [line.split(": ")[2] for line in r.stderr.strip().splitlines()]
+    assert fields == ["roles.x.bogus", "roles.x.members", "roles.x.principals", "roles.x.max_ttl",
+                      "roles.x.force_command", "roles.x.source_address"], r.stderr
+
+
 # -- CLI conventions: man pages, option names ---------------------------------------------------
 
 def _commands(cmd, path):

@@ -39,6 +39,17 @@ def test_a_fresh_ca_is_clean(cfg, cli_run):
     assert r.exit_code == 0 and "no findings" in r.output
 
 
+def test_a_running_services_pid_file_is_no_finding(cfg, cli_run):
+    # README walk: 'iast-ca doctor' beside 'make run' reported "error: key_permissions: var/serve.pid has
+    # mode 0644". The pid file is public by design (iast-ca reload reads it); doctor looks at secrets only.
+    from ca.service.control import pid_file
+
+    with pid_file(cfg.state_dir) as path:
+        assert path.stat().st_mode & 0o044  # readable by others, as serve writes it
+        r = cli_run("doctor")
+    assert r.exit_code == 0 and "no findings" in r.output, r.output
+
+
 def test_open_permissions_are_found(cfg, cli_run):
     os.chmod(cfg.state_dir, 0o755)
     assert _codes(cli_run) == {"state_dir_permissions"}

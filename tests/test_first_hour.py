@@ -8,6 +8,7 @@ console scripts. The fixtures are tests/test_client.py's.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import tomllib
 from pathlib import Path
@@ -130,6 +131,48 @@ def test_login_replaces_the_same_roles_certificate_and_logout_takes_a_role(ca, c
     assert sorted(p.name for p in out.iterdir()) == ["id_ed25519-dev", "id_ed25519-dev-cert.pub"]
 
 
+def test_approve_after_login_uses_the_remembered_key_not_the_certificate(ca, cfg, users, env, tmp_path):
+    # README "Temporary production access", walked: carol logged in with -i (so she holds a certificate
+    # and her profile remembers the key), then 'iast-ssh approve ID' with no flags. The certificate may not
+    # decide (rule 80), so the client must prove carol with her remembered key, not offer the certificate.
+    alice_key, _ = users["alice"]
+    carol_key, _ = users["carol"]
+    carol_env = dict(env, HOME=str(tmp_path / "carol"), XDG_CONFIG_HOME=str(tmp_path / "carol-xdg"))
+    Path(carol_env["HOME"]).mkdir()
+    with open(cfg.policy_path, "a") as f:
+        f.write('\n[roles.prod-admin]\nmembers = ["group:sre"]\nprincipals = ["root"]\nmax_ttl = "15m"\n'
+                'require_reason = true\napproval = { approvers = ["group:security"], required = 1 }\n')
+    r = iast_ca(ca, "reload")
+    assert r.returncode == 0, r.stderr
+    assert iast_ssh(env, "login", *ca_args(ca, cfg), "-l", "alice", "-i", str(alice_key)).returncode == 0
+    r = iast_ssh(env, "request", "--role", "prod-admin", "--ttl", "10m", "--reason", "INC-1", "--json")
+    assert r.returncode == 0, r.stderr
+    request_id = json.loads(r.stdout)["id"]
+    r = iast_ssh(carol_env, "login", "--no-agent", *ca_args(ca, cfg), "-l", "carol", "-i", str(carol_key))
+    assert r.returncode == 0, r.stderr
+    r = iast_ssh(carol_env, "approve", request_id, "--comment", "ok")
+    assert r.returncode == 0, r.stderr
+    (approved,) = events(cfg, "request_approved")
+    assert approved.data["approver"] == "carol" and approved.data["auth_methods"] == ["publickey"]
+    r = iast_ssh(env, "login", "--role", "prod-admin")
+    assert r.returncode == 0, r.stderr
+
+
+def test_host_commands_leave_the_users_profile_alone(ca, cfg, users, env, tmp_path):
+    # README walk: as root, 'iast-ssh host fetch-krl -l krl-web1 -i /etc/ssh/ssh_host_ed25519_key' saved the
+    # host key as root's own 'identity' (and the host's user name), so root's next 'iast-ssh login' logged in
+    # as the host. A host's settings are its command line; nothing goes into the client profile.
+    key, _ = users["alice"]  # stands in for the host's enrolled refresh identity
+    conn = [*ca_args(ca, cfg), "-l", "alice", "-i", str(key)]
+    r = iast_ssh(env, "host", "fetch-krl", *conn, "-o", str(tmp_path / "revoked.krl"))
+    assert r.returncode == 0, r.stderr
+    r = iast_ssh(env, "host", "fetch-trust", *conn, "-o", str(tmp_path / "ca.pub"))
+    assert r.returncode == 0, r.stderr
+    r = iast_ssh(env, "host", "check", *conn, "--config", str(tmp_path / "no-such-sshd_config"))
+    assert "saved" not in r.stderr
+    assert not (Path(env["XDG_CONFIG_HOME"]) / "iast-ssh" / "config.toml").exists()
+
+
 def test_profiles_keep_each_cas_pin(tmp_path):
     from ca.client.config import ClientConfig, Profile, load_config, save_config
     from ca.errors import ConfigError
@@ -150,6 +193,24 @@ def test_profiles_keep_each_cas_pin(tmp_path):
 
 # --------------------------------------------------------------------------
 # Findings 1 and 2: first contact through plain ssh, one name for each key
+
+
+def test_trust_ca_writes_the_known_hosts_file_ssh_reads_not_one_under_home(monkeypatch, tmp_path):
+    # README walk: with HOME pointing elsewhere (sudo -E, a scratch HOME), trust-ca wrote $HOME/.ssh/known_hosts
+    # while ssh, which takes ~ from the passwd entry, kept saying "Host key verification failed". The default
+    # is the file ssh itself names (ssh -G), whatever $HOME says.
+    import pwd
+
+    from ca.client.known_hosts import ssh_known_hosts_file
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    path = ssh_known_hosts_file("127.0.0.1", 2222)
+    assert not path.is_relative_to(tmp_path)
+    shown = subprocess.run(["ssh", "-G", "-p", "2222", "127.0.0.1"], capture_output=True, text=True,
+                           stdin=subprocess.DEVNULL, env={"HOME": str(tmp_path), "PATH": "/usr/bin:/bin"})
+    (line,) = [x for x in shown.stdout.splitlines() if x.startswith("userknownhostsfile ")]
+    assert str(path) == line.split()[1]  # the one ssh reads first
+    assert path.is_relative_to(pwd.getpwuid(os.getuid()).pw_dir)
 
 
 def test_trust_ca_then_plain_ssh_signs(ca, cfg, users, env, tmp_path):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -153,6 +154,17 @@ def test_setup_root_is_accepted_by_sshd_which_takes_a_certificate_and_refuses_a_
     assert f"IAST_CA_FINGERPRINT={ca.fingerprint}" in env and "IAST_KRL_USER=krl-web1" in env
     metrics = root / "var/lib/prometheus/node-exporter"
     assert f"IAST_KRL_TEXTFILE_DIR={metrics}\n" in env and f"ReadWritePaths=-{metrics}\n" in unit
+    # The unit's ExecStart, as systemd would run it (its ${VARS} from the environment file), works: it names
+    # the iast-ssh that ran setup, not /usr/local/bin/iast-ssh (absent from a checkout's venv; README walk).
+    exec_start = re.search(r"^ExecStart=(.*?[^\\])$", unit.replace("\\\n", " "), re.M).group(1)
+    variables = dict(line.split("=", 1) for line in env.splitlines() if "=" in line)
+    argv = [re.sub(r"\$\{(\w+)\}", lambda m: variables[m.group(1)], a) for a in exec_start.split()]
+    assert argv[0] == IAST_SSH
+    metrics.mkdir(parents=True)
+    fetched = subprocess.run(argv, capture_output=True, text=True, timeout=60,
+                             env={**os.environ, **variables, "XDG_CONFIG_HOME": str(tmp_path / "xdg"), "SSH_AUTH_SOCK": ""})
+    assert fetched.returncode == 0 and "KRL version" in fetched.stdout, fetched.stderr
+    assert "iast_krl_refresh_success 1" in (metrics / "iast_krl.prom").read_text()
     check = subprocess.run([sshd_path(), "-t", "-f", str(etc / "sshd_config")], capture_output=True, text=True)
     assert check.returncode == 0, check.stderr
 

@@ -422,6 +422,11 @@ def test_text_and_json_reports(cfg, authority, cli_run, tmp_path):
     assert rep["unused"] == {"available": True, "expired_total": 0, "total": 0, "by_role": [], "recent": []}
     r = cli_run("audit", "report", "--until", "2000-01-01", "--format", "json")
     assert json.loads(r.stdout)["events"]["total"] == 0
+    # An empty section says "(none)" once (README walk: "Outside working hours ...: 0" then "(none)" twice).
+    lines = cli_run("audit", "report", "--until", "2000-01-01").stdout.splitlines()
+    for title in ("Outside working hours", "Privileged principals"):
+        at = next(i for i, line in enumerate(lines) if line.startswith(title))
+        assert lines[at + 1:at + 3] == ["  (none)", ""], (title, lines[at:at + 3])
     for bad in (["--hours", "9-5"], ["--weekdays", "someday"], ["--since", "yesterday"]):
         r = cli_run("audit", "report", *bad)
         assert r.exit_code == 2, (bad, r.output)

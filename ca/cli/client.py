@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+import os
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -611,7 +612,8 @@ def enroll(make_client, code, key_file, ask_password, password_stdin, totp, fmt)
 @click.option("--ca-fingerprint", required=True, metavar="SHA256:...",
               help="The CA service's host key fingerprint (the 'service host key' line of 'iast-ca info').")
 @click.option("--known-hosts", "known_hosts", type=click.Path(dir_okay=False), metavar="FILE",
-              help="The known_hosts file to add the line to (default: ~/.ssh/known_hosts).")
+              help="The known_hosts file to add the line to (default: the one plain ssh uses, the first "
+                   "UserKnownHostsFile of 'ssh -G': ~/.ssh/known_hosts of your passwd home, not $HOME).")
 @output_options(csv_ok=False)
 def trust_ca(address, ca_fingerprint, known_hosts, fmt) -> None:
     """Let plain ssh talk to the CA service: check its host key against the fingerprint, then add
@@ -633,6 +635,10 @@ def trust_ca(address, ca_fingerprint, known_hosts, fmt) -> None:
         echo_json(result.as_json())
         return
     echo(f"{result.path}: {'added' if result.added else 'already had'} {result.line}")
+    home = os.path.expanduser("~")
+    if known_hosts is None and not result.path.is_relative_to(home):
+        echo(f"note: written where ssh looks ({result.path}), not under $HOME ({home}): ssh takes ~ from the "
+             "passwd entry; --known-hosts FILE names another file", err=True)
     echo(f"Plain ssh now knows the CA service, e.g.:  ssh -p {result.port} USER@{result.host} help")
 
 
@@ -679,7 +685,7 @@ def fetch_krl(make_client, out: str, textfile_dir: str | None, fmt: str) -> None
 
     ok = False
     try:
-        new, old = install_krl(make_client().krl(), out)  # names `out` in every error, never a temp file
+        new, old = install_krl(make_client(remember=False).krl(), out)  # names `out` in every error, never a temp file
         ok = True
     finally:
         if textfile_dir is not None:  # also after a failure: the age keeps growing where refresh fails
@@ -717,7 +723,7 @@ def fetch_trust(make_client, out: str, replace: bool, fmt: str) -> None:
     """
     from ca.client import install_trust
 
-    client = make_client()
+    client = make_client(remember=False)
     update = install_trust("\n".join(client.ca_keys()) + "\n", out, replace=replace)
     if fmt == "json":
         echo_json(update.as_json())
@@ -726,9 +732,12 @@ def fetch_trust(make_client, out: str, replace: bool, fmt: str) -> None:
                + (f", added {', '.join(update.added)}" if update.added else "")
                + (f", removed {', '.join(update.removed)}" if update.removed else "")
                + ("" if update.changed else " (unchanged)"))
+
+
 def _host_ca_options(f: Callable) -> Callable:
     f = click.option("--ca-fingerprint", required=True, metavar="SHA256:...",
-                     help="The CA's SSH host key fingerprint ('iast-ca info' prints it).")(f)
+                     help="The pin: the CA service's host key fingerprint (the 'service host key' line of "
+                          "'iast-ca info'; not the CA key).")(f)
     return click.option("--ca", "ca", required=True, metavar="HOST[:PORT]", help="The CA service.")(f)
 
 

@@ -60,16 +60,20 @@ def setup(make_client, principals_map, root, dry_run, sshd, units_dir, textfile_
     mapping = {}
     if principals_map:
         mapping = hostsetup.parse_principals_map(Path(principals_map).read_text(), principals_map)
-    client = make_client()
+    program = None if units_dir else hostsetup.installed_program()  # units of one's own keep their ExecStart
+    client = make_client(remember=False)
     trust_text, krl_data = "\n".join(client.ca_keys()) + "\n", client.krl()
     if not client.pin:
-        raise UsageError("--ca-fingerprint is required: the refresh timer pins the CA's host key")
+        raise UsageError("--ca-fingerprint is required: the refresh timer pins the CA's service host key")
     files = hostsetup.plan(root=rootp, ca=format_addresses(client.addresses), ca_fingerprint=client.pin,
                            krl_user=client.user, identity=str(client.identity or "/etc/ssh/ssh_host_ed25519_key"),
                            trust_text=trust_text, krl_data=krl_data, principals=mapping,
                            units_dir=Path(units_dir) if units_dir else hostsetup.default_units_dir(),
-                           textfile_dir=textfile_dir)
+                           textfile_dir=textfile_dir, program=program)
     result = hostsetup.apply(files, root=rootp, sshd=sshd or hostsetup.sshd_binary(), dry_run=dry_run)
+    if program and hostsetup.hidden_by_protect_home(program):
+        result.notes.append(f"the refresh unit runs {program}, which its ProtectHome=yes hides: install iast-ssh "
+                            "outside /home and /root (e.g. pip install into /opt/iast-ssh) and run setup from there")
     if fmt == "json":
         echo_json(result.as_json())
         return
@@ -109,7 +113,7 @@ def check(make_client, config, sshd, krl_max_age, offline, fmt) -> None:
 
     published, clock = None, None
     if not offline:
-        client = make_client()
+        client = make_client(remember=False)
         published = client.ca_keys()
         before = time.time()
         theirs = client.whoami().get("now")

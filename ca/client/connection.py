@@ -180,8 +180,12 @@ class Client:
                  identity: str | os.PathLike | None = None, use_agent: bool = True,
                  agent_path: str | None = None, prompter: Prompter | None = None,
                  config_file: str | os.PathLike | None = None, timeout: float = CONNECT_TIMEOUT,
-                 sso: str | None = None, workload_token: str | None = None, profile: str | None = None):
+                 sso: str | None = None, workload_token: str | None = None, profile: str | None = None,
+                 remember: bool = True):
         self.config_file = Path(config_file) if config_file is not None else config_path()
+        # False for the host commands: a host's settings are its command line (or unit file), and root's
+        # own profile must not take the host key as its identity (README, "Trust a host in one command").
+        self.remember = remember
         self.config = load_config(self.config_file)
         # The profile: the one named, else the one for --ca's addresses (a new one if none is), else
         # the top-level one (docs/security.md rule 81: a pin belongs to the addresses it was saved with).
@@ -272,6 +276,8 @@ class Client:
         """Remember the CA in its profile after a login: its addresses and pin (after the user confirmed
         it, or on first use), and the user name and key given on the command line, when the profile has
         none. Never overwrites a pin or a name the user set without asking."""
+        if not self.remember:
+            return
         p = self.profile
         listed = format_addresses(self.addresses)
         same = p.ca_fingerprint == self.pin and parse_addresses(p.ca or DEFAULT_CA) == self.addresses
@@ -624,11 +630,14 @@ class Client:
     def approve(self, request_id: str, comment: str | None = None) -> dict[str, Any]:
         """Approve someone else's request (this user must be one of its approvers)."""
         args = ["approve", request_id, "--json"] + (["--comment", comment] if comment else [])
-        return self._run(lambda conn: self._json(conn, args))
+        # A certificate never decides a request (docs/security.md rule 80): prove who we are with the
+        # key, password or SSO, even while a certificate is held (else the profile's -i key is unused).
+        return self._run(lambda conn: self._json(conn, args), certificates=False)
 
     def deny(self, request_id: str, comment: str) -> dict[str, Any]:
         """Deny a request, saying why; one denial closes it."""
-        return self._run(lambda conn: self._json(conn, ["deny", request_id, "--comment", comment, "--json"]))
+        return self._run(lambda conn: self._json(conn, ["deny", request_id, "--comment", comment, "--json"]),
+                         certificates=False)
 
     def cancel(self, request_id: str) -> dict[str, Any]:
         """Withdraw this user's own request."""

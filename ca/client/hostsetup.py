@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 import tomllib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -40,6 +41,17 @@ UNITS = "etc/systemd/system"
 TIMER = "iast-krl-refresh.timer"
 SERVICE = "iast-krl-refresh.service"
 MAIN_CONFIG = "etc/ssh/sshd_config"
+
+
+def installed_program() -> str | None:
+    """The absolute path of the ``iast-ssh`` this Python runs (beside it, as pip installs it), or None."""
+    candidate = Path(sys.executable).parent / "iast-ssh"
+    return str(candidate.absolute()) if os.access(candidate, os.X_OK) else None
+
+
+def hidden_by_protect_home(program: str) -> bool:
+    """Whether the refresh unit's ``ProtectHome=yes`` hides ``program`` (under /home, /root or /run/user)."""
+    return any(program == d or program.startswith(d + "/") for d in ("/home", "/root", "/run/user"))
 
 
 def default_units_dir() -> Path:
@@ -98,7 +110,7 @@ TEXTFILE_DIR = "/var/lib/prometheus/node-exporter"  # Debian's prometheus-node-e
 
 def plan(*, root: Path, ca: str, ca_fingerprint: str, krl_user: str, identity: str, trust_text: str,
          krl_data: bytes, principals: dict[str, tuple[str, ...]], units_dir: Path,
-         textfile_dir: str | None = None) -> list[PlannedFile]:
+         textfile_dir: str | None = None, program: str | None = None) -> list[PlannedFile]:
     """Everything host setup writes, checked (nothing is written here). ``textfile_dir``: where
     the refresh writes iast_krl.prom for the node exporter (None: no metrics file)."""
     from ca.client.trust import parse_trust_lines
@@ -138,6 +150,9 @@ def plan(*, root: Path, ca: str, ca_fingerprint: str, krl_user: str, identity: s
             raise UsageError(f"cannot read the unit {units_dir / unit}: {e.strerror} (--units-dir)") from None
         if unit == SERVICE:
             # The refresh writes where this setup put the KRL, with the key it authenticates with.
+            # ... and runs the iast-ssh that did the setup (a venv's, say), not a path that may not exist.
+            if program:
+                text = text.replace("ExecStart=/usr/local/bin/iast-ssh ", f"ExecStart={program} ")
             text = (text.replace("/etc/iast-ssh/krl-refresh.env", str(_host_path(root, ENV)))
                     .replace("-o /etc/ssh/iast-revoked.krl", f"-o {krl}")
                     .replace("-i /etc/ssh/ssh_host_ed25519_key", f"-i {identity}")

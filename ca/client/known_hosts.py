@@ -18,7 +18,7 @@ from ca.client.config import check_fingerprint, known_hosts_line, parse_address
 from ca.client.loop import run_async
 from ca.errors import CAError, HostKeyChanged
 
-__all__ = ["TrustedService", "trust_service"]
+__all__ = ["TrustedService", "ssh_known_hosts_file", "trust_service"]
 
 
 @dataclass(frozen=True)
@@ -32,6 +32,29 @@ class TrustedService:
     def as_json(self) -> dict:
         return {"path": str(self.path), "line": self.line, "host": self.host, "port": self.port,
                 "added": self.added}
+
+
+def ssh_known_hosts_file(host: str, port: int) -> Path:
+    """The known_hosts file plain ``ssh -p PORT HOST`` reads and writes: the first UserKnownHostsFile of
+    ``ssh -G`` (which honours ~/.ssh/config and expands ``~`` from the passwd entry, as ssh does, never
+    $HOME); without an ssh client, ~/.ssh/known_hosts of the passwd home directory."""
+    import pwd
+    import shutil
+    import subprocess
+
+    ssh = shutil.which("ssh")
+    if ssh is not None:
+        try:
+            r = subprocess.run([ssh, "-G", "-p", str(port), host], capture_output=True, text=True, timeout=10,
+                               stdin=subprocess.DEVNULL)
+        except (OSError, subprocess.TimeoutExpired):
+            r = None
+        if r is not None and r.returncode == 0:
+            for out in r.stdout.splitlines():
+                name, _, value = out.partition(" ")
+                if name == "userknownhostsfile" and value.split():
+                    return Path(value.split()[0])
+    return Path(pwd.getpwuid(os.getuid()).pw_dir) / ".ssh" / "known_hosts"
 
 
 def trust_service(address: str, fingerprint: str, known_hosts: str | os.PathLike | None = None,
@@ -55,7 +78,7 @@ def trust_service(address: str, fingerprint: str, known_hosts: str | os.PathLike
                              f"service presents {got}; nothing was written. Compare with the 'service host "
                              "key' line of 'iast-ca info' on the CA (the CA key is another key).")
     line = known_hosts_line(host, port, key.export_public_key("openssh").decode())
-    path = Path(known_hosts).expanduser() if known_hosts else Path(os.path.expanduser("~")) / ".ssh" / "known_hosts"
+    path = Path(known_hosts).expanduser() if known_hosts else ssh_known_hosts_file(host, port)
     try:
         current = path.read_text()
     except FileNotFoundError:

@@ -50,7 +50,7 @@ import ipaddress
 import os
 import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from types import MappingProxyType
 from typing import Any
 
@@ -149,6 +149,10 @@ def parse_policy(
     return _Parser(str(path), principal_pattern).parse(data)
 
 
+class _Reported(Exception):
+    """A role whose mistakes were each recorded in ``_Parser.errors``; the role itself is not built."""
+
+
 class _Parser:
     """One parse of one file; holds the path and pattern for error messages."""
 
@@ -234,6 +238,8 @@ class _Parser:
                 if not _NAME_RE.fullmatch(name):
                     raise self.fail(where, f"invalid role name (expected {_NAME_TEXT})")
                 roles[name] = self.role(name, self.table(body, where), groups, default_ttl, max_ttl, default_ext)
+            except _Reported:  # each of its mistakes is in self.errors already
+                pass
             except PolicyError as e:  # the next role is checked too
                 self.errors.append(e.message)
 
@@ -327,11 +333,59 @@ class _Parser:
         default_max_ttl: int,
         default_ext: tuple[str, ...],
     ) -> Role:
+        """One role. Every field is checked, even after another one failed: each mistake is recorded
+        (``policy check`` lists them all) and the role is then refused as a whole (:class:`_Reported`)."""
         at = f"roles.{name}."
+        before = len(self.errors)
         self.check_keys(doc, _ROLE_KEYS, f"role {name}", at)
 
-        description = self.string(doc.get("description", ""), at + "description")
+        def field(check: Callable[[], Any], fallback: Any) -> Any:
+            try:
+                return check()
+            except PolicyError as e:
+                self.errors.append(e.message)
+                return fallback
 
+        description = field(lambda: self.string(doc.get("description", ""), at + "description"), "")
+        members = field(lambda: self.members(doc, at, groups), ())
+        principals = field(lambda: self.principals(doc, at), ())
+        max_ttl = field(lambda: self.role_max_ttl(doc, at, default_max_ttl), None)
+        ttl = field(lambda: self.role_ttl(doc, at, default_ttl, max_ttl if max_ttl is not None else default_max_ttl),
+                    0)
+        extensions = field(lambda: self.extensions(doc["extensions"], at + "extensions")
+                           if "extensions" in doc else default_ext, default_ext)
+        force_command = field(lambda: self.force_command(doc, at), None)
+        source_address = field(lambda: self.networks(doc["source_address"], at + "source_address")
+                               if "source_address" in doc else (), ())
+        approval = field(lambda: self.approval(doc["approval"], at + "approval", groups)
+                         if "approval" in doc else None, None)
+        require_reason = field(lambda: self.boolean(doc.get("require_reason", False), at + "require_reason"), False)
+        require_mfa = field(lambda: self.boolean(doc.get("require_mfa", False), at + "require_mfa"), False)
+        max_auth_age = field(lambda: self.duration(doc["max_auth_age"], at + "max_auth_age")
+                             if "max_auth_age" in doc else None, None)
+        require_amr = field(lambda: self.idp_values(doc, "require_amr", at), ())
+        require_acr = field(lambda: self.idp_values(doc, "require_acr", at), ())
+        if len(self.errors) > before:
+            raise _Reported()
+        return Role(
+            name=name,
+            description=description,
+            members=members,
+            principals=principals,
+            ttl=ttl,
+            max_ttl=max_ttl,
+            extensions=extensions,
+            force_command=force_command,
+            source_address=source_address,
+            require_reason=require_reason,
+            require_mfa=require_mfa,
+            approval=approval,
+            max_auth_age=max_auth_age,
+            require_amr=require_amr,
+            require_acr=require_acr,
+        )
+
+    def members(self, doc: dict[str, Any], at: str, groups: Mapping[str, tuple[str, ...]]) -> tuple[str, ...]:
         if "members" not in doc:
             raise self.fail(at + "members", "required (user names, \"group:NAME\" or \"*\")")
         members = self.string_list(doc["members"], at + "members", non_empty=True)
@@ -350,7 +404,9 @@ class _Parser:
                     at + "members",
                     f"{show(m)} is not a user name ({USER_NAME_TEXT}), \"group:NAME\" or \"*\"",
                 )
+        return members
 
+    def principals(self, doc: dict[str, Any], at: str) -> tuple[str, ...]:
         # Rule 1: "any principal" must not be expressible, so the list is
         # required and non-empty, and every entry is checked.
         if "principals" not in doc:
@@ -358,64 +414,36 @@ class _Parser:
         principals = self.string_list(doc["principals"], at + "principals", non_empty=True)
         for p in principals:
             self.principal(p, at + "principals")
+        return principals
 
-        max_ttl = default_max_ttl
-        if "max_ttl" in doc:
-            max_ttl = self.duration(doc["max_ttl"], at + "max_ttl")
-            if max_ttl > default_max_ttl:
-                raise self.fail(
-                    at + "max_ttl",
-                    f"{format_duration(max_ttl)} exceeds [defaults].max_ttl {format_duration(default_max_ttl)}",
-                )
-        if "ttl" in doc:
-            ttl = self.duration(doc["ttl"], at + "ttl")
-            if ttl > max_ttl:
-                raise self.fail(
-                    at + "ttl", f"{format_duration(ttl)} exceeds {at}max_ttl {format_duration(max_ttl)}"
-                )
-        else:
-            # The file-wide default is capped by this role's own limit.
-            ttl = min(default_ttl, max_ttl)
+    def role_max_ttl(self, doc: dict[str, Any], at: str, default_max_ttl: int) -> int:
+        if "max_ttl" not in doc:
+            return default_max_ttl
+        max_ttl = self.duration(doc["max_ttl"], at + "max_ttl")
+        if max_ttl > default_max_ttl:
+            raise self.fail(
+                at + "max_ttl",
+                f"{format_duration(max_ttl)} exceeds [defaults].max_ttl {format_duration(default_max_ttl)}",
+            )
+        return max_ttl
 
-        if "extensions" in doc:
-            extensions = self.extensions(doc["extensions"], at + "extensions")
-        else:
-            extensions = default_ext
+    def role_ttl(self, doc: dict[str, Any], at: str, default_ttl: int, max_ttl: int) -> int:
+        if "ttl" not in doc:
+            return min(default_ttl, max_ttl)  # the file-wide default is capped by this role's own limit
+        ttl = self.duration(doc["ttl"], at + "ttl")
+        if ttl > max_ttl:
+            raise self.fail(at + "ttl", f"{format_duration(ttl)} exceeds {at}max_ttl {format_duration(max_ttl)}")
+        return ttl
 
-        force_command = None
-        if "force_command" in doc:
-            force_command = self.string(doc["force_command"], at + "force_command")
-            if not force_command.strip():
-                raise self.fail(at + "force_command", "must not be empty")
-            if any(c in force_command for c in "\x00\r\n"):
-                raise self.fail(at + "force_command", "must not contain NUL or line breaks")
-
-        source_address: tuple[str, ...] = ()
-        if "source_address" in doc:
-            source_address = self.networks(doc["source_address"], at + "source_address")
-
-        approval = None
-        if "approval" in doc:
-            approval = self.approval(doc["approval"], at + "approval", groups)
-
-        return Role(
-            name=name,
-            description=description,
-            members=members,
-            principals=principals,
-            ttl=ttl,
-            max_ttl=max_ttl,
-            extensions=extensions,
-            force_command=force_command,
-            source_address=source_address,
-            require_reason=self.boolean(doc.get("require_reason", False), at + "require_reason"),
-            require_mfa=self.boolean(doc.get("require_mfa", False), at + "require_mfa"),
-            approval=approval,
-            max_auth_age=(self.duration(doc["max_auth_age"], at + "max_auth_age")
-                          if "max_auth_age" in doc else None),
-            require_amr=self.idp_values(doc, "require_amr", at),
-            require_acr=self.idp_values(doc, "require_acr", at),
-        )
+    def force_command(self, doc: dict[str, Any], at: str) -> str | None:
+        if "force_command" not in doc:
+            return None
+        force_command = self.string(doc["force_command"], at + "force_command")
+        if not force_command.strip():
+            raise self.fail(at + "force_command", "must not be empty")
+        if any(c in force_command for c in "\x00\r\n"):
+            raise self.fail(at + "force_command", "must not contain NUL or line breaks")
+        return force_command
 
     def approval(self, value: Any, where: str, groups: Mapping[str, tuple[str, ...]]) -> Approval:
         """``approval = { approvers = [...], required = N, expires = "1h" }``.

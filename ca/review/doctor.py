@@ -31,7 +31,7 @@ CODES = ("state_dir_permissions", "key_permissions", "keyring_unreadable", "data
 
 # Public by nature (.pub, the policy), or guarded by the 0700 state directory as SQLite writes
 # them (ca.db and its -wal/-shm): the per-file check is for keys and secrets.
-_PUBLIC_SUFFIXES = (".pub", ".toml", ".krl", ".db", ".db-wal", ".db-shm", ".db-journal")
+_PUBLIC_SUFFIXES = (".pub", ".toml", ".krl", ".pid", ".db", ".db-wal", ".db-shm", ".db-journal")  # serve.pid: public
 
 
 def policy_findings(policy: Policy) -> list[Finding]:

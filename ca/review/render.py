@@ -94,16 +94,16 @@ def render_text(rep: dict[str, Any]) -> str:
                 ["USER", "ISSUED", "ROLES", "LAST"]),
         "",
         f"Privileged principals ({', '.join(priv['principals']) or 'none'}): {priv['total']} certificates",
-        *_table([[r["principal"], r["count"], r["users"]] for r in priv["by_principal"]],
-                ["PRINCIPAL", "ISSUED", "USERS"]),
-        *_issued_table(priv["recent"]),
+        *((_table([[r["principal"], r["count"], r["users"]] for r in priv["by_principal"]],
+                  ["PRINCIPAL", "ISSUED", "USERS"]) + _issued_table(priv["recent"]))
+          if priv["by_principal"] or priv["recent"] else ["  (none)"]),
         "",
         "Longest lifetimes",
         *_issued_table(rep["longest"]),
         "",
         f"Outside working hours ({oh['hours']} UTC, {oh['weekdays']}): {oh['total']}",
-        *_table([[r["user"], r["count"]] for r in oh["by_user"]], ["USER", "ISSUED"]),
-        *_issued_table(oh["recent"]),
+        *((_table([[r["user"], r["count"]] for r in oh["by_user"]], ["USER", "ISSUED"]) + _issued_table(oh["recent"]))
+          if oh["by_user"] or oh["recent"] else ["  (none)"]),
         "",
         f"Denials and failures: {den['total']}" + _counts(den["by_kind"])
         + f", {den['groups_total']} distinct messages",
