@@ -48,8 +48,13 @@ def save_krl(address: str, data: bytes) -> Path:
     from ca.files import write_atomic
 
     d = cache_dir()
-    d.mkdir(parents=True, exist_ok=True, mode=0o700)
     path = d / ("krl-" + re.sub(r"[^A-Za-z0-9._-]", "_", address))
+    try:
+        if path.read_bytes() == data:
+            return path  # unchanged (most logins): no write, no fsync
+    except OSError:
+        pass
+    d.mkdir(parents=True, exist_ok=True, mode=0o700)
     write_atomic(path, data, 0o600)
     return path
 
