@@ -102,15 +102,26 @@ def show_login(result, fmt: str, echo: Callable[..., None] = _write, echo_json: 
         echo(f"note: {note}", err=True)
 
 
+class _Aborted(Exception):
+    """The input ended at a prompt (click.Abort without Ctrl-C)."""
+
+
 def _prompter():
     """The click command's prompts (ca.cli.client._prompter), loaded only if one is needed."""
     from ca.client.connection import Prompter
 
     def later(name: str, interactive: bool):
         def call(*args: Any) -> Any:
+            import click
+
             from ca.cli.client import _prompter as prompter
 
-            return getattr(prompter(interactive), name)(*args)
+            try:
+                return getattr(prompter(interactive), name)(*args)
+            except click.Abort as e:  # as ca.cli.common.Group reads it: Ctrl-C, or the end of input
+                if isinstance(e.__context__, KeyboardInterrupt):
+                    raise KeyboardInterrupt from None
+                raise _Aborted from None
         return call
 
     if not sys.stdin.isatty():
@@ -150,6 +161,9 @@ def _login(opts: dict[str, Any]) -> int:
 
         _quiet_stdout()
         return EXIT_OK
+    except _Aborted:
+        sys.stderr.write("Aborted!\n")  # what click prints
+        return 1
     except KeyboardInterrupt:
         if "asyncio" in sys.modules:  # as ca.cli.common._interrupted: no traceback of cut-short tasks
             import logging
