@@ -91,6 +91,9 @@ def test_the_second_login_goes_over_openssh_and_keeps_every_rule(sshd, ca, cfg, 
     fp = subprocess.run(["ssh-keygen", "-lf", "/dev/stdin"], input=line, capture_output=True, text=True).stdout
     assert fp.split()[1] == host_fingerprint(cfg)
     (first_cert,) = [l for l in agent_lines(env) if "-cert-v01@openssh.com " in l]
+    krl = Path(env["HOME"]) / ".cache" / "iast-ssh" / f"krl-127.0.0.1_{ca.port}"
+    old = time.time() - 3600
+    os.utime(krl, (old, old))  # an hour old: this login fetches it again (on a second connection)
 
     r = iast_ssh(env, "login", "--json")  # everything from the profile the first login saved
     assert r.returncode == 0, r.stderr
@@ -102,7 +105,7 @@ def test_the_second_login_goes_over_openssh_and_keeps_every_rule(sshd, ca, cfg, 
                    f"-i {key}", "-l alice"):
         assert option in sign, (option, sign)
     assert [c for c in ssh_calls(env) if c.endswith(" krl")]  # the KRL, for status
-    assert (Path(env["HOME"]) / ".cache" / "iast-ssh" / f"krl-127.0.0.1_{ca.port}").exists()
+    assert krl.stat().st_mtime > old + 3000
 
     # One certificate per CA and role: the new one replaced the first; no bare key in the agent.
     listed = agent_lines(env)
@@ -117,11 +120,19 @@ def test_the_second_login_goes_over_openssh_and_keeps_every_rule(sshd, ca, cfg, 
     assert not [p for p in Path(runtime).glob("iast-ssh-*") if p.stat().st_mtime > time.time() - 60
                 and any(p.iterdir())]
 
+    # A KRL fetched minutes ago is not fetched again (status --refresh does).
+    calls = len(ssh_calls(env))
+    assert iast_ssh(env, "login").returncode == 0
+    assert [c.split()[-1] for c in ssh_calls(env)[calls:]] == ["--json"]
+    newest = max(events(cfg, "issued"), key=lambda e: e.serial)
+    held = json.loads(iast_ssh(env, "status", "--json").stdout)["certificates"]
+    assert [(h["key_id"], h["revoked"]) for h in held] == [(newest.key_id, False)]
+
     # The certificate works with a real sshd, from the agent.
     mark = sshd.log_mark()
     s = agent_ssh(sshd, agent["sock"], "echo fast-$((6*7))")
     assert s.returncode == 0 and s.stdout.strip() == "fast-42", f"{s.stderr}\n{sshd.log(mark)}"
-    sshd.wait_for_log(rf"ID {re.escape(got['key_id'])} \(serial {got['serial']}\)", mark)
+    sshd.wait_for_log(rf"ID {re.escape(newest.key_id)} \(serial {newest.serial}\)", mark)
 
 
 def test_over_openssh_the_agent_drops_the_certificate_at_its_expiry(cfg, users, watched, tmp_path):

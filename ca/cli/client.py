@@ -249,7 +249,7 @@ def _left(h) -> str:
 @cli.command()
 @ca_options
 @out_dir_option
-@click.option("--refresh", is_flag=True, help="Fetch the CA's KRL first (login fetches it too), so that "
+@click.option("--refresh", is_flag=True, help="Fetch the CA's KRL first (login fetches it when its copy is over 10 minutes old), so that "
                                               "a revoked certificate shows as REVOKED.")
 @output_options(csv_ok=False)
 def status(make_client, out_dir, refresh, fmt) -> None:

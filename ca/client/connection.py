@@ -53,7 +53,7 @@ from ca.client.config import (
     parse_addresses,
     save_config,
 )
-from ca.client.files import check_out_dir, default_out_dir, save_krl, write_files
+from ca.client.files import check_out_dir, default_out_dir, krl_age, save_krl, write_files
 from ca.client.loop import run_async
 from ca.client.results import LoginResult
 from ca.errors import (
@@ -73,6 +73,8 @@ __all__ = ["AUTH_FAILED_MESSAGE", "CONNECT_TIMEOUT", "Client", "Prompter"]
 CONNECT_TIMEOUT = 15.0
 # With several CA addresses (replicas), how long one may take to answer before the next is tried.
 FAILOVER_TIMEOUT = 3.0
+# A login over OpenSSH fetches the CA's KRL (for 'status') when the one kept is older than this.
+KRL_MAX_AGE = 600.0
 
 AUTH_FAILED_MESSAGE = "authentication failed: wrong password or code, an unknown key, or the account is locked"
 
@@ -781,20 +783,24 @@ class Client:
                                             known_hosts=known, kind=host_key[0], timeout=self.timeout,
                                             command=shlex.join(command))
 
-                # The KRL on a second connection at the same time ('status' marks what it revokes).
-                krl = subprocess.Popen(ssh(["krl"]), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                       stderr=subprocess.DEVNULL)
+                # The KRL for 'status' (which marks what it revokes), on a second connection at the same
+                # time, when the one kept is older than KRL_MAX_AGE ('status --refresh' fetches it always).
+                krl_address = format_addresses(self.addresses)
+                krl = None
+                if krl_age(krl_address) > KRL_MAX_AGE:
+                    krl = subprocess.Popen(ssh(["krl"]), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                           stderr=subprocess.DEVNULL)
                 try:
                     reply = self._openssh_sign(ssh, args, otp, key.public_line + "\n")
                 finally:
-                    try:
-                        krl_out, _ = krl.communicate(timeout=self.timeout)
-                        if krl.returncode == 0:
-                            save_krl(format_addresses(self.addresses),
-                                     base64.b64decode(b"".join(krl_out.split()), validate=True))
-                    except (subprocess.TimeoutExpired, ValueError, OSError):
-                        krl.kill()
-                        krl.wait()
+                    if krl is not None:
+                        try:
+                            krl_out, _ = krl.communicate(timeout=self.timeout)
+                            if krl.returncode == 0:
+                                save_krl(krl_address, base64.b64decode(b"".join(krl_out.split()), validate=True))
+                        except (subprocess.TimeoutExpired, ValueError, OSError):
+                            krl.kill()
+                            krl.wait()
             finally:
                 openssh.remove_dir(tmp)
             common, parsed = _checked_reply(reply, key.public_blob, now)
