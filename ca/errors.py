@@ -14,7 +14,6 @@ tools stop writing and exit 0, quietly (see :class:`ca.cli.common.Group`).
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Iterable
 
 EXIT_OK = 0
@@ -61,6 +60,8 @@ class PolicyError(CAError):
 
 def did_you_mean(word: str, choices: Iterable[object]) -> str:
     """`` (did you mean 'X'?)`` for the closest of ``choices`` to ``word`` (difflib), or ``""``."""
+    import difflib  # here, not at the top: every command imports this module
+
     close = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1, cutoff=0.6)
     return f" (did you mean {close[0]!r}?)" if close else ""
 

@@ -235,26 +235,9 @@ def login(make_client, role, ttl, reason, otp, request_id, sso, token_file, toke
     client = make_client(sso=sso, workload_token=token)
     result = client.login(role=role, ttl=ttl, reason=reason, otp=otp, no_agent=no_agent, out_dir=out_dir,
                           request_id=request_id)
-    if fmt == "json":
-        echo_json(result.as_json())
-        _notes(result.notes)
-        return
-    echo(f"Certificate {result.key_id} (serial {result.serial}): principals {', '.join(result.principals)}, "
-               f"role {result.role}, valid for {format_duration(result.seconds_left())} "
-               f"(until {_until(result.valid_before)}).")
-    if result.force_command:
-        echo(f"  force-command: {result.force_command}")
-    if result.source_address:
-        echo(f"  usable only from: {', '.join(result.source_address)}")
-    login_name = result.principals[0] if result.principals else "USER"
-    if result.where == "agent":
-        echo(f"Added to ssh-agent ({result.agent_socket}); the agent drops it when it expires.")
-        echo(f"Use ssh as usual:  ssh {login_name}@HOST")
-    else:
-        echo(f"Wrote {result.key_path} and {result.cert_path} (mode 0600).")
-        echo(f"Use them with:  ssh -i {result.key_path} {login_name}@HOST")
-        echo("(ssh reads the certificate from the -cert.pub file beside the key.)")
-    _notes(result.notes)
+    from ca.cli.fast_login import show_login
+
+    show_login(result, fmt, echo=echo, echo_json=echo_json)
 
 
 def _left(h) -> str:
@@ -267,7 +250,7 @@ def _left(h) -> str:
 @cli.command()
 @ca_options
 @out_dir_option
-@click.option("--refresh", is_flag=True, help="Fetch the CA's KRL first (login fetches it too), so that "
+@click.option("--refresh", is_flag=True, help="Fetch the CA's KRL first (login fetches it when its copy is over 10 minutes old), so that "
                                               "a revoked certificate shows as REVOKED.")
 @output_options(csv_ok=False)
 def status(make_client, out_dir, refresh, fmt) -> None:

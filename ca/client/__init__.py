@@ -2,30 +2,36 @@
 
 Runs on people's machines and hosts; it shares formats with the CA, never its state.
 May import: ca core and ca.sshcert.
+
+The names below are imported when first used (PEP 562), so that a command
+pays only for the modules its path needs (docs/architecture.md, "The
+client"): ``iast-ssh login`` over OpenSSH never imports asyncio or asyncssh.
 """
 
-from ca.client.agent import agent_socket, logout, status
-from ca.client.config import (
-    DEFAULT_CA,
-    ClientConfig,
-    check_fingerprint,
-    config_path,
-    load_config,
-    parse_address,
-    save_config,
-)
-from ca.client.connection import AUTH_FAILED_MESSAGE, Client, Prompter
-from ca.client.files import (
-    CERT_FILE,
-    KEY_FILE,
-    default_out_dir,
-    install_krl,
-    write_files,
-)
-from ca.client.trust import TrustUpdate, install_trust
-from ca.client.results import HeldCertificate, LoginResult, LogoutResult, Status
+from importlib import import_module
 
-__all__ = ["AUTH_FAILED_MESSAGE", "CERT_FILE", "DEFAULT_CA", "KEY_FILE", "Client", "ClientConfig", "HeldCertificate",
-           "LoginResult", "LogoutResult", "Prompter", "Status", "agent_socket", "check_fingerprint", "config_path",
-           "default_out_dir", "install_krl", "install_trust", "TrustUpdate", "load_config", "logout", "parse_address", "save_config", "status",
-           "write_files"]
+_WHERE = {
+    "agent_socket": "agent", "logout": "agent", "status": "agent",
+    "DEFAULT_CA": "config", "ClientConfig": "config", "check_fingerprint": "config", "config_path": "config",
+    "load_config": "config", "parse_address": "config", "save_config": "config",
+    "AUTH_FAILED_MESSAGE": "connection", "Client": "connection", "Prompter": "connection",
+    "CERT_FILE": "files", "KEY_FILE": "files", "default_out_dir": "files", "install_krl": "files",
+    "write_files": "files",
+    "TrustUpdate": "trust", "install_trust": "trust",
+    "HeldCertificate": "results", "LoginResult": "results", "LogoutResult": "results", "Status": "results",
+}
+
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str):
+    where = _WHERE.get(name)
+    if where is None:
+        raise AttributeError(f"module 'ca.client' has no attribute {name!r}")
+    value = getattr(import_module(f"ca.client.{where}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_WHERE))

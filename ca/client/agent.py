@@ -1,12 +1,12 @@
 """ssh-agent: add a certificate that the agent drops at its expiry, and list or remove the iast ones.
 
 ``status`` and ``logout`` look in ssh-agent and in the output directory of
-:mod:`ca.client.files`. asyncssh is imported inside the functions that need it.
+:mod:`ca.client.files`. asyncio and asyncssh are imported inside the functions that need them
+(``login`` over OpenSSH talks to the agent through :mod:`ca.client.agentwire`).
 """
 
 from __future__ import annotations
 
-import asyncio
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -28,6 +28,8 @@ def agent_socket(environ: dict[str, str] | None = None) -> str | None:
 
 async def open_agent(path: str):
     """A connection to the ssh-agent at ``path`` (the caller closes it), or a CAError saying why not."""
+    import asyncio
+
     import asyncssh
 
     try:

@@ -30,13 +30,11 @@ and ``iast-ssh config`` start without paying for it.
 
 from __future__ import annotations
 
-import asyncio
 import base64
-import getpass
 import json
 import os
 import shlex
-import socket
+import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -55,7 +53,7 @@ from ca.client.config import (
     parse_addresses,
     save_config,
 )
-from ca.client.files import check_out_dir, default_out_dir, save_krl, write_files
+from ca.client.files import check_out_dir, default_out_dir, krl_age, save_krl, write_files
 from ca.client.loop import run_async
 from ca.client.results import LoginResult
 from ca.errors import (
@@ -75,6 +73,8 @@ __all__ = ["AUTH_FAILED_MESSAGE", "CONNECT_TIMEOUT", "Client", "Prompter"]
 CONNECT_TIMEOUT = 15.0
 # With several CA addresses (replicas), how long one may take to answer before the next is tried.
 FAILOVER_TIMEOUT = 3.0
+# A login over OpenSSH fetches the CA's KRL (for 'status') when the one kept is older than this.
+KRL_MAX_AGE = 600.0
 
 AUTH_FAILED_MESSAGE = "authentication failed: wrong password or code, an unknown key, or the account is locked"
 
@@ -112,6 +112,8 @@ class Prompter:
 
 def _ca_error(address: str, e: BaseException) -> CAError:
     """Turn what asyncssh and the OS raise into the error tree."""
+    import asyncio
+
     import asyncssh
 
     if isinstance(e, CAError):
@@ -126,6 +128,8 @@ def _ca_error(address: str, e: BaseException) -> CAError:
         return CAError(f"cannot reach the CA at {address}: timed out")
     if isinstance(e, asyncssh.Error):
         return CAError(f"cannot reach the CA at {address}: {e.reason}")
+    import socket
+
     if isinstance(e, socket.gaierror):
         return CAError(f"cannot reach the CA at {address}: cannot resolve host {address.rsplit(':', 1)[0]} "
                        f"({e.strerror or e})")
@@ -225,7 +229,7 @@ class Client:
         self.role_hint: str | None = None  # sent with --sso as a role:NAME submethod (max_auth_age)
         self.given_user = user
         self.user = (WORKLOAD_USER if workload_token is not None
-                     else user or self.profile.user or getpass.getuser())
+                     else user or self.profile.user or _local_user())
         self.given_identity = Path(identity).expanduser().absolute() if identity is not None else None
         remembered = self.profile.identity if sso is None and workload_token is None else None
         self.identity = self.given_identity or (Path(remembered).expanduser() if remembered else None)
@@ -240,6 +244,8 @@ class Client:
     async def _host_key(self):
         """The CA's service host key, checked against the pin (or confirmed by the user). Sends no credential:
         the connection ends after the key exchange."""
+        import asyncio
+
         import asyncssh
 
         # The key exchange sends nothing of ours, so reach the CA first: "connection refused" or
@@ -264,13 +270,22 @@ class Client:
                     f"service presents {got}. Check the address, and compare the pin with the 'service host key' "
                     f"line of 'iast-ca info' on the CA (the CA key is another key); if the service's host key "
                     f"was really replaced, update ca_fingerprint in {self.config_file} (or pass --ca-fingerprint)")
+            self._cache_host_key(key)
             return key
         ok = self.prompter.confirm_host_key(self.address, got)
         if not ok:
             raise HostKeyChanged(f"the service host key {got} was not accepted; nothing was sent")
         self.pin = got
         self._remember_pin(always=True)
+        self._cache_host_key(key)
         return key
+
+    def _cache_host_key(self, key) -> None:
+        """Keep the service host key that just matched the pin, for the next login over OpenSSH
+        (docs/security.md rule 76: that login checks it against the pin again before using it)."""
+        from ca.client.openssh import remember_host_key
+
+        remember_host_key(self.address, key.export_public_key("openssh").decode())
 
     def _remember_pin(self, always: bool = False) -> None:
         """Remember the CA in its profile after a login: its addresses and pin (after the user confirmed
@@ -491,6 +506,8 @@ class Client:
 
     async def _connect_one(self, methods: list[str], client_keys: list, timeout: float):
         """Pin, then connect to ``self.address`` and authenticate; raises _Unreachable if it does not answer."""
+        import asyncio
+
         import asyncssh
 
         saved, self.timeout = self.timeout, timeout
@@ -551,6 +568,8 @@ class Client:
             return await work(conn)
 
     def _run(self, work, *, certificates: bool = True):
+        import asyncio
+
         import asyncssh
 
         try:
@@ -662,10 +681,6 @@ class Client:
         second factor and the prompter can ask for a code, it asks and
         retries once.
         """
-        import asyncssh
-
-        from ca.sshcert.certificates import USER_CERT, parse_certificate
-
         args = ["sign", "--json"]
         if request_id:
             args += ["--request", request_id]
@@ -686,6 +701,13 @@ class Client:
         use_agent = self.agent_path if not no_agent else None
         if not use_agent:  # before a certificate is asked for, not after: none issued into the void
             check_out_dir(out)
+        if use_agent:
+            try:
+                return self._login_openssh(args, otp, use_agent, now)
+            except _OpenSSHFallback:
+                pass  # not a login for OpenSSH, or it could not tell: the asyncssh way decides (rule 76)
+        import asyncssh
+
         key = asyncssh.generate_private_key("ssh-ed25519")
         public_line = key.export_public_key("openssh").decode().strip() + "\n"
         if self.workload_token is not None:
@@ -712,29 +734,12 @@ class Client:
         reply = self._run(work_and_krl, certificates=False)
         try:
             cert = asyncssh.import_certificate(reply["certificate"])
-            parsed = parse_certificate(cert.public_data)
         except (KeyError, TypeError, ValueError, asyncssh.KeyImportError) as e:
             raise CAError(f"the CA's reply is not a certificate: {e}") from None
-        # The CA must have certified *our* key, as the user certificate it says it issued.
-        if parsed.public_key_blob != key.public_data:
-            raise CAError("the CA returned a certificate for another key")
-        if (parsed.cert_type != USER_CERT or parsed.key_id != reply.get("key_id")
-                or parsed.serial != reply.get("serial") or parsed.valid_before != reply.get("valid_before")
-                or list(parsed.principals) != reply.get("principals")):
-            raise CAError("the CA's reply does not match the certificate it sent")
+        common, parsed = _checked_reply(reply, key.public_data, now)
         notes = list(self.notes)
-        common = dict(
-            key_id=reply["key_id"], serial=int(reply["serial"]), role=reply["role"],
-            principals=tuple(reply["principals"]), valid_after=int(reply["valid_after"]),
-            valid_before=int(reply["valid_before"]), force_command=reply.get("force_command"),
-            source_address=tuple(reply.get("source_address") or ()),
-            extensions=tuple(reply.get("extensions") or ()), ca_fingerprint=reply.get("ca_fingerprint", ""),
-            certificate=reply["certificate"],
-        )
-        lifetime = int(common["valid_before"] - now())
-        if lifetime <= 0:
-            raise CAError("the certificate the CA returned has already expired (is this clock right?)")
         role_name, ca_key, user = common["role"], parsed.signature_key, _key_id_user(common["key_id"])
+        lifetime = int(common["valid_before"] - now())
         if use_agent:
             def same(h) -> bool:  # the previous certificate of this CA (key), user and role
                 return h.role == role_name and h.user == user and h.ca_key == ca_key
@@ -748,6 +753,154 @@ class Client:
         key_path, cert_path = write_files(out, key, reply["certificate"], common["key_id"], role_name)
         return LoginResult(**common, where="files", key_path=key_path, cert_path=cert_path, notes=tuple(notes))
 
+    def _login_openssh(self, args: list[str], otp: str | None, agent_path: str,
+                       now: Callable[[], float]) -> LoginResult:
+        """``login`` carried by the system's ssh (:mod:`ca.client.openssh`), into the agent at
+        ``agent_path``; raises _OpenSSHFallback when the asyncssh path must do it instead."""
+        from ca.client import openssh
+        from ca.client.agentwire import Agent
+        from ca.client.results import held_certificate
+
+        plain = self.sso is None and self.workload_token is None and self.enrol_code is None
+        if not (plain and len(self.addresses) == 1 and self.pin and self.identity is not None):
+            raise _OpenSSHFallback
+        host_key = openssh.cached_host_key(self.address, self.pin)
+        identity = self.identity.absolute()
+        if host_key is None or not openssh.safe_path(identity) or not openssh.plain_openssh_key(identity):
+            raise _OpenSSHFallback
+        try:
+            agent = Agent(agent_path)
+        except CAError:
+            raise _OpenSSHFallback from None  # the asyncssh path says so, and writes files instead
+        with agent:
+            try:
+                tmp = openssh.temp_dir()
+            except OSError:
+                raise _OpenSSHFallback from None
+            try:
+                if not openssh.safe_path(tmp):
+                    raise _OpenSSHFallback
+                known = tmp / "known_hosts"
+                known.write_text(f"iast-ca-service {host_key[0]} {host_key[1]}\n")
+                try:
+                    key = openssh.new_key(tmp)
+                except openssh.Fallback:
+                    raise _OpenSSHFallback from None
+
+                def ssh(command: list[str]) -> list[str]:
+                    return openssh.ssh_argv(host=self.host, port=self.port, user=self.user, identity=identity,
+                                            known_hosts=known, kind=host_key[0], timeout=self.timeout,
+                                            command=shlex.join(command))
+
+                # The KRL for 'status' (which marks what it revokes), on a second connection at the same
+                # time, when the one kept is older than KRL_MAX_AGE ('status --refresh' fetches it always).
+                krl_address = format_addresses(self.addresses)
+                krl = None
+                if krl_age(krl_address) > KRL_MAX_AGE:
+                    krl = subprocess.Popen(ssh(["krl"]), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                           stderr=subprocess.DEVNULL)
+                try:
+                    reply = self._openssh_sign(ssh, args, otp, key.public_line + "\n")
+                finally:
+                    if krl is not None:
+                        try:
+                            krl_out, _ = krl.communicate(timeout=self.timeout)
+                            if krl.returncode == 0:
+                                save_krl(krl_address, base64.b64decode(b"".join(krl_out.split()), validate=True))
+                        except (subprocess.TimeoutExpired, ValueError, OSError):
+                            krl.kill()
+                            krl.wait()
+            finally:
+                openssh.remove_dir(tmp)
+            common, parsed = _checked_reply(reply, key.public_blob, now)
+            notes = list(self.notes)
+            role_name, ca_key, user = common["role"], parsed.signature_key, _key_id_user(common["key_id"])
+            cert_blob = parsed.blob
+            lifetime = int(common["valid_before"] - now())
+            try:
+                old = []
+                for blob, comment in agent.identities():
+                    h = held_certificate("agent", blob, comment) if b"-cert-v01@openssh.com" in blob[:64] else None
+                    if (h is not None and h.role == role_name and h.user == user and h.ca_key == ca_key
+                            and h.blob != cert_blob):
+                        old.append(h)
+                agent.add_ed25519_certificate(cert_blob, key.public, key.secret, common["key_id"], lifetime)
+                notes += [f"removed the previous certificate {h.key_id} from ssh-agent"
+                          for h in old if agent.remove(h.blob)]
+                return LoginResult(**common, where="agent", agent_socket=agent_path, notes=tuple(notes))
+            except CAError as e:
+                notes.append(f"{e}; wrote files instead")
+        import asyncssh
+
+        out = default_out_dir()
+        check_out_dir(out)
+        key_path, cert_path = write_files(out, asyncssh.import_private_key(key.private_text), reply["certificate"],
+                                          common["key_id"], role_name)
+        return LoginResult(**common, where="files", key_path=key_path, cert_path=cert_path, notes=tuple(notes))
+
+    def _openssh_sign(self, ssh, args: list[str], otp: str | None, public_line: str) -> dict[str, Any]:
+        """Run ``sign`` over ssh; with a role that needs a second factor, ask for the code and run it
+        once more (the asyncssh path asks on the same connection)."""
+        from ca.client import openssh
+
+        def once(extra: list[str]) -> dict[str, Any]:
+            try:
+                r = subprocess.run(ssh(args + extra), input=public_line, capture_output=True, text=True,
+                                   timeout=max(120.0, self.timeout))
+            except subprocess.TimeoutExpired:
+                raise CAError(f"cannot reach the CA at {self.address}: timed out") from None
+            except OSError:
+                raise _OpenSSHFallback from None  # no ssh here
+            if r.returncode == 255:
+                try:
+                    raise openssh.ssh_failure(self.address, self.host, r.stderr, can_log_in=self.prompter.can_log_in)
+                except openssh.Fallback:
+                    raise _OpenSSHFallback from None
+            self._remember_pin()  # authenticated: as the asyncssh path does once connected
+            if r.returncode != 0:
+                raise _reply_error(r.returncode, r.stdout, r.stderr)
+            return openssh.reply_json(r.stdout)
+
+        try:
+            return once(["--otp", otp] if otp else [])
+        except MFARequired:
+            if otp or self.prompter.code is None:
+                raise
+        code = self.prompter.code("One-time code: ")
+        return once(["--otp", code.strip()])
+
+
+def _checked_reply(reply: dict[str, Any], public_blob: bytes, now: Callable[[], float]):
+    """The fields of the CA's sign reply for LoginResult, and the parsed certificate, after checking that
+    the CA certified *our* key, as the user certificate it says it issued, still valid."""
+    from ca.sshcert.certificates import USER_CERT, parse_certificate_line
+
+    try:
+        parsed = parse_certificate_line(reply["certificate"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise CAError(f"the CA's reply is not a certificate: {e}") from None
+    if parsed.public_key_blob != public_blob:
+        raise CAError("the CA returned a certificate for another key")
+    if (parsed.cert_type != USER_CERT or parsed.key_id != reply.get("key_id")
+            or parsed.serial != reply.get("serial") or parsed.valid_before != reply.get("valid_before")
+            or list(parsed.principals) != reply.get("principals")):
+        raise CAError("the CA's reply does not match the certificate it sent")
+    common = dict(
+        key_id=reply["key_id"], serial=int(reply["serial"]), role=reply["role"],
+        principals=tuple(reply["principals"]), valid_after=int(reply["valid_after"]),
+        valid_before=int(reply["valid_before"]), force_command=reply.get("force_command"),
+        source_address=tuple(reply.get("source_address") or ()),
+        extensions=tuple(reply.get("extensions") or ()), ca_fingerprint=reply.get("ca_fingerprint", ""),
+        certificate=reply["certificate"],
+    )
+    if int(common["valid_before"] - now()) <= 0:
+        raise CAError("the certificate the CA returned has already expired (is this clock right?)")
+    return common, parsed
+
+
+class _OpenSSHFallback(Exception):
+    """The OpenSSH path cannot do this login (see ca.client.openssh): the asyncssh path does."""
+
 
 def _is_public_key(path: Path) -> bool:
     import asyncssh
@@ -757,6 +910,12 @@ def _is_public_key(path: Path) -> bool:
         return True
     except (OSError, asyncssh.KeyImportError, ValueError):
         return False
+
+
+def _local_user() -> str:
+    import getpass
+
+    return getpass.getuser()
 
 
 def _key_id_user(key_id: str) -> str | None:

@@ -14,7 +14,7 @@ from pathlib import Path
 from ca.client.results import HeldCertificate, held_certificate
 from ca.errors import CAError
 
-__all__ = ["CERT_FILE", "KEY_FILE", "cache_dir", "cached_krls", "cert_file", "key_file", "save_krl", "check_out_dir", "default_out_dir", "file_held", "install_krl", "write_files"]
+__all__ = ["CERT_FILE", "KEY_FILE", "cache_dir", "cached_krls", "krl_age", "cert_file", "key_file", "save_krl", "check_out_dir", "default_out_dir", "file_held", "install_krl", "write_files"]
 
 
 KEY_FILE = "id_ed25519"  # the pair of a login without a role name (files of older versions too)
@@ -48,10 +48,26 @@ def save_krl(address: str, data: bytes) -> Path:
     from ca.files import write_atomic
 
     d = cache_dir()
-    d.mkdir(parents=True, exist_ok=True, mode=0o700)
     path = d / ("krl-" + re.sub(r"[^A-Za-z0-9._-]", "_", address))
+    try:
+        if path.read_bytes() == data:
+            os.utime(path)  # unchanged (most logins): no write, no fsync; its age starts again
+            return path
+    except OSError:
+        pass
+    d.mkdir(parents=True, exist_ok=True, mode=0o700)
     write_atomic(path, data, 0o600)
     return path
+
+
+def krl_age(address: str) -> float:
+    """Seconds since the KRL of the CA at ``address`` was last fetched (or found unchanged); inf if never."""
+    import time
+
+    try:
+        return time.time() - os.stat(cache_dir() / ("krl-" + re.sub(r"[^A-Za-z0-9._-]", "_", address))).st_mtime
+    except OSError:
+        return float("inf")
 
 
 def cached_krls() -> list:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-
 __all__ = ["run_async"]
 
 
@@ -16,6 +14,8 @@ def run_async(coro):
     default handler, Ctrl-C raises KeyboardInterrupt inside the read: the
     prompt restores the terminal and the login stops.
     """
+    import asyncio
+
     loop = asyncio.new_event_loop()
     try:
         return loop.run_until_complete(coro)

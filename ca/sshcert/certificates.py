@@ -11,13 +11,7 @@ It also serves the KRL and log-correlation code, and it is fuzzed.
 from __future__ import annotations
 
 import base64
-import hashlib
 from dataclasses import dataclass
-
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
-from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
 from ca.sshcert.wire import Reader, WireError
 from ca.sshcert.wire import string as wire_string
@@ -47,6 +41,8 @@ CERT_TYPE_FOR_KEY = {base: cert for cert, (base, _) in _CERT_KEY_FIELDS.items()}
 
 def fingerprint(blob: bytes) -> str:
     """OpenSSH's SHA256 fingerprint of a public key blob (``SHA256:...``, no padding)."""
+    import hashlib
+
     return "SHA256:" + base64.b64encode(hashlib.sha256(blob).digest()).decode().rstrip("=")
 
 
@@ -171,11 +167,15 @@ def parse_certificate_line(line: str) -> Certificate:
     return cert
 
 
-_CURVES = {
-    b"nistp256": (ec.SECP256R1(), hashes.SHA256()),
-    b"nistp384": (ec.SECP384R1(), hashes.SHA384()),
-    b"nistp521": (ec.SECP521R1(), hashes.SHA512()),
-}
+def _curve(name: bytes):
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    return {
+        b"nistp256": (ec.SECP256R1(), hashes.SHA256()),
+        b"nistp384": (ec.SECP384R1(), hashes.SHA384()),
+        b"nistp521": (ec.SECP521R1(), hashes.SHA512()),
+    }[name]
 
 
 def verify_signature(cert: Certificate, ca_key_blob: bytes) -> None:
@@ -196,7 +196,14 @@ def verify_ssh_signature(key_blob: bytes, signature: bytes, data: bytes) -> None
 
     Accepts Ed25519, ECDSA (with the curve's own hash) and RSA with SHA-2
     only; raises :class:`WireError` otherwise or when the signature is bad.
+    (pyca/cryptography is imported here, not with the module: the client only parses certificates,
+    and ``iast-ssh login`` over OpenSSH does not load it.)
     """
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
+    from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
+
     k = Reader(key_blob)
     ktype = k.text()
     s = Reader(signature)
@@ -208,7 +215,7 @@ def verify_ssh_signature(key_blob: bytes, signature: bytes, data: bytes) -> None
             pub = ed25519.Ed25519PublicKey.from_public_bytes(k.string())
             pub.verify(sig, data)
         elif ktype.startswith("ecdsa-sha2-") and alg == ktype:
-            curve, digest = _CURVES[k.string()]
+            curve, digest = _curve(k.string())
             pub = ec.EllipticCurvePublicKey.from_encoded_point(curve, k.string())
             sr = Reader(sig)
             der = encode_dss_signature(sr.mpint(), sr.mpint())
