@@ -703,7 +703,7 @@ class Client:
             check_out_dir(out)
         if use_agent:
             try:
-                return self._login_openssh(args, otp, use_agent, now)
+                return self._login_openssh(args, otp, use_agent, out, now)
             except _OpenSSHFallback:
                 pass  # not a login for OpenSSH, or it could not tell: the asyncssh way decides (rule 76)
         import asyncssh
@@ -753,10 +753,12 @@ class Client:
         key_path, cert_path = write_files(out, key, reply["certificate"], common["key_id"], role_name)
         return LoginResult(**common, where="files", key_path=key_path, cert_path=cert_path, notes=tuple(notes))
 
-    def _login_openssh(self, args: list[str], otp: str | None, agent_path: str,
+    def _login_openssh(self, args: list[str], otp: str | None, agent_path: str, out: Path,
                        now: Callable[[], float]) -> LoginResult:
         """``login`` carried by the system's ssh (:mod:`ca.client.openssh`), into the agent at
-        ``agent_path``; raises _OpenSSHFallback when the asyncssh path must do it instead."""
+        ``agent_path`` (into files in ``out`` if the agent refuses it, as the asyncssh way does);
+        raises _OpenSSHFallback when the asyncssh path must do it (see openssh.Fallback: before
+        anything was sent, or after the CA refused the key on a terminal)."""
         from ca.client import openssh
         from ca.client.agentwire import Agent
         from ca.client.results import held_certificate
@@ -832,8 +834,6 @@ class Client:
                 notes.append(f"{e}; wrote files instead")
         import asyncssh
 
-        out = default_out_dir()
-        check_out_dir(out)
         key_path, cert_path = write_files(out, asyncssh.import_private_key(key.private_text), reply["certificate"],
                                           common["key_id"], role_name)
         return LoginResult(**common, where="files", key_path=key_path, cert_path=cert_path, notes=tuple(notes))
