@@ -265,6 +265,12 @@ def test_errors_say_what_happened(ca, cfg, users, env, tmp_path):
     with socket_closed_port() as port:
         r = iast_ssh(env, "roles", "--ca", f"127.0.0.1:{port}", "-i", str(key))  # no pin either
     assert r.returncode == 1 and "Connection refused" in r.stderr and "not pinned" not in r.stderr, r.stderr
+    # ... also with no key at all (README walk: a typo'd port said "no way to authenticate", exit 4)
+    with socket_closed_port() as port:
+        r = iast_ssh(env, "roles", "--ca", f"127.0.0.1:{port}", "--ca-fingerprint", host_fingerprint(cfg))
+    assert r.returncode == 1 and "Connection refused" in r.stderr, r.stderr
+    r = iast_ssh(env, "roles", *ca_args(ca, cfg), "-l", "alice")  # the CA answers: now the missing key is the news
+    assert r.returncode == 4 and "no way to authenticate" in r.stderr, r.stderr
     r = iast_ssh(env, "roles", *ca_args(ca, cfg), "-l", "alice", "-i", str(key) + ".pub")
     assert r.returncode != 0 and f"{key}.pub is a public key: give the private key with -i ({key})" in r.stderr
     r = iast_ssh(env, "host", "fetch-krl", *ca_args(ca, cfg), "-l", "alice", "-i", str(key),
