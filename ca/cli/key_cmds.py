@@ -22,8 +22,8 @@ from ca.keys.pkcs11 import PKCS11_KEY_TYPES, Pkcs11KeyBackend, Pkcs11URI, genera
 from ca.keys.rotation import activate_key, add_key, check_retire, key_rows, retire_key
 from ca.state import os_user
 
-_RELOAD = ("Another replica serves the new key set after SIGHUP (iast-ca reload, or systemctl reload iast-ca, "
-           "on each).")
+_RELOAD = ("A service running elsewhere (a replica) serves the new key set after SIGHUP (iast-ca reload, or "
+           "systemctl reload iast-ca, there).")
 
 
 def _tell_service(env: Env, ca) -> None:  # noqa: ANN001 - the open CA
