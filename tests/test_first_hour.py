@@ -338,6 +338,10 @@ def test_self_enrolment_through_plain_ssh_then_login(ca, cfg, users, env, tmp_pa
     assert not any(got["totp_secret"] in line for line in ca.lines)
     kinds = [e.kind for e in events(cfg) if e.user == "dana"]
     assert kinds == ["enrolment_code_used", "totp_reset", "key_added", "enrolment_code_created", "user_added"]
+    # The key's comment is kept, as 'user add' and 'key-add' keep it (README walk: 'user show' listed a
+    # self-enrolled key bare).
+    shown = iast_ca(ca, "user", "show", "dana").stdout
+    assert " ssh-ed25519 test (added " in shown, shown
 
     # The code works once; and it is no password for anything else.
     again = subprocess.run(ssh, stdin=key.with_suffix(".pub").open(), capture_output=True, text=True, env=run_env,
