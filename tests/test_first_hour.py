@@ -265,6 +265,12 @@ def test_errors_say_what_happened(ca, cfg, users, env, tmp_path):
     with socket_closed_port() as port:
         r = iast_ssh(env, "roles", "--ca", f"127.0.0.1:{port}", "-i", str(key))  # no pin either
     assert r.returncode == 1 and "Connection refused" in r.stderr and "not pinned" not in r.stderr, r.stderr
+    # ... also with no key at all (README walk: a typo'd port said "no way to authenticate", exit 4)
+    with socket_closed_port() as port:
+        r = iast_ssh(env, "roles", "--ca", f"127.0.0.1:{port}", "--ca-fingerprint", host_fingerprint(cfg))
+    assert r.returncode == 1 and "Connection refused" in r.stderr, r.stderr
+    r = iast_ssh(env, "roles", *ca_args(ca, cfg), "-l", "alice")  # the CA answers: now the missing key is the news
+    assert r.returncode == 4 and "no way to authenticate" in r.stderr, r.stderr
     r = iast_ssh(env, "roles", *ca_args(ca, cfg), "-l", "alice", "-i", str(key) + ".pub")
     assert r.returncode != 0 and f"{key}.pub is a public key: give the private key with -i ({key})" in r.stderr
     r = iast_ssh(env, "host", "fetch-krl", *ca_args(ca, cfg), "-l", "alice", "-i", str(key),
@@ -332,6 +338,10 @@ def test_self_enrolment_through_plain_ssh_then_login(ca, cfg, users, env, tmp_pa
     assert not any(got["totp_secret"] in line for line in ca.lines)
     kinds = [e.kind for e in events(cfg) if e.user == "dana"]
     assert kinds == ["enrolment_code_used", "totp_reset", "key_added", "enrolment_code_created", "user_added"]
+    # The key's comment is kept, as 'user add' and 'key-add' keep it (README walk: 'user show' listed a
+    # self-enrolled key bare).
+    shown = iast_ca(ca, "user", "show", "dana").stdout
+    assert " ssh-ed25519 test (added " in shown, shown
 
     # The code works once; and it is no password for anything else.
     again = subprocess.run(ssh, stdin=key.with_suffix(".pub").open(), capture_output=True, text=True, env=run_env,

@@ -184,6 +184,10 @@ def test_setup_root_is_accepted_by_sshd_which_takes_a_certificate_and_refuses_a_
                         "-i", str(ca.krl_key)], capture_output=True, text=True,
                        env={**os.environ, "XDG_CONFIG_HOME": str(tmp_path / "xdg"), "SSH_AUTH_SOCK": ""})
     assert r.returncode == 0 and "no findings" in r.stdout, r.stdout + r.stderr
+    # ... and named as setup named it (README walk: 'host check --root' did not exist beside 'setup --root').
+    r = subprocess.run([IAST_SSH, "host", "check", "--root", str(root), "--sshd", sshd_path(), "--offline"],
+                       capture_output=True, text=True, env={**os.environ, "XDG_CONFIG_HOME": str(tmp_path / "xdg")})
+    assert r.returncode == 0 and f"{etc / 'sshd_config'}: no findings" in r.stdout, r.stdout + r.stderr
 
 
 @pytest.mark.parametrize("case", ["bad-map", "sshd-t-fails", "no-include", "bad-textfile-dir"])

@@ -244,20 +244,27 @@ def test_sighup_makes_the_service_sign_with_the_new_key_and_fetch_trust_follows(
         assert r.returncode == 0, r.stderr
         assert json.loads(r.stdout)["keys"] == [old] and oct(trust.stat().st_mode)[-3:] == "644"
 
+        # 'key add' tells the service running from this state directory (README walk: until a SIGHUP its
+        # ca-keys kept the old set, so 'host fetch-trust' never saw the next key before it was activated).
+        since = len(service.lines)
         new = add_key(ca)
-        hup(len(service.lines), "policy reloaded")
+        service.wait_for("policy reloaded", since=since)
         r = fetch()
         assert json.loads(r.stdout)["added"] == [new], r.stdout
         assert sign("before")["ca_fingerprint"] == old  # 'next' never signs
 
-        ok(ca.cli("key", "activate", new))
-        assert sign("not-yet")["ca_fingerprint"] == old  # until the service is told
-        rec = hup(len(service.lines), "signing with a new CA key")
+        since = len(service.lines)
+        r = ca.cli("key", "activate", new)
+        assert r.exit_code == 0 and "reloaded: it serves the new key set" in r.stderr, r.output
+        rec = service.wait_for("signing with a new CA key", since=since)
         assert rec["fingerprint"] == new
         assert sign("after")["ca_fingerprint"] == new
+        rec = hup(len(service.lines), "policy reloaded")  # a SIGHUP by hand still works, and changes nothing
+        assert sign("again")["ca_fingerprint"] == new
 
+        since = len(service.lines)
         ok(ca.cli("key", "retire", old, "--force"))
-        hup(len(service.lines), "policy reloaded")
+        service.wait_for("policy reloaded", since=since)
         r = fetch()
         assert json.loads(r.stdout)["removed"] == [old] and json.loads(r.stdout)["keys"] == [new]
         assert trust.read_text().split()[1] == ca.trust_lines()[0].split()[1]

@@ -392,9 +392,11 @@ class UserStore:
                 raise AuthenticationFailed("the enrolment code was already used")
             actor = f"{name} (self-enrolment)"
             if k is not None:
-                tx.users.insert_key(k.fingerprint, name, k.algorithm, k.line, self._now())
+                # The comment is kept, as for 'user add'/'key-add' ('user show': alice@laptop).
+                tx.users.insert_key(k.fingerprint, name, k.algorithm, k.line_with_comment, self._now())
                 tx.append("key_added", {"actor": actor, "fingerprint": k.fingerprint, "algorithm": k.algorithm,
-                                        "enrolment_code": code_id}, user=name)
+                                        "enrolment_code": code_id, **({"comment": k.comment} if k.comment else {})},
+                          user=name)
             if password_hash is not None:
                 tx.users.set_password_hash(name, password_hash)
                 tx.append("password_changed", {"actor": actor, "enrolment_code": code_id}, user=name)

@@ -89,14 +89,17 @@ def setup(make_client, principals_map, root, dry_run, sshd, units_dir, textfile_
 
 @host.command("check")
 @ca_options
-@click.option("--config", "config", default="/etc/ssh/sshd_config", show_default=True,
-              type=click.Path(dir_okay=False), help="The sshd config to check (read through 'sshd -T').")
+@click.option("--config", "config", default=None, type=click.Path(dir_okay=False),
+              help="The sshd config to check (read through 'sshd -T'; default: /etc/ssh/sshd_config, or the "
+                   "one under --root).")
+@click.option("--root", "root", default=None, type=click.Path(file_okay=False), metavar="DIRECTORY",
+              help="Check the tree 'host setup --root DIRECTORY' wrote: its etc/ssh/sshd_config.")
 @click.option("--sshd", "sshd", metavar="PATH", help="The sshd binary (default: /usr/sbin/sshd).")
 @click.option("--krl-max-age", default="10m", show_default=True, metavar="DURATION",
               help="A KRL older than this is stale (the refresh timer runs every 5 minutes).")
 @click.option("--offline", is_flag=True, help="Do not ask the CA (no retired-key or clock check).")
 @output_options(csv_ok=False)
-def check(make_client, config, sshd, krl_max_age, offline, fmt) -> None:
+def check(make_client, config, root, sshd, krl_max_age, offline, fmt) -> None:
     """Check this host's sshd for what makes the CA useless or unsafe here; one line per finding.
 
     Reads 'sshd -T' and the files it names; unless --offline, also asks the
@@ -110,6 +113,10 @@ def check(make_client, config, sshd, krl_max_age, offline, fmt) -> None:
       iast-ssh host check --offline --json | jq -r '.[].code'
     """
     from ca.client import hostcheck, hostsetup
+
+    if config is not None and root is not None:
+        raise UsageError("--config and --root exclude each other")
+    config = config or (str(Path(root) / hostsetup.MAIN_CONFIG) if root else "/etc/ssh/sshd_config")
 
     published, clock = None, None
     if not offline:

@@ -22,7 +22,29 @@ from ca.keys.pkcs11 import PKCS11_KEY_TYPES, Pkcs11KeyBackend, Pkcs11URI, genera
 from ca.keys.rotation import activate_key, add_key, check_retire, key_rows, retire_key
 from ca.state import os_user
 
-_RELOAD = "A running service signs with it after SIGHUP (systemctl reload iast-ca)."
+_RELOAD = ("A service running elsewhere (a replica) serves the new key set after SIGHUP (iast-ca reload, or "
+           "systemctl reload iast-ca, there).")
+
+
+def _tell_service(env: Env, ca) -> None:  # noqa: ANN001 - the open CA
+    """Make the service running from this state directory serve the new key set now (SIGHUP, as
+    'iast-ca reload'): until it reloads, 'ca-keys' (what 'host fetch-trust' installs) is the old set,
+    and an activated key would sign certificates that hosts do not trust yet (README, "Rotating")."""
+    from ca.errors import StateError
+    from ca.service.control import reload_service, running_pid
+
+    try:
+        running_pid(env.config.state_dir)
+    except StateError:
+        click.echo("No service runs from this state directory. " + _RELOAD, err=True)
+        return
+    result = reload_service(env.config.state_dir, ca.audit)
+    if result.accepted:
+        click.echo(f"The running service (pid {result.pid}) reloaded: it serves the new key set. " + _RELOAD,
+                   err=True)
+    else:
+        click.echo(f"note: the running service (pid {result.pid}) did not reload ({result.detail}): run "
+                   "'iast-ca reload' before hosts fetch the trust file", err=True)
 
 
 @click.group()
@@ -123,6 +145,7 @@ def add(env: Env, key_type: str, uri: str | None, generate: bool, pin_file: str 
                 raise UsageError(f"a file key is one of {', '.join(CA_KEY_TYPES)}")
             entry = Keyring.new_entry(keyring.state_dir, generate_key(key_type), env.passphrase(), "next", purpose)
         add_key(keyring, ca.audit, entry, os_user(), generated=generate or not uri)
+        _tell_service(env, ca)
     if fmt == "json":
         echo_json(dataclasses.asdict(entry) | {"state": "next"})
         return
@@ -148,13 +171,13 @@ def activate(env: Env, fingerprint: str, fmt: str) -> None:
     """
     with env.open_ca(require_db=True) as ca:
         ring, previous = activate_key(ca.keyring, ca.audit, fingerprint, os_user())
+        _tell_service(env, ca)
     entry = ring.find(fingerprint)
     if fmt == "json":
         echo_json({"active": entry.fingerprint, "previous": previous.fingerprint if previous else None})
         return
     click.echo(f"{entry.fingerprint} now signs {entry.purpose} certificates"
                + (f"; {previous.fingerprint} stays trusted until retired" if previous else ""))
-    click.echo(_RELOAD, err=True)
 
 
 @key.command()
@@ -185,6 +208,7 @@ def retire(env: Env, fingerprint: str, force: bool, revoke: bool, reason: str | 
         if revoke:
             revoke_ca_key(ca.audit, entry.fingerprint, reason or "CA key retired", actor, keyring=keyring)
         retire_key(keyring, ca.audit, entry.fingerprint, actor, force=force, revoked=revoke)
+        _tell_service(env, ca)
     if fmt == "json":
         echo_json({"retired": entry.fingerprint, "revoked": revoke})
         return

@@ -432,6 +432,10 @@ class Client:
         if plain and self.prompter.can_log_in:
             methods.append("keyboard-interactive")
         if not methods:
+            # Reach the CA first (the key exchange only, nothing of ours is sent): "connection refused" or a
+            # wrong pin is the answer a person needs before "no way to authenticate" (README walk: a typo'd
+            # port said only the latter).
+            await self._probe()
             raise AuthenticationFailed(
                 "no way to authenticate to the CA: give -i KEY (an enrolled key), load an enrolled key into "
                 "ssh-agent, or run on a terminal to log in with a password and one-time code")
@@ -503,6 +507,27 @@ class Client:
                     found.append((h.valid_before, key))
         found.sort(key=lambda t: -t[0])
         return [k for _, k in found[:3]]
+
+    async def _probe(self) -> None:
+        """Check that one of the CA addresses answers with the pinned service host key; raise what went wrong
+        (the error of the only address, or every address's) when none does."""
+        unreachable: list[CAError] = []
+        for host, port in self.addresses:
+            self.host, self.port, self.address = host, port, format_address(host, port)
+            saved = self.timeout
+            self.timeout = saved if len(self.addresses) == 1 else min(saved, FAILOVER_TIMEOUT)
+            try:
+                await self._host_key()
+                return
+            except CAError as e:
+                if not (type(e) is CAError and "cannot reach" in e.message):
+                    raise
+                unreachable.append(e)
+            finally:
+                self.timeout = saved
+        if len(unreachable) == 1:
+            raise unreachable[0]
+        raise CAError("no CA address answered: " + "; ".join(str(e) for e in unreachable))
 
     async def _connect_one(self, methods: list[str], client_keys: list, timeout: float):
         """Pin, then connect to ``self.address`` and authenticate; raises _Unreachable if it does not answer."""

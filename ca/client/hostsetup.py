@@ -44,9 +44,13 @@ MAIN_CONFIG = "etc/ssh/sshd_config"
 
 
 def installed_program() -> str | None:
-    """The absolute path of the ``iast-ssh`` this Python runs (beside it, as pip installs it), or None."""
-    candidate = Path(sys.executable).parent / "iast-ssh"
-    return str(candidate.absolute()) if os.access(candidate, os.X_OK) else None
+    """The absolute path of the ``iast-ssh`` running now (the console script, else the one beside this
+    Python, as a venv has it), or None."""
+    for candidate in (Path(sys.argv[0]) if sys.argv and sys.argv[0] else None,
+                      Path(sys.executable).parent / "iast-ssh"):
+        if candidate is not None and candidate.name == "iast-ssh" and os.access(candidate, os.X_OK):
+            return str(candidate.absolute())
+    return None
 
 
 def hidden_by_protect_home(program: str) -> bool:
