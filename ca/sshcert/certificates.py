@@ -11,8 +11,10 @@ It also serves the KRL and log-correlation code, and it is fuzzed.
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 from dataclasses import dataclass
+from typing import Any
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
@@ -197,26 +199,21 @@ def verify_ssh_signature(key_blob: bytes, signature: bytes, data: bytes) -> None
     Accepts Ed25519, ECDSA (with the curve's own hash) and RSA with SHA-2
     only; raises :class:`WireError` otherwise or when the signature is bad.
     """
-    k = Reader(key_blob)
-    ktype = k.text()
     s = Reader(signature)
     alg = s.text()
     sig = s.string()
     s.end()
     try:
+        ktype, pub = _public_key(bytes(key_blob))
         if ktype == "ssh-ed25519" and alg == "ssh-ed25519":
-            pub = ed25519.Ed25519PublicKey.from_public_bytes(k.string())
             pub.verify(sig, data)
         elif ktype.startswith("ecdsa-sha2-") and alg == ktype:
-            curve, digest = _CURVES[k.string()]
-            pub = ec.EllipticCurvePublicKey.from_encoded_point(curve, k.string())
+            key, digest = pub
             sr = Reader(sig)
             der = encode_dss_signature(sr.mpint(), sr.mpint())
             sr.end()
-            pub.verify(der, data, ec.ECDSA(digest))
+            key.verify(der, data, ec.ECDSA(digest))
         elif ktype == "ssh-rsa" and alg in ("rsa-sha2-512", "rsa-sha2-256"):
-            e, n = k.mpint(), k.mpint()
-            pub = rsa.RSAPublicNumbers(e, n).public_key()
             digest = hashes.SHA512() if alg == "rsa-sha2-512" else hashes.SHA256()
             pub.verify(sig, data, padding.PKCS1v15(), digest)
         else:
@@ -227,3 +224,21 @@ def verify_ssh_signature(key_blob: bytes, signature: bytes, data: bytes) -> None
         raise
     except (KeyError, ValueError) as e:
         raise WireError(f"bad key or signature: {e}") from e
+
+
+@functools.lru_cache(maxsize=64)
+def _public_key(key_blob: bytes) -> tuple[str, Any]:
+    """(key type, the pyca public key) of a key blob, built once per blob: the signer checks every
+    certificate against the same CA key, and an ECDSA point is validated only the first time.
+    Any other key type is returned with None (refused by the caller); a malformed blob raises."""
+    k = Reader(key_blob)
+    ktype = k.text()
+    if ktype == "ssh-ed25519":
+        return ktype, ed25519.Ed25519PublicKey.from_public_bytes(k.string())
+    if ktype.startswith("ecdsa-sha2-"):
+        curve, digest = _CURVES[k.string()]
+        return ktype, (ec.EllipticCurvePublicKey.from_encoded_point(curve, k.string()), digest)
+    if ktype == "ssh-rsa":
+        e, n = k.mpint(), k.mpint()
+        return ktype, rsa.RSAPublicNumbers(e, n).public_key()
+    return ktype, None
