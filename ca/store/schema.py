@@ -42,6 +42,8 @@ Versions:
 
 from __future__ import annotations
 
+import functools
+
 SCHEMA_VERSION = 6
 
 # The columns of an event row, in the order the chain hashes them (the first
@@ -614,6 +616,7 @@ PG_MIGRATIONS: dict[int, tuple] = {3: _PG_V3, 4: PG_USED_TOKENS, 5: PG_JOIN_TOKE
 assert sorted(PG_MIGRATIONS) == list(range(PG_FIRST_VERSION, SCHEMA_VERSION + 1))
 
 
+@functools.lru_cache(maxsize=16)
 def gate_sql(n_checks: int, mark: str) -> str:
     """The issuance gate as one statement (``mark``: the driver's placeholder): the user's
     ``disabled``, the login key's owner, ``max(serial)``, the chain head's id and hash, then one
