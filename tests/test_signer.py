@@ -170,6 +170,42 @@ def test_malformed_keys_refused(line, message):
         parse_user_key(line)
 
 
+def test_ed25519_keys_are_judged_as_asyncssh_judges_them():
+    """parse_user_key reads Ed25519 blobs without asyncssh (the issuance path's hot case): on
+    every truncation, every point length and trailing bytes, it must accept exactly the blobs
+    asyncssh's decoder accepts with nothing left over (rule 7), and refuse the rest as BadKey."""
+    import base64
+
+    from asyncssh.public_key import decode_ssh_public_key
+
+    from ca.sshcert.wire import string as wire_string
+
+    good = asyncssh.generate_private_key("ssh-ed25519").public_data
+    point = good[-32:]
+    blobs = [good[:n] for n in range(len(good) + 1)]
+    blobs += [wire_string("ssh-ed25519") + wire_string(point[:n] + bytes(max(0, n - 32))) for n in range(0, 40)]
+    blobs += [good + b"\0", good + wire_string(b"x"), wire_string("ssh-ed25519") + b"\0\0\0\x20" + point[:31]]
+    seen = set()
+    for blob in blobs:
+        try:
+            key = decode_ssh_public_key(blob)
+            theirs = key.public_data == blob and point_ok(blob)
+        except Exception:  # noqa: BLE001 - any refusal of theirs
+            theirs = False
+        line = "ssh-ed25519 " + base64.b64encode(blob).decode()
+        try:
+            ours = parse_user_key(line).blob == blob
+        except BadKey:
+            ours = False
+        assert ours == theirs, blob
+        seen.add(ours)
+    assert seen == {True, False}
+
+
+def point_ok(blob: bytes) -> bool:
+    return blob[-32:] != bytes(32)  # the all-zero key is refused on top (rule 7)
+
+
 def test_type_confusion_refused(tmp_path):
     rsa = make_key(tmp_path, "rsa", 3072).with_suffix(".pub").read_text().split()
     with pytest.raises(BadKey, match="key line says 'ssh-ed25519' but the key is 'ssh-rsa'"):

@@ -77,6 +77,40 @@ def test_a_write_that_raises_leaves_nothing(store):
     store.verify()
 
 
+def test_the_issuance_gate_in_one_statement_answers_as_the_reads_one_by_one(store):
+    """The issuance path reads its gate (user enabled, login key owner, revocations, next serial,
+    chain head) in one statement per backend (docs/security.md rules 22 and 55); it must give
+    the answers of the separate reads, in every state, and the events it appends must chain."""
+    from ca.store.base import UnitOfWork
+
+    checks = [("key", "SHA256:k"), ("ca_key", "SHA256:ca"), ("key", "SHA256:login"), ("user", "gone")]
+
+    def both():
+        with store.transaction() as tx:
+            ours = tx.issuance_gate("alice", "SHA256:login", checks)
+            assert ours == UnitOfWork.issuance_gate(tx, "alice", "SHA256:login", checks)
+            assert tx.issuance_gate("nobody", None, []) == UnitOfWork.issuance_gate(tx, "nobody", None, [])
+            tx.append("gate", {"seen": list(ours.revoked)})  # follows the head the gate read
+        return ours
+
+    empty = both()
+    assert (empty.enabled, empty.login_key_owner, empty.revoked, empty.next_serial) == (None, None, frozenset(), 1)
+    with store.transaction() as tx:
+        tx.users.insert("alice", password_hash=None, totp_secret=None, created="now")
+        tx.users.insert_key("SHA256:login", "alice", "ssh-ed25519", "ssh-ed25519 AAAA", "now")
+        _cert(tx, "alice")
+    assert both()[:2] == (True, "alice") and both().next_serial == 2
+    with store.transaction() as tx:
+        eid = tx.append("revoked", {})
+        for kind, value in checks[:3] + [("user", "gone")]:
+            tx.revocations.insert(kind, value, serial=None, ca_fingerprint=None, public=None, reason="r",
+                                  actor=None, event_id=eid, created=0)
+        tx.users.set_disabled("alice", True, "left")
+    last = both()
+    assert (last.enabled, last.revoked) == (False, frozenset(checks))
+    assert store.verify().count == 6
+
+
 def _cert(tx, user):
     serial = tx.next_serial()
     eid = tx.append("issued", {"n": serial}, user=user, serial=serial, key_id=f"k{serial}")

@@ -407,9 +407,9 @@ class Approvals:
         Nothing is trusted here: :meth:`consumer` checks it all again
         inside the issuing transaction.
         """
-        self.expire_due()
         found: AccessRequest | None = None
         if request.request_id is not None:
+            self.expire_due()
             rid = check_request_id(request.request_id)
             found = self.get(rid, policy)
             if found is None or found.user != user:
@@ -420,7 +420,8 @@ class Approvals:
             name = request.role or policy.default_role
             role = policy.roles.get(name) if isinstance(name, str) else None
             if role is None or role.approval is None:
-                return request
+                return request  # no request is looked at (nor expired) for a role without approval
+            self.expire_due()
             mine = self.list(policy=policy, user=user, role=role.name, limit=20)
             found = (next((r for r in mine if r.status == "approved"), None)
                      or next((r for r in mine if r.status == "pending"), None) or (mine[0] if mine else None))

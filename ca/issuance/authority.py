@@ -54,6 +54,7 @@ from ca.sshcert.certificates import HOST_CERT, parse_certificate_line, verify_si
 from ca.sshcert.userkey import UserKey, parse_host_key, parse_user_key
 from ca.sshcert.wire import WireError
 from ca.store import AuditLog, Transaction
+from ca.store.base import IssuanceGate
 
 HOST_PROOFS = ("operator", "token", "renewal")
 
@@ -159,16 +160,25 @@ class Authority:
             with self.audit.transaction() as tx:
                 # Checked under the write lock, so a revocation or a disable that commits
                 # first is never missed by a certificate that commits after it.
-                if tx.is_revoked("key", user_key.fingerprint):
+                # Every read of the gate at once (one statement on SQLite and PostgreSQL).
+                key, ca_key = ("key", user_key.fingerprint), ("ca_key", self.ca_fingerprint)
+                login_key = identity.login_key if self.online else None
+                checks = [key, ca_key] + ([("key", login_key)] if login_key is not None else []) \
+                    + ([] if self.online else [("user", identity.user)])
+                gate = tx.issuance_gate(identity.user, login_key, checks)
+                if key in gate.revoked:
                     raise PolicyDenied(f"key {user_key.fingerprint} is revoked")
-                if tx.is_revoked("ca_key", self.ca_fingerprint):
+                if ca_key in gate.revoked:
                     raise SigningError(f"the active CA key {self.ca_fingerprint} is revoked: rotate it")
                 if self.online:
-                    still_allowed(tx, identity)
+                    still_allowed(tx, identity, gate)
                 else:
-                    offline_allowed(tx, identity.user, allow_unenrolled)
-                extra = consume(tx, decision) if approval is not None and consume is not None else {}
-                serial = tx.next_serial()
+                    offline_allowed(tx, identity.user, allow_unenrolled, gate)
+                if approval is not None and consume is not None:
+                    extra = consume(tx, decision)
+                    serial = tx.next_serial()  # as the hook saw it (it adds no certificate)
+                else:
+                    extra, serial = {}, gate.next_serial
                 key_id = make_key_id(decision.user, decision.role, serial)
                 line, cert = self.signer.sign(decision, user_key, serial, key_id)
                 data = {
@@ -409,32 +419,42 @@ def vouched_for(identity: Identity) -> dict[str, Any]:
             "auth_time": identity.auth_time, "amr": list(identity.amr), "acr": identity.acr, "token_sha256": identity.token_hash}
 
 
-def still_allowed(tx: Transaction, identity: Identity) -> None:
+def still_allowed(tx: Transaction, identity: Identity, gate: IssuanceGate | None = None) -> None:
     """The gate of an online authority, inside the issuing transaction: the user is still enabled,
     and the key they logged in with is still enrolled and not revoked (a disable, a key-remove or
     a revoke that commits first stops even an open connection).
 
     A person an identity provider vouched for needs no local account (the IdP is their
-    directory), but a local account of that name that is disabled still stops them."""
-    enabled = tx.user_enabled(identity.user)  # None (unknown), False (disabled)
+    directory), but a local account of that name that is disabled still stops them.
+
+    ``gate``: the same reads made already (:meth:`ca.store.base.UnitOfWork.issuance_gate`, with
+    the login key and ``("key", login key)`` among its checks)."""
+    if gate is None:
+        gate = tx.issuance_gate(identity.user, identity.login_key,
+                                [("key", identity.login_key)] if identity.login_key is not None else [])
+    enabled = gate.enabled  # None (unknown), False (disabled)
     if enabled is False or (enabled is None and identity.issuer is None):
         raise AuthenticationFailed(f"user {identity.user} is disabled")
     if identity.login_key is not None and (
-            not tx.key_enrolled(identity.user, identity.login_key) or tx.is_revoked("key", identity.login_key)):
+            gate.login_key_owner != identity.user or ("key", identity.login_key) in gate.revoked):
         raise AuthenticationFailed(f"the key you logged in with ({identity.login_key}) is no longer "
                                    "enrolled, or was revoked")
 
 
-def offline_allowed(tx: Transaction, user: str, allow_unenrolled: bool) -> None:
+def offline_allowed(tx: Transaction, user: str, allow_unenrolled: bool, gate: IssuanceGate | None = None) -> None:
     """The gate of an offline authority, inside the issuing transaction: a disabled user gets
     nothing until ``iast-ca user enable``; a name the user store does not hold gets nothing if it
     was revoked (``revoke --user``), and otherwise only with ``allow_unenrolled``, so a typo does
-    not mint certificates for a name nobody owns (docs/security.md, "Revocations stick")."""
-    enabled = tx.user_enabled(user)
+    not mint certificates for a name nobody owns (docs/security.md, "Revocations stick").
+
+    ``gate``: the same reads made already, with ``("user", user)`` among its checks."""
+    if gate is None:
+        gate = tx.issuance_gate(user, None, [("user", user)])
+    enabled = gate.enabled
     if enabled is False:
         raise PolicyDenied(f"user {user} is disabled (or was revoked): 'iast-ca user enable {user}' first")
     if enabled is None:
-        if tx.is_revoked("user", user):
+        if ("user", user) in gate.revoked:
             raise PolicyDenied(f"user {user} was revoked and is not enrolled: enrol them with "
                                f"'iast-ca user add {user}' before signing again")
         if not allow_unenrolled:

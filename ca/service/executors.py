@@ -65,14 +65,20 @@ class Executors:
             self._scheduled = True
         if schedule:
             try:
-                loop.run_in_executor(self.issue_pool, self._drain, loop)
+                # submit(), not run_in_executor(): nobody awaits the drain itself, so no asyncio
+                # future is chained to it (that was one more wake-up of the loop per group).
+                self.issue_pool.submit(self._drain, loop)
             except RuntimeError:  # shut down by a drain: nothing will run what is pending
-                with self._lock:
-                    pending, self._pending, self._scheduled = self._pending, [], False
-                for _, _, f in pending:
-                    f.cancel()
+                self._cancel_pending()
                 raise
         return await fut
+
+    def _cancel_pending(self) -> list:
+        with self._lock:
+            pending, self._pending, self._scheduled = self._pending, [], False
+        for _, _, f in pending:
+            f.get_loop().call_soon_threadsafe(f.cancel)
+        return pending
 
     def _drain(self, loop: asyncio.AbstractEventLoop) -> None:
         """On the issue thread: run what is pending, one group (and one commit) per store and MAX_GROUP."""
@@ -80,7 +86,12 @@ class Executors:
             batch, self._pending = self._pending[:MAX_GROUP], self._pending[MAX_GROUP:]
             self._scheduled = bool(self._pending)
         if self._scheduled:
-            loop.call_soon_threadsafe(lambda: loop.run_in_executor(self.issue_pool, self._drain, loop))
+            # The rest goes behind whatever else waits for the issue thread (fair to on_issue),
+            # queued from here: no hop through the event loop.
+            try:
+                self.issue_pool.submit(self._drain, loop)
+            except RuntimeError:  # shutting down: what is pending will not run
+                self._cancel_pending()
         while batch:
             store = batch[0][0]
             group = [b for b in batch if b[0] is store]
@@ -103,18 +114,19 @@ class Executors:
             outcomes = [(False, e)] * len(group)
         self.groups += 1
         self.grouped += len(group)
-        for (ok, value), (_, _, fut) in zip(outcomes, group):
-            loop.call_soon_threadsafe(_settle, fut, ok, value)
+        # One wake-up of the event loop for the whole group, after its commit.
+        loop.call_soon_threadsafe(_settle_all, [(fut, ok, value) for (ok, value), (_, _, fut) in zip(outcomes, group)])
 
     def close(self) -> None:
         self.issue_pool.shutdown(wait=True)
         self.auth_pool.shutdown(wait=True)
 
 
-def _settle(fut: asyncio.Future, ok: bool, value: Any) -> None:
-    if fut.cancelled():
-        return
-    if ok:
-        fut.set_result(value)
-    else:
-        fut.set_exception(value)
+def _settle_all(results: list[tuple[asyncio.Future, bool, Any]]) -> None:
+    for fut, ok, value in results:
+        if fut.cancelled():
+            continue
+        if ok:
+            fut.set_result(value)
+        else:
+            fut.set_exception(value)

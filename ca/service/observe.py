@@ -12,6 +12,10 @@ from typing import Any
 log = logging.getLogger("iast.ca")
 
 
+# Built once: json.dumps(default=...) builds an encoder for every line.
+_ENCODER = json.JSONEncoder(default=str)
+
+
 class JSONFormatter(logging.Formatter):
     """One JSON object per line (journald and log shippers read these as they are)."""
 
@@ -25,11 +29,15 @@ class JSONFormatter(logging.Formatter):
         out.update(getattr(record, "fields", {}))
         if record.exc_info:
             out["exc"] = self.formatException(record.exc_info)
-        return json.dumps(out, default=str)
+        return _ENCODER.encode(out)
 
 
 def setup_logging(stream: Any = None, **static: Any) -> None:
     """JSON lines on stderr; ``static`` fields (e.g. ``worker=1``) go on every line."""
+    # The JSON lines name no source file, thread or process: logging need not look them up for
+    # every record (finding the caller walks the stack).
+    logging._srcfile = None
+    logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
     handler = logging.StreamHandler(stream or sys.stderr)
     handler.setFormatter(JSONFormatter(static))
     root = logging.getLogger("iast")

@@ -107,7 +107,10 @@ class Service:
             try:
                 # One deadline for the whole request: reading stdin, deciding, replying
                 # (docs/security.md, "Limits per connection and per address").
-                status = await asyncio.wait_for(self._run(process), self.cfg.request_timeout)
+                # asyncio.timeout, not wait_for: on Python 3.11 wait_for runs the request as a
+                # task of its own (one more task and its wake-ups on every request).
+                async with asyncio.timeout(self.cfg.request_timeout):
+                    status = await self._run(process)
             except asyncio.TimeoutError:
                 event("request timed out", user=process.get_extra_info("username"))
                 process.stderr.write(f"error: request not finished within {self.cfg.request_timeout}s\n")
@@ -119,7 +122,8 @@ class Service:
             # A request is done when the client has its answer, not when we wrote it:
             # a drain must not cut a connection with a certificate still in its buffers.
             process.exit(status)
-            await asyncio.wait_for(process.channel.wait_closed(), 10)
+            async with asyncio.timeout(10):
+                await process.channel.wait_closed()
         except (OSError, asyncssh.Error, asyncio.TimeoutError):
             pass
         finally:

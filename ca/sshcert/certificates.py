@@ -11,7 +11,10 @@ It also serves the KRL and log-correlation code, and it is fuzzed.
 from __future__ import annotations
 
 import base64
+import functools
+import hashlib
 from dataclasses import dataclass
+from typing import Any
 
 from ca.sshcert.wire import Reader, WireError
 from ca.sshcert.wire import string as wire_string
@@ -41,8 +44,6 @@ CERT_TYPE_FOR_KEY = {base: cert for cert, (base, _) in _CERT_KEY_FIELDS.items()}
 
 def fingerprint(blob: bytes) -> str:
     """OpenSSH's SHA256 fingerprint of a public key blob (``SHA256:...``, no padding)."""
-    import hashlib
-
     return "SHA256:" + base64.b64encode(hashlib.sha256(blob).digest()).decode().rstrip("=")
 
 
@@ -200,30 +201,28 @@ def verify_ssh_signature(key_blob: bytes, signature: bytes, data: bytes) -> None
     and ``iast-ssh login`` over OpenSSH does not load it.)
     """
     from cryptography.exceptions import InvalidSignature
-    from cryptography.hazmat.primitives import hashes
-    from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
-    from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
-    k = Reader(key_blob)
-    ktype = k.text()
     s = Reader(signature)
     alg = s.text()
     sig = s.string()
     s.end()
     try:
+        ktype, pub = _public_key(bytes(key_blob))
         if ktype == "ssh-ed25519" and alg == "ssh-ed25519":
-            pub = ed25519.Ed25519PublicKey.from_public_bytes(k.string())
             pub.verify(sig, data)
         elif ktype.startswith("ecdsa-sha2-") and alg == ktype:
-            curve, digest = _curve(k.string())
-            pub = ec.EllipticCurvePublicKey.from_encoded_point(curve, k.string())
+            from cryptography.hazmat.primitives.asymmetric import ec
+            from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
+
+            key, digest = pub
             sr = Reader(sig)
             der = encode_dss_signature(sr.mpint(), sr.mpint())
             sr.end()
-            pub.verify(der, data, ec.ECDSA(digest))
+            key.verify(der, data, ec.ECDSA(digest))
         elif ktype == "ssh-rsa" and alg in ("rsa-sha2-512", "rsa-sha2-256"):
-            e, n = k.mpint(), k.mpint()
-            pub = rsa.RSAPublicNumbers(e, n).public_key()
+            from cryptography.hazmat.primitives import hashes
+            from cryptography.hazmat.primitives.asymmetric import padding
+
             digest = hashes.SHA512() if alg == "rsa-sha2-512" else hashes.SHA256()
             pub.verify(sig, data, padding.PKCS1v15(), digest)
         else:
@@ -234,3 +233,23 @@ def verify_ssh_signature(key_blob: bytes, signature: bytes, data: bytes) -> None
         raise
     except (KeyError, ValueError) as e:
         raise WireError(f"bad key or signature: {e}") from e
+
+
+@functools.lru_cache(maxsize=64)
+def _public_key(key_blob: bytes) -> tuple[str, Any]:
+    """(key type, the pyca public key) of a key blob, built once per blob: the signer checks every
+    certificate against the same CA key, and an ECDSA point is validated only the first time.
+    Any other key type is returned with None (refused by the caller); a malformed blob raises."""
+    from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+
+    k = Reader(key_blob)
+    ktype = k.text()
+    if ktype == "ssh-ed25519":
+        return ktype, ed25519.Ed25519PublicKey.from_public_bytes(k.string())
+    if ktype.startswith("ecdsa-sha2-"):
+        curve, digest = _curve(k.string())
+        return ktype, (ec.EllipticCurvePublicKey.from_encoded_point(curve, k.string()), digest)
+    if ktype == "ssh-rsa":
+        e, n = k.mpint(), k.mpint()
+        return ktype, rsa.RSAPublicNumbers(e, n).public_key()
+    return ktype, None

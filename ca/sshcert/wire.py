@@ -10,6 +10,10 @@ from __future__ import annotations
 import struct
 
 
+_U32 = struct.Struct(">I").unpack_from
+_U64 = struct.Struct(">Q").unpack_from
+
+
 class WireError(ValueError):
     """Malformed SSH wire data."""
 
@@ -35,13 +39,31 @@ class Reader:
     def byte(self) -> int:
         return self._take(1)[0]
 
+    # uint32, uint64 and string are the hot path of every certificate check (the signer re-reads
+    # each certificate it makes): read in place, and on any shortfall fall back to _take, whose
+    # error is the one message for every truncation.
+
     def uint32(self) -> int:
-        return struct.unpack(">I", self._take(4))[0]
+        pos = self.pos
+        if pos + 4 <= len(self.data):
+            self.pos = pos + 4
+            return _U32(self.data, pos)[0]
+        return _U32(self._take(4))[0]
 
     def uint64(self) -> int:
-        return struct.unpack(">Q", self._take(8))[0]
+        pos = self.pos
+        if pos + 8 <= len(self.data):
+            self.pos = pos + 8
+            return _U64(self.data, pos)[0]
+        return _U64(self._take(8))[0]
 
     def string(self) -> bytes:
+        data, pos = self.data, self.pos
+        if pos + 4 <= len(data):
+            end = pos + 4 + _U32(data, pos)[0]
+            if end <= len(data):
+                self.pos = end
+                return data[pos + 4 : end]
         return self._take(self.uint32())
 
     def text(self) -> str:

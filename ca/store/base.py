@@ -115,6 +115,15 @@ class RequestRow(NamedTuple):
     used_serial: int | None
 
 
+class IssuanceGate(NamedTuple):
+    """What an issuing transaction reads under the chain lock before it signs (:meth:`UnitOfWork.issuance_gate`)."""
+
+    enabled: bool | None  # the user: True enabled, False disabled, None not in the user store
+    login_key_owner: str | None  # the user the login key is enrolled for (None: not enrolled, or no key)
+    revoked: frozenset[tuple[str, str]]  # which of the (kind, value) pairs asked about are revoked
+    next_serial: int
+
+
 # -- repositories ------------------------------------------------------------------------
 
 
@@ -349,6 +358,20 @@ class UnitOfWork(ABC):
         """Whether the key with this fingerprint is enrolled for ``name``."""
         return self.users.key_owner(fingerprint) == name
 
+    def issuance_gate(self, user: str, login_key: str | None,
+                      checks: Sequence[tuple[str, str]]) -> IssuanceGate:
+        """Every read the issuance path makes under the chain lock before it signs, at once: is
+        ``user`` enabled, who owns ``login_key``, which of the (kind, value) ``checks`` are revoked,
+        and the next serial. The same answers as :meth:`user_enabled`, ``users.key_owner``,
+        :meth:`is_revoked` and :meth:`next_serial` one by one (this reference does exactly that; a
+        backend may read them in one statement, tests/test_store.py holds both to one answer)."""
+        return IssuanceGate(
+            enabled=self.user_enabled(user),
+            login_key_owner=None if login_key is None else self.users.key_owner(login_key),
+            revoked=frozenset(c for c in checks if self.is_revoked(*c)),
+            next_serial=self.next_serial(),
+        )
+
 
 class Store(ABC):
     """One CA database: the event log (:class:`EventReads`) and the repositories beside it."""
@@ -373,9 +396,14 @@ class Store(ABC):
         """One durable write transaction holding the chain lock; inside :meth:`group` (on the
         group's thread), a savepoint of the group's transaction."""
         if self._group_thread == threading.get_ident():
+            # Named by depth, not by count: the same few statements every time, so the driver's
+            # prepared-statement cache serves them (a new name per issuance was a new statement).
             self._savepoints += 1
-            with self._savepoint(f"uow{self._savepoints}"):
-                yield self._unit_of_work()
+            try:
+                with self._savepoint(f"uow{self._savepoints}"):
+                    yield self._unit_of_work()
+            finally:
+                self._savepoints -= 1
         else:
             with self._durable():
                 yield self._unit_of_work()
@@ -558,7 +586,7 @@ def _compare(diffs: list[Difference], table: str, want: dict, got: dict, changed
 
 
 __all__ = [
-    "CertificateReads", "CertificateRow", "EnrolmentCodeReads", "EnrolmentCodeRow", "EnrolmentCodeWrites", "EventReads", "JoinTokenReads", "JoinTokenRow", "JoinTokenWrites",
+    "CertificateReads", "CertificateRow", "IssuanceGate", "EnrolmentCodeReads", "EnrolmentCodeRow", "EnrolmentCodeWrites", "EventReads", "JoinTokenReads", "JoinTokenRow", "JoinTokenWrites",
     "RequestReads", "RequestRow", "RequestWrites",
     "RevocationReads", "RevocationWrites", "Store", "ThrottleReads", "ThrottleWrites", "UnitOfWork",
     "UsedTokenReads", "UsedTokenWrites",

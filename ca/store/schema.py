@@ -42,6 +42,8 @@ Versions:
 
 from __future__ import annotations
 
+import functools
+
 SCHEMA_VERSION = 6
 
 # The columns of an event row, in the order the chain hashes them (the first
@@ -612,3 +614,17 @@ PG_CURRENT = _PG_V3 + PG_USED_TOKENS + PG_JOIN_TOKENS + PG_ENROLMENT_CODES
 PG_FIRST_VERSION = 3
 PG_MIGRATIONS: dict[int, tuple] = {3: _PG_V3, 4: PG_USED_TOKENS, 5: PG_JOIN_TOKENS, 6: PG_ENROLMENT_CODES}
 assert sorted(PG_MIGRATIONS) == list(range(PG_FIRST_VERSION, SCHEMA_VERSION + 1))
+
+
+@functools.lru_cache(maxsize=16)
+def gate_sql(n_checks: int, mark: str) -> str:
+    """The issuance gate as one statement (``mark``: the driver's placeholder): the user's
+    ``disabled``, the login key's owner, ``max(serial)``, the chain head's id and hash, then one
+    flag per (kind, value) check, each an indexed lookup."""
+    checks = "".join(f", EXISTS(SELECT 1 FROM revocations WHERE kind = {mark} AND value = {mark})"
+                     for _ in range(n_checks))
+    return (f"SELECT (SELECT disabled FROM users WHERE name = {mark}),"
+            f" (SELECT username FROM user_keys WHERE fingerprint = {mark}),"
+            " (SELECT max(serial) FROM certificates),"
+            " (SELECT id FROM events ORDER BY id DESC LIMIT 1),"
+            " (SELECT hash FROM events ORDER BY id DESC LIMIT 1)" + checks)

@@ -20,10 +20,10 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from typing import Any
 
-from ca.audit.chain import chain_hash, encode_data, iso
+from ca.audit.chain import GENESIS, chain_hash, encode_data, iso
 from ca.errors import AuditError
 from ca.store import schema
-from ca.store.base import EventRowsStore, UnitOfWork
+from ca.store.base import EventRowsStore, IssuanceGate, UnitOfWork
 from ca.store.postgres.connection import CONNECT_TIMEOUT, Connection, has_table, migrate, redact, schema_version
 from ca.store.postgres.events import Certificates, EventRows
 from ca.store.postgres.enrolment_codes import EnrolmentCodes
@@ -56,6 +56,24 @@ class PostgresUnitOfWork(UnitOfWork):
 
     def next_serial(self) -> int:
         return self.certificates.next_serial()
+
+    def issuance_gate(self, user: str, login_key: str | None,
+                      checks: Sequence[tuple[str, str]]) -> IssuanceGate:
+        """As :meth:`UnitOfWork.issuance_gate`, in one statement (one round trip to the server
+        instead of five or six); it also reads the chain head the issued event will follow."""
+        args: list[Any] = [user, login_key]
+        for pair in checks:
+            args += pair
+        row = self._store.conn.one(schema.gate_sql(len(checks), "%s"), args, what="read the audit log")
+        disabled, owner, top, head_id, head_hash = row[:5]
+        if self._head is None:
+            self._head = (head_id, head_hash) if head_id is not None else (0, GENESIS)
+        return IssuanceGate(
+            enabled=None if disabled is None else not disabled,
+            login_key_owner=owner,
+            revoked=frozenset(c for c, hit in zip(checks, row[5:]) if hit),
+            next_serial=(top or 0) + 1,
+        )
 
     def append(self, kind: str, data: dict[str, Any], *, user: str | None = None, role: str | None = None,
                serial: int | None = None, key_id: str | None = None, source: str | None = None) -> int:

@@ -8,17 +8,17 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import sqlite_utils
 
-from ca.audit.chain import chain_hash, encode_data, iso
+from ca.audit.chain import GENESIS, chain_hash, encode_data, iso
 from ca.errors import AuditError
 from ca.store import schema
-from ca.store.base import EventRowsStore, UnitOfWork
+from ca.store.base import EventRowsStore, IssuanceGate, UnitOfWork
 from ca.store.sqlite.connection import connect, ensure_tables, has_table, migrate
 from ca.store.sqlite.events import Certificates, EventRows
 from ca.store.sqlite.enrolment_codes import EnrolmentCodes
@@ -62,6 +62,27 @@ class SQLiteUnitOfWork(UnitOfWork):
 
     def next_serial(self) -> int:
         return self.certificates.next_serial()
+
+    def issuance_gate(self, user: str, login_key: str | None,
+                      checks: Sequence[tuple[str, str]]) -> IssuanceGate:
+        """As :meth:`UnitOfWork.issuance_gate`, in one statement (one round through the driver
+        instead of five or six); it also reads the chain head the issued event will follow."""
+        args: list[Any] = [user, login_key]
+        for pair in checks:
+            args += pair
+        try:
+            row = self._store.conn.execute(schema.gate_sql(len(checks), "?"), args).fetchone()
+        except sqlite3.Error as e:
+            raise AuditError(f"cannot read the issuance gate from {self._store.path}: {e}") from None
+        disabled, owner, top, head_id, head_hash = row[:5]
+        if self._head is None:
+            self._head = (head_id, head_hash) if head_id is not None else (0, GENESIS)
+        return IssuanceGate(
+            enabled=None if disabled is None else not disabled,
+            login_key_owner=owner,
+            revoked=frozenset(c for c, hit in zip(checks, row[5:]) if hit),
+            next_serial=(top or 0) + 1,
+        )
 
     def append(self, kind: str, data: dict[str, Any], *, user: str | None = None, role: str | None = None,
                serial: int | None = None, key_id: str | None = None, source: str | None = None) -> int:
