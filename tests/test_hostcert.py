@@ -175,6 +175,18 @@ def token_refusals(env, account: str) -> list[str]:
             if e["user"] == account and e["data"].get("method") == "join-token"]
 
 
+def enrolled_cert(env) -> Path:
+    """The sshd's host certificate, enrolling it (web-1) here when this worker's sshd has none yet:
+    under pytest-xdist the enrolment test may run in another worker, with another sshd."""
+    sshd = env["sshd"]
+    cert = sshd.dropin_dir / "host_ed25519_key-cert.pub"
+    if not cert.exists():
+        r = enroll(env, token_for(env, "web-1"), sshd.host_key.with_name(sshd.host_key.name + ".pub"), cert)
+        assert r.exit_code == 0, r.output
+        sshd.reload()
+    return cert
+
+
 def host_key(env, name: str) -> Path:
     return make_user_key(env["work"] / name, comment=name)
 
@@ -305,9 +317,7 @@ def test_offline_sign_refuses_bad_input(env, case, tmp_path):
 
 def test_renewal_with_the_host_key_gives_a_fresh_certificate(env):
     sshd = env["sshd"]
-    cert = sshd.dropin_dir / "host_ed25519_key-cert.pub"
-    if not cert.exists():
-        pytest.skip("needs the enrolment test first")
+    cert = enrolled_cert(env)
     old = json.loads(subprocess.run([ssh_keygen_path(), "-L", "-f", str(cert)], capture_output=True, text=True,
                                     check=True).stdout.split("Serial: ")[1].split()[0])
     r = renew(env, sshd.host_key, cert)
@@ -396,9 +406,10 @@ def test_host_logins_run_host_commands_only(env):
 
 def test_revoked_host_is_refused_by_ssh_with_the_krl(env):
     sshd = env["sshd"]
-    if not (sshd.dropin_dir / "host_ed25519_key-cert.pub").exists():
-        pytest.skip("needs the enrolment test first")
+    enrolled_cert(env)
     ca = env["ca"]
+    before = sshd.ssh_as(KNOWN_NAME, env["user_key"], env["known_hosts"])
+    assert before.returncode == 0, before.stderr  # verified by its certificate until revoked
     assert ca.cli("revoke", "--host", "web-1", "--reason", "compromised").exit_code == 0
     krl = env["work"] / "hosts.krl"
     assert ca.cli("krl", "-o", str(krl)).exit_code == 0
