@@ -670,8 +670,12 @@ def test_cli_list_and_show(ca, tmp_path, keys):
     assert "password_hash" not in listed[1] and "totp_secret" not in listed[1]
     csv_out = ca("user", "list", "--csv").stdout
     assert csv_out.splitlines()[0].startswith("name,disabled") and "alice" in csv_out
+    import csv as _csv
+    import io
 
     fp = listed[0]["keys"][0]["fingerprint"]
+    rows = {r["name"]: r for r in _csv.DictReader(io.StringIO(csv_out))}
+    assert rows["alice"]["keys"] == fp and rows["bob"]["keys"] == ""  # fingerprints, not a JSON list
     r = ca("user", "show", "alice")
     assert r.exit_code == 0 and fp in r.stdout and "enabled" in r.stdout
     shown = json.loads(ca("user", "show", "alice", "--json").stdout)

@@ -111,7 +111,10 @@ def revoke(env: Env, serial: int | None, key_id: str | None, key_file, user: str
     echo(("revoked " if result.new else "already revoked (recorded again): ") + what)
     for note in result.notes:
         echo(f"note: {note}", err=True)
-    echo("Publish it: iast-ca krl -o FILE (hosts read it as sshd's RevokedKeys)", err=True)
+    if host_name is not None:  # host certificates are checked by the clients that connect to the host
+        echo("Publish it: iast-ca krl -o FILE (clients read it as ssh's RevokedHostKeys)", err=True)
+    else:
+        echo("Publish it: iast-ca krl -o FILE (hosts read it as sshd's RevokedKeys)", err=True)
 
 
 @click.command()

@@ -157,7 +157,7 @@ def list_(env: Env, fmt: str) -> None:
     if fmt == "json":
         echo_json([u.as_json() for u in users])
     elif fmt == "csv":
-        rows = [{**u.as_json(), "keys": [k.fingerprint for k in u.keys]} for u in users]
+        rows = [{**u.as_json(), "keys": " ".join(k.fingerprint for k in u.keys)} for u in users]
         echo_csv(rows, ["name", "disabled", "disabled_reason", "has_password", "has_totp", "keys", "created"])
     else:
         echo_table([[u.name, _state(u), len(u.keys), _yes_no(u.has_password), _yes_no(u.has_totp), u.created]
