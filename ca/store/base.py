@@ -51,7 +51,7 @@ from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any, NamedTuple, Protocol
 
-from ca.audit.chain import canonical
+from ca.audit.chain import GENESIS, canonical
 from ca.audit.derive import (
     CERTIFICATE_KINDS,
     DERIVED_KINDS,
@@ -370,6 +370,22 @@ class UnitOfWork(ABC):
             login_key_owner=None if login_key is None else self.users.key_owner(login_key),
             revoked=frozenset(c for c in checks if self.is_revoked(*c)),
             next_serial=self.next_serial(),
+        )
+
+    _head: tuple[int, str] | None
+
+    def _gate_of_row(self, row: Sequence[Any], checks: Sequence[tuple[str, str]]) -> IssuanceGate:
+        """The :class:`IssuanceGate` of one row of ``schema.gate_sql`` (disabled, login key's
+        owner, top serial, chain head id and hash, then one hit flag per check); the chain head
+        is kept for the event this transaction appends next (a backend's one-statement gate)."""
+        disabled, owner, top, head_id, head_hash = row[:5]
+        if self._head is None:
+            self._head = (head_id, head_hash) if head_id is not None else (0, GENESIS)
+        return IssuanceGate(
+            enabled=None if disabled is None else not disabled,
+            login_key_owner=owner,
+            revoked=frozenset(c for c, hit in zip(checks, row[5:]) if hit),
+            next_serial=(top or 0) + 1,
         )
 
 

@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from typing import Any
 
-from ca.audit.chain import GENESIS, chain_hash, encode_data, iso
+from ca.audit.chain import chain_hash, encode_data, iso
 from ca.errors import AuditError
 from ca.store import schema
 from ca.store.base import EventRowsStore, IssuanceGate, UnitOfWork
@@ -65,15 +65,7 @@ class PostgresUnitOfWork(UnitOfWork):
         for pair in checks:
             args += pair
         row = self._store.conn.one(schema.gate_sql(len(checks), "%s"), args, what="read the audit log")
-        disabled, owner, top, head_id, head_hash = row[:5]
-        if self._head is None:
-            self._head = (head_id, head_hash) if head_id is not None else (0, GENESIS)
-        return IssuanceGate(
-            enabled=None if disabled is None else not disabled,
-            login_key_owner=owner,
-            revoked=frozenset(c for c, hit in zip(checks, row[5:]) if hit),
-            next_serial=(top or 0) + 1,
-        )
+        return self._gate_of_row(row, checks)
 
     def append(self, kind: str, data: dict[str, Any], *, user: str | None = None, role: str | None = None,
                serial: int | None = None, key_id: str | None = None, source: str | None = None) -> int:

@@ -15,7 +15,7 @@ from typing import Any
 
 import sqlite_utils
 
-from ca.audit.chain import GENESIS, chain_hash, encode_data, iso
+from ca.audit.chain import chain_hash, encode_data, iso
 from ca.errors import AuditError
 from ca.store import schema
 from ca.store.base import EventRowsStore, IssuanceGate, UnitOfWork
@@ -74,15 +74,7 @@ class SQLiteUnitOfWork(UnitOfWork):
             row = self._store.conn.execute(schema.gate_sql(len(checks), "?"), args).fetchone()
         except sqlite3.Error as e:
             raise AuditError(f"cannot read the issuance gate from {self._store.path}: {e}") from None
-        disabled, owner, top, head_id, head_hash = row[:5]
-        if self._head is None:
-            self._head = (head_id, head_hash) if head_id is not None else (0, GENESIS)
-        return IssuanceGate(
-            enabled=None if disabled is None else not disabled,
-            login_key_owner=owner,
-            revoked=frozenset(c for c, hit in zip(checks, row[5:]) if hit),
-            next_serial=(top or 0) + 1,
-        )
+        return self._gate_of_row(row, checks)
 
     def append(self, kind: str, data: dict[str, Any], *, user: str | None = None, role: str | None = None,
                serial: int | None = None, key_id: str | None = None, source: str | None = None) -> int:
