@@ -374,10 +374,16 @@ class UnitOfWork(ABC):
 
     _head: tuple[int, str] | None
 
-    def _gate_of_row(self, row: Sequence[Any], checks: Sequence[tuple[str, str]]) -> IssuanceGate:
-        """The :class:`IssuanceGate` of one row of ``schema.gate_sql`` (disabled, login key's
-        owner, top serial, chain head id and hash, then one hit flag per check); the chain head
-        is kept for the event this transaction appends next (a backend's one-statement gate)."""
+    def _gate_in_one_statement(self, user: str, login_key: str | None, checks: Sequence[tuple[str, str]],
+                               run: Callable[[list[Any]], Sequence[Any]]) -> IssuanceGate:
+        """A backend's one-statement :meth:`issuance_gate`: ``run(args)`` runs ``schema.gate_sql``
+        with ``args`` and returns its one row (disabled, login key's owner, top serial, chain head id
+        and hash, then one hit flag per check); the chain head is kept for the event this
+        transaction appends next."""
+        args: list[Any] = [user, login_key]
+        for pair in checks:
+            args += pair
+        row = run(args)
         disabled, owner, top, head_id, head_hash = row[:5]
         if self._head is None:
             self._head = (head_id, head_hash) if head_id is not None else (0, GENESIS)

@@ -61,11 +61,8 @@ class PostgresUnitOfWork(UnitOfWork):
                       checks: Sequence[tuple[str, str]]) -> IssuanceGate:
         """As :meth:`UnitOfWork.issuance_gate`, in one statement (one round trip to the server
         instead of five or six); it also reads the chain head the issued event will follow."""
-        args: list[Any] = [user, login_key]
-        for pair in checks:
-            args += pair
-        row = self._store.conn.one(schema.gate_sql(len(checks), "%s"), args, what="read the audit log")
-        return self._gate_of_row(row, checks)
+        return self._gate_in_one_statement(user, login_key, checks, lambda args: self._store.conn.one(
+            schema.gate_sql(len(checks), "%s"), args, what="read the audit log"))
 
     def append(self, kind: str, data: dict[str, Any], *, user: str | None = None, role: str | None = None,
                serial: int | None = None, key_id: str | None = None, source: str | None = None) -> int:

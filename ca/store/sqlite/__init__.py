@@ -67,14 +67,13 @@ class SQLiteUnitOfWork(UnitOfWork):
                       checks: Sequence[tuple[str, str]]) -> IssuanceGate:
         """As :meth:`UnitOfWork.issuance_gate`, in one statement (one round through the driver
         instead of five or six); it also reads the chain head the issued event will follow."""
-        args: list[Any] = [user, login_key]
-        for pair in checks:
-            args += pair
-        try:
-            row = self._store.conn.execute(schema.gate_sql(len(checks), "?"), args).fetchone()
-        except sqlite3.Error as e:
-            raise AuditError(f"cannot read the issuance gate from {self._store.path}: {e}") from None
-        return self._gate_of_row(row, checks)
+        def run(args: list[Any]) -> Sequence[Any]:
+            try:
+                return self._store.conn.execute(schema.gate_sql(len(checks), "?"), args).fetchone()
+            except sqlite3.Error as e:
+                raise AuditError(f"cannot read the issuance gate from {self._store.path}: {e}") from None
+
+        return self._gate_in_one_statement(user, login_key, checks, run)
 
     def append(self, kind: str, data: dict[str, Any], *, user: str | None = None, role: str | None = None,
                serial: int | None = None, key_id: str | None = None, source: str | None = None) -> int:
