@@ -15,6 +15,8 @@ import struct
 import _socket  # socket.py's enum conversions cost more than this whole exchange
 
 from ca.errors import CAError
+from ca.sshcert.wire import Reader, WireError, uint32
+from ca.sshcert.wire import string as _string
 
 __all__ = ["Agent"]
 
@@ -26,10 +28,6 @@ _SUCCESS = 6
 _FAILURE = 5
 _CONSTRAIN_LIFETIME = 1
 _MAX_REPLY = 256 * 1024
-
-
-def _string(b: bytes) -> bytes:
-    return struct.pack(">I", len(b)) + b
 
 
 class Agent:
@@ -75,8 +73,6 @@ class Agent:
 
     def identities(self) -> list[tuple[bytes, str]]:
         """(key or certificate blob, comment) for every identity the agent holds."""
-        from ca.sshcert.wire import Reader, WireError
-
         reply = self._call(bytes([_REQUEST_IDENTITIES]))
         try:
             r = Reader(reply)
@@ -100,7 +96,7 @@ class Agent:
             raise CAError(f"bad agent lifetime {lifetime}")
         message = (bytes([_ADD_ID_CONSTRAINED]) + _string(b"ssh-ed25519-cert-v01@openssh.com") + _string(cert_blob)
                    + _string(public) + _string(secret) + _string(comment.encode())
-                   + bytes([_CONSTRAIN_LIFETIME]) + struct.pack(">I", lifetime))
+                   + bytes([_CONSTRAIN_LIFETIME]) + uint32(lifetime))
         if self._call(message)[:1] != bytes([_SUCCESS]):
             raise CAError(f"ssh-agent at {self.path} refused the certificate")
 

@@ -727,9 +727,11 @@ class Client:
         if not use_agent:  # before a certificate is asked for, not after: none issued into the void
             check_out_dir(out)
         if use_agent:
+            from ca.client.openssh import Fallback
+
             try:
                 return self._login_openssh(args, otp, use_agent, out, now)
-            except _OpenSSHFallback:
+            except Fallback:
                 pass  # not a login for OpenSSH, or it could not tell: the asyncssh way decides (rule 76)
         import asyncssh
 
@@ -766,11 +768,9 @@ class Client:
         role_name, ca_key, user = common["role"], parsed.signature_key, _key_id_user(common["key_id"])
         lifetime = int(common["valid_before"] - now())
         if use_agent:
-            def same(h) -> bool:  # the previous certificate of this CA (key), user and role
-                return h.role == role_name and h.user == user and h.ca_key == ca_key
-
             try:
-                replaced = run_async(add_to_agent(use_agent, key, cert, common["key_id"], lifetime, replaces=same))
+                replaced = run_async(add_to_agent(use_agent, key, cert, common["key_id"], lifetime,
+                                                  replaces=_replaced_by(role_name, user, ca_key)))
                 notes += [f"removed the previous certificate {k} from ssh-agent" for k in replaced]
                 return LoginResult(**common, where="agent", agent_socket=use_agent, notes=tuple(notes))
             except CAError as e:
@@ -782,37 +782,34 @@ class Client:
                        now: Callable[[], float]) -> LoginResult:
         """``login`` carried by the system's ssh (:mod:`ca.client.openssh`), into the agent at
         ``agent_path`` (into files in ``out`` if the agent refuses it, as the asyncssh way does);
-        raises _OpenSSHFallback when the asyncssh path must do it (see openssh.Fallback: before
-        anything was sent, or after the CA refused the key on a terminal)."""
+        raises openssh.Fallback when the asyncssh path must do it (before anything was sent, or
+        after the CA refused the key on a terminal)."""
         from ca.client import openssh
         from ca.client.agentwire import Agent
         from ca.client.results import held_certificate
 
         plain = self.sso is None and self.workload_token is None and self.enrol_code is None
         if not (plain and len(self.addresses) == 1 and self.pin and self.identity is not None):
-            raise _OpenSSHFallback
+            raise openssh.Fallback
         host_key = openssh.cached_host_key(self.address, self.pin)
         identity = self.identity.absolute()
         if host_key is None or not openssh.safe_path(identity) or not openssh.plain_openssh_key(identity):
-            raise _OpenSSHFallback
+            raise openssh.Fallback
         try:
             agent = Agent(agent_path)
         except CAError:
-            raise _OpenSSHFallback from None  # the asyncssh path says so, and writes files instead
+            raise openssh.Fallback from None  # the asyncssh path says so, and writes files instead
         with agent:
             try:
                 tmp = openssh.temp_dir()
             except OSError:
-                raise _OpenSSHFallback from None
+                raise openssh.Fallback from None
             try:
                 if not openssh.safe_path(tmp):
-                    raise _OpenSSHFallback
+                    raise openssh.Fallback
                 known = tmp / "known_hosts"
                 known.write_text(f"iast-ca-service {host_key[0]} {host_key[1]}\n")
-                try:
-                    key = openssh.new_key(tmp)
-                except openssh.Fallback:
-                    raise _OpenSSHFallback from None
+                key = openssh.new_key(tmp)
 
                 def ssh(command: list[str]) -> list[str]:
                     return openssh.ssh_argv(host=self.host, port=self.port, user=self.user, identity=identity,
@@ -844,12 +841,12 @@ class Client:
             role_name, ca_key, user = common["role"], parsed.signature_key, _key_id_user(common["key_id"])
             cert_blob = parsed.blob
             lifetime = int(common["valid_before"] - now())
+            replaces = _replaced_by(role_name, user, ca_key)
             try:
                 old = []
                 for blob, comment in agent.identities():
                     h = held_certificate("agent", blob, comment) if b"-cert-v01@openssh.com" in blob[:64] else None
-                    if (h is not None and h.role == role_name and h.user == user and h.ca_key == ca_key
-                            and h.blob != cert_blob):
+                    if h is not None and replaces(h) and h.blob != cert_blob:
                         old.append(h)
                 agent.add_ed25519_certificate(cert_blob, key.public, key.secret, common["key_id"], lifetime)
                 notes += [f"removed the previous certificate {h.key_id} from ssh-agent"
@@ -875,12 +872,9 @@ class Client:
             except subprocess.TimeoutExpired:
                 raise CAError(f"cannot reach the CA at {self.address}: timed out") from None
             except OSError:
-                raise _OpenSSHFallback from None  # no ssh here
-            if r.returncode == 255:
-                try:
-                    raise openssh.ssh_failure(self.address, self.host, r.stderr, can_log_in=self.prompter.can_log_in)
-                except openssh.Fallback:
-                    raise _OpenSSHFallback from None
+                raise openssh.Fallback from None  # no ssh here
+            if r.returncode == 255:  # ssh_failure raises openssh.Fallback where the asyncssh path should look
+                raise openssh.ssh_failure(self.address, self.host, r.stderr, can_log_in=self.prompter.can_log_in)
             self._remember_pin()  # authenticated: as the asyncssh path does once connected
             if r.returncode != 0:
                 raise _reply_error(r.returncode, r.stdout, r.stderr)
@@ -893,6 +887,12 @@ class Client:
                 raise
         code = self.prompter.code("One-time code: ")
         return once(["--otp", code.strip()])
+
+
+def _replaced_by(role: str, user: str, ca_key: bytes) -> Callable[[Any], bool]:
+    """Which held certificates a new login's certificate replaces: the previous one of this CA (key),
+    user and role (one certificate per CA and role in the agent)."""
+    return lambda h: h.role == role and h.user == user and h.ca_key == ca_key
 
 
 def _checked_reply(reply: dict[str, Any], public_blob: bytes, now: Callable[[], float]):
@@ -921,10 +921,6 @@ def _checked_reply(reply: dict[str, Any], public_blob: bytes, now: Callable[[], 
     if int(common["valid_before"] - now()) <= 0:
         raise CAError("the certificate the CA returned has already expired (is this clock right?)")
     return common, parsed
-
-
-class _OpenSSHFallback(Exception):
-    """The OpenSSH path cannot do this login (see ca.client.openssh): the asyncssh path does."""
 
 
 def _is_public_key(path: Path) -> bool:

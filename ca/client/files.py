@@ -14,7 +14,7 @@ from pathlib import Path
 from ca.client.results import HeldCertificate, held_certificate
 from ca.errors import CAError
 
-__all__ = ["CERT_FILE", "KEY_FILE", "cache_dir", "cached_krls", "krl_age", "cert_file", "key_file", "save_krl", "check_out_dir", "default_out_dir", "file_held", "install_krl", "write_files"]
+__all__ = ["CERT_FILE", "KEY_FILE", "cache_dir", "cache_file", "cached_krls", "krl_age", "cert_file", "key_file", "save_krl", "check_out_dir", "default_out_dir", "file_held", "install_krl", "write_files"]
 
 
 KEY_FILE = "id_ed25519"  # the pair of a login without a role name (files of older versions too)
@@ -47,17 +47,21 @@ def save_krl(address: str, data: bytes) -> Path:
     """Keep the KRL just fetched from the CA at ``address`` (``status`` marks what it revokes)."""
     from ca.files import write_atomic
 
-    d = cache_dir()
-    path = d / ("krl-" + re.sub(r"[^A-Za-z0-9._-]", "_", address))
+    path = cache_file("krl", address)
     try:
         if path.read_bytes() == data:
             os.utime(path)  # unchanged (most logins): no write, no fsync; its age starts again
             return path
     except OSError:
         pass
-    d.mkdir(parents=True, exist_ok=True, mode=0o700)
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     write_atomic(path, data, 0o600)
     return path
+
+
+def cache_file(kind: str, address: str) -> Path:
+    """The file in :func:`cache_dir` that keeps ``kind`` (``krl``, ``hostkey``) of the CA at ``address``."""
+    return cache_dir() / (f"{kind}-" + re.sub(r"[^A-Za-z0-9._-]", "_", address))
 
 
 def krl_age(address: str) -> float:
@@ -65,7 +69,7 @@ def krl_age(address: str) -> float:
     import time
 
     try:
-        return time.time() - os.stat(cache_dir() / ("krl-" + re.sub(r"[^A-Za-z0-9._-]", "_", address))).st_mtime
+        return time.time() - os.stat(cache_file("krl", address)).st_mtime
     except OSError:
         return float("inf")
 

@@ -65,19 +65,9 @@ class Fallback(Exception):
 
 
 def _cache_file(address: str) -> Path:
-    from ca.client.files import cache_dir
+    from ca.client.files import cache_file
 
-    return cache_dir() / ("hostkey-" + re.sub(r"[^A-Za-z0-9._-]", "_", address))
-
-
-def fingerprint(blob: bytes) -> str:
-    """``SHA256:...`` as ssh-keygen -l prints it. CPython's own SHA-256 module when it has one: hashlib
-    would load OpenSSL's libcrypto for this one hash."""
-    try:
-        from _sha256 import sha256
-    except ImportError:
-        from hashlib import sha256
-    return "SHA256:" + base64.b64encode(sha256(blob).digest()).decode().rstrip("=")
+    return cache_file("hostkey", address)
 
 
 def remember_host_key(address: str, public_key: str) -> None:
@@ -98,6 +88,8 @@ def remember_host_key(address: str, public_key: str) -> None:
 
 def cached_host_key(address: str, pin: str) -> tuple[str, str] | None:
     """(type, base64) of the cached service host key of ``address`` if its fingerprint is ``pin``, else None."""
+    from ca.sshcert.certificates import fingerprint  # the reply's check loads it anyway
+
     try:
         kind, b64 = _cache_file(address).read_text().split()[:2]
         blob = base64.b64decode(b64, validate=True)
