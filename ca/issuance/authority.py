@@ -171,9 +171,9 @@ class Authority:
                 if ca_key in gate.revoked:
                     raise SigningError(f"the active CA key {self.ca_fingerprint} is revoked: rotate it")
                 if self.online:
-                    still_allowed(tx, identity, gate)
+                    still_allowed(identity, gate)
                 else:
-                    offline_allowed(tx, identity.user, allow_unenrolled, gate)
+                    offline_allowed(identity.user, allow_unenrolled, gate)
                 if approval is not None and consume is not None:
                     extra = consume(tx, decision)
                     serial = tx.next_serial()  # as the hook saw it (it adds no certificate)
@@ -419,7 +419,7 @@ def vouched_for(identity: Identity) -> dict[str, Any]:
             "auth_time": identity.auth_time, "amr": list(identity.amr), "acr": identity.acr, "token_sha256": identity.token_hash}
 
 
-def still_allowed(tx: Transaction, identity: Identity, gate: IssuanceGate | None = None) -> None:
+def still_allowed(identity: Identity, gate: IssuanceGate) -> None:
     """The gate of an online authority, inside the issuing transaction: the user is still enabled,
     and the key they logged in with is still enrolled and not revoked (a disable, a key-remove or
     a revoke that commits first stops even an open connection).
@@ -427,11 +427,8 @@ def still_allowed(tx: Transaction, identity: Identity, gate: IssuanceGate | None
     A person an identity provider vouched for needs no local account (the IdP is their
     directory), but a local account of that name that is disabled still stops them.
 
-    ``gate``: the same reads made already (:meth:`ca.store.base.UnitOfWork.issuance_gate`, with
-    the login key and ``("key", login key)`` among its checks)."""
-    if gate is None:
-        gate = tx.issuance_gate(identity.user, identity.login_key,
-                                [("key", identity.login_key)] if identity.login_key is not None else [])
+    ``gate``: the transaction's reads (:meth:`ca.store.base.UnitOfWork.issuance_gate`, with the
+    login key and ``("key", login key)`` among its checks)."""
     enabled = gate.enabled  # None (unknown), False (disabled)
     if enabled is False or (enabled is None and identity.issuer is None):
         raise AuthenticationFailed(f"user {identity.user} is disabled")
@@ -441,15 +438,13 @@ def still_allowed(tx: Transaction, identity: Identity, gate: IssuanceGate | None
                                    "enrolled, or was revoked")
 
 
-def offline_allowed(tx: Transaction, user: str, allow_unenrolled: bool, gate: IssuanceGate | None = None) -> None:
+def offline_allowed(user: str, allow_unenrolled: bool, gate: IssuanceGate) -> None:
     """The gate of an offline authority, inside the issuing transaction: a disabled user gets
     nothing until ``iast-ca user enable``; a name the user store does not hold gets nothing if it
     was revoked (``revoke --user``), and otherwise only with ``allow_unenrolled``, so a typo does
     not mint certificates for a name nobody owns (docs/security.md, "Revocations stick").
 
-    ``gate``: the same reads made already, with ``("user", user)`` among its checks."""
-    if gate is None:
-        gate = tx.issuance_gate(user, None, [("user", user)])
+    ``gate``: the transaction's reads, with ``("user", user)`` among its checks."""
     enabled = gate.enabled
     if enabled is False:
         raise PolicyDenied(f"user {user} is disabled (or was revoked): 'iast-ca user enable {user}' first")
